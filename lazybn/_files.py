@@ -1,0 +1,57 @@
+"""Where lazybn keeps its caches, and the one way it writes files: atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+def cache_dir() -> Path:
+    """The user cache directory of lazybn.
+
+    ``$LAZYBN_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/lazybn``, else ``~/.cache/lazybn``.
+    """
+    env = os.environ.get("LAZYBN_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "lazybn"
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
+    """Open a temporary file beside ``path``; on success it is renamed over ``path``.
+
+    A crash or an exception in the ``with`` body leaves any old ``path`` untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def atomic_write_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file and rename it over ``path`` when it returns."""
+    with atomic_writer(path) as f:
+        write(f)

@@ -1,0 +1,43 @@
+"""The exceptions lazybn raises. Every one derives from :class:`LazybnError`.
+
+Each error carries the facts as fields (like massiv's ``SizeMismatchException``), and its
+message names the operation, the values involved and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+
+class LazybnError(Exception):
+    """Base class of every error raised by lazybn."""
+
+
+class ShapeError(LazybnError, ValueError):
+    """Two shapes that must agree do not (or a shape is invalid for the operation)."""
+
+    def __init__(self, op: str, left: tuple[int, ...], right: tuple[int, ...], hint: str = "") -> None:
+        self.op, self.left, self.right = op, left, right
+        super().__init__(f"{op}: shapes {left} and {right} do not match" + (f"; {hint}" if hint else ""))
+
+
+class RankError(LazybnError, TypeError):
+    """An array of the wrong rank (vector vs matrix) reached an operation."""
+
+
+class DTypeError(LazybnError, TypeError):
+    """An unsupported or mismatched dtype (lazybn computes in float32 and float64)."""
+
+
+class ValueRangeError(LazybnError, ValueError):
+    """An argument is outside its valid range (a learning rate <= 0, eps <= 0, NaN in input, ...)."""
+
+
+class CompileError(LazybnError, RuntimeError):
+    """A kernel could not be compiled or loaded (LAZYBN_NO_COMPILE=1 forbids new compiles)."""
+
+
+class DataError(LazybnError, ValueError):
+    """A data set or data file is missing, truncated, corrupt or inconsistent."""
+
+
+class PersistenceError(LazybnError, ValueError):
+    """A saved network file is unreadable, from another version, or does not match."""
