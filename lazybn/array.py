@@ -1,0 +1,366 @@
+"""The typed array core, after massiv: manifest arrays in memory, delayed arrays as promises.
+
+``Manifest[Ix]`` owns a read-only numpy array of rank 1 (``Ix1``, alias ``Vector``) or rank 2
+(``Ix2``, alias ``Matrix``). Every operation on arrays gives a ``Delayed[Ix]``: a node of an
+expression graph, shape-checked when built, that does no work on the data. ``compute`` (one
+array) and ``compute_all`` (several at once) are the only routes to memory: they fuse the
+whole expression into one generated numba kernel.
+
+The computation strategy travels with the arrays, as in massiv: an array built with
+``comp=Comp.Par`` (or given one by ``set_comp``) makes every expression that reads it run on
+all cores; ``Comp.Seq`` on one.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Any, Generic, TypeAlias, TypeVar, final, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from . import fuse
+from .errors import DTypeError, RankError, ShapeError, ValueRangeError
+from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Zip, describe
+
+
+@final
+class Ix1:
+    """Index type of rank-1 arrays (vectors)."""
+
+
+@final
+class Ix2:
+    """Index type of rank-2 arrays (matrices), indexed (row, column)."""
+
+
+Ix = TypeVar("Ix", Ix1, Ix2)
+
+
+class Comp(enum.Enum):
+    """Computation strategy: ``Seq`` runs a kernel on one core, ``Par`` on all of them."""
+
+    Seq = "Seq"
+    Par = "Par"
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _Arith(Generic[Ix]):
+    """Elementwise arithmetic shared by manifest and delayed arrays of the same rank."""
+
+    __slots__ = ()
+
+    def _expr(self) -> tuple[Node, Comp]:
+        raise NotImplementedError
+
+    def __add__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+        return _zip(BinOp.add, self, other)
+
+    def __radd__(self, other: float) -> Delayed[Ix]:
+        return _zip(BinOp.add, other, self)
+
+    def __sub__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+        return _zip(BinOp.sub, self, other)
+
+    def __rsub__(self, other: float) -> Delayed[Ix]:
+        return _zip(BinOp.sub, other, self)
+
+    def __mul__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+        return _zip(BinOp.mul, self, other)
+
+    def __rmul__(self, other: float) -> Delayed[Ix]:
+        return _zip(BinOp.mul, other, self)
+
+    def __truediv__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+        return _zip(BinOp.div, self, other)
+
+    def __rtruediv__(self, other: float) -> Delayed[Ix]:
+        return _zip(BinOp.div, other, self)
+
+    def __neg__(self) -> Delayed[Ix]:
+        return _zip(BinOp.sub, 0.0, self)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._expr()[0].shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        dt = self._expr()[0].dtype
+        assert dt is not None
+        return dt
+
+    @property
+    def comp(self) -> Comp:
+        return self._expr()[1]
+
+
+@final
+class Manifest(_Arith[Ix]):
+    """An array in memory (massiv's ``Array U``). Read-only; build with ``vector``/``matrix``."""
+
+    __slots__ = ("_leaf", "_comp")
+
+    def __init__(self, array: FloatArray, comp: Comp = Comp.Seq) -> None:
+        if array.dtype not in _FLOATS:
+            raise DTypeError(f"Manifest holds float32 or float64, not {array.dtype}")
+        if array.flags.writeable:
+            array = array.copy()
+            array.flags.writeable = False
+        self._leaf = Leaf(array, array.shape, array.dtype)
+        self._comp = comp
+
+    def _expr(self) -> tuple[Node, Comp]:
+        return self._leaf, self._comp
+
+    @property
+    def array(self) -> FloatArray:
+        """The data, as a read-only numpy array (no copy)."""
+        return self._leaf.array
+
+    def __repr__(self) -> str:
+        rank = "Ix1" if self._leaf.array.ndim == 1 else "Ix2"
+        body = np.array2string(self._leaf.array, threshold=20, edgeitems=2)
+        return f"Manifest[{rank}] {self._comp.value} {self.shape} {self.dtype}\n{body}"
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of a lazybn array is ambiguous")
+
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> FloatArray:
+        return np.asarray(self._leaf.array, dtype=dtype)
+
+
+@final
+class Delayed(_Arith[Ix]):
+    """A promise of an array (massiv's ``Array D``): an expression, computed by ``compute``."""
+
+    __slots__ = ("node", "_comp")
+
+    def __init__(self, node: Node, comp: Comp) -> None:
+        self.node = node
+        self._comp = comp
+
+    def _expr(self) -> tuple[Node, Comp]:
+        return self.node, self._comp
+
+    def __repr__(self) -> str:
+        rank = "Ix1" if len(self.shape) == 1 else "Ix2"
+        return f"Delayed[{rank}] {self._comp.value} {self.shape} {self.dtype} = {describe(self.node)}"
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of a lazybn array is ambiguous")
+
+
+Vector: TypeAlias = Manifest[Ix1]
+Matrix: TypeAlias = Manifest[Ix2]
+Vec: TypeAlias = Manifest[Ix1] | Delayed[Ix1]
+Mat: TypeAlias = Manifest[Ix2] | Delayed[Ix2]
+
+
+def join(a: Comp, b: Comp) -> Comp:
+    """``Par`` wins, as massiv's ``joinComp``."""
+    return Comp.Par if Comp.Par in (a, b) else Comp.Seq
+
+
+def expr(a: object, op: str) -> tuple[Node, Comp]:
+    """The graph node of a lazybn array argument (run-time check for untyped callers)."""
+    if isinstance(a, (Manifest, Delayed)):
+        return a._expr()
+    raise TypeError(f"{op}: expected a lazybn Manifest or Delayed array, got {type(a).__name__}")
+
+
+def _rank_name(shape: tuple[int, ...]) -> str:
+    return "vector" if len(shape) == 1 else "matrix"
+
+
+def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
+    name = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[op.value]
+    if isinstance(a, (int, float, np.floating)) and not isinstance(a, bool):
+        nb, comp = expr(b, name)
+        na: Node = Const(float(a))
+        dt = nb.dtype
+        shape = nb.shape
+    elif isinstance(b, (int, float, np.floating)) and not isinstance(b, bool):
+        na, comp = expr(a, name)
+        nb = Const(float(b))
+        dt = na.dtype
+        shape = na.shape
+    else:
+        na, ca = expr(a, name)
+        nb, cb = expr(b, name)
+        comp = join(ca, cb)
+        if len(na.shape) != len(nb.shape):
+            raise RankError(
+                f"{name}: cannot combine a {_rank_name(na.shape)} {na.shape} with a {_rank_name(nb.shape)} "
+                f"{nb.shape}; broadcast the vector explicitly with rows_like(v, m) or cols_like(v, m)"
+            )
+        if na.shape != nb.shape:
+            raise ShapeError(name, na.shape, nb.shape)
+        if na.dtype != nb.dtype:
+            raise DTypeError(f"{name}: dtypes {na.dtype} and {nb.dtype} differ; convert one explicitly")
+        dt = na.dtype
+        shape = na.shape
+    assert dt is not None
+    return Delayed(Zip(op, na, nb, shape, dt), comp)
+
+
+def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatArray:
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        if dt not in _FLOATS:
+            raise DTypeError(f"{what}: dtype must be float32 or float64, not {dt}")
+    else:
+        src = xs.dtype if isinstance(xs, np.ndarray) else np.asarray(xs).dtype
+        if src in _FLOATS:
+            dt = src
+        elif src.kind in "iub":
+            dt = np.dtype(np.float32)
+        else:
+            raise DTypeError(
+                f"{what}: cannot hold {src} data; lazybn computes in float32 or float64 "
+                f"(pass dtype=np.float32 or np.float64 to convert explicitly)"
+            )
+    try:
+        arr = np.array(xs, dtype=dt, order="C", copy=True)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(f"{what}: cannot convert the input to {dt}: {exc}") from None
+    arr.flags.writeable = False
+    return arr
+
+
+def vector(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq) -> Vector:
+    """A vector from a list or numpy array (copied). Lists and integers become float32.
+
+    >>> vector([1, 2, 3])
+    Manifest[Ix1] Seq (3,) float32
+    [1. 2. 3.]
+    """
+    arr = _as_float_array(xs, dtype, "vector")
+    if arr.ndim != 1:
+        raise RankError(f"vector: expected rank-1 data, got shape {arr.shape}")
+    return Manifest(arr, comp)
+
+
+def matrix(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq) -> Matrix:
+    """A matrix from nested lists or a 2-d numpy array (copied). Lists and integers become float32."""
+    arr = _as_float_array(xs, dtype, "matrix")
+    if arr.ndim != 2:
+        raise RankError(f"matrix: expected rank-2 data, got shape {arr.shape}")
+    return Manifest(arr, comp)
+
+
+@overload
+def replicate(shape: int, value: float, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
+@overload
+def replicate(shape: tuple[int, int], value: float, dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
+def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.float32,
+              comp: Comp = Comp.Seq) -> Vector | Matrix:
+    """An array of the given shape (``n`` for a vector, ``(rows, cols)`` for a matrix) filled with ``value``."""
+    dims: tuple[object, ...] = (shape,) if isinstance(shape, int) else tuple(shape)
+    if len(dims) not in (1, 2) or any(not isinstance(d, (int, np.integer)) or d < 0 for d in dims):
+        raise ValueRangeError(f"replicate: shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
+    arr = _as_float_array(np.full(shape, value, dtype=np.float64), dtype, "replicate")
+    return Manifest(arr, comp)
+
+
+@overload
+def zeros(shape: int, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
+@overload
+def zeros(shape: tuple[int, int], dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
+def zeros(shape: int | tuple[int, int], dtype: DTypeLike = np.float32, comp: Comp = Comp.Seq) -> Vector | Matrix:
+    """An array of zeros: ``zeros(3)`` is a vector, ``zeros((2, 3))`` a matrix."""
+    return replicate(shape, 0.0, dtype, comp)
+
+
+@overload
+def ones(shape: int, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
+@overload
+def ones(shape: tuple[int, int], dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
+def ones(shape: int | tuple[int, int], dtype: DTypeLike = np.float32, comp: Comp = Comp.Seq) -> Vector | Matrix:
+    """An array of ones: ``ones(3)`` is a vector, ``ones((2, 3))`` a matrix."""
+    return replicate(shape, 1.0, dtype, comp)
+
+
+def delay(m: Manifest[Ix]) -> Delayed[Ix]:
+    """View a manifest array as a delayed one (no work; massiv's ``delay``)."""
+    node, comp = expr(m, "delay")
+    if not isinstance(m, Manifest):
+        raise TypeError("delay: expected a Manifest (this array is already delayed)")
+    return Delayed(node, comp)
+
+
+def set_comp(m: Manifest[Ix], comp: Comp) -> Manifest[Ix]:
+    """The same data with another computation strategy (no copy)."""
+    if not isinstance(m, Manifest):
+        raise TypeError(f"set_comp: expected a Manifest, got {type(m).__name__}")
+    return Manifest(m.array, comp)
+
+
+def _run(ds: Sequence[object], op: str) -> list[Manifest[Any]]:
+    nodes: list[Node] = []
+    comp = Comp.Seq
+    for d in ds:
+        if not isinstance(d, Delayed):
+            raise TypeError(f"{op}: expected Delayed arrays (use delay(m) for a Manifest), got {type(d).__name__}")
+        nodes.append(d.node)
+        comp = join(comp, d.comp)
+    if not nodes:
+        return []
+    dtypes = {n.dtype for n in nodes}
+    if len(dtypes) != 1:
+        raise DTypeError(f"{op}: all outputs must share one dtype, got {sorted(str(d) for d in dtypes)}")
+    dt = nodes[0].dtype
+    assert dt is not None
+    outs = fuse.evaluate(nodes, dt, comp is Comp.Par)
+    return [Manifest(o, comp) for o in outs]
+
+
+def compute(d: Delayed[Ix]) -> Manifest[Ix]:
+    """Evaluate a delayed array into memory with one fused kernel (massiv's ``compute``).
+
+    >>> v = vector([1.0, 2.0])
+    >>> compute(v * v + 1.0)
+    Manifest[Ix1] Seq (2,) float32
+    [2. 5.]
+    """
+    return _run([d], "compute")[0]
+
+
+I1 = TypeVar("I1", Ix1, Ix2)
+I2 = TypeVar("I2", Ix1, Ix2)
+I3 = TypeVar("I3", Ix1, Ix2)
+I4 = TypeVar("I4", Ix1, Ix2)
+I5 = TypeVar("I5", Ix1, Ix2)
+
+
+@overload
+def compute_all(a: Delayed[I1], /) -> tuple[Manifest[I1]]: ...
+@overload
+def compute_all(a: Delayed[I1], b: Delayed[I2], /) -> tuple[Manifest[I1], Manifest[I2]]: ...
+@overload
+def compute_all(
+    a: Delayed[I1], b: Delayed[I2], c: Delayed[I3], /
+) -> tuple[Manifest[I1], Manifest[I2], Manifest[I3]]: ...
+@overload
+def compute_all(
+    a: Delayed[I1], b: Delayed[I2], c: Delayed[I3], d: Delayed[I4], /
+) -> tuple[Manifest[I1], Manifest[I2], Manifest[I3], Manifest[I4]]: ...
+@overload
+def compute_all(
+    a: Delayed[I1], b: Delayed[I2], c: Delayed[I3], d: Delayed[I4], e: Delayed[I5], /
+) -> tuple[Manifest[I1], Manifest[I2], Manifest[I3], Manifest[I4], Manifest[I5]]: ...
+def compute_all(*ds: Delayed[Any]) -> tuple[Manifest[Any], ...]:
+    """Evaluate several delayed arrays in ONE kernel: shared inputs are read once per pass."""
+    return tuple(_run(ds, "compute_all"))
+
+
+def to_numpy(a: Manifest[Ix] | Delayed[Ix]) -> FloatArray:
+    """The values as a read-only numpy array (a delayed array is computed first)."""
+    if isinstance(a, Delayed):
+        return compute(a).array
+    if isinstance(a, Manifest):
+        return a.array
+    raise TypeError(f"to_numpy: expected a lazybn array, got {type(a).__name__}")

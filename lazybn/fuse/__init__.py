@@ -1,0 +1,77 @@
+"""The fusion engine: ``evaluate`` turns delayed expressions into arrays with one kernel launch.
+
+The steps are separate and inspectable: :func:`lazybn.fuse.lower.canonicalize` (structure and
+arguments), :func:`lazybn.fuse.lower.generate` (source text), :mod:`lazybn.fuse.cache` (disk and
+memory cache, numba). :func:`plan` gives the :class:`Kernel` a call would run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import cache
+from .cache import KernelStats as KernelStats
+from .cache import clear_disk_cache as clear_disk_cache
+from .cache import reset_stats as reset_stats
+from .cache import stats as stats
+from .graph import FloatArray, Node
+from .lower import Canon, Kernel, canonicalize, generate
+
+# Below this many elements in the largest loop nest, a Par computation runs the serial kernel:
+# starting threads costs more than the work.
+PAR_THRESHOLD = 1 << 16
+
+_kernels: dict[tuple[Any, ...], Kernel] = {}
+
+
+def _choose_par(canon: Canon, par: bool) -> bool:
+    if not par:
+        return False
+    biggest = max((canon.sizes[d[0]] * canon.sizes[d[1]] for *_, d in canon.nodes if len(d) == 2), default=0)
+    return biggest >= PAR_THRESHOLD
+
+
+def _kernel(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
+    key = (tuple(canon.nodes), tuple(canon.roots), dtype.name, par)
+    k = _kernels.get(key)
+    if k is None:
+        k = _kernels[key] = generate(canon, dtype, par)
+    return k
+
+
+def plan(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> Kernel:
+    """The kernel that :func:`evaluate` would run for ``roots`` (nothing is compiled)."""
+    canon = canonicalize(roots)
+    return _kernel(canon, dtype, _choose_par(canon, par))
+
+
+def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[FloatArray]:
+    """Compute every root in one kernel launch; returns fresh arrays in root order."""
+    canon = canonicalize(roots)
+    unique = list(dict.fromkeys(canon.roots))
+    if len(unique) < len(canon.roots):  # the same expression asked for twice: compute it once
+        canon.roots, order = unique, [unique.index(r) for r in canon.roots]
+    else:
+        order = list(range(len(unique)))
+    use_par = _choose_par(canon, par)
+    kernel = _kernel(canon, dtype, use_par)
+    outs = [np.empty(tuple(canon.sizes[s] for s in dims), dtype) for dims in kernel.outputs]
+    ty = dtype.type
+    args: list[Any] = [*canon.leaves, *(ty(v) for v in canon.consts), *(np.uint64(n) for n in canon.sizes), *outs]
+    if use_par:
+        args.append(np.uint64(numba.get_num_threads()))
+    fn = cache._loaded.get(kernel.key)
+    if fn is None:
+        fn = cache.load(kernel)
+        cache.first_call(kernel, fn, args)
+    else:
+        cache.count("memory_hits")
+        fn(*args)
+    cache.count("launches")
+    for o in outs:
+        o.flags.writeable = False
+    return [outs[k] for k in order]

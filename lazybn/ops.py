@@ -1,0 +1,150 @@
+"""Operations on arrays, named after the massiv helpers of the batch-norm derivation.
+
+Broadcasting is always explicit: ``br``/``rows_like`` repeat a vector as every row of a
+matrix, ``cols_like`` as every column. Reductions are ``sum_rows`` (over the rows: one sum per
+column, massiv's ``_sumRows``), ``sum_cols`` (one sum per row) and ``max_cols`` (one maximum
+per row). All of them are delayed; ``matmul`` (BLAS) is the one eager operation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, expr, join
+from .errors import DTypeError, RankError, ShapeError
+from .fuse.graph import BinOp, Br, ColsLike, Const, Fn, Map, Node, Reduce, RedOp, Zip
+
+
+def _vec(v: object, op: str) -> tuple[Node, Comp]:
+    node, comp = expr(v, op)
+    if len(node.shape) != 1:
+        raise RankError(f"{op}: expected a vector, got a matrix of shape {node.shape}")
+    return node, comp
+
+
+def _mat(m: object, op: str) -> tuple[Node, Comp]:
+    node, comp = expr(m, op)
+    if len(node.shape) != 2:
+        raise RankError(f"{op}: expected a matrix, got a vector of shape {node.shape}")
+    return node, comp
+
+
+def rows(m: Mat) -> int:
+    """Number of rows of a matrix."""
+    return _mat(m, "rows")[0].shape[0]
+
+
+def cols(m: Mat) -> int:
+    """Number of columns of a matrix."""
+    return _mat(m, "cols")[0].shape[1]
+
+
+def br(n_rows: int, v: Vec) -> Delayed[Ix2]:
+    """The vector ``v`` as every row of an ``(n_rows, len(v))`` matrix (massiv's ``br``).
+
+    >>> from lazybn import vector, compute
+    >>> compute(br(2, vector([1.0, 2.0]))).array.tolist()
+    [[1.0, 2.0], [1.0, 2.0]]
+    """
+    node, comp = _vec(v, "br")
+    if not isinstance(n_rows, (int, np.integer)) or n_rows < 0:  # type: ignore[redundant-expr]
+        raise ShapeError("br", (n_rows,), node.shape, "the number of rows must be a non-negative integer")
+    assert node.dtype is not None
+    return Delayed(Br(node, (int(n_rows), node.shape[0]), node.dtype), comp)
+
+
+def rows_like(v: Vec, m: Mat) -> Delayed[Ix2]:
+    """``v`` as every row of a matrix shaped like ``m``: ``out[i, j] = v[j]``."""
+    vn, vc = _vec(v, "rows_like")
+    mn, mc = _mat(m, "rows_like")
+    if vn.shape[0] != mn.shape[1]:
+        raise ShapeError("rows_like", vn.shape, mn.shape, "the vector's length must equal the number of columns")
+    assert vn.dtype is not None
+    return Delayed(Br(vn, mn.shape, vn.dtype), join(vc, mc))
+
+
+def cols_like(v: Vec, m: Mat) -> Delayed[Ix2]:
+    """``v`` as every column of a matrix shaped like ``m``: ``out[i, j] = v[i]``."""
+    vn, vc = _vec(v, "cols_like")
+    mn, mc = _mat(m, "cols_like")
+    if vn.shape[0] != mn.shape[0]:
+        raise ShapeError("cols_like", vn.shape, mn.shape, "the vector's length must equal the number of rows")
+    assert vn.dtype is not None
+    return Delayed(ColsLike(vn, mn.shape, vn.dtype), join(vc, mc))
+
+
+def _reduce(op: RedOp, m: Mat) -> Delayed[Ix1]:
+    node, comp = _mat(m, op.value)
+    length = node.shape[1] if op is RedOp.sum_rows else node.shape[0]
+    if op is RedOp.max_cols and node.shape[1] == 0:
+        raise ShapeError("max_cols", node.shape, node.shape, "the maximum of zero columns is undefined")
+    assert node.dtype is not None
+    return Delayed(Reduce(op, node, (length,), node.dtype), comp)
+
+
+def sum_rows(m: Mat) -> Delayed[Ix1]:
+    """Sum over the rows: one value per column (massiv's ``_sumRows``), accumulated in float64.
+
+    >>> from lazybn import matrix, compute
+    >>> compute(sum_rows(matrix([[1.0, 2.0], [3.0, 4.0]]))).array.tolist()
+    [4.0, 6.0]
+    """
+    return _reduce(RedOp.sum_rows, m)
+
+
+def sum_cols(m: Mat) -> Delayed[Ix1]:
+    """Sum over the columns: one value per row (massiv's ``_sumCols``), accumulated in float64."""
+    return _reduce(RedOp.sum_cols, m)
+
+
+def max_cols(m: Mat) -> Delayed[Ix1]:
+    """Maximum over the columns: one value per row (for a numerically stable softmax)."""
+    return _reduce(RedOp.max_cols, m)
+
+
+def amap(f: Fn, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:
+    """Apply an element function from the closed set :class:`Fn` (massiv's ``A.map``)."""
+    if not isinstance(f, Fn):
+        raise TypeError(f"amap: expected a member of lazybn.Fn, got {f!r}")
+    node, comp = expr(a, "amap")
+    assert node.dtype is not None
+    return Delayed(Map(f, node, node.shape, node.dtype), comp)
+
+
+def scale(s: float, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:
+    """Multiply every element by the scalar ``s`` (massiv's ``_scale``)."""
+    node, comp = expr(a, "scale")
+    assert node.dtype is not None
+    return Delayed(Zip(BinOp.mul, Const(float(s)), node, node.shape, node.dtype), comp)
+
+
+def add_c(a: Manifest[Ix] | Delayed[Ix], s: float) -> Delayed[Ix]:
+    """Add the scalar ``s`` to every element (massiv's ``addC``)."""
+    node, comp = expr(a, "add_c")
+    assert node.dtype is not None
+    return Delayed(Zip(BinOp.add, node, Const(float(s)), node.shape, node.dtype), comp)
+
+
+def transpose(m: Matrix) -> Matrix:
+    """The transpose, as a view of the same memory (no copy)."""
+    if not isinstance(m, Manifest):
+        raise TypeError(f"transpose: expected a Manifest matrix, got {type(m).__name__}")
+    _mat(m, "transpose")
+    return Manifest(m.array.T, m.comp)
+
+
+def matmul(a: Matrix, b: Matrix) -> Matrix:
+    """The matrix product ``a · b`` through numpy's BLAS (eager; transposed views are not copied)."""
+    for x, name in ((a, "first"), (b, "second")):
+        if not isinstance(x, Manifest):
+            raise TypeError(f"matmul: the {name} argument must be a Manifest matrix (compute it first), "
+                            f"got {type(x).__name__}")
+    _mat(a, "matmul")
+    _mat(b, "matmul")
+    if a.shape[1] != b.shape[0]:
+        raise ShapeError("matmul", a.shape, b.shape, "the inner dimensions must agree")
+    if a.dtype != b.dtype:
+        raise DTypeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ; convert one explicitly")
+    out = np.matmul(a.array, b.array)
+    out.flags.writeable = False
+    return Manifest(out, join(a.comp, b.comp))

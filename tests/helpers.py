@@ -1,0 +1,65 @@
+"""Oracles and strategies shared by the tests: plain numpy is the reference."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from numpy.typing import NDArray
+
+F = NDArray[np.floating[Any]]
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
+RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+
+
+def elements(dtype: np.dtype[Any], big: float = 1e6) -> st.SearchStrategy[float]:
+    """Finite values of mixed magnitude: ordinary, huge and tiny."""
+    width = 32 if dtype == np.float32 else 64
+    def exact(v: float) -> float:
+        return float(dtype.type(v))
+
+    return st.one_of(
+        st.floats(-10.0, 10.0, width=width),
+        st.floats(exact(-big), exact(big), width=width),
+        st.floats(exact(-1e-6), exact(1e-6), width=width),
+    )
+
+
+def shapes2(min_side: int = 0, max_side: int = 9) -> st.SearchStrategy[tuple[int, int]]:
+    return st.tuples(st.integers(min_side, max_side), st.integers(min_side, max_side))
+
+
+def arrays(dtype: np.dtype[Any], shape: tuple[int, ...] | st.SearchStrategy[tuple[int, int]],
+           big: float = 1e6) -> st.SearchStrategy[F]:
+    return hnp.arrays(dtype, shape, elements=elements(dtype, big))
+
+
+def assert_matches_numpy(got: F, want: F, dtype: np.dtype[Any], scale: F | float | None = None) -> None:
+    """``got`` (lazybn) equals ``want`` (numpy oracle) within the dtype's rounding.
+
+    ``scale`` is the magnitude the result's rounding error is relative to (for sums: the sum of
+    absolute values of the terms); by default the result itself.
+    """
+    assert got.dtype == dtype, f"dtype {got.dtype} != {dtype}"
+    assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
+    with np.errstate(all="ignore"):
+        ref = np.abs(want) if scale is None else np.broadcast_to(np.abs(scale), want.shape)
+        tol = RTOL[dtype] * (ref + np.finfo(dtype).tiny)
+        err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        same = got.astype(np.float64) == want.astype(np.float64)  # includes equal infinities
+        bad = ~((err <= tol) | same | (np.isnan(got) & np.isnan(want)))
+    assert not bad.any(), f"{bad.sum()} elements differ; worst got {got[bad][:3]} want {want[bad][:3]}"
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with extra environment variables."""
+    full = {**os.environ, **env}
+    root = str(Path(__file__).resolve().parent.parent)
+    full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)

@@ -1,0 +1,164 @@
+"""Every array operation against a plain numpy oracle, over random shapes, dtypes and values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn import Comp, Fn
+
+from .helpers import DTYPES, F, arrays, assert_matches_numpy, elements, shapes2
+
+COMPS = [Comp.Seq, Comp.Par]
+
+BINOPS: list[tuple[str, Callable[[Any, Any], Any]]] = [
+    ("add", lambda a, b: a + b),
+    ("sub", lambda a, b: a - b),
+    ("mul", lambda a, b: a * b),
+    ("div", lambda a, b: a / b),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("comp", COMPS)
+@pytest.mark.parametrize("name,op", BINOPS)
+@given(data=st.data())
+def test_binary_operators_match_numpy(dtype: np.dtype[Any], comp: Comp, name: str,
+                                      op: Callable[[Any, Any], Any], data: st.DataObject) -> None:
+    shape = data.draw(shapes2())
+    a, b = data.draw(arrays(dtype, shape)), data.draw(arrays(dtype, shape))
+    s = data.draw(elements(dtype).filter(lambda v: v != 0))
+    if name == "div":
+        b = np.where(b == 0, dtype.type(1), b)
+    ma, mb = lb.matrix(a, comp=comp), lb.matrix(b, comp=comp)
+    with np.errstate(all="ignore"):
+        assert_matches_numpy(lb.compute(op(ma, mb)).array, op(a, b), dtype)
+        assert_matches_numpy(lb.compute(op(ma, float(s))).array, op(a, dtype.type(s)), dtype)
+        assert_matches_numpy(lb.compute(op(float(s), lb.delay(mb))).array, op(dtype.type(s), b), dtype)
+    assert_matches_numpy(lb.compute(-ma).array, -a, dtype)
+
+
+def _fn_oracle(f: Fn, x: F) -> F:
+    one = x.dtype.type(1)
+    with np.errstate(all="ignore"):
+        table: dict[Fn, Callable[[F], F]] = {
+            Fn.exp: np.exp, Fn.log: np.log, Fn.sqrt: np.sqrt, Fn.recip: lambda v: one / v,
+            Fn.negate: np.negative, Fn.square: np.square, Fn.abs: np.abs,
+            Fn.relu: lambda v: np.maximum(v, 0), Fn.drelu: lambda v: (v > 0).astype(v.dtype),
+            Fn.sigmoid: lambda v: one / (one + np.exp(-v)),
+            Fn.dsigmoid: lambda v: (one / (one + np.exp(-v))) * (one - one / (one + np.exp(-v))),
+            Fn.tanh: np.tanh, Fn.dtanh: lambda v: one - np.tanh(v) ** 2,
+        }
+        return table[f](x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("f", list(Fn))
+@given(data=st.data())
+def test_amap_matches_numpy(dtype: np.dtype[Any], f: Fn, data: st.DataObject) -> None:
+    big = 80.0 if f in (Fn.exp, Fn.sigmoid, Fn.dsigmoid) else 1e6
+    x = data.draw(arrays(dtype, data.draw(shapes2()), big))
+    if f in (Fn.log, Fn.sqrt):
+        x = np.abs(x) + dtype.type(1e-3)
+    if f is Fn.recip:
+        x = np.where(x == 0, dtype.type(1), x)
+    got = lb.compute(lb.amap(f, lb.matrix(x))).array
+    want = _fn_oracle(f, x)
+    # transcendental functions may differ from numpy's by a few ulps
+    ulps = 1.0 if f in (Fn.negate, Fn.abs, Fn.relu, Fn.drelu, Fn.square, Fn.recip) else 8.0
+    # bounded functions (|f| <= 1) are compared with an absolute error relative to 1
+    bounded = f in (Fn.sigmoid, Fn.dsigmoid, Fn.tanh, Fn.dtanh)
+    scale = np.abs(want) * ulps + (1.0 if bounded else 0.0)
+    assert_matches_numpy(got, want, dtype, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("comp", COMPS)
+@given(data=st.data())
+def test_reductions_match_numpy_float64(dtype: np.dtype[Any], comp: Comp, data: st.DataObject) -> None:
+    x = data.draw(arrays(dtype, data.draw(shapes2())))
+    m = lb.matrix(x, comp=comp)
+    x64 = x.astype(np.float64)
+    absx = np.abs(x64)
+    assert_matches_numpy(lb.compute(lb.sum_rows(m)).array, x64.sum(0).astype(dtype), dtype, scale=absx.sum(0))
+    assert_matches_numpy(lb.compute(lb.sum_cols(m)).array, x64.sum(1).astype(dtype), dtype, scale=absx.sum(1))
+    if x.shape[1] > 0:
+        np.testing.assert_array_equal(lb.compute(lb.max_cols(m)).array, x.max(axis=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_broadcasts_match_numpy(dtype: np.dtype[Any], data: st.DataObject) -> None:
+    r, c = data.draw(shapes2())
+    m = data.draw(arrays(dtype, (r, c)))
+    v_row, v_col = data.draw(arrays(dtype, (c,))), data.draw(arrays(dtype, (r,)))
+    mm = lb.matrix(m)
+    np.testing.assert_array_equal(lb.compute(lb.br(r, lb.vector(v_row))).array, np.tile(v_row, (r, 1)))
+    np.testing.assert_array_equal(lb.compute(lb.rows_like(lb.vector(v_row), mm)).array,
+                                  np.broadcast_to(v_row[None, :], (r, c)))
+    np.testing.assert_array_equal(lb.compute(lb.cols_like(lb.vector(v_col), mm)).array,
+                                  np.broadcast_to(v_col[:, None], (r, c)))
+    got = lb.compute(mm - lb.rows_like(lb.vector(v_row), mm) * lb.cols_like(lb.vector(v_col), mm)).array
+    assert_matches_numpy(got, m - v_row[None, :] * v_col[:, None], dtype,
+                         scale=np.abs(m) + np.abs(v_row[None, :] * v_col[:, None]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_scale_and_add_c_match_numpy(dtype: np.dtype[Any], data: st.DataObject) -> None:
+    x = data.draw(arrays(dtype, (data.draw(st.integers(0, 20)),)))
+    s = data.draw(elements(dtype))
+    v = lb.vector(x)
+    assert_matches_numpy(lb.compute(lb.scale(s, v)).array, dtype.type(s) * x, dtype)
+    assert_matches_numpy(lb.compute(lb.add_c(v, s)).array, x + dtype.type(s), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_matmul_and_transpose_match_numpy(dtype: np.dtype[Any], data: st.DataObject) -> None:
+    n, k = data.draw(shapes2(1, 8))
+    p = data.draw(st.integers(1, 8))
+    a, b = data.draw(arrays(dtype, (n, k), 100.0)), data.draw(arrays(dtype, (n, p), 100.0))
+    ma, mb = lb.matrix(a), lb.matrix(b)
+    at = lb.transpose(ma)
+    assert np.shares_memory(at.array, ma.array)
+    got = lb.matmul(at, mb).array
+    assert_matches_numpy(got, (a.astype(np.float64).T @ b.astype(np.float64)).astype(dtype), dtype,
+                         scale=np.abs(a.astype(np.float64)).T @ np.abs(b.astype(np.float64)) * 4)
+    # a transposed (strided) leaf inside a fused kernel reads the right elements
+    np.testing.assert_array_equal(lb.compute(lb.delay(at) * 1.0).array, a.T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_algebraic_identities(dtype: np.dtype[Any], data: st.DataObject) -> None:
+    r, c = data.draw(shapes2(0, 9))
+    v = lb.vector(data.draw(arrays(dtype, (c,), 1e3)))
+    m = lb.matrix(data.draw(arrays(dtype, (r, c))))
+    # broadcast then sum equals scale by the count
+    np.testing.assert_allclose(lb.compute(lb.sum_rows(lb.br(r, v))).array, lb.compute(lb.scale(r, v)).array,
+                               rtol=RTOL_SUM[dtype])
+    # compute(delay(m)) == m, bit for bit
+    np.testing.assert_array_equal(lb.compute(lb.delay(m)).array, m.array)
+    # x - rows_like(mean) has zero column sums (up to rounding of the values)
+    if r > 0:
+        centred = lb.compute(m - lb.rows_like(lb.scale(1.0 / r, lb.sum_rows(m)), m)).array.astype(np.float64)
+        tol = RTOL_SUM[dtype] * 4 * (np.abs(m.array).astype(np.float64).sum(0) + 1e-30)
+        assert (np.abs(centred.sum(0)) <= tol).all()
+
+
+RTOL_SUM = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-13}
+
+
+def test_sum_rows_of_a_million_float32_values_is_accurate() -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.random((1_000_000, 1)) * 3 + 1e3).astype(np.float32)
+    got = float(lb.compute(lb.sum_rows(lb.matrix(x))).array[0])
+    want = float(x.astype(np.float64).sum())
+    assert abs(got - want) / want < 1e-6
