@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from hypothesis import strategies as st
@@ -20,7 +20,7 @@ RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
 
 def elements(dtype: np.dtype[Any], big: float = 1e6) -> st.SearchStrategy[float]:
     """Finite values of mixed magnitude: ordinary, huge and tiny."""
-    width = 32 if dtype == np.float32 else 64
+    width: Literal[32, 64] = 32 if dtype == np.float32 else 64
     def exact(v: float) -> float:
         return float(dtype.type(v))
 

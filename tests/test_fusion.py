@@ -1,0 +1,173 @@
+"""Fusion and caching as behaviour: kernel launches, passes, temporaries, CSE, disk cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import lazybn as lb
+from lazybn import Comp, Fn, fuse
+from lazybn.fuse import cache as kcache
+
+from .helpers import F, run_python
+
+
+def _chain(x: lb.Matrix) -> lb.Delayed[lb.Ix2]:
+    """Ten elementwise operations."""
+    y = lb.amap(Fn.tanh, lb.amap(Fn.relu, x * 2.0 + 1.0) - 0.5)
+    return lb.amap(Fn.square, lb.amap(Fn.abs, y / 3.0 + x)) * x - 1.0
+
+
+def _chain_np(x: F) -> F:
+    y = np.tanh(np.maximum(x * 2 + 1, 0) - 0.5)
+    out: F = np.square(np.abs(y / 3 + x)) * x - 1
+    return out
+
+
+def test_a_ten_operation_chain_is_one_launch_without_matrix_temporaries() -> None:
+    x = lb.matrix(np.linspace(-2, 2, 60).reshape(6, 10))
+    d = _chain(x)
+    kernel = fuse.plan([d.node], d.dtype, False)
+    assert kernel.passes == 1
+    assert all(len(t) < 2 for t in kernel.temporaries)
+    before = fuse.stats().launches
+    got = lb.compute(d)
+    assert fuse.stats().launches == before + 1
+    np.testing.assert_allclose(got.array, _chain_np(np.asarray(x.array)), rtol=1e-6)
+
+
+def test_identical_subexpressions_are_computed_once() -> None:
+    x = lb.matrix(np.ones((3, 4)))
+    a = lb.amap(Fn.exp, x * 2.0)
+    b = lb.amap(Fn.exp, lb.delay(x) * 2.0)  # built separately, same structure except the constant
+    k = fuse.plan([(a + a * a).node], x.dtype, False)
+    assert k.source.count("np.exp(") == 1
+    k2 = fuse.plan([(a + b).node], x.dtype, False)  # different Const nodes: computed twice
+    assert k2.source.count("np.exp(") == 2
+
+
+def test_reduction_broadcast_back_is_an_earlier_pass_of_the_same_kernel() -> None:
+    x = lb.matrix(np.arange(12.0).reshape(4, 3))
+    centred = x - lb.rows_like(lb.scale(1 / 4, lb.sum_rows(x)), x)
+    k = fuse.plan([centred.node], x.dtype, False)
+    assert k.passes == 2
+    assert k.temporaries == ((1,),) or all(len(t) == 1 for t in k.temporaries)
+    before = fuse.stats().launches
+    np.testing.assert_allclose(lb.compute(centred).array, x.array - x.array.mean(0))
+    assert fuse.stats().launches == before + 1
+
+
+def test_compute_all_writes_several_outputs_in_one_launch() -> None:
+    rng = np.random.default_rng(1)
+    xa = rng.normal(size=(7, 5))
+    x = lb.matrix(xa)
+    y = lb.amap(Fn.relu, x)
+    before = fuse.stats().launches
+    out, s_rows, s_cols = lb.compute_all(y, lb.sum_rows(y), lb.sum_cols(y))
+    assert fuse.stats().launches == before + 1
+    r = np.maximum(xa, 0)
+    np.testing.assert_allclose(out.array, r)
+    np.testing.assert_allclose(s_rows.array, r.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(s_cols.array, r.sum(1), rtol=1e-12)
+    assert fuse.plan([y.node, lb.sum_rows(y).node], x.dtype, False).passes == 1
+
+
+def test_rerunning_a_shape_class_compiles_nothing() -> None:
+    for n, m in [(5, 3), (9, 4), (40, 17)]:
+        x = lb.matrix(np.ones((n, m), np.float32))
+        lb.compute(_chain(x))
+    compiled = fuse.stats().compiled
+    for n, m in [(11, 6), (3, 2), (100, 33)]:
+        x = lb.matrix(np.ones((n, m), np.float32))
+        lb.compute(_chain(x))
+    assert fuse.stats().compiled == compiled
+
+
+def test_par_and_seq_agree_up_to_reassociation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD", 0)
+    rng = np.random.default_rng(2)
+    for dtype in (np.float32, np.float64):
+        xa = (rng.normal(size=(257, 33)) * 100 + 5).astype(dtype)
+        res: dict[Comp, tuple[lb.Manifest[Any], ...]] = {}
+        for comp in (Comp.Seq, Comp.Par):
+            x = lb.matrix(xa, comp=comp)
+            mu = lb.scale(1 / 257, lb.sum_rows(x))
+            xmu = x - lb.rows_like(mu, x)
+            var = lb.scale(1 / 257, lb.sum_rows(xmu * xmu))
+            res[comp] = lb.compute_all(xmu * lb.rows_like(lb.amap(Fn.recip, lb.amap(Fn.sqrt, var)), x),
+                                       var, lb.sum_cols(x), lb.max_cols(x))
+            assert fuse.plan([mu.node], np.dtype(dtype), comp is Comp.Par).par == (comp is Comp.Par)
+        for s, p in zip(res[Comp.Seq], res[Comp.Par]):
+            # Par sums row blocks separately in float64, then adds the partial sums in a fixed
+            # order: results agree to a few ulps of the data's magnitude (float64 reassociation).
+            scale = float(np.abs(s.array).max()) + float(np.abs(xa).max())
+            np.testing.assert_allclose(p.array, s.array, rtol=0, atol=4 * float(np.finfo(dtype).eps) * scale)
+
+
+SNIPPET = """
+import json, numpy as np, lazybn as lb
+from lazybn import fuse
+x = lb.matrix(np.arange(12.0).reshape(3, 4))
+y = lb.compute(lb.amap(lb.Fn.sigmoid, x) * 3.0 - lb.rows_like(lb.sum_rows(x), x))
+s = fuse.stats()
+print(json.dumps({"compiled": s.compiled, "disk_hits": s.disk_hits, "y": y.array.tolist()}))
+"""
+
+
+def _run(cache: Path, **env: str) -> dict[str, Any]:
+    proc = run_python(SNIPPET, LAZYBN_CACHE_DIR=str(cache), **env)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_a_second_process_compiles_nothing(tmp_path: Path) -> None:
+    first, second = _run(tmp_path), _run(tmp_path)
+    assert first["compiled"] == 1 and first["disk_hits"] == 0
+    assert second["compiled"] == 0 and second["disk_hits"] == 1
+    assert first["y"] == second["y"]
+    assert list(tmp_path.glob("kernels-v*/k_*.py"))
+    strict = run_python(SNIPPET, LAZYBN_CACHE_DIR=str(tmp_path), LAZYBN_NO_COMPILE="1")
+    assert strict.returncode == 0, strict.stderr
+
+
+def test_no_compile_mode_refuses_to_compile(tmp_path: Path) -> None:
+    proc = run_python(SNIPPET, LAZYBN_CACHE_DIR=str(tmp_path), LAZYBN_NO_COMPILE="1")
+    assert proc.returncode != 0 and "LAZYBN_NO_COMPILE" in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["source", "index", "object"])
+def test_a_corrupt_cache_entry_is_recompiled(tmp_path: Path, damage: str) -> None:
+    good = _run(tmp_path)
+    kdir = next(tmp_path.glob("kernels-v*"))
+    targets = {
+        "source": list(kdir.glob("k_*.py")),
+        "index": list(kdir.glob("__pycache__/*.nbi")),
+        "object": list(kdir.glob("__pycache__/*.nbc")),
+    }[damage]
+    assert targets
+    for f in targets:
+        f.write_bytes(b"\x00garbage" * 3)
+    again = _run(tmp_path)
+    assert again["y"] == good["y"]
+
+
+def test_kernel_source_is_readable_and_keyed_without_sizes() -> None:
+    a = lb.matrix(np.ones((2, 3)))
+    b = lb.matrix(np.ones((5, 7)))
+    ka = fuse.plan([(a * 2.0 + 1.0).node], a.dtype, False)
+    kb = fuse.plan([(b * 3.0 + 4.0).node], b.dtype, False)
+    assert ka.key == kb.key
+    assert "def kernel(" in ka.source and "@njit(cache=True" in ka.source
+    assert "range(n0)" in ka.source  # loop bounds are arguments (unsigned), not constants
+
+
+def test_clear_disk_cache_forgets_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAZYBN_CACHE_DIR", str(tmp_path))
+    assert kcache.kernel_dir().parent == tmp_path
+    kcache.clear_disk_cache()
+    assert not kcache.kernel_dir().exists()
