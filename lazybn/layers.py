@@ -1,0 +1,197 @@
+"""Layers and their gradients: two closed unions of frozen dataclasses (the seed's ``Layer`` and
+``Gradients`` data types), matched exhaustively in :mod:`lazybn.network`.
+
+Conventions (fixed, documented, tested):
+
+* ``Linear(w, b)`` computes ``x · w + b`` with ``w`` of shape (inputs, outputs).
+* ``Batchnorm1d`` normalises each feature (column) over the batch. ``momentum`` is the weight
+  of the NEW batch in the running averages (PyTorch's convention; Keras's ``momentum=0.99``
+  weights the old value: see :mod:`lazybn.conventions`). The running variance ``var`` is stored
+  unbiased (m/(m-1) times the batch variance), as the batch-norm paper's inference rule says,
+  unless ``unbiased=False``. ``eps`` is added to the variance before the square root, in
+  training and in inference alike.
+* ``Dropout(p)`` is inverted dropout: in training each unit is kept with probability 1 - p and
+  scaled by 1/(1 - p); at inference it is the identity.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any, final
+
+import numpy as np
+
+from .array import Manifest, Matrix, Vector
+from .errors import DTypeError, RankError, ShapeError, ValueRangeError
+
+
+class Act(enum.Enum):
+    """Element-wise activation functions."""
+
+    relu = "relu"
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    identity = "identity"
+
+
+def _check(layer: str, name: str, a: object, rank: int) -> Manifest[Any]:
+    if not isinstance(a, Manifest):
+        raise TypeError(f"{layer}.{name}: expected a lazybn Manifest, got {type(a).__name__}")
+    if len(a.shape) != rank:
+        kind = "vector" if rank == 1 else "matrix"
+        raise RankError(f"{layer}.{name}: expected a {kind}, got shape {a.shape}")
+    return a
+
+
+def _num(layer: str, name: str, x: object) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{layer}.{name}: expected a number, got {x!r}")
+    return float(x)
+
+
+def _same_dtype(layer: str, *arrays: Manifest[Any]) -> None:
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) > 1:
+        raise DTypeError(f"{layer}: parameters mix dtypes {sorted(map(str, dtypes))}")
+
+
+def _finite(layer: str, name: str, a: Manifest[Any]) -> None:
+    if not np.isfinite(a.array).all():
+        raise ValueRangeError(f"{layer}.{name}: contains NaN or infinity")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """Affine layer ``x · w + b``; ``w`` is (inputs, outputs), ``b`` has one entry per output."""
+
+    w: Matrix
+    b: Vector
+
+    def __post_init__(self) -> None:
+        _check("Linear", "w", self.w, 2)
+        _check("Linear", "b", self.b, 1)
+        if self.b.shape[0] != self.w.shape[1]:
+            raise ShapeError("Linear", self.w.shape, self.b.shape, "b needs one entry per column (output) of w")
+        _same_dtype("Linear", self.w, self.b)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LinearNoBias:
+    """Linear layer without bias (``Linear'`` in the seed): batch norm's beta takes the bias's role."""
+
+    w: Matrix
+
+    def __post_init__(self) -> None:
+        _check("LinearNoBias", "w", self.w, 2)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Batchnorm1d:
+    """Batch normalisation over the batch (rows) for each feature (column).
+
+    Arguments:
+        mu, var: running mean and running variance (inference statistics); ``var`` unbiased.
+        gamma, beta: the learnable scale and shift.
+        eps: added to the variance before the square root (default 1e-5, as PyTorch).
+        momentum: weight of the new batch in the running averages (default 0.1, as PyTorch).
+        unbiased: store the running variance unbiased (m/(m-1) correction; default True).
+    """
+
+    mu: Vector
+    var: Vector
+    gamma: Vector
+    beta: Vector
+    eps: float = 1e-5
+    momentum: float = 0.1
+    unbiased: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("mu", "var", "gamma", "beta"):
+            _check("Batchnorm1d", name, getattr(self, name), 1)
+        shapes = {getattr(self, n).shape for n in ("mu", "var", "gamma", "beta")}
+        if len(shapes) > 1:
+            raise ShapeError("Batchnorm1d", self.mu.shape, self.gamma.shape,
+                             f"mu, var, gamma and beta must have one length, got {sorted(shapes)}")
+        _same_dtype("Batchnorm1d", self.mu, self.var, self.gamma, self.beta)
+        if not (math.isfinite(_num("Batchnorm1d", "eps", self.eps)) and self.eps > 0):
+            raise ValueRangeError(f"Batchnorm1d.eps: must be a finite number > 0, got {self.eps!r}")
+        if not 0.0 <= _num("Batchnorm1d", "momentum", self.momentum) <= 1.0:
+            raise ValueRangeError(f"Batchnorm1d.momentum: must be in [0, 1] (weight of the new batch), "
+                                  f"got {self.momentum!r}")
+        for name in ("mu", "var", "gamma", "beta"):
+            _finite("Batchnorm1d", name, getattr(self, name))
+        if (self.var.array < 0).any():
+            raise ValueRangeError("Batchnorm1d.var: a running variance is negative")
+
+    @property
+    def features(self) -> int:
+        return self.mu.shape[0]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """An element-wise activation function."""
+
+    f: Act
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.f, Act):
+            raise TypeError(f"Activation.f: expected a member of lazybn.Act, got {self.f!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Dropout:
+    """Inverted dropout with drop probability ``p`` in [0, 1)."""
+
+    p: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= _num("Dropout", "p", self.p) < 1.0:
+            raise ValueRangeError(f"Dropout.p: the drop probability must be in [0, 1), got {self.p!r}")
+
+
+Layer = Linear | LinearNoBias | Batchnorm1d | Activation | Dropout
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LinearGradients:
+    dw: Matrix
+    db: Vector
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LinearNoBiasGradients:
+    dw: Matrix
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BN1:
+    """What a batch-norm layer hands to the update: the batch statistics and the gradients.
+
+    ``batch_var`` is the biased batch variance that normalised the batch; ``n`` the batch size.
+    """
+
+    batch_mu: Vector
+    batch_var: Vector
+    dgamma: Vector
+    dbeta: Vector
+    n: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class NoGrad:
+    """A layer without parameters."""
+
+
+Gradients = LinearGradients | LinearNoBiasGradients | BN1 | NoGrad

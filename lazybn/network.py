@@ -1,0 +1,236 @@
+"""The recursive pass through a network (training) and the forward pass (inference).
+
+``_pass(inp, tgt, layers)`` mirrors the seed's Haskell: one ``match`` case per layer, the
+recursive call in the middle (forward before it, backward after it), and softmax with the
+cross-entropy gradient as the base case. ``dx`` is the gradient of the MEAN cross-entropy over
+the batch with respect to ``inp``; ``grads`` has one :data:`Gradients` value per layer.
+
+Inference is a separate function, ``forward``, that uses the running statistics: there is no
+mode flag. The Batchnorm1d case of ``_pass`` is the derivation's forward steps 1-9 and its
+backward steps 9-1, unsimplified, each a delayed expression; ``compute`` appears only where a
+value is returned, and the fusion engine turns each half into one kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import partial
+from typing import Any, assert_never
+
+import numpy as np
+
+from .array import Delayed, Ix2, Matrix, Vector, compute, compute_all, delay, matrix
+from .errors import RankError, ShapeError, ValueRangeError
+from .fuse.graph import Fn
+from .layers import (
+    BN1,
+    Act,
+    Activation,
+    Batchnorm1d,
+    Dropout,
+    Gradients,
+    Layer,
+    Linear,
+    LinearGradients,
+    LinearNoBias,
+    LinearNoBiasGradients,
+    NoGrad,
+)
+from .ops import add_c, amap, br, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
+
+_ACT: dict[Act, tuple[Fn, Fn] | None] = {
+    Act.relu: (Fn.relu, Fn.drelu),
+    Act.sigmoid: (Fn.sigmoid, Fn.dsigmoid),
+    Act.tanh: (Fn.tanh, Fn.dtanh),
+    Act.identity: None,
+}
+
+
+def softmax(x: Matrix) -> Delayed[Ix2]:
+    """Row-wise softmax, stable: ``exp(x - max) / sum(exp(x - max))``."""
+    e = amap(Fn.exp, x - cols_like(max_cols(x), x))
+    return e / cols_like(sum_cols(e), x)
+
+
+def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
+    """Batch norm's training forward, steps 1-9: returns (out, batch mean, biased batch variance)."""
+    b = partial(br, rows(inp))  # broadcast a vector to every row of the batch
+    m = 1.0 / rows(inp)
+    # Step 1: mean, Equation (1)
+    batch_mu = scale(m, sum_rows(inp))
+    # Step 2: mean subtraction
+    xmu = inp - b(batch_mu)
+    # Step 3
+    sq = amap(Fn.square, xmu)
+    # Step 4: variance, Equation (2)
+    batch_variance = scale(m, sum_rows(sq))
+    # Step 5
+    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    # Step 6
+    ivar = amap(Fn.recip, sqrtvar)
+    # Step 7: normalize, Equation (3)
+    xhat = xmu * b(ivar)
+    # Step 8: rescale
+    gammax = b(layer.gamma) * xhat
+    # Step 9: translate, Equation (4)
+    out0 = gammax + b(layer.beta)
+    return compute_all(out0, batch_mu, batch_variance)
+
+
+def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
+                batch_variance: Vector) -> tuple[Matrix, Vector, Vector]:
+    """Batch norm's backward, steps 9-1 unsimplified: returns (dx, dgamma, dbeta).
+
+    The forward quantities (xmu, ivar, xhat) are rebuilt as delayed expressions from the saved
+    input and batch statistics: the kernel recomputes them instead of storing N x D arrays.
+    """
+    b = partial(br, rows(inp))
+    m = 1.0 / rows(inp)
+    xmu = inp - b(batch_mu)
+    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    ivar = amap(Fn.recip, sqrtvar)
+    xhat = xmu * b(ivar)
+    # Step 9
+    dbeta = sum_rows(dz)
+    # Step 8
+    dgamma = sum_rows(dz * xhat)
+    dxhat = dz * b(layer.gamma)
+    # Step 7
+    divar = sum_rows(dxhat * xmu)
+    dxmu1 = dxhat * b(ivar)
+    # Step 6
+    dsqrtvar = amap(Fn.negate, amap(Fn.recip, amap(Fn.square, sqrtvar))) * divar
+    # Step 5
+    dvar = scale(0.5, ivar) * dsqrtvar
+    # Step 4
+    dsq = scale(m, dvar)
+    # Step 3
+    dxmu2 = scale(2.0, xmu) * b(dsq)
+    # Step 2
+    dx1 = dxmu1 + dxmu2
+    dmu = amap(Fn.negate, sum_rows(dx1))
+    # Step 1
+    dx2 = b(scale(m, dmu))
+    dx = dx1 + dx2
+    return compute_all(dx, dgamma, dbeta)
+
+
+def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
+    if len(inp.shape) != 2 or len(tgt.shape) != 2:
+        raise RankError(f"_pass: input and target must be matrices, got shapes {inp.shape} and {tgt.shape}")
+    if inp.shape[0] != tgt.shape[0]:
+        raise ShapeError("_pass", inp.shape, tgt.shape, "input and target need one row per sample")
+    if inp.shape[0] < 2 and any(isinstance(layer, Batchnorm1d) for layer in layers):
+        raise ValueRangeError(
+            f"batch norm in training needs more than 1 sample per batch (got {inp.shape[0]}): the batch "
+            "variance of one sample is undefined; use a larger batch, or forward() for inference"
+        )
+
+
+def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int, dtype: np.dtype[Any]) -> Matrix:
+    if key is None:
+        raise ValueRangeError("Dropout in training needs a key: pass key=<int> to _pass / train_step")
+    rng = np.random.default_rng([key, index])
+    keep = rng.random(shape) >= p
+    return matrix(keep.astype(dtype) / dtype.type(1.0 - p))
+
+
+def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None,
+          _depth: int = 0) -> tuple[Matrix, Matrix, list[Gradients]]:
+    """One training pass: returns (dx, pred, grads). ``key`` seeds the dropout masks."""
+    if _depth == 0:
+        _check_batch(inp, tgt, layers)
+    if not layers:
+        # Base case: softmax with the gradient of the mean cross-entropy, (pred - tgt) / m
+        if inp.shape != tgt.shape:
+            raise ShapeError("softmax cross-entropy", inp.shape, tgt.shape, "the network's output needs one "
+                             "column per class of the one-hot target")
+        probs = softmax(inp)
+        pred0, loss_grad = compute_all(probs, scale(1.0 / rows(inp), probs - tgt))
+        return loss_grad, pred0, []
+    layer, rest = layers[0], layers[1:]
+    match layer:
+        case Linear(w=w, b=bias):
+            z = matmul(inp, w)
+            lin = compute(z + rows_like(bias, z))
+            dz, pred, t = _pass(lin, tgt, rest, key, _depth + 1)
+            dw = matmul(transpose(inp), dz)
+            db = compute(sum_rows(dz))
+            dx = matmul(dz, transpose(w))
+            return dx, pred, [LinearGradients(dw, db), *t]
+        case LinearNoBias(w=w):
+            dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, _depth + 1)
+            return matmul(dz, transpose(w)), pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
+        case Batchnorm1d():
+            out, batch_mu, batch_variance = bn_forward(inp, layer)
+            dz, pred, t = _pass(out, tgt, rest, key, _depth + 1)
+            dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance)
+            return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
+        case Activation(f=f):
+            fns = _ACT[f]
+            if fns is None:
+                dz, pred, t = _pass(inp, tgt, rest, key, _depth + 1)
+                return dz, pred, [NoGrad(), *t]
+            fn, dfn = fns
+            dz, pred, t = _pass(compute(amap(fn, inp)), tgt, rest, key, _depth + 1)
+            return compute(dz * amap(dfn, inp)), pred, [NoGrad(), *t]
+        case Dropout(p=p):
+            mask = _dropout_mask(inp.shape, p, key, _depth, inp.dtype)
+            dz, pred, t = _pass(compute(inp * mask), tgt, rest, key, _depth + 1)
+            return compute(dz * mask), pred, [NoGrad(), *t]
+        case _:
+            assert_never(layer)
+
+
+def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
+    """The running statistics after one training batch (the paper's inference rule, by default).
+
+    ``mu <- (1 - momentum) mu + momentum batch_mu`` and the same for ``var`` with the batch
+    variance made unbiased (times m/(m-1)) when ``layer.unbiased``.
+    """
+    a = layer.momentum
+    batch_var = scale(g.n / (g.n - 1), g.batch_var) if layer.unbiased else delay(g.batch_var)
+    mu, var = compute_all(scale(1.0 - a, layer.mu) + scale(a, g.batch_mu), scale(1.0 - a, layer.var) + scale(a, batch_var))
+    return replace(layer, mu=mu, var=var)
+
+
+def _infer(x: Matrix, layer: Layer) -> Matrix:
+    match layer:
+        case Linear(w=w, b=bias):
+            z = matmul(x, w)
+            return compute(z + rows_like(bias, z))
+        case LinearNoBias(w=w):
+            return matmul(x, w)
+        case Batchnorm1d(mu=mu, var=var, gamma=gamma, beta=beta, eps=eps):
+            b = partial(br, rows(x))
+            xhat = (x - b(mu)) * b(amap(Fn.recip, amap(Fn.sqrt, add_c(var, eps))))
+            return compute(b(gamma) * xhat + b(beta))
+        case Activation(f=f):
+            fns = _ACT[f]
+            return x if fns is None else compute(amap(fns[0], x))
+        case Dropout():
+            return x
+        case _:
+            assert_never(layer)
+
+
+def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
+    """Inference up to the last layer (before softmax), with the running statistics."""
+    if len(x.shape) != 2:
+        raise RankError(f"forward: the input must be a matrix (samples x features), got shape {x.shape}")
+    for layer in layers:
+        x = _infer(x, layer)
+    return x
+
+
+def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
+    """Inference: class probabilities (softmax of the logits); batch norm uses running statistics."""
+    return compute(softmax(logits(layers, x)))
+
+
+def cross_entropy(pred: Matrix, tgt: Matrix) -> float:
+    """Mean cross-entropy of predicted probabilities against one-hot targets."""
+    p = np.asarray(pred.array, dtype=np.float64)
+    picked = np.sum(p * np.asarray(tgt.array, dtype=np.float64), axis=1)
+    return float(-np.mean(np.log(np.maximum(picked, np.finfo(pred.dtype).tiny))))
