@@ -136,9 +136,16 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
     return matrix(keep.astype(dtype) / dtype.type(1.0 - p))
 
 
-def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None,
-          _depth: int = 0) -> tuple[Matrix, Matrix, list[Gradients]]:
-    """One training pass: returns (dx, pred, grads). ``key`` seeds the dropout masks."""
+_SKIPPED = matrix(np.zeros((0, 0), np.float32))
+
+
+def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None, *,
+          input_grad: bool = True, _depth: int = 0) -> tuple[Matrix, Matrix, list[Gradients]]:
+    """One training pass: returns (dx, pred, grads). ``key`` seeds the dropout masks.
+
+    With ``input_grad=False`` the first layer's input gradient is not computed (a training step
+    does not need it; Haskell's laziness never forces it) and ``dx`` is an empty (0, 0) matrix.
+    """
     if _depth == 0:
         _check_batch(inp, tgt, layers)
     if not layers:
@@ -154,30 +161,31 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
         case Linear(w=w, b=bias):
             z = matmul(inp, w)
             lin = compute(z + rows_like(bias, z))
-            dz, pred, t = _pass(lin, tgt, rest, key, _depth + 1)
+            dz, pred, t = _pass(lin, tgt, rest, key, _depth=_depth + 1)
             dw = matmul(transpose(inp), dz)
             db = compute(sum_rows(dz))
-            dx = matmul(dz, transpose(w))
+            dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
             return dx, pred, [LinearGradients(dw, db), *t]
         case LinearNoBias(w=w):
-            dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, _depth + 1)
-            return matmul(dz, transpose(w)), pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
+            dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, _depth=_depth + 1)
+            dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
+            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
         case Batchnorm1d():
             out, batch_mu, batch_variance = bn_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, _depth + 1)
+            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
             dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance)
             return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
         case Activation(f=f):
             fns = _ACT[f]
             if fns is None:
-                dz, pred, t = _pass(inp, tgt, rest, key, _depth + 1)
+                dz, pred, t = _pass(inp, tgt, rest, key, _depth=_depth + 1)
                 return dz, pred, [NoGrad(), *t]
             fn, dfn = fns
-            dz, pred, t = _pass(compute(amap(fn, inp)), tgt, rest, key, _depth + 1)
+            dz, pred, t = _pass(compute(amap(fn, inp)), tgt, rest, key, _depth=_depth + 1)
             return compute(dz * amap(dfn, inp)), pred, [NoGrad(), *t]
         case Dropout(p=p):
             mask = _dropout_mask(inp.shape, p, key, _depth, inp.dtype)
-            dz, pred, t = _pass(compute(inp * mask), tgt, rest, key, _depth + 1)
+            dz, pred, t = _pass(compute(inp * mask), tgt, rest, key, _depth=_depth + 1)
             return compute(dz * mask), pred, [NoGrad(), *t]
         case _:
             assert_never(layer)

@@ -38,72 +38,65 @@ class Canon:
     sizes: list[int]
 
 
-def _kids(node: Node) -> tuple[Node, ...]:
-    match node:
-        case Leaf() | Const():
-            return ()
-        case Map(a=a) | Br(a=a) | ColsLike(a=a) | Reduce(a=a):
-            return (a,)
-        case Zip(a=a, b=b):
-            return (a, b)
-
-
 def canonicalize(roots: Sequence[Node]) -> Canon:
-    """Number the distinct subexpressions of ``roots`` in post-order (children first)."""
+    """Number the distinct subexpressions of ``roots`` in post-order (children first).
+
+    This runs on every ``compute``, so it is written for speed: one recursive visit per node,
+    type dispatch by identity, no allocation beyond the canonical tuples.
+    """
     memo: dict[int, int] = {}
     index: dict[CNode, int] = {}
     leaf_slot: dict[int, int] = {}
     size_slot: dict[int, int] = {}
     c = Canon([], [], [], [], [])
+    nodes, leaves, consts, sizes = c.nodes, c.leaves, c.consts, c.sizes
 
     def dims(shape: tuple[int, ...]) -> tuple[int, ...]:
         out = []
         for v in shape:
-            s = size_slot.get(v)
-            if s is None:
-                s = size_slot[v] = len(c.sizes)
-                c.sizes.append(v)
-            out.append(s)
+            slot = size_slot.get(v)
+            if slot is None:
+                slot = size_slot[v] = len(sizes)
+                sizes.append(v)
+            out.append(slot)
         return tuple(out)
 
-    for root in roots:
-        stack: list[tuple[Node, bool]] = [(root, False)]
-        while stack:
-            node, ready = stack.pop()
-            if id(node) in memo:
-                continue
-            kids = _kids(node)
-            if not ready and any(id(k) not in memo for k in kids):
-                stack.append((node, True))
-                stack.extend((k, False) for k in reversed(kids) if id(k) not in memo)
-                continue
-            kid_ids = tuple(memo[id(k)] for k in kids)
-            match node:
-                case Leaf(array=arr):
-                    slot = leaf_slot.get(id(arr))
-                    if slot is None:
-                        slot = leaf_slot[id(arr)] = len(c.leaves)
-                        c.leaves.append(arr)
-                    cn: CNode = ("L", str(slot), (), dims(node.shape))
-                case Const(value=value):
-                    cn = ("C", str(len(c.consts)), (), ())
-                    c.consts.append(value)
-                case Map(fn=fn):
-                    cn = ("M", fn.value, kid_ids, dims(node.shape))
-                case Zip(op=op):
-                    cn = ("Z", op.value, kid_ids, dims(node.shape))
-                case Br():
-                    cn = ("B", "", kid_ids, dims(node.shape))
-                case ColsLike():
-                    cn = ("K", "", kid_ids, dims(node.shape))
-                case Reduce(op=rop):
-                    cn = ("R", rop.value, kid_ids, dims(node.shape))
-            cid = index.get(cn)
-            if cid is None:
-                cid = index[cn] = len(c.nodes)
-                c.nodes.append(cn)
-            memo[id(node)] = cid
-        c.roots.append(memo[id(root)])
+    def visit(node: Node) -> int:
+        cid = memo.get(id(node))
+        if cid is not None:
+            return cid
+        t = type(node)
+        cn: CNode
+        if t is Leaf:
+            arr = node.array  # type: ignore[union-attr]
+            slot = leaf_slot.get(id(arr))
+            if slot is None:
+                slot = leaf_slot[id(arr)] = len(leaves)
+                leaves.append(arr)
+            cn = ("L", str(slot), (), dims(node.shape))
+        elif t is Const:
+            cn = ("C", str(len(consts)), (), ())
+            consts.append(node.value)  # type: ignore[union-attr]
+        elif t is Zip:
+            z: Zip = node  # type: ignore[assignment]
+            cn = ("Z", z.op.value, (visit(z.a), visit(z.b)), dims(z.shape))
+        else:
+            u: Map | Br | ColsLike | Reduce = node  # type: ignore[assignment]
+            kid = (visit(u.a),)
+            if t is Map:
+                cn = ("M", u.fn.value, kid, dims(u.shape))  # type: ignore[union-attr]
+            elif t is Reduce:
+                cn = ("R", u.op.value, kid, dims(u.shape))  # type: ignore[union-attr]
+            else:
+                cn = ("B" if t is Br else "K", "", kid, dims(u.shape))
+        cid = index.get(cn)
+        if cid is None:
+            cid = index[cn] = len(nodes)
+            nodes.append(cn)
+        memo[id(node)] = cid
+        return cid
+
+    c.roots = [visit(r) for r in roots]
     return c
 
 

@@ -1,0 +1,34 @@
+"""The ``lazybn`` command: ``lazybn train`` (MNIST with and without batch norm), ``lazybn list``
+and ``lazybn run NAME`` (the experiments)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .errors import LazybnError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lazybn",
+        description="Batch normalization you can read: train and compare networks with and without batch norm.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .experiments import registry
+    from .experiments.mnist import add_train_parser
+
+    add_train_parser(sub)
+    registry.add_parsers(sub)
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except LazybnError as exc:
+        print(f"lazybn: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The one training runner shared by ``lazybn train`` and every experiment.
+
+It trains several *arms* (network variants) on the same data with the same batches, records
+per-epoch metrics (loss, train and test accuracy, seconds), shows tqdm progress bars, and
+stops cleanly on Ctrl-C (what was measured so far is returned and flagged ``interrupted``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..array import Comp
+from ..layers import Layer
+from ..optim import Optimizer, OptState, init_state
+from ..train import accuracy, train_epoch
+
+F = NDArray[np.floating[Any]]
+
+
+class Schedule(enum.Enum):
+    """Learning-rate schedule, as a factor of the base rate per epoch."""
+
+    constant = "constant"
+    step = "step"  # x0.1 after half of the epochs and again after three quarters
+    cosine = "cosine"  # half a cosine from 1 down to 0.01
+
+    def factor(self, epoch: int, epochs: int) -> float:
+        if self is Schedule.step:
+            return 0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4))
+        if self is Schedule.cosine:
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+        return 1.0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Training and test data, already prepared as float inputs and one-hot targets."""
+
+    x_train: F
+    y_train: F
+    labels_train: NDArray[np.int64]
+    x_test: F
+    labels_test: NDArray[np.int64]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """A network to train and the optimizer that trains it."""
+
+    name: str
+    layers: list[Layer]
+    opt: Optimizer
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Plan:
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    schedule: Schedule = Schedule.constant
+    shuffle: Literal["epoch", "once", "none"] = "epoch"
+    comp: Comp = Comp.Seq
+    train_accuracy: bool = True
+    max_train_eval: int = 60000  # samples used for train accuracy
+
+
+@final
+@dataclass(slots=True)
+class Outcome:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    layers: dict[str, list[Layer]] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
+        on_epoch: Callable[[list[dict[str, Any]]], None] | None = None) -> Outcome:
+    """Train every arm for ``plan.epochs`` epochs on the same batches; one row per arm and epoch."""
+    from tqdm import tqdm
+
+    outcome = Outcome()
+    states: dict[str, tuple[list[Layer], OptState]] = {a.name: (list(a.layers), init_state(a.opt, a.layers))
+                                                       for a in arms}
+    order_rng = np.random.default_rng(plan.seed)
+    once = order_rng.permutation(data.x_train.shape[0]) if plan.shuffle == "once" else None
+    x_train, y_train = (data.x_train[once], data.y_train[once]) if once is not None else (data.x_train, data.y_train)
+    n_eval = min(plan.max_train_eval, x_train.shape[0])
+    labels_train = data.labels_train[once] if once is not None else data.labels_train
+    try:
+        for epoch in range(plan.epochs):
+            epoch_rows = []
+            lr_scale = plan.schedule.factor(epoch, plan.epochs)
+            for arm in arms:
+                layers, state = states[arm.name]
+                rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
+                n_batches = math.ceil(x_train.shape[0] / plan.batch_size)
+                bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{plan.epochs} {arm.name}", leave=False,
+                           disable=not progress, unit="batch")
+
+                def tick(loss: float, bar: Any = bar) -> None:
+                    bar.update(1)
+                    if bar.n % 20 == 0:
+                        bar.set_postfix(loss=f"{loss:.4f}")
+
+                t0 = time.perf_counter()
+                try:
+                    layers, state, loss = train_epoch(layers, arm.opt, state, x_train, y_train, plan.batch_size, rng,
+                                                      key=plan.seed * 7919 + epoch, lr_scale=lr_scale,
+                                                      comp=plan.comp, progress=tick)
+                finally:
+                    bar.close()
+                seconds = time.perf_counter() - t0
+                states[arm.name] = (layers, state)
+                row: dict[str, Any] = {"arm": arm.name, "seed": plan.seed, "epoch": epoch + 1, "loss": loss}
+                if plan.train_accuracy:
+                    row["train_acc"] = accuracy(layers, x_train[:n_eval], labels_train[:n_eval], comp=plan.comp)
+                row["test_acc"] = accuracy(layers, data.x_test, data.labels_test, comp=plan.comp)
+                row["seconds"] = seconds
+                epoch_rows.append(row)
+            outcome.rows += epoch_rows
+            if on_epoch is not None:
+                on_epoch(epoch_rows)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    outcome.layers = {name: layers for name, (layers, _) in states.items()}
+    return outcome

@@ -1,0 +1,145 @@
+"""Training and evaluation on labelled data: the step, the epoch, accuracy.
+
+``train_step`` is the seed's ``sgd`` step: run ``_pass``, update the parameters with the
+optimizer (frozen state in, new state out), then the batch-norm running statistics from the
+batch statistics each ``BN1`` carries. Non-finite values never reach the running statistics:
+the step raises :class:`NumericalError` naming the layer (default) or skips the batch.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, final
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from .array import Comp, Matrix, matrix
+from .errors import LazybnError, ShapeError, ValueRangeError
+from .layers import BN1, Batchnorm1d, Layer
+from .network import _pass, cross_entropy, logits, update_running
+from .optim import Optimizer, OptState, update
+
+
+class NumericalError(LazybnError, FloatingPointError):
+    """A training step produced NaN or infinity (the batch is not applied)."""
+
+
+class Pixels(enum.Enum):
+    """How uint8 pixels become network inputs."""
+
+    unit = "unit"  # x / 255, in [0, 1]
+    centered = "centered"  # x / 255 - 0.5, in [-0.5, 0.5] (the seed's Haskell project)
+    standard = "standard"  # (x / 255 - 0.1307) / 0.3081, MNIST's mean and std
+
+
+def prepare(images: NDArray[np.uint8], pixels: Pixels, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
+    """Scale uint8 images (samples x pixels) to float inputs."""
+    x = images.astype(np.float64) / 255.0
+    if pixels is Pixels.centered:
+        x -= 0.5
+    elif pixels is Pixels.standard:
+        x = (x - 0.1307) / 0.3081
+    return x.astype(dtype)
+
+
+def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
+    """One-hot rows for integer labels in [0, classes)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ShapeError("one_hot", labels.shape, (classes,), "labels must be a 1-d array")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueRangeError(f"one_hot: labels must be in [0, {classes}), got values from {labels.min()} "
+                              f"to {labels.max()}")
+    out = np.zeros((labels.shape[0], classes), dtype=dtype)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    layers: list[Layer]
+    opt_state: OptState
+    loss: float
+    pred: Matrix
+    skipped: bool = False
+
+
+def _check_finite(loss: float, grads: Sequence[object]) -> str | None:
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    for i, g in enumerate(grads):
+        if isinstance(g, BN1):
+            for name in ("batch_mu", "batch_var", "dgamma", "dbeta"):
+                if not np.isfinite(getattr(g, name).array).all():
+                    return f"layer {i} (Batchnorm1d) has a non-finite {name}"
+    return None
+
+
+def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
+               key: int | None = None, lr_scale: float = 1.0,
+               on_nonfinite: Literal["raise", "skip"] = "raise") -> StepResult:
+    """One optimisation step on a batch: returns the new layers and optimizer state.
+
+    Raises:
+        NumericalError: the loss or a batch statistic is NaN/inf (``on_nonfinite="raise"``).
+    """
+    _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
+    loss = cross_entropy(pred, tgt)
+    problem = _check_finite(loss, grads)
+    if problem is not None:
+        if on_nonfinite == "skip":
+            return StepResult(list(layers), opt_state, loss, pred, skipped=True)
+        raise NumericalError(f"training step {opt_state.step}: {problem}; lower the learning rate, check "
+                             "the input for NaN/inf, or pass on_nonfinite='skip'")
+    new_layers, new_state = update(opt, opt_state, layers, grads, lr_scale)
+    new_layers = [update_running(nl, g) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
+                  for nl, g in zip(new_layers, grads)]
+    return StepResult(new_layers, new_state, loss, pred)
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[NDArray[np.intp]]:
+    """Index arrays of consecutive batches (shuffled when ``rng`` is given). A last batch of one
+    sample is merged into the previous batch (batch norm cannot train on one sample)."""
+    if batch_size < 1:
+        raise ValueRangeError(f"batch_size must be >= 1, got {batch_size}")
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    for k, s in enumerate(starts):
+        yield order[s: starts[k + 1] if k + 1 < len(starts) else n]
+
+
+def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
+             batch_size: int = 1000, comp: Comp = Comp.Seq) -> float:
+    """Fraction of samples whose arg-max prediction (inference mode) equals the label."""
+    correct = 0
+    for idx in batches(x.shape[0], batch_size, None):
+        out = logits(layers, matrix(x[idx], comp=comp))
+        correct += int(np.sum(np.argmax(out.array, axis=1) == labels[idx]))
+    return correct / max(1, int(x.shape[0]))
+
+
+def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: NDArray[np.floating[Any]],
+                y: NDArray[np.floating[Any]], batch_size: int, rng: np.random.Generator | None, *,
+                key: int = 0, lr_scale: float = 1.0, comp: Comp = Comp.Seq,
+                on_nonfinite: Literal["raise", "skip"] = "raise",
+                progress: Callable[[float], None] | None = None) -> tuple[list[Layer], OptState, float]:
+    """One pass over the training data: returns the new layers, state and the mean batch loss."""
+    current = list(layers)
+    losses = []
+    for idx in batches(x.shape[0], batch_size, rng):
+        step = train_step(current, opt, opt_state, matrix(x[idx], comp=comp), matrix(y[idx], comp=comp),
+                          key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
+        current, opt_state = step.layers, step.opt_state
+        if not step.skipped:
+            losses.append(step.loss)
+        if progress is not None:
+            progress(step.loss)
+    mean_loss = sum(losses) / len(losses) if losses else float("nan")
+    return current, opt_state, mean_loss
