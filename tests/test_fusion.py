@@ -171,3 +171,26 @@ def test_clear_disk_cache_forgets_kernels(tmp_path: Path, monkeypatch: pytest.Mo
     assert kcache.kernel_dir().parent == tmp_path
     kcache.clear_disk_cache()
     assert not kcache.kernel_dir().exists()
+
+
+def test_batchnorm_step_code_fuses_into_three_plus_two_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step-by-step batch-norm code: forward = mean, variance, output passes; backward = one pass
+    for all the sums (linearity pulls dmu's late vectors out of its sum) and one that writes dx."""
+    from lazybn.layers import Batchnorm1d
+    from lazybn.network import bn_backward, bn_forward
+
+    seen: list[tuple[int, int]] = []
+    real = fuse.evaluate
+
+    def spy(nodes: Any, dtype: Any, par: bool) -> Any:
+        k = fuse.plan(nodes, dtype, par)
+        seen.append((k.passes, max((len(t) for t in k.temporaries), default=0)))
+        return real(nodes, dtype, par)
+
+    monkeypatch.setattr(fuse, "evaluate", spy)
+    d = 6
+    layer = Batchnorm1d(lb.zeros(d), lb.ones(d), lb.ones(d), lb.zeros(d))
+    x = lb.matrix(np.random.default_rng(3).normal(size=(10, d)))
+    out, mu, var = bn_forward(x, layer)
+    bn_backward(x, x, layer, mu, var)
+    assert seen == [(3, 1), (2, 1)]  # two launches; temporaries are vectors only
