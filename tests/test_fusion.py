@@ -190,7 +190,7 @@ def test_batchnorm_step_code_fuses_into_three_plus_two_passes(monkeypatch: pytes
     monkeypatch.setattr(fuse, "evaluate", spy)
     d = 6
     layer = Batchnorm1d(lb.zeros(d), lb.ones(d), lb.ones(d), lb.zeros(d))
-    x = lb.matrix(np.random.default_rng(3).normal(size=(10, d)))
+    x = lb.matrix(np.random.default_rng(3).normal(size=(10, d)), dtype=np.float32)
     out, mu, var = bn_forward(x, layer)
     bn_backward(x, x, layer, mu, var)
     assert seen == [(3, 1), (2, 1)]  # two launches; temporaries are vectors only
