@@ -1,16 +1,16 @@
 """The delayed-expression graph: small frozen nodes built by the public operations.
 
 A node knows its shape and dtype from the moment it is built (shapes are checked by the
-public operations before a node is made). Nodes compare by identity; structural equality
-(for common-subexpression elimination and the kernel cache key) is worked out once per
-``compute`` in :mod:`lazybn.fuse.lower`.
+public operations before a node is made). Nodes are immutable named tuples (the cheapest
+frozen record in Python: building the graph is on the hot path of every training step).
+Structural equality (for common-subexpression elimination and the kernel cache key) is worked
+out once per ``compute`` in :mod:`lazybn.fuse.lower`, by object identity of the nodes.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,9 +55,7 @@ class RedOp(enum.Enum):
     max_cols = "max_cols"  # max over columns: one value per row
 
 
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class Leaf:
+class Leaf(NamedTuple):
     """A manifest array read by the kernel."""
 
     array: FloatArray
@@ -65,9 +63,7 @@ class Leaf:
     dtype: np.dtype[Any]
 
 
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class Const:
+class Const(NamedTuple):
     """A Python scalar; passed to the kernel as an argument, never baked into its source."""
 
     value: float
@@ -75,50 +71,40 @@ class Const:
     dtype: None = None
 
 
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class Map:
+class Map(NamedTuple):
     fn: Fn
-    a: Node
+    a: "Node"
     shape: Shape
     dtype: np.dtype[Any]
 
 
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class Zip:
+class Zip(NamedTuple):
     op: BinOp
-    a: Node
-    b: Node
+    a: "Node"
+    b: "Node"
     shape: Shape
     dtype: np.dtype[Any]
 
 
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class Br:
+class Br(NamedTuple):
     """A vector used as every row of a matrix: ``out[i, j] = a[j]`` (massiv's ``br``)."""
 
-    a: Node
+    a: "Node"
     shape: Shape
     dtype: np.dtype[Any]
 
 
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class ColsLike:
+class ColsLike(NamedTuple):
     """A vector used as every column of a matrix: ``out[i, j] = a[i]``."""
 
-    a: Node
+    a: "Node"
     shape: Shape
     dtype: np.dtype[Any]
 
 
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class Reduce:
+class Reduce(NamedTuple):
     op: RedOp
-    a: Node
+    a: "Node"
     shape: Shape
     dtype: np.dtype[Any]
 
