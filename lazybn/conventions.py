@@ -1,0 +1,159 @@
+"""Converting batch norm's running statistics between lazybn's convention and Keras/Flax's.
+
+lazybn follows PyTorch: ``momentum`` m is the weight of the NEW batch,
+``r <- (1 - m) r + m b``, and the running variance averages UNBIASED batch variances
+(N/(N-1) times the biased one). Keras 3, tf-keras and Flax use a decay d = 1 - m (default
+0.99), the weight of the OLD value, ``r <- d r + (1 - d) b``, and average BIASED variances.
+
+Means are identical in both conventions. For variances, after k updates with batches of equal
+size N from the same initial value v0 (bn-behaviours checklist item 14)::
+
+    r_torch - (1 - m)^k v0 = N/(N - 1) * (r_keras - (1 - m)^k v0)
+
+because every blended-in batch variance differs by exactly N/(N-1) while the surviving share
+of v0 is the same. :func:`to_keras` and :func:`from_keras` apply that identity; they are exact
+only for equal batch sizes. With unequal sizes (a short last batch) the conversion is an
+approximation: pass the typical N. A layer with ``unbiased=False`` already stores biased
+variances, so only the momentum is converted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, final
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from .array import vector
+from .errors import RankError, ShapeError, ValueRangeError
+from .layers import Batchnorm1d
+
+FloatArray = NDArray[np.floating[Any]]
+
+
+def _unit_interval(name: str, x: object) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not 0.0 <= x <= 1.0:
+        raise ValueRangeError(f"{name}: must be a number in [0, 1], got {x!r}")
+    return float(x)
+
+
+def momentum_to_keras(m: float) -> float:
+    """lazybn/PyTorch momentum (weight of the new batch) -> Keras/Flax momentum (weight of the old).
+
+    >>> momentum_to_keras(0.1)
+    0.9
+    """
+    return 1.0 - _unit_interval("momentum_to_keras", m)
+
+
+def momentum_from_keras(decay: float) -> float:
+    """Keras/Flax momentum (weight of the old value, e.g. 0.99) -> lazybn/PyTorch momentum.
+
+    >>> round(momentum_from_keras(0.99), 12)
+    0.01
+    """
+    return 1.0 - _unit_interval("momentum_from_keras", decay)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class KerasBatchNorm:
+    """A Keras ``BatchNormalization`` layer's weights and settings, as numpy arrays.
+
+    ``momentum`` is Keras's (weight of the OLD moving value); ``moving_variance`` is biased.
+    """
+
+    gamma: FloatArray
+    beta: FloatArray
+    moving_mean: FloatArray
+    moving_variance: FloatArray
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+
+    def __post_init__(self) -> None:
+        shapes = set()
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.ndim != 1:
+                raise RankError(f"KerasBatchNorm.{name}: expected a 1-d numpy array, got {type(a).__name__} "
+                                f"of shape {getattr(a, 'shape', None)}")
+            shapes.add(a.shape)
+        if len(shapes) > 1:
+            raise ShapeError("KerasBatchNorm", self.gamma.shape, self.moving_variance.shape,
+                             f"all four arrays must have one length, got {sorted(shapes)}")
+        _unit_interval("KerasBatchNorm.momentum", self.momentum)
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueRangeError(f"KerasBatchNorm.epsilon: must be a finite number > 0, got {self.epsilon!r}")
+
+
+def _history(batch_size: int, steps: int, initial_var: float, where: str) -> tuple[int, int, float]:
+    checks: tuple[tuple[str, object, int], ...] = (("batch_size", batch_size, 2), ("steps", steps, 0))
+    for name, v, low in checks:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueRangeError(f"{where}.{name}: must be an integer >= {low}, got {v!r}")
+    if not (math.isfinite(initial_var) and initial_var >= 0):
+        raise ValueRangeError(f"{where}.initial_var: must be a finite number >= 0, got {initial_var!r}")
+    return int(batch_size), int(steps), float(initial_var)
+
+
+def to_keras(layer: Batchnorm1d, batch_size: int, steps: int, initial_var: float = 1.0) -> KerasBatchNorm:
+    """The Keras/Flax form of a lazybn batch-norm layer trained for ``steps`` batches of ``batch_size``.
+
+    Arguments:
+        layer: the lazybn layer (PyTorch convention).
+        batch_size: N of every training batch (>= 2). Exact for equal N; approximate otherwise.
+        steps: k, the number of running-statistics updates the layer has had.
+        initial_var: the running variance before the first update (lazybn's default is 1).
+
+    Returns:
+        A :class:`KerasBatchNorm` with numpy arrays of the layer's dtype (computed in float64),
+        momentum 1 - layer.momentum and epsilon = layer.eps (keep it: Keras's default 1e-3
+        would change the outputs).
+
+    Raises:
+        ValueRangeError: ``batch_size`` < 2, ``steps`` < 0 or ``initial_var`` negative.
+    """
+    n, k, v0 = _history(batch_size, steps, initial_var, "to_keras")
+    decay = momentum_to_keras(layer.momentum)
+    var = layer.var.array.astype(np.float64)
+    if layer.unbiased:
+        c = decay**k * v0  # the share of the initial variance still in the running value
+        var = c + (n - 1) / n * (var - c)
+    dt = layer.var.dtype
+    return KerasBatchNorm(layer.gamma.array.copy(), layer.beta.array.copy(), layer.mu.array.copy(),
+                          var.astype(dt), decay, float(layer.eps))
+
+
+def from_keras(k: KerasBatchNorm, batch_size: int, steps: int, initial_var: float = 1.0, *,
+               unbiased: bool = True, dtype: DTypeLike | None = None) -> Batchnorm1d:
+    """A lazybn batch-norm layer (PyTorch convention) from Keras/Flax weights.
+
+    Arguments:
+        k: the Keras layer's weights and settings.
+        batch_size, steps, initial_var: the training history, as for :func:`to_keras`.
+        unbiased: make the running variance unbiased (lazybn's default); False keeps Keras's
+            biased variance and converts the momentum only.
+        dtype: float32 or float64; None = the dtype of ``k.gamma`` (float32 if it is neither).
+
+    Returns:
+        A :class:`~lazybn.layers.Batchnorm1d` with momentum 1 - k.momentum and eps = k.epsilon.
+
+    Raises:
+        ValueRangeError: invalid history, or a moving variance so far below decay^k · initial_var
+            (which no such history can produce) that the running variance would be negative.
+    """
+    n, steps, v0 = _history(batch_size, steps, initial_var, "from_keras")
+    c = k.momentum**steps * v0
+    mv = k.moving_variance.astype(np.float64)
+    var = c + n / (n - 1) * (mv - c) if unbiased else mv
+    if (var < 0).any() or np.isnan(var).any():
+        raise ValueRangeError(f"from_keras: moving_variance {mv[~(var >= 0)][:3]} gives a negative running "
+                              f"variance; {steps} steps from initial_var {v0!r} leave at least momentum^steps * "
+                              f"initial_var = {c!r}: steps or initial_var do not match this layer's history")
+    if dtype is None:
+        dtype = k.gamma.dtype if k.gamma.dtype in (np.float32, np.float64) else np.float32
+    return Batchnorm1d(vector(k.moving_mean, dtype), vector(var, dtype), vector(k.gamma, dtype),
+                       vector(k.beta, dtype), eps=float(k.epsilon), momentum=momentum_from_keras(k.momentum),
+                       unbiased=bool(unbiased))

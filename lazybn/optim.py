@@ -1,0 +1,337 @@
+"""Optimizers: frozen hyperparameters, explicit state in, new layers and new state out.
+
+Nothing is mutated: ``update(opt, state, layers, grads)`` returns new layers (built with
+``dataclasses.replace``) and a new :class:`OptState`; the old ones stay valid and unchanged.
+Each parameter's new value and new moments are computed by ONE fused kernel (``compute_all``).
+
+Conventions (fixed, documented, tested):
+
+* ``grads`` are gradients of the MEAN loss over the batch, as :mod:`lazybn.network` produces
+  them; ``update`` applies no further 1/batch factor.
+* Parameters: ``Linear`` (w, b), ``LinearNoBias`` (w), ``Batchnorm1d`` (gamma, beta only: the
+  running mean and variance are not touched here, see ``lazybn.network.update_running``),
+  ``Activation`` and ``Dropout`` none.
+* Learning rates: every parameter steps with ``lr * lr_scale``; gamma and beta with
+  ``lr * lr_scale * bn_lr_multiplier``. ``lr_scale`` is a schedule factor (warm-up, decay);
+  ``bn_lr_multiplier`` is a per-parameter-group learning rate, needed to reproduce a reference
+  run whose batch-norm parameters received batch-SUMMED gradients (see :class:`SGD`).
+* ``OptState.slots[i]`` holds layer i's moment arrays, parameter by parameter in the order
+  above and, within a parameter, moment by moment: Adam on ``Linear`` is (m_w, v_w, m_b, v_b),
+  Momentum (v_w, v_b), RMSProp (s_w, s_b), SGD (). Parameterless layers have ().
+* ``OptState.step`` counts the updates made; Adam's bias correction uses t = step + 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, assert_never, final
+
+import numpy as np
+
+from .array import Manifest, compute, compute_all
+from .errors import DTypeError, LazybnError, ShapeError, ValueRangeError
+from .fuse.graph import Fn
+from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
+                     LinearNoBiasGradients, NoGrad)
+from .ops import add_c, amap, scale
+
+
+class UpdateMismatchError(LazybnError, ValueError):
+    """Layers, gradients and optimizer state given to :func:`update` do not line up.
+
+    ``index`` is the offending layer's position (None when the sequences' lengths differ).
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        self.index = index
+        super().__init__(message)
+
+
+def _number(cls: str, name: str, x: object) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise ValueRangeError(f"{cls}.{name}: expected a number, got {x!r}")
+    return float(x)
+
+
+_POSITIVE = ("lr", "eps", "bn_lr_multiplier")  # finite and > 0
+_UNIT = ("beta", "beta1", "beta2", "rho")  # in [0, 1)
+
+
+def _validate(opt: Optimizer) -> None:
+    """Check every hyperparameter of an optimizer by its field name."""
+    cls = type(opt).__name__
+    for f in fields(opt):
+        x = getattr(opt, f.name)
+        v = _number(cls, f.name, x)
+        if f.name in _POSITIVE and not (math.isfinite(v) and v > 0):
+            raise ValueRangeError(f"{cls}.{f.name}: must be a finite number > 0, got {x!r}")
+        if f.name in _UNIT and not 0.0 <= v < 1.0:
+            raise ValueRangeError(f"{cls}.{f.name}: must be in [0, 1), got {x!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SGD:
+    """Plain gradient descent: ``p <- p - lr * g``.
+
+    ``bn_lr_multiplier`` (in every optimizer) multiplies the learning rate of batch norm's gamma
+    and beta only: it is lazybn's per-parameter-group learning rate. The seed's Haskell summed
+    dgamma and dbeta over the batch (no 1/m) while the weights got mean-loss gradients, so its
+    batch-norm parameters stepped batch-size times further than lazybn's mean-loss gradients
+    would; ``SGD(lr=0.1, bn_lr_multiplier=1000.0)`` with batches of 1000 reproduces that run
+    (so does Momentum; Adam and RMSProp are invariant to a gradient's scale, so there the
+    multiplier just scales batch norm's step).
+
+    Raises:
+        ValueRangeError: ``lr`` or ``bn_lr_multiplier`` is not a finite number > 0.
+    """
+
+    lr: float
+    bn_lr_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Momentum:
+    """Heavy-ball momentum, PyTorch's form: ``v <- beta * v + g; p <- p - lr * v`` (v starts at 0).
+
+    Raises:
+        ValueRangeError: ``lr``/``bn_lr_multiplier`` not finite > 0, or ``beta`` outside [0, 1).
+    """
+
+    lr: float
+    beta: float = 0.9
+    bn_lr_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Adam:
+    """Adam with bias correction (Kingma & Ba, Algorithm 1), step t = state.step + 1::
+
+        m <- beta1 m + (1 - beta1) g;   v <- beta2 v + (1 - beta2) g^2
+        p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    Raises:
+        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0, or a beta outside [0, 1).
+    """
+
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    bn_lr_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RMSProp:
+    """RMSProp, PyTorch's form (eps added after the square root)::
+
+        s <- rho s + (1 - rho) g^2;   p <- p - lr * g / (sqrt(s) + eps)
+
+    Raises:
+        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0, or ``rho`` outside [0, 1).
+    """
+
+    lr: float = 1e-3
+    rho: float = 0.9
+    eps: float = 1e-8
+    bn_lr_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+Optimizer = SGD | Momentum | Adam | RMSProp
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class OptState:
+    """An optimizer's state: the number of updates made and, per layer, its moment arrays."""
+
+    step: int
+    slots: tuple[tuple[Manifest[Any], ...], ...]
+
+    def __post_init__(self) -> None:
+        step: object = self.step
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueRangeError(f"OptState.step: must be an integer >= 0, got {step!r}")
+        for i, layer_slots in enumerate(self.slots):
+            ls: object = layer_slots
+            if not isinstance(ls, tuple) or not all(isinstance(a, Manifest) for a in ls):
+                raise TypeError(f"OptState.slots[{i}]: expected a tuple of lazybn Manifest arrays")
+
+
+def _moments(opt: Optimizer) -> int:
+    """How many moment arrays the optimizer keeps per parameter."""
+    match opt:
+        case SGD():
+            return 0
+        case Momentum() | RMSProp():
+            return 1
+        case Adam():
+            return 2
+        case _:
+            assert_never(opt)
+
+
+def _params(layer: Layer) -> tuple[tuple[str, Manifest[Any]], ...]:
+    """The layer's trainable parameters, named, in the slot order."""
+    match layer:
+        case Linear(w=w, b=b):
+            return (("w", w), ("b", b))
+        case LinearNoBias(w=w):
+            return (("w", w),)
+        case Batchnorm1d(gamma=gamma, beta=beta):
+            return (("gamma", gamma), ("beta", beta))
+        case Activation() | Dropout():
+            return ()
+        case _:
+            assert_never(layer)
+
+
+def _zeros_like(p: Manifest[Any]) -> Manifest[Any]:
+    z = np.zeros(p.shape, p.dtype)
+    z.flags.writeable = False
+    return Manifest(z, p.comp)
+
+
+def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
+    """The optimizer's initial state for ``layers``: step 0, every moment array zero.
+
+    Returns:
+        An :class:`OptState` whose slots follow the module's ordering convention.
+    """
+    k = _moments(opt)
+    return OptState(0, tuple(tuple(_zeros_like(p) for _, p in _params(layer) for _ in range(k)) for layer in layers))
+
+
+def _step(opt: Optimizer, p: Manifest[Any], g: Manifest[Any], slots: tuple[Manifest[Any], ...],
+          lr: float, t: int) -> tuple[Manifest[Any], tuple[Manifest[Any], ...]]:
+    """One parameter's new value and moments, in one kernel."""
+    match opt:
+        case SGD():
+            return compute(p - scale(lr, g)), ()
+        case Momentum(beta=beta):
+            v = scale(beta, slots[0]) + g
+            p2, v2 = compute_all(p - scale(lr, v), v)
+            return p2, (v2,)
+        case Adam(beta1=b1, beta2=b2, eps=eps):
+            m = scale(b1, slots[0]) + scale(1.0 - b1, g)
+            v = scale(b2, slots[1]) + scale(1.0 - b2, g * g)
+            m_hat = scale(1.0 / (1.0 - b1**t), m)
+            v_hat = scale(1.0 / (1.0 - b2**t), v)
+            p2, m2, v2 = compute_all(p - scale(lr, m_hat / add_c(amap(Fn.sqrt, v_hat), eps)), m, v)
+            return p2, (m2, v2)
+        case RMSProp(rho=rho, eps=eps):
+            s = scale(rho, slots[0]) + scale(1.0 - rho, g * g)
+            p2, s2 = compute_all(p - scale(lr, g / add_c(amap(Fn.sqrt, s), eps)), s)
+            return p2, (s2,)
+        case _:
+            assert_never(opt)
+
+
+def _mismatch(i: int, layer: Layer, g: Gradients) -> UpdateMismatchError:
+    return UpdateMismatchError(
+        f"update: layer {i} is a {type(layer).__name__} but its gradient is a {type(g).__name__}; "
+        f"grads must come from a pass through these same layers, in order", i)
+
+
+def _grads(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]:
+    """The gradients of ``_params(layer)``, in the same order; raises on a mismatched pair."""
+    match layer:
+        case Linear():
+            if isinstance(g, LinearGradients):
+                return (g.dw, g.db)
+        case LinearNoBias():
+            if isinstance(g, LinearNoBiasGradients):
+                return (g.dw,)
+        case Batchnorm1d():
+            if isinstance(g, BN1):
+                return (g.dgamma, g.dbeta)
+        case Activation() | Dropout():
+            if isinstance(g, NoGrad):
+                return ()
+        case _:
+            assert_never(layer)
+    raise _mismatch(i, layer, g)
+
+
+def _check(i: int, layer: Layer, params: tuple[tuple[str, Manifest[Any]], ...], grads: tuple[Manifest[Any], ...],
+           slots: tuple[Manifest[Any], ...], k: int, opt: Optimizer) -> None:
+    kind = type(layer).__name__
+    if len(slots) != k * len(params):
+        raise UpdateMismatchError(
+            f"update: the optimizer state holds {len(slots)} arrays for layer {i} ({kind}) but "
+            f"{type(opt).__name__} needs {k * len(params)}; make the state with init_state(opt, layers) "
+            f"for this optimizer and these layers", i)
+    for j, ((name, p), g) in enumerate(zip(params, grads)):
+        where = f"update: layer {i} ({kind}.{name})"
+        for what, a in (("gradient", g), *(("optimizer state", s) for s in slots[j * k:(j + 1) * k])):
+            if a.shape != p.shape:
+                raise ShapeError(where, p.shape, a.shape, f"the {what} must have the parameter's shape")
+            if a.dtype != p.dtype:
+                raise DTypeError(f"{where}: the {what} is {a.dtype} but the parameter is {p.dtype}")
+
+
+def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequence[Gradients],
+           lr_scale: float = 1.0) -> tuple[list[Layer], OptState]:
+    """One optimizer step over a network.
+
+    Arguments:
+        opt: the optimizer (its hyperparameters).
+        state: the optimizer state from :func:`init_state` or the previous ``update``.
+        layers: the network; ``grads[i]`` must be the gradient of ``layers[i]`` (of the mean loss).
+        lr_scale: schedule factor multiplying every learning rate (finite, >= 0).
+
+    Returns:
+        ``(new_layers, new_state)``; the arguments are left unchanged. Batch norm's running
+        statistics are copied over untouched.
+
+    Raises:
+        UpdateMismatchError: lengths differ, a layer is paired with another layer's gradient
+            kind, or the state was made for another optimizer or network (names the layer index).
+        ShapeError, DTypeError: a gradient or state array does not match its parameter.
+        ValueRangeError: ``lr_scale`` is negative or not finite.
+    """
+    s = _number("update", "lr_scale", lr_scale)
+    if not (math.isfinite(s) and s >= 0):
+        raise ValueRangeError(f"update.lr_scale: must be a finite number >= 0, got {lr_scale!r}")
+    if len(grads) != len(layers) or len(state.slots) != len(layers):
+        raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients and optimizer state for "
+                                  f"{len(state.slots)} layers; all three must have one entry per layer")
+    k, t = _moments(opt), state.step + 1
+    new_layers: list[Layer] = []
+    new_slots: list[tuple[Manifest[Any], ...]] = []
+    for i, (layer, g, slots) in enumerate(zip(layers, grads, state.slots)):
+        params, gs = _params(layer), _grads(i, layer, g)
+        _check(i, layer, params, gs, slots, k, opt)
+        lr = opt.lr * s * (opt.bn_lr_multiplier if isinstance(layer, Batchnorm1d) else 1.0)
+        stepped = [_step(opt, p, dp, slots[j * k:(j + 1) * k], lr, t) for j, ((_, p), dp) in enumerate(zip(params, gs))]
+        new = tuple(p2 for p2, _ in stepped)
+        new_slots.append(tuple(a for _, ms in stepped for a in ms))
+        match layer:
+            case Linear():
+                new_layers.append(replace(layer, w=new[0], b=new[1]))
+            case LinearNoBias():
+                new_layers.append(replace(layer, w=new[0]))
+            case Batchnorm1d():
+                new_layers.append(replace(layer, gamma=new[0], beta=new[1]))
+            case Activation() | Dropout():
+                new_layers.append(layer)
+            case _:
+                assert_never(layer)
+    return new_layers, OptState(t, tuple(new_slots))

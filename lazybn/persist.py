@@ -1,0 +1,278 @@
+"""Saving and loading networks (and optimizer state): one ``.npz`` file, no pickle.
+
+The file is a numpy ``.npz`` archive holding every array under a readable name (``layer0.w``,
+``layer3.gamma``, ``opt.slot.1.0`` = layer 1's first moment array) and a JSON header stored as
+a uint8 array ``header.json``::
+
+    {"format": "lazybn-network", "version": 1, "dtype": "float32", "comp": "Seq",
+     "layers": [{"kind": "LinearNoBias", "arrays": {"w": [784, 300]}},
+                {"kind": "Batchnorm1d", "eps": 1e-05, "momentum": 0.1, "unbiased": true,
+                 "arrays": {"mu": [300], "var": [300], "gamma": [300], "beta": [300]}},
+                {"kind": "Activation", "activation": "relu"}, {"kind": "Dropout", "p": 0.2}, ...],
+     "optimizer": {"step": 12, "slots": [[[784, 300], [784, 300]], [], ...]} or null,
+     "meta": {"epoch": 3, "note": "..."}}
+
+Writing is atomic (temporary file, then rename): a crash mid-write leaves the old file intact.
+Loading never unpickles (``allow_pickle=False``), checks every array against the header, and
+rejects a negative or NaN running variance. Arrays round-trip bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, assert_never, final
+
+import numpy as np
+
+from ._files import atomic_writer
+from .array import Comp, Manifest
+from .errors import DTypeError, LazybnError, PersistenceError, ValueRangeError
+from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+from .optim import OptState
+
+FORMAT = "lazybn-network"
+VERSION = 1
+Meta = Mapping[str, str | int | float | bool]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What :func:`load` returns: the network, the optimizer state (if saved) and the metadata."""
+
+    layers: list[Layer]
+    opt_state: OptState | None
+    meta: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+
+def _arrays_of(layer: Layer) -> dict[str, Manifest[Any]]:
+    match layer:
+        case Linear(w=w, b=b):
+            return {"w": w, "b": b}
+        case LinearNoBias(w=w):
+            return {"w": w}
+        case Batchnorm1d(mu=mu, var=var, gamma=gamma, beta=beta):
+            return {"mu": mu, "var": var, "gamma": gamma, "beta": beta}
+        case Activation() | Dropout():
+            return {}
+        case _:
+            assert_never(layer)
+
+
+def _describe(layer: Layer) -> dict[str, Any]:
+    d: dict[str, Any] = {"kind": type(layer).__name__}
+    match layer:
+        case Batchnorm1d(eps=eps, momentum=momentum, unbiased=unbiased):
+            d.update(eps=float(eps), momentum=float(momentum), unbiased=bool(unbiased))
+        case Activation(f=f):
+            d["activation"] = f.value
+        case Dropout(p=p):
+            d["p"] = float(p)
+        case Linear() | LinearNoBias():
+            pass
+        case _:
+            assert_never(layer)
+    arrays = _arrays_of(layer)
+    if arrays:
+        d["arrays"] = {k: list(a.shape) for k, a in arrays.items()}
+    return d
+
+
+def _check_meta(meta: Meta | None) -> dict[str, str | int | float | bool]:
+    out: dict[str, str | int | float | bool] = {}
+    for k, v in (meta or {}).items():
+        kv: tuple[object, object] = (k, v)
+        if not isinstance(kv[0], str) or not isinstance(kv[1], (str, int, float, bool)):
+            raise TypeError(f"save: meta must map str to str/int/float/bool, got {k!r}: {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueRangeError(f"save: meta[{k!r}] = {v!r}: JSON cannot store NaN or infinity")
+        out[k] = v
+    return out
+
+
+def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None = None,
+         meta: Meta | None = None) -> None:
+    """Write ``layers`` (and optionally the optimizer state and metadata) to ``path`` atomically.
+
+    Arguments:
+        path: the ``.npz`` file to write (parent directories are created).
+        layers: the network; all its arrays (and the state's) must share one dtype.
+        opt_state: an :class:`~lazybn.optim.OptState` to save alongside, or None.
+        meta: small JSON-able facts (epoch, learning rate, notes): str -> str/int/float/bool.
+
+    Raises:
+        DTypeError: the arrays mix float32 and float64.
+        TypeError, ValueRangeError: ``meta`` holds something JSON cannot store exactly.
+    """
+    arrays: dict[str, Manifest[Any]] = {}
+    for i, layer in enumerate(layers):
+        arrays.update({f"layer{i}.{k}": a for k, a in _arrays_of(layer).items()})
+    header: dict[str, Any] = {"format": FORMAT, "version": VERSION,
+                              "layers": [_describe(layer) for layer in layers], "optimizer": None,
+                              "meta": _check_meta(meta)}
+    if opt_state is not None:
+        header["optimizer"] = {"step": opt_state.step,
+                               "slots": [[list(a.shape) for a in s] for s in opt_state.slots]}
+        for i, s in enumerate(opt_state.slots):
+            arrays.update({f"opt.slot.{i}.{j}": a for j, a in enumerate(s)})
+    dtypes = sorted({str(a.dtype) for a in arrays.values()})
+    if len(dtypes) > 1:
+        raise DTypeError(f"save: the arrays mix dtypes {dtypes}; convert the network to one dtype first")
+    header["dtype"] = dtypes[0] if dtypes else None
+    header["comp"] = "Par" if any(a.comp is Comp.Par for a in arrays.values()) else "Seq"
+    blob = np.frombuffer(json.dumps(header, allow_nan=False).encode(), dtype=np.uint8)
+    payload: dict[str, Any] = {name: a.array for name, a in arrays.items()}
+    payload["header.json"] = blob
+    with atomic_writer(Path(path)) as f:
+        np.savez(f, **payload)
+
+
+class _Reader:
+    """Reads the arrays of an open npz archive, checking each against the header."""
+
+    def __init__(self, path: Path, z: Any, dtype: np.dtype[Any] | None, comp: Comp) -> None:
+        self.path, self.z, self.dtype, self.comp = path, z, dtype, comp
+        self.used: set[str] = {"header.json"}
+
+    def get(self, name: str, shape: object) -> Manifest[Any]:
+        if name not in self.z.files:
+            raise PersistenceError(f"{self.path}: array {name!r} listed in the header is missing")
+        try:
+            arr = self.z[name]
+        except ValueError as exc:
+            raise PersistenceError(f"{self.path}: array {name!r} is unreadable: {exc} "
+                                   f"(lazybn never unpickles: object arrays are refused)") from None
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise PersistenceError(f"{self.path}: array {name!r} is truncated or corrupt: {exc}") from None
+        if not isinstance(shape, list) or tuple(arr.shape) != tuple(shape):
+            raise PersistenceError(f"{self.path}: array {name!r} has shape {arr.shape}, the header says {shape}")
+        if self.dtype is None or arr.dtype != self.dtype:
+            raise PersistenceError(f"{self.path}: array {name!r} is {arr.dtype}, the header says {self.dtype}")
+        self.used.add(name)
+        arr = np.ascontiguousarray(arr)
+        arr.flags.writeable = False
+        return Manifest(arr, self.comp)
+
+
+_KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "num": (int, float), "int": (int,), "bool": (bool,),
+                                      "list": (list,)}
+
+
+def _field(d: object, key: str, kind: str, where: str) -> Any:
+    """``d[key]`` if ``d`` is a JSON object and the value is of ``kind`` (bool is not a number)."""
+    v = d.get(key) if isinstance(d, dict) else None
+    if not isinstance(v, _KINDS[kind]) or (isinstance(v, bool) and kind != "bool"):
+        raise PersistenceError(f"{where}: header field {key!r} is missing or invalid ({v!r})")
+    return v
+
+
+def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
+    where = f"{r.path}: layer {i}"
+    kind = _field(d, "kind", "str", where)
+    shapes = d.get("arrays")
+
+    def a(name: str) -> Manifest[Any]:
+        return r.get(f"layer{i}.{name}", shapes.get(name) if isinstance(shapes, dict) else None)
+
+    if kind == "Linear":
+        return Linear(a("w"), a("b"))
+    if kind == "LinearNoBias":
+        return LinearNoBias(a("w"))
+    if kind == "Batchnorm1d":
+        var = a("var")
+        if np.isnan(var.array).any() or (var.array < 0).any():
+            raise PersistenceError(f"{where} (Batchnorm1d): the running variance has negative or NaN "
+                                   f"entries {var.array[~(var.array >= 0)][:3]}; the file is corrupt")
+        return Batchnorm1d(a("mu"), var, a("gamma"), a("beta"), eps=_field(d, "eps", "num", where),
+                           momentum=_field(d, "momentum", "num", where),
+                           unbiased=_field(d, "unbiased", "bool", where))
+    if kind == "Activation":
+        act = _field(d, "activation", "str", where)
+        if act not in Act.__members__:
+            raise PersistenceError(f"{where}: unknown activation {act!r} (known: {', '.join(Act.__members__)})")
+        return Activation(Act[act])
+    if kind == "Dropout":
+        return Dropout(_field(d, "p", "num", where))
+    raise PersistenceError(f"{where}: unknown layer kind {kind!r}")
+
+
+def load(path: Path | str, comp: Comp | None = None) -> Saved:
+    """Read a network saved by :func:`save`.
+
+    Arguments:
+        path: the ``.npz`` file.
+        comp: the computation strategy of the loaded arrays; None = as saved.
+
+    Returns:
+        A :class:`Saved` with the layers, the optimizer state (None if none was saved) and meta.
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+        PersistenceError: the file is not a zip archive or truncated, has no lazybn
+            header, is of another format or version, an array is missing, extra, of the wrong
+            shape or dtype, an object (pickled) array, or a running variance is negative or NaN.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:  # our own handle: np.load(path) leaks one on a truncated zip
+        try:
+            if not zipfile.is_zipfile(f):
+                raise PersistenceError(f"{path}: not a zip (.npz) archive, or truncated")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as z:
+                return _read(path, z, comp)
+        except PersistenceError:
+            raise
+        except LazybnError as exc:
+            raise PersistenceError(f"{path}: the saved values are invalid: {exc}") from None
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise PersistenceError(f"{path}: cannot read the file: {exc}") from None
+
+
+def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
+    if "header.json" not in z.files:
+        raise PersistenceError(f"{path}: no 'header.json' array: not a lazybn network file")
+    try:
+        raw = z["header.json"]
+    except ValueError as exc:
+        raise PersistenceError(f"{path}: 'header.json' is unreadable: {exc} (lazybn never unpickles)") from None
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise PersistenceError(f"{path}: 'header.json' must be a 1-d uint8 array, got {raw.dtype} {raw.shape}")
+    try:
+        header = json.loads(raw.tobytes().decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PersistenceError(f"{path}: the header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise PersistenceError(f"{path}: the header is not a JSON object")
+    if header.get("format") != FORMAT:
+        raise PersistenceError(f"{path}: format {header.get('format')!r}, not {FORMAT!r}")
+    if header.get("version") != VERSION:
+        raise PersistenceError(f"{path}: file format version {header.get('version')!r}; this lazybn reads "
+                               f"version {VERSION} only")
+    dt = header.get("dtype")
+    if dt not in ("float32", "float64", None):
+        raise PersistenceError(f"{path}: header dtype {dt!r} is not float32 or float64")
+    saved_comp = Comp.Par if header.get("comp") == "Par" else Comp.Seq
+    r = _Reader(path, z, None if dt is None else np.dtype(dt), comp or saved_comp)
+    layer_ds = _field(header, "layers", "list", str(path))
+    layers = [_layer(i, d, r) for i, d in enumerate(layer_ds)]
+    state = None
+    opt = header.get("optimizer")
+    if opt is not None:
+        step = _field(opt, "step", "int", f"{path}: optimizer")
+        shapes = _field(opt, "slots", "list", f"{path}: optimizer")
+        if len(shapes) != len(layers) or not all(isinstance(s, list) for s in shapes):
+            raise PersistenceError(f"{path}: the optimizer state has {len(shapes)} entries for {len(layers)} layers")
+        state = OptState(step, tuple(tuple(r.get(f"opt.slot.{i}.{j}", s) for j, s in enumerate(ss))
+                                     for i, ss in enumerate(shapes)))
+    extra = sorted(set(z.files) - r.used)
+    if extra:
+        raise PersistenceError(f"{path}: arrays not described by the header: {extra[:5]}")
+    meta = header.get("meta") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, (str, int, float, bool)) for v in meta.values()):
+        raise PersistenceError(f"{path}: header field 'meta' is not an object of str/int/float/bool values")
+    return Saved(layers, state, meta)

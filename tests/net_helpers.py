@@ -1,0 +1,90 @@
+"""Strategies and comparisons for whole networks (lists of layers) and optimizer states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn.layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+from lazybn.optim import OptState
+
+ARRAY_FIELDS = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("mu", "var", "gamma", "beta"),
+                Activation: (), Dropout: ()}
+SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased"), Activation: ("f",), Dropout: ("p",)}
+
+
+def _vec(rng: np.random.Generator, n: int, dtype: np.dtype[Any], low: float = -2.0) -> lb.Vector:
+    return lb.vector(rng.uniform(low, 2.0, n), dtype)
+
+
+@st.composite
+def networks(draw: st.DrawFn, dtype: np.dtype[Any]) -> list[Layer]:
+    """Small random networks mixing every layer kind, with random (valid) parameters."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    width = draw(st.integers(1, 4))
+    layers: list[Layer] = []
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.sampled_from(["Linear", "LinearNoBias", "Batchnorm1d", "Activation", "Dropout"]))
+        if kind in ("Linear", "LinearNoBias"):
+            out = draw(st.integers(1, 4))
+            w = lb.matrix(rng.standard_normal((width, out)), dtype)
+            layers.append(Linear(w, _vec(rng, out, dtype)) if kind == "Linear" else LinearNoBias(w))
+            width = out
+        elif kind == "Batchnorm1d":
+            layers.append(Batchnorm1d(_vec(rng, width, dtype), _vec(rng, width, dtype, low=0.0),
+                                      _vec(rng, width, dtype), _vec(rng, width, dtype),
+                                      eps=draw(st.floats(1e-12, 1e-1)), momentum=draw(st.floats(0.0, 1.0)),
+                                      unbiased=draw(st.booleans())))
+        elif kind == "Activation":
+            layers.append(Activation(draw(st.sampled_from(list(Act)))))
+        else:
+            layers.append(Dropout(draw(st.floats(0.0, 0.99))))
+    return layers
+
+
+def params_of(layer: Layer) -> tuple[lb.Manifest[Any], ...]:
+    """Every array of a layer (trainable or not), in field order."""
+    return tuple(getattr(layer, f) for f in ARRAY_FIELDS[type(layer)])
+
+
+def random_state(layers: list[Layer], moments: int, step: int, seed: int) -> OptState:
+    """An optimizer state with ``moments`` random arrays per trainable parameter."""
+    rng = np.random.default_rng(seed)
+    slots = []
+    for layer in layers:
+        trainable = params_of(layer)[2:] if isinstance(layer, Batchnorm1d) else params_of(layer)
+        slots.append(tuple(lb.Manifest(np.ascontiguousarray(rng.standard_normal(p.shape).astype(p.dtype)), p.comp)
+                           for p in trainable for _ in range(moments)))
+    return OptState(step, tuple(slots))
+
+
+def assert_bitwise(a: lb.Manifest[Any], b: lb.Manifest[Any], what: str) -> None:
+    assert a.dtype == b.dtype, f"{what}: dtype {a.dtype} != {b.dtype}"
+    assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
+    assert a.array.tobytes() == b.array.tobytes(), f"{what}: values differ"
+
+
+def assert_same_network(got: list[Layer], want: list[Layer]) -> None:
+    """Same layer kinds, same settings, bit-identical arrays."""
+    assert [type(x) for x in got] == [type(x) for x in want]
+    for i, (g, w) in enumerate(zip(got, want)):
+        for f in SCALAR_FIELDS.get(type(g), ()):
+            assert getattr(g, f) == getattr(w, f), f"layer {i}.{f}"
+            assert type(getattr(g, f)) is type(getattr(w, f)), f"layer {i}.{f} type"
+        for f in ARRAY_FIELDS[type(g)]:
+            assert_bitwise(getattr(g, f), getattr(w, f), f"layer {i}.{f}")
+
+
+def assert_same_state(got: OptState | None, want: OptState | None) -> None:
+    if want is None:
+        assert got is None
+        return
+    assert got is not None
+    assert got.step == want.step
+    assert [len(s) for s in got.slots] == [len(s) for s in want.slots]
+    for i, (gs, ws) in enumerate(zip(got.slots, want.slots)):
+        for j, (g, w) in enumerate(zip(gs, ws)):
+            assert_bitwise(g, w, f"slot {i}.{j}")

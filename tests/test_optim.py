@@ -1,0 +1,288 @@
+"""Optimizers against plain numpy implementations of the textbook update rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn import fuse
+from lazybn.errors import DTypeError, LazybnError, ShapeError, ValueRangeError
+from lazybn.layers import (
+    BN1,
+    Act,
+    Activation,
+    Batchnorm1d,
+    Dropout,
+    Gradients,
+    Layer,
+    Linear,
+    LinearGradients,
+    LinearNoBias,
+    LinearNoBiasGradients,
+    NoGrad,
+)
+from lazybn.optim import SGD, Adam, Momentum, Optimizer, OptState, RMSProp, UpdateMismatchError, init_state, update
+
+from .helpers import DTYPES
+from .net_helpers import assert_same_network, assert_same_state
+
+F64 = np.ndarray[Any, np.dtype[np.float64]]
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def _net(rng: np.random.Generator, n0: int, n1: int, n2: int, dtype: np.dtype[Any]) -> list[Layer]:
+    def u(*shape: int) -> F64:
+        return rng.uniform(-1.0, 1.0, shape)
+
+    return [Linear(lb.matrix(u(n0, n1), dtype), lb.vector(u(n1), dtype)), Activation(Act.relu),
+            Batchnorm1d(lb.vector(u(n1), dtype), lb.vector(u(n1) + 1.5, dtype), lb.vector(u(n1), dtype),
+                        lb.vector(u(n1), dtype)),
+            LinearNoBias(lb.matrix(u(n1, n2), dtype)), Dropout(0.5)]
+
+
+def _grads(rng: np.random.Generator, layers: list[Layer], dtype: np.dtype[Any]) -> list[Gradients]:
+    def g(shape: tuple[int, ...]) -> Any:
+        x = rng.uniform(-1.0, 1.0, shape) * 10.0 ** rng.integers(-3, 2)
+        return lb.matrix(x, dtype) if len(shape) == 2 else lb.vector(x, dtype)
+
+    out: list[Gradients] = []
+    for layer in layers:
+        match layer:
+            case Linear(w=w, b=b):
+                out.append(LinearGradients(g(w.shape), g(b.shape)))
+            case LinearNoBias(w=w):
+                out.append(LinearNoBiasGradients(g(w.shape)))
+            case Batchnorm1d(mu=mu):
+                out.append(BN1(g(mu.shape), lb.vector(np.ones(mu.shape), dtype), g(mu.shape), g(mu.shape), 7))
+            case _:
+                out.append(NoGrad())
+    return out
+
+
+def _oracle(opt: Optimizer, p: F64, g: F64, slots: list[F64], lr: float, t: int,
+            sign: float = -1.0) -> tuple[F64, list[F64]]:
+    """The textbook rule, in float64 numpy: ``p + sign * lr * direction``.
+
+    Called with ``sign=+1`` on absolute values (|p|, |g|, the magnitude slots) it gives the
+    magnitude each result's rounding error is relative to.
+    """
+    if isinstance(opt, SGD):
+        return p + sign * lr * g, []
+    if isinstance(opt, Momentum):
+        v = opt.beta * slots[0] + g
+        return p + sign * lr * v, [v]
+    if isinstance(opt, Adam):
+        m = opt.beta1 * slots[0] + (1 - opt.beta1) * g
+        v = opt.beta2 * slots[1] + (1 - opt.beta2) * g**2
+        m_hat, v_hat = m / (1 - opt.beta1**t), v / (1 - opt.beta2**t)
+        return p + sign * lr * m_hat / (np.sqrt(v_hat) + opt.eps), [m, v]
+    s = opt.rho * slots[0] + (1 - opt.rho) * g**2
+    return p + sign * lr * g / (np.sqrt(s) + opt.eps), [s]
+
+
+MOMENTS = {SGD: 0, Momentum: 1, RMSProp: 1, Adam: 2}
+
+
+def _trainable(layer: Layer) -> list[str]:
+    return {Linear: ["w", "b"], LinearNoBias: ["w"], Batchnorm1d: ["gamma", "beta"]}.get(type(layer), [])
+
+
+def optimizers() -> st.SearchStrategy[Optimizer]:
+    lr, mult = st.floats(1e-3, 0.5), st.floats(0.5, 20.0)
+    beta = st.floats(0.0, 0.99)
+    return st.one_of(
+        st.builds(SGD, lr=lr, bn_lr_multiplier=mult),
+        st.builds(Momentum, lr=lr, beta=beta, bn_lr_multiplier=mult),
+        st.builds(Adam, lr=lr, beta1=beta, beta2=st.floats(0.5, 0.9999), eps=st.floats(1e-8, 1e-3),
+                  bn_lr_multiplier=mult),
+        st.builds(RMSProp, lr=lr, rho=beta, eps=st.floats(1e-8, 1e-3), bn_lr_multiplier=mult),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(opt=optimizers(), data=st.data())
+def test_updates_match_numpy_over_several_steps(dtype: np.dtype[Any], opt: Optimizer, data: st.DataObject) -> None:
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n0, n1, n2 = (data.draw(st.integers(1, 5)) for _ in range(3))
+    layers = _net(rng, n0, n1, n2, dtype)
+    state = init_state(opt, layers)
+    k = MOMENTS[type(opt)]
+    # the oracle's state, per layer and trainable field: (param, moments) for the values and,
+    # with sign=+1 on absolute values, for the magnitudes the rounding errors scale with
+    want: list[dict[str, tuple[F64, list[F64]]]] = []
+    mags: list[dict[str, tuple[F64, list[F64]]]] = []
+    for layer in layers:
+        arrays = {f: getattr(layer, f).array.astype(np.float64) for f in _trainable(layer)}
+        want.append({f: (a, [np.zeros(a.shape)] * k) for f, a in arrays.items()})
+        mags.append({f: (np.abs(a), [np.zeros(a.shape)] * k) for f, a in arrays.items()})
+    for t in range(1, data.draw(st.integers(1, 4)) + 1):
+        lr_scale = data.draw(st.floats(0.0, 2.0))
+        grads = _grads(rng, layers, dtype)
+        layers, state = update(opt, state, layers, grads, lr_scale=lr_scale)
+        assert state.step == t
+        for i, g in enumerate(grads):
+            gs = [getattr(g, n) for n in {LinearGradients: ["dw", "db"], LinearNoBiasGradients: ["dw"],
+                                          BN1: ["dgamma", "dbeta"]}.get(type(g), [])]
+            lr = opt.lr * lr_scale * (opt.bn_lr_multiplier if isinstance(layers[i], Batchnorm1d) else 1.0)
+            for f, dp in zip(_trainable(layers[i]), gs):
+                d = dp.array.astype(np.float64)
+                want[i][f] = _oracle(opt, want[i][f][0], d, want[i][f][1], lr, t)
+                mags[i][f] = _oracle(opt, mags[i][f][0], np.abs(d), mags[i][f][1], lr, t, sign=1.0)
+    tol = TOL[dtype]
+    for i, layer in enumerate(layers):
+        for j, f in enumerate(_trainable(layer)):
+            got = [getattr(layer, f), *state.slots[i][j * k:(j + 1) * k]]
+            for what, a, w, mag in zip(["param", "moment", "moment"], got, [want[i][f][0], *want[i][f][1]],
+                                       [mags[i][f][0], *mags[i][f][1]]):
+                assert a.dtype == dtype
+                err = np.abs(a.array.astype(np.float64) - w)
+                assert (err <= tol * (mag + 1e-30)).all(), f"layer {i}.{f} {what}: got {a.array}, want {w}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_first_step_moves_each_parameter_by_lr(dtype: np.dtype[Any]) -> None:
+    # m_hat = g and v_hat = g^2 at t = 1, so the step is lr * g / (|g| + eps) = lr * sign(g) (1 - O(eps/|g|))
+    layers: list[Layer] = [LinearNoBias(lb.matrix([[1.0, 2.0], [3.0, 4.0]], dtype))]
+    g = np.array([[0.5, -3.0], [1e-2, -1e3]])
+    new, _ = update(Adam(lr=0.01), init_state(Adam(lr=0.01), layers), layers,
+                    [LinearNoBiasGradients(lb.matrix(g, dtype))])
+    assert isinstance(new[0], LinearNoBias)
+    np.testing.assert_allclose(new[0].w.array, [[0.99, 2.01], [2.99, 4.01]], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [lambda m: SGD(0.1, bn_lr_multiplier=m), lambda m: Momentum(0.1, bn_lr_multiplier=m)])
+def test_bn_lr_multiplier_scales_only_gamma_and_beta(make: Any) -> None:
+    rng = np.random.default_rng(1)
+    dt = np.dtype(np.float64)
+    layers = _net(rng, 3, 4, 2, dt)
+    grads = _grads(rng, layers, dt)
+    (one, _), (thousand, _) = (update(make(m), init_state(make(m), layers), layers, grads) for m in (1.0, 1000.0))
+    for i, (a, b, old) in enumerate(zip(one, thousand, layers)):
+        if isinstance(old, Batchnorm1d):
+            assert isinstance(a, Batchnorm1d) and isinstance(b, Batchnorm1d)
+            for f in ("gamma", "beta"):
+                step_1 = getattr(a, f).array - getattr(old, f).array
+                step_1000 = getattr(b, f).array - getattr(old, f).array
+                np.testing.assert_allclose(step_1000, 1000 * step_1, rtol=1e-9)
+        else:
+            assert_same_network([b], [a])  # weights step the same, bit for bit
+
+
+@pytest.mark.parametrize("opt", [SGD(0.5), Momentum(0.5), Adam(0.5), RMSProp(0.5)])
+def test_running_statistics_and_settings_are_untouched(opt: Optimizer) -> None:
+    rng = np.random.default_rng(2)
+    dt = np.dtype(np.float32)
+    bn = Batchnorm1d(lb.vector([1.0, -2.0], dt), lb.vector([3.0, 0.5], dt), lb.ones(2, dt), lb.zeros(2, dt),
+                     eps=1e-3, momentum=0.3, unbiased=False)
+    layers: list[Layer] = [bn]
+    new, _ = update(opt, init_state(opt, layers), layers, _grads(rng, layers, dt))
+    nb = new[0]
+    assert isinstance(nb, Batchnorm1d)
+    assert nb.mu is bn.mu and nb.var is bn.var
+    assert (nb.eps, nb.momentum, nb.unbiased) == (1e-3, 0.3, False)
+    assert not np.array_equal(nb.gamma.array, bn.gamma.array)
+    assert not np.array_equal(nb.beta.array, bn.beta.array)
+
+
+@pytest.mark.parametrize("opt", [SGD(0.1), Momentum(0.1), Adam(), RMSProp()])
+def test_update_does_not_mutate_its_arguments(opt: Optimizer) -> None:
+    rng = np.random.default_rng(3)
+    dt = np.dtype(np.float64)
+    layers = _net(rng, 2, 3, 2, dt)
+    state = init_state(opt, layers)
+    layers2, state2 = update(opt, state, layers, _grads(rng, layers, dt))  # a state with non-zero moments
+    snapshot_layers = [dataclasses.replace(x) for x in layers2]
+    snapshot_state = OptState(state2.step, tuple(tuple(lb.Manifest(a.array.copy()) for a in s) for s in state2.slots))
+    layers3, state3 = update(opt, state2, layers2, _grads(rng, layers2, dt))
+    assert_same_network(layers2, snapshot_layers)
+    assert_same_state(state2, snapshot_state)
+    assert state3.step == state2.step + 1 and layers3 is not layers2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state2.step = 7  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("opt", [SGD(0.1), Adam()])
+def test_each_parameter_is_one_kernel(opt: Optimizer) -> None:
+    rng = np.random.default_rng(4)
+    dt = np.dtype(np.float64)
+    layers = _net(rng, 2, 3, 2, dt)
+    grads = _grads(rng, layers, dt)
+    state = init_state(opt, layers)
+    update(opt, state, layers, grads)  # compile
+    before = fuse.stats().launches
+    update(opt, state, layers, grads)
+    assert fuse.stats().launches - before == 5  # w, b, gamma, beta, w
+
+
+def test_init_state_shapes() -> None:
+    layers = _net(np.random.default_rng(5), 2, 3, 4, np.dtype(np.float32))
+    for opt, k in ((SGD(0.1), 0), (Momentum(0.1), 1), (RMSProp(), 1), (Adam(), 2)):
+        state = init_state(opt, layers)
+        assert state.step == 0
+        assert [len(s) for s in state.slots] == [2 * k, 0, 2 * k, k, 0]
+        for s in state.slots:
+            for a in s:
+                assert a.dtype == np.float32 and not a.array.any()
+        if k:
+            assert state.slots[0][0].shape == (2, 3) and state.slots[0][k].shape == (3,)
+
+
+def test_mismatched_layers_and_gradients_name_the_layer() -> None:
+    rng = np.random.default_rng(6)
+    dt = np.dtype(np.float32)
+    layers = _net(rng, 2, 3, 2, dt)
+    grads = _grads(rng, layers, dt)
+    state = init_state(Adam(), layers)
+    swapped = [grads[0], grads[1], grads[3], grads[2], grads[4]]
+    with pytest.raises(UpdateMismatchError, match=r"layer 2 is a Batchnorm1d but its gradient is a "
+                                                  r"LinearNoBiasGradients") as info:
+        update(Adam(), state, layers, swapped)
+    assert info.value.index == 2 and isinstance(info.value, LazybnError)
+    with pytest.raises(UpdateMismatchError, match="layer 1 is a Activation but its gradient is a BN1"):
+        update(Adam(), state, layers, [grads[0], grads[2], grads[2], grads[3], grads[4]])
+    with pytest.raises(UpdateMismatchError, match="5 layers, 4 gradients"):
+        update(Adam(), state, layers, grads[:4])
+    with pytest.raises(UpdateMismatchError, match=r"layer 0 \(Linear\) but SGD needs 0"):
+        update(SGD(0.1), state, layers, grads)
+    bad = [LinearGradients(lb.matrix(np.ones((3, 2)), dt), lb.vector(np.ones(3), dt)), *grads[1:]]
+    with pytest.raises(ShapeError, match=re.escape("update: layer 0 (Linear.w): shapes (2, 3) and (3, 2)")):
+        update(Adam(), state, layers, bad)
+    bad = [grads[0], grads[1], grads[2], LinearNoBiasGradients(lb.matrix(np.ones((3, 2)), np.float64)), grads[4]]
+    with pytest.raises(DTypeError, match=re.escape("layer 3 (LinearNoBias.w): the gradient is float64")):
+        update(Adam(), state, layers, bad)
+
+
+@pytest.mark.parametrize("make,field,value", [
+    (lambda: SGD(0.0), "SGD.lr", "0.0"),
+    (lambda: SGD(-1.0), "SGD.lr", "-1.0"),
+    (lambda: SGD(float("nan")), "SGD.lr", "nan"),
+    (lambda: SGD(float("inf")), "SGD.lr", "inf"),
+    (lambda: SGD(0.1, bn_lr_multiplier=0.0), "SGD.bn_lr_multiplier", "0.0"),
+    (lambda: Momentum(0.1, beta=1.0), "Momentum.beta", "1.0"),
+    (lambda: Momentum(0.1, beta=-0.1), "Momentum.beta", "-0.1"),
+    (lambda: Adam(beta1=1.0), "Adam.beta1", "1.0"),
+    (lambda: Adam(beta2=1.5), "Adam.beta2", "1.5"),
+    (lambda: Adam(eps=0.0), "Adam.eps", "0.0"),
+    (lambda: Adam(lr=-1e-3), "Adam.lr", "-0.001"),
+    (lambda: RMSProp(rho=1.0), "RMSProp.rho", "1.0"),
+    (lambda: RMSProp(eps=-1e-8), "RMSProp.eps", "-1e-08"),
+    (lambda: RMSProp(bn_lr_multiplier=float("nan")), "RMSProp.bn_lr_multiplier", "nan"),
+    (lambda: SGD(True), "SGD.lr", "True"),
+])
+def test_invalid_hyperparameters_are_rejected(make: Any, field: str, value: str) -> None:
+    with pytest.raises(ValueRangeError, match=re.escape(field) + ".*" + re.escape(value)):
+        make()
+
+
+@pytest.mark.parametrize("scale", [-0.5, float("nan"), float("inf")])
+def test_invalid_lr_scale_is_rejected(scale: float) -> None:
+    layers: list[Layer] = [Activation(Act.relu)]
+    with pytest.raises(ValueRangeError, match="lr_scale"):
+        update(SGD(0.1), init_state(SGD(0.1), layers), layers, [NoGrad()], lr_scale=scale)

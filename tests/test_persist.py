@@ -1,0 +1,291 @@
+"""Saving and loading networks: bitwise round trips, atomic writes, and clear errors on bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn.errors import DTypeError, PersistenceError, ValueRangeError
+from lazybn.init import mlp
+from lazybn.layers import Batchnorm1d, Layer, Linear, LinearNoBias
+from lazybn.optim import Adam, init_state
+from lazybn.persist import load, save
+
+from .helpers import DTYPES
+from .net_helpers import assert_same_network, assert_same_state, networks, random_state
+
+ROOT = Path(__file__).resolve().parent.parent
+META = st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=8), st.integers(-2**62, 2**62),
+                                                      st.floats(allow_nan=False, allow_infinity=False),
+                                                      st.booleans()), max_size=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data(), with_state=st.booleans(), meta=META)
+def test_round_trip_is_bitwise(dtype: np.dtype[Any], data: st.DataObject, with_state: bool,
+                               meta: dict[str, str | int | float | bool]) -> None:
+    layers = data.draw(networks(dtype))
+    state = random_state(layers, data.draw(st.integers(0, 2)), data.draw(st.integers(0, 10**6)), 0) \
+        if with_state else None
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "sub" / "net.npz"
+        save(path, layers, state, meta)
+        got = load(path)
+        assert os.listdir(path.parent) == ["net.npz"]  # no temporary file left behind
+    assert_same_network(got.layers, layers)
+    assert_same_state(got.opt_state, state)
+    assert got.meta == meta
+    assert {k: type(v) for k, v in got.meta.items()} == {k: type(v) for k, v in meta.items()}
+
+
+def test_round_trip_of_an_mlp_with_adam_state_and_comp(tmp_path: Path) -> None:
+    layers = mlp([7, 5, 3], batchnorm=True, dropout=0.1, comp=lb.Comp.Par)
+    state = init_state(Adam(), layers)
+    save(str(tmp_path / "n.npz"), layers, state, {"epoch": 3})
+    got = load(tmp_path / "n.npz")
+    assert_same_network(got.layers, layers)
+    assert_same_state(got.opt_state, state)
+    assert got.meta == {"epoch": 3}
+    assert all(x.w.comp is lb.Comp.Par for x in got.layers if isinstance(x, LinearNoBias))
+    assert all(x.w.comp is lb.Comp.Seq for x in load(tmp_path / "n.npz", comp=lb.Comp.Seq).layers
+               if isinstance(x, LinearNoBias))
+    with np.load(tmp_path / "n.npz") as z:  # readable names, JSON header
+        assert {"layer0.w", "layer1.gamma", "layer1.var", "opt.slot.1.0", "header.json"} <= set(z.files)
+        header = json.loads(z["header.json"].tobytes())
+    assert header["format"] == "lazybn-network" and header["version"] == 1 and header["dtype"] == "float32"
+    assert header["layers"][1] == {"kind": "Batchnorm1d", "eps": 1e-5, "momentum": 0.1, "unbiased": True,
+                                   "arrays": {"mu": [5], "var": [5], "gamma": [5], "beta": [5]}}
+    assert header["layers"][2] == {"kind": "Activation", "activation": "relu"}
+    assert header["layers"][3] == {"kind": "Dropout", "p": 0.1}
+    assert header["optimizer"]["step"] == 0
+
+
+def test_an_empty_network_round_trips(tmp_path: Path) -> None:
+    save(tmp_path / "e.npz", [])
+    got = load(tmp_path / "e.npz")
+    assert got.layers == [] and got.opt_state is None and got.meta == {}
+
+
+# --- atomic writes -------------------------------------------------------------------------
+
+KILLED_WRITER = """
+import sys, time
+import numpy as np
+from lazybn.init import mlp
+from lazybn.persist import save
+
+real_savez = np.savez
+
+
+class Slow:
+    # a file that stalls after its first few writes, so the writer can be killed mid-file
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def write(self, b):
+        self.f.write(b)
+        self.f.flush()
+        self.n += 1
+        if self.n == 3:
+            print("mid-write", flush=True)
+            time.sleep(300)
+        return len(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+np.savez = lambda file, *a, **k: real_savez(Slow(file), *a, **k)
+save(sys.argv[1], mlp([300, 200, 10], batchnorm=False, seed=99))
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file_intact(tmp_path: Path) -> None:
+    path = tmp_path / "net.npz"
+    old = mlp([6, 4, 2], batchnorm=True, seed=1)
+    save(path, old, meta={"generation": 1})
+    before = path.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "mid-write\n", proc.stderr.read() if proc.stderr else line
+        partial = [p for p in tmp_path.iterdir() if p.name != "net.npz"]
+        assert len(partial) == 1 and partial[0].stat().st_size > 0  # the temporary file being written
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    got = load(path)
+    assert_same_network(got.layers, old)
+    assert got.meta == {"generation": 1}
+    with pytest.raises(PersistenceError, match="truncated"):  # the stale temporary file is not a network
+        load(partial[0])
+
+
+# --- bad files ----------------------------------------------------------------------------------
+
+
+def _saved(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A saved BN network, and its arrays and header as a dict for tampering."""
+    path = tmp_path / "good.npz"
+    save(path, mlp([4, 3, 2], batchnorm=True, seed=5), init_state(Adam(), mlp([4, 3, 2], batchnorm=True)))
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header.json"].tobytes())
+    return path, {"arrays": arrays, "header": header}
+
+
+def _write(path: Path, arrays: dict[str, Any], header: Any = None, raw_header: bytes | None = None) -> Path:
+    out = dict(arrays)
+    if raw_header is not None or header is not None:
+        text = raw_header if raw_header is not None else json.dumps(header).encode()
+        out["header.json"] = np.frombuffer(text, dtype=np.uint8)
+    np.savez(path, **out)
+    return path
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_file(tmp_path: Path, fraction: float) -> None:
+    path, _ = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    with pytest.raises(PersistenceError, match=re.escape(str(path)) + ".*not a zip.*truncated"):
+        load(path)
+
+
+def test_corrupted_bytes_inside_the_archive(tmp_path: Path) -> None:
+    path, _ = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\x93NUMPY", data.index(b"layer0.w.npy"))
+    header_len = int.from_bytes(data[start + 8:start + 10], "little")  # .npy format 1.0
+    i = start + 10 + header_len + 5  # inside layer0.w's values
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PersistenceError, match="layer0.w.*(truncated or corrupt|CRC)"):
+        load(path)
+
+
+def test_missing_header(tmp_path: Path) -> None:
+    path, d = _saved(tmp_path)
+    arrays = {k: v for k, v in d["arrays"].items() if k != "header.json"}
+    with pytest.raises(PersistenceError, match="no 'header.json'.*not a lazybn network"):
+        load(_write(tmp_path / "h.npz", arrays))
+
+
+def test_header_that_is_not_json(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    with pytest.raises(PersistenceError, match="header is not valid JSON"):
+        load(_write(tmp_path / "h.npz", d["arrays"], raw_header=b"{not json"))
+
+
+def test_other_format_and_version(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    with pytest.raises(PersistenceError, match="format 'keras-weights', not 'lazybn-network'"):
+        load(_write(tmp_path / "f.npz", d["arrays"], {**d["header"], "format": "keras-weights"}))
+    with pytest.raises(PersistenceError, match="version 2; this lazybn reads version 1"):
+        load(_write(tmp_path / "v.npz", d["arrays"], {**d["header"], "version": 2}))
+
+
+def test_tampered_header(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][0]["arrays"]["w"] = [3, 4]
+    with pytest.raises(PersistenceError, match=re.escape("array 'layer0.w' has shape (4, 3), the header says [3, 4]")):
+        load(_write(tmp_path / "t.npz", d["arrays"], header))
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][2] = {"kind": "Activation", "activation": "swish"}
+    with pytest.raises(PersistenceError, match="layer 2: unknown activation 'swish'"):
+        load(_write(tmp_path / "a.npz", d["arrays"], header))
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][1]["eps"] = "small"
+    with pytest.raises(PersistenceError, match="layer 1: header field 'eps' is missing or invalid"):
+        load(_write(tmp_path / "e.npz", d["arrays"], header))
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][1]["eps"] = -1.0  # the layer's own validation, reported as a bad file
+    with pytest.raises(PersistenceError, match="invalid.*Batchnorm1d.eps"):
+        load(_write(tmp_path / "n.npz", d["arrays"], header))
+
+
+def test_wrong_array_shape_dtype_missing_and_extra(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    a, h = d["arrays"], d["header"]
+    with pytest.raises(PersistenceError, match=re.escape("array 'layer1.gamma' has shape (4,), the header says [3]")):
+        load(_write(tmp_path / "s.npz", {**a, "layer1.gamma": np.ones(4, np.float32)}, h))
+    with pytest.raises(PersistenceError, match="array 'layer3.w' is float64, the header says float32"):
+        load(_write(tmp_path / "d.npz", {**a, "layer3.w": a["layer3.w"].astype(np.float64)}, h))
+    with pytest.raises(PersistenceError, match="array 'opt.slot.0.1' listed in the header is missing"):
+        load(_write(tmp_path / "m.npz", {k: v for k, v in a.items() if k != "opt.slot.0.1"}, h))
+    with pytest.raises(PersistenceError, match=r"not described by the header: \['layer9.w'\]"):
+        load(_write(tmp_path / "x.npz", {**a, "layer9.w": np.ones((2, 2), np.float32)}, h))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_negative_or_nan_running_variance_is_rejected(tmp_path: Path, bad: float) -> None:
+    _, d = _saved(tmp_path)
+    var = d["arrays"]["layer1.var"].copy()
+    var[1] = bad
+    with pytest.raises(PersistenceError, match="layer 1 \\(Batchnorm1d\\): the running variance has negative or NaN"):
+        load(_write(tmp_path / "v.npz", {**d["arrays"], "layer1.var": var}, d["header"]))
+
+
+def test_object_arrays_are_never_unpickled(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    evil = np.empty((4, 3), dtype=object)
+    with pytest.raises(PersistenceError, match="layer0.w.*(pickle|[Oo]bject)"):
+        load(_write(tmp_path / "o.npz", {**d["arrays"], "layer0.w": evil}, d["header"]))
+    with pytest.raises(PersistenceError, match="'header.json' is unreadable.*never unpickles"):
+        load(_write(tmp_path / "h.npz", {**d["arrays"], "header.json": np.array([{"format": 1}], dtype=object)}))
+    with pytest.raises(PersistenceError, match="'header.json' must be a 1-d uint8 array, got int64"):
+        load(_write(tmp_path / "i.npz", {**d["arrays"], "header.json": np.arange(3, dtype=np.int64)}))
+
+
+def test_not_a_zip_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "x.npz").write_bytes(b"\x93NUMPY" + b"\0" * 100)
+    with pytest.raises(PersistenceError, match="not a zip"):
+        load(tmp_path / "x.npz")
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "nothing.npz")
+
+
+def test_save_rejects_mixed_dtypes_and_bad_meta(tmp_path: Path) -> None:
+    layers: list[Layer] = [Linear(lb.matrix(np.ones((2, 2)), np.float32), lb.vector(np.ones(2), np.float32)),
+                           LinearNoBias(lb.matrix(np.ones((2, 2)), np.float64))]
+    with pytest.raises(DTypeError, match="mix dtypes"):
+        save(tmp_path / "m.npz", layers)
+    with pytest.raises(ValueRangeError, match="NaN"):
+        save(tmp_path / "m.npz", layers[:1], meta={"loss": float("nan")})
+    with pytest.raises(TypeError, match="meta"):
+        save(tmp_path / "m.npz", layers[:1], meta={"x": [1, 2]})  # type: ignore[dict-item]
+    assert not list(tmp_path.iterdir())
+
+
+def test_loaded_batchnorm_settings_survive(tmp_path: Path) -> None:
+    bn = Batchnorm1d(lb.vector([1.0, 2.0]), lb.vector([0.0, 3.5]), lb.vector([-1.0, 1.0]), lb.vector([0.5, 0.0]),
+                     eps=1e-3, momentum=0.01, unbiased=False)
+    save(tmp_path / "b.npz", [bn])
+    got = load(tmp_path / "b.npz").layers[0]
+    assert isinstance(got, Batchnorm1d)
+    assert (got.eps, got.momentum, got.unbiased) == (1e-3, 0.01, False)
