@@ -1,5 +1,7 @@
 """lazybn: batch normalization you can read, on a typed lazy-array core fused into numba kernels."""
 
+__version__ = "0.1.0"
+
 from .array import Comp as Comp
 from .array import Delayed as Delayed
 from .array import Ix1 as Ix1
@@ -40,4 +42,37 @@ from .ops import sum_cols as sum_cols
 from .ops import sum_rows as sum_rows
 from .ops import transpose as transpose
 
-__version__ = "0.1.0"
+from .conventions import KerasBatchNorm as KerasBatchNorm
+from .conventions import from_keras as from_keras
+from .conventions import momentum_from_keras as momentum_from_keras
+from .conventions import momentum_to_keras as momentum_to_keras
+from .conventions import to_keras as to_keras
+from .init import Init as Init
+from .init import mlp as mlp
+from .layers import BN1 as BN1
+from .layers import Act as Act
+from .layers import Activation as Activation
+from .layers import Batchnorm1d as Batchnorm1d
+from .layers import Dropout as Dropout
+from .layers import Gradients as Gradients
+from .layers import Layer as Layer
+from .layers import Linear as Linear
+from .layers import LinearGradients as LinearGradients
+from .layers import LinearNoBias as LinearNoBias
+from .layers import LinearNoBiasGradients as LinearNoBiasGradients
+from .layers import NoGrad as NoGrad
+from .network import forward as forward
+from .network import logits as logits
+from .optim import SGD as SGD
+from .optim import Adam as Adam
+from .optim import Momentum as Momentum
+from .optim import Optimizer as Optimizer
+from .optim import OptState as OptState
+from .optim import RMSProp as RMSProp
+from .optim import UpdateMismatchError as UpdateMismatchError
+from .persist import Saved as Saved
+from .persist import load as load
+from .persist import save as save
+from .train import NumericalError as NumericalError
+from .train import StepResult as StepResult
+from .train import train_step as train_step

@@ -197,6 +197,9 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     ``mu <- (1 - momentum) mu + momentum batch_mu`` and the same for ``var`` with the batch
     variance made unbiased (times m/(m-1)) when ``layer.unbiased``.
     """
+    if g.n < 2:
+        raise ValueRangeError(f"update_running: a batch of {g.n} sample(s) has no variance estimate; "
+                              "batch norm trains on batches of more than 1 sample")
     a = layer.momentum
     batch_var = scale(g.n / (g.n - 1), g.batch_var) if layer.unbiased else delay(g.batch_var)
     mu, var = compute_all(scale(1.0 - a, layer.mu) + scale(a, g.batch_mu), scale(1.0 - a, layer.var) + scale(a, batch_var))
