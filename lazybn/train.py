@@ -129,11 +129,15 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
                 y: NDArray[np.floating[Any]], batch_size: int, rng: np.random.Generator | None, *,
                 key: int = 0, lr_scale: float = 1.0, comp: Comp = Comp.Seq,
                 on_nonfinite: Literal["raise", "skip"] = "raise",
-                progress: Callable[[float], None] | None = None) -> tuple[list[Layer], OptState, float]:
-    """One pass over the training data: returns the new layers, state and the mean batch loss."""
+                progress: Callable[[float], None] | None = None,
+                max_steps: int | None = None) -> tuple[list[Layer], OptState, float]:
+    """One pass over the training data (or its first ``max_steps`` batches): returns the new
+    layers, optimizer state and the mean batch loss."""
     current = list(layers)
     losses = []
-    for idx in batches(x.shape[0], batch_size, rng):
+    for k, idx in enumerate(batches(x.shape[0], batch_size, rng)):
+        if max_steps is not None and k >= max_steps:
+            break
         step = train_step(current, opt, opt_state, matrix(x[idx], comp=comp), matrix(y[idx], comp=comp),
                           key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
         current, opt_state = step.layers, step.opt_state

@@ -176,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
     header = f"{'seed':>4} {'epoch':>5} {'network':<12} {'loss':>8} {'train acc':>9} {'test acc':>8} {'seconds':>7}"
     print(header)
 
-    def show(epoch_rows: list[dict[str, Any]]) -> None:
+    def show(epoch_rows: list[dict[str, Any]], _layers: dict[str, list[Layer]]) -> None:
         for r in epoch_rows:
             print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<12} {r['loss']:>8.4f} {100 * r['train_acc']:>8.2f}% "
                   f"{100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)

@@ -73,6 +73,7 @@ class Plan:
     comp: Comp = Comp.Seq
     train_accuracy: bool = True
     max_train_eval: int = 60000  # samples used for train accuracy
+    steps_per_epoch: int | None = None  # stop an "epoch" after this many batches (iteration-based runs)
 
 
 @final
@@ -83,9 +84,17 @@ class Outcome:
     interrupted: bool = False
 
 
+EpochHook = Callable[[list[dict[str, Any]], dict[str, list[Layer]]], None]
+
+
 def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
-        on_epoch: Callable[[list[dict[str, Any]]], None] | None = None) -> Outcome:
-    """Train every arm for ``plan.epochs`` epochs on the same batches; one row per arm and epoch."""
+        on_epoch: EpochHook | None = None) -> Outcome:
+    """Train every arm for ``plan.epochs`` epochs on the same batches; one row per arm and epoch.
+
+    ``on_epoch(rows, layers)`` is called after each epoch with that epoch's rows and every arm's
+    current layers (to print a table, record activations, save checkpoints...).
+    With ``plan.steps_per_epoch`` an epoch is that many batches (drawn from a fresh shuffle).
+    """
     from tqdm import tqdm
 
     outcome = Outcome()
@@ -104,6 +113,8 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 layers, state = states[arm.name]
                 rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
                 n_batches = math.ceil(x_train.shape[0] / plan.batch_size)
+                if plan.steps_per_epoch is not None:
+                    n_batches = min(n_batches, plan.steps_per_epoch)
                 bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{plan.epochs} {arm.name}", leave=False,
                            disable=not progress, unit="batch")
 
@@ -116,7 +127,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 try:
                     layers, state, loss = train_epoch(layers, arm.opt, state, x_train, y_train, plan.batch_size, rng,
                                                       key=plan.seed * 7919 + epoch, lr_scale=lr_scale,
-                                                      comp=plan.comp, progress=tick)
+                                                      comp=plan.comp, progress=tick, max_steps=n_batches)
                 finally:
                     bar.close()
                 seconds = time.perf_counter() - t0
@@ -129,7 +140,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 epoch_rows.append(row)
             outcome.rows += epoch_rows
             if on_epoch is not None:
-                on_epoch(epoch_rows)
+                on_epoch(epoch_rows, {name: layers for name, (layers, _) in states.items()})
     except KeyboardInterrupt:
         outcome.interrupted = True
     outcome.layers = {name: layers for name, (layers, _) in states.items()}
