@@ -19,6 +19,7 @@ from .array import set_comp as set_comp
 from .array import to_numpy as to_numpy
 from .array import vector as vector
 from .array import zeros as zeros
+from .errors import ArgumentError as ArgumentError
 from .errors import CompileError as CompileError
 from .errors import DataError as DataError
 from .errors import DTypeError as DTypeError

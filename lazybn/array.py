@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import fuse
-from .errors import DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Zip, describe
 
 
@@ -127,7 +127,7 @@ class Manifest(_Arith[Ix]):
         return f"Manifest[{rank}] {self._comp.value} {self.shape} {self.dtype}\n{body}"
 
     def __bool__(self) -> bool:
-        raise TypeError("the truth value of a lazybn array is ambiguous")
+        raise ArgumentError("the truth value of a lazybn array is ambiguous")
 
     def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> FloatArray:
         return np.asarray(self._leaf.array, dtype=dtype)
@@ -151,7 +151,7 @@ class Delayed(_Arith[Ix]):
         return f"Delayed[{rank}] {self._comp.value} {self.shape} {self.dtype} = {describe(self.node)}"
 
     def __bool__(self) -> bool:
-        raise TypeError("the truth value of a lazybn array is ambiguous")
+        raise ArgumentError("the truth value of a lazybn array is ambiguous")
 
 
 Vector: TypeAlias = Manifest[Ix1]
@@ -169,7 +169,7 @@ def expr(a: object, op: str) -> tuple[Node, Comp]:
     """The graph node of a lazybn array argument (run-time check for untyped callers)."""
     if isinstance(a, (Manifest, Delayed)):
         return a._expr()
-    raise TypeError(f"{op}: expected a lazybn Manifest or Delayed array, got {type(a).__name__}")
+    raise ArgumentError(f"{op}: expected a lazybn Manifest or Delayed array, got {type(a).__name__}")
 
 
 def _rank_name(shape: tuple[int, ...]) -> str:
@@ -288,14 +288,14 @@ def delay(m: Manifest[Ix]) -> Delayed[Ix]:
     """View a manifest array as a delayed one (no work; massiv's ``delay``)."""
     node, comp = expr(m, "delay")
     if not isinstance(m, Manifest):
-        raise TypeError("delay: expected a Manifest (this array is already delayed)")
+        raise ArgumentError("delay: expected a Manifest (this array is already delayed)")
     return Delayed(node, comp)
 
 
 def set_comp(m: Manifest[Ix], comp: Comp) -> Manifest[Ix]:
     """The same data with another computation strategy (no copy)."""
     if not isinstance(m, Manifest):
-        raise TypeError(f"set_comp: expected a Manifest, got {type(m).__name__}")
+        raise ArgumentError(f"set_comp: expected a Manifest, got {type(m).__name__}")
     return Manifest(m.array, comp)
 
 
@@ -304,7 +304,7 @@ def _run(ds: Sequence[object], op: str) -> list[Manifest[Any]]:
     comp = Comp.Seq
     for d in ds:
         if not isinstance(d, Delayed):
-            raise TypeError(f"{op}: expected Delayed arrays (use delay(m) for a Manifest), got {type(d).__name__}")
+            raise ArgumentError(f"{op}: expected Delayed arrays (use delay(m) for a Manifest), got {type(d).__name__}")
         nodes.append(d.node)
         comp = join(comp, d.comp)
     if not nodes:
@@ -363,4 +363,4 @@ def to_numpy(a: Manifest[Ix] | Delayed[Ix]) -> FloatArray:
         return compute(a).array
     if isinstance(a, Manifest):
         return a.array
-    raise TypeError(f"to_numpy: expected a lazybn array, got {type(a).__name__}")
+    raise ArgumentError(f"to_numpy: expected a lazybn array, got {type(a).__name__}")

@@ -19,6 +19,10 @@ class ShapeError(LazybnError, ValueError):
         super().__init__(f"{op}: shapes {left} and {right} do not match" + (f"; {hint}" if hint else ""))
 
 
+class ArgumentError(LazybnError, TypeError):
+    """An argument of the wrong kind: not a lazybn array, not a member of the expected enum, ..."""
+
+
 class RankError(LazybnError, TypeError):
     """An array of the wrong rank (vector vs matrix) reached an operation."""
 

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .array import Comp, Matrix, Vector, matrix, ones, vector, zeros
-from .errors import ValueRangeError
+from .errors import ArgumentError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 
 
@@ -64,7 +64,7 @@ def weights(init: Init, nin: int, nout: int, rng: np.random.Generator, dtype: DT
         DTypeError: ``dtype`` is not float32 or float64.
     """
     if not isinstance(init, Init):
-        raise TypeError(f"weights: expected a member of lazybn.init.Init, got {init!r}")
+        raise ArgumentError(f"weights: expected a member of lazybn.init.Init, got {init!r}")
     nin, nout = _count("weights.nin", nin), _count("weights.nout", nout)
     g: object = gain
     ok = isinstance(g, (int, float, np.integer, np.floating)) and not isinstance(g, bool)
@@ -83,7 +83,7 @@ def biases(init: Init, n: int, rng: np.random.Generator, dtype: DTypeLike = np.f
         ValueRangeError: ``n`` is not an integer >= 1.
     """
     if not isinstance(init, Init):
-        raise TypeError(f"biases: expected a member of lazybn.init.Init, got {init!r}")
+        raise ArgumentError(f"biases: expected a member of lazybn.init.Init, got {init!r}")
     n = _count("biases.n", n)
     if init is Init.haskell:
         return vector(rng.standard_normal(n, dtype=np.float64), dtype=dtype, comp=comp)
@@ -124,7 +124,7 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
         raise ValueRangeError(f"mlp.sizes: need at least two sizes (inputs and outputs), got {sizes!r}")
     sizes = [_count(f"mlp.sizes[{i}]", n) for i, n in enumerate(sizes)]
     if not isinstance(act, Act):
-        raise TypeError(f"mlp.act: expected a member of lazybn.Act, got {act!r}")
+        raise ArgumentError(f"mlp.act: expected a member of lazybn.Act, got {act!r}")
     rng = np.random.default_rng(seed)
     pairs = list(zip(sizes[:-1], sizes[1:]))
     ws = [weights(init, nin, nout, rng, dtype, gain, comp) for nin, nout in pairs]

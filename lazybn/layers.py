@@ -24,7 +24,7 @@ from typing import Any, final
 import numpy as np
 
 from .array import Manifest, Matrix, Vector
-from .errors import DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 
 
 class Act(enum.Enum):
@@ -38,7 +38,7 @@ class Act(enum.Enum):
 
 def _check(layer: str, name: str, a: object, rank: int) -> Manifest[Any]:
     if not isinstance(a, Manifest):
-        raise TypeError(f"{layer}.{name}: expected a lazybn Manifest, got {type(a).__name__}")
+        raise ArgumentError(f"{layer}.{name}: expected a lazybn Manifest, got {type(a).__name__}")
     if len(a.shape) != rank:
         kind = "vector" if rank == 1 else "matrix"
         raise RankError(f"{layer}.{name}: expected a {kind}, got shape {a.shape}")
@@ -47,7 +47,7 @@ def _check(layer: str, name: str, a: object, rank: int) -> Manifest[Any]:
 
 def _num(layer: str, name: str, x: object) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{layer}.{name}: expected a number, got {x!r}")
+        raise ArgumentError(f"{layer}.{name}: expected a number, got {x!r}")
     return float(x)
 
 
@@ -142,7 +142,7 @@ class Activation:
 
     def __post_init__(self) -> None:
         if not isinstance(self.f, Act):
-            raise TypeError(f"Activation.f: expected a member of lazybn.Act, got {self.f!r}")
+            raise ArgumentError(f"Activation.f: expected a member of lazybn.Act, got {self.f!r}")
 
 
 @final

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, expr, join
-from .errors import DTypeError, RankError, ShapeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError
 from .fuse.graph import BinOp, Br, ColsLike, Const, Fn, Map, Node, Reduce, RedOp, Zip
 
 
@@ -105,7 +105,7 @@ def max_cols(m: Mat) -> Delayed[Ix1]:
 def amap(f: Fn, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:
     """Apply an element function from the closed set :class:`Fn` (massiv's ``A.map``)."""
     if not isinstance(f, Fn):
-        raise TypeError(f"amap: expected a member of lazybn.Fn, got {f!r}")
+        raise ArgumentError(f"amap: expected a member of lazybn.Fn, got {f!r}")
     node, comp = expr(a, "amap")
     assert node.dtype is not None
     return Delayed(Map(f, node, node.shape, node.dtype), comp)
@@ -128,7 +128,7 @@ def add_c(a: Manifest[Ix] | Delayed[Ix], s: float) -> Delayed[Ix]:
 def transpose(m: Matrix) -> Matrix:
     """The transpose, as a view of the same memory (no copy)."""
     if not isinstance(m, Manifest):
-        raise TypeError(f"transpose: expected a Manifest matrix, got {type(m).__name__}")
+        raise ArgumentError(f"transpose: expected a Manifest matrix, got {type(m).__name__}")
     _mat(m, "transpose")
     return Manifest(m.array.T, m.comp)
 
@@ -137,7 +137,7 @@ def matmul(a: Matrix, b: Matrix) -> Matrix:
     """The matrix product ``a · b`` through numpy's BLAS (eager; transposed views are not copied)."""
     for x, name in ((a, "first"), (b, "second")):
         if not isinstance(x, Manifest):
-            raise TypeError(f"matmul: the {name} argument must be a Manifest matrix (compute it first), "
+            raise ArgumentError(f"matmul: the {name} argument must be a Manifest matrix (compute it first), "
                             f"got {type(x).__name__}")
     _mat(a, "matmul")
     _mat(b, "matmul")

@@ -31,7 +31,7 @@ from typing import Any, assert_never, final
 import numpy as np
 
 from .array import Manifest, compute, compute_all
-from .errors import DTypeError, LazybnError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad)
@@ -172,7 +172,7 @@ class OptState:
         for i, layer_slots in enumerate(self.slots):
             ls: object = layer_slots
             if not isinstance(ls, tuple) or not all(isinstance(a, Manifest) for a in ls):
-                raise TypeError(f"OptState.slots[{i}]: expected a tuple of lazybn Manifest arrays")
+                raise ArgumentError(f"OptState.slots[{i}]: expected a tuple of lazybn Manifest arrays")
 
 
 def _moments(opt: Optimizer) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ._files import atomic_writer
 from .array import Comp, Manifest
-from .errors import DTypeError, LazybnError, PersistenceError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 from .optim import OptState
 
@@ -88,7 +88,7 @@ def _check_meta(meta: Meta | None) -> dict[str, str | int | float | bool]:
     for k, v in (meta or {}).items():
         kv: tuple[object, object] = (k, v)
         if not isinstance(kv[0], str) or not isinstance(kv[1], (str, int, float, bool)):
-            raise TypeError(f"save: meta must map str to str/int/float/bool, got {k!r}: {v!r}")
+            raise ArgumentError(f"save: meta must map str to str/int/float/bool, got {k!r}: {v!r}")
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueRangeError(f"save: meta[{k!r}] = {v!r}: JSON cannot store NaN or infinity")
         out[k] = v

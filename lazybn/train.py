@@ -17,8 +17,8 @@ from typing import Any, Literal, final
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .array import Comp, Matrix, matrix
-from .errors import LazybnError, ShapeError, ValueRangeError
+from .array import Comp, Manifest, Matrix, matrix
+from .errors import ArgumentError, LazybnError, ShapeError, ValueRangeError
 from .layers import BN1, Batchnorm1d, Layer
 from .network import _pass, cross_entropy, logits, update_running
 from .optim import Optimizer, OptState, update
@@ -88,6 +88,11 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     Raises:
         NumericalError: the loss or a batch statistic is NaN/inf (``on_nonfinite="raise"``).
     """
+    for name, a in (("input", x), ("target", tgt)):
+        if not isinstance(a, Manifest):
+            raise ArgumentError(f"train_step: the {name} must be a lazybn Matrix, got {type(a).__name__}")
+        if not np.isfinite(a.array).all():
+            raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
     _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
     loss = cross_entropy(pred, tgt)
     problem = _check_finite(loss, grads)
