@@ -1,0 +1,185 @@
+"""Helpers shared by every ``lazybn run NAME`` experiment module.
+
+The API (kept stable; experiment modules import it):
+
+* ``load_split(args, quick, pixels=Pixels.standard, dtype="float32") -> (Split, source)``: MNIST
+  prepared as a :class:`~lazybn.experiments.runner.Split` (from ``args.data_dir``, else the
+  cache, else fetched), or with ``quick`` a small deterministic synthetic 10-class data set
+  (600 train, 200 test, 784 uint8 "pixels") that needs neither MNIST nor a network.
+* ``out_dir(args, name) -> Path``: ``args.out`` or ``runs/NAME-TIMESTAMP``, created.
+* ``command_line(args) -> str``: the ``lazybn run ...`` command that reproduces the run.
+* ``progress(args) -> bool``: whether to show progress bars.
+* ``mean_std(values) -> (mean, std)``: population standard deviation (``np.std``, ddof 0),
+  as the hipsternet article's "mean accuracy ..., std ...".
+* ``epoch_summary(rows)``: runner rows averaged over seeds, per arm and epoch.
+* ``final_summary(rows)``: per arm, mean ± std over seeds of the last epoch's metrics.
+* ``standard_report(out, title, command, settings, rows, extra_sections, figures, ...) -> Path``:
+  writes ``metrics.csv/json`` (all rows), ``summary.csv/json`` (per arm and epoch),
+  ``curves.png`` (test accuracy and training loss per arm) and ``report.md``; returns the
+  report's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from ..report import markdown_table, plot_lines, write_metrics, write_report
+from ..train import Pixels, one_hot, prepare
+from .runner import Split
+
+QUICK_TRAIN = 600
+QUICK_TEST = 200
+_META = ("arm", "seed", "epoch")
+
+
+def synthetic_images(n: int, seed: int, classes: int = 10) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """``n`` MNIST-shaped uint8 images of ``classes`` noisy prototypes (fixed per class), and labels.
+
+    The prototypes come from a fixed generator (seed 20240), so train and test share them; ``seed``
+    only draws the labels and the noise. Learnable in a few dozen steps, but not trivially.
+    """
+    protos = np.random.default_rng(20240).random((classes, 784)) < 0.2
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % classes
+    rng.shuffle(labels)
+    base = protos[labels].astype(np.float64) * 200.0
+    noisy = base + rng.normal(0.0, 60.0, (n, 784)) + 40.0 * (rng.random((n, 784)) < 0.1)
+    return np.clip(noisy, 0, 255).astype(np.uint8), labels
+
+
+def synthetic_split(pixels: Pixels = Pixels.standard, dtype: DTypeLike = np.float32, n_train: int = QUICK_TRAIN,
+                    n_test: int = QUICK_TEST) -> Split:
+    """The deterministic synthetic data set of ``--quick`` runs, prepared like MNIST."""
+    xtr, ytr = synthetic_images(n_train, 1)
+    xte, yte = synthetic_images(n_test, 2)
+    return Split(x_train=prepare(xtr, pixels, dtype), y_train=one_hot(ytr, 10, dtype), labels_train=ytr,
+                 x_test=prepare(xte, pixels, dtype), labels_test=yte)
+
+
+def load_split(args: argparse.Namespace, quick: bool, pixels: Pixels = Pixels.standard,
+               dtype: DTypeLike = np.float32) -> tuple[Split, str]:
+    """The data of an experiment and a description of its source (see the module docstring)."""
+    if quick:
+        return synthetic_split(pixels, dtype), f"synthetic 10-class data ({QUICK_TRAIN} train, {QUICK_TEST} test)"
+    from ..data import load_mnist
+
+    mnist = load_mnist(getattr(args, "data_dir", None), progress=progress(args))
+    split = Split(x_train=prepare(mnist.train.images, pixels, dtype), y_train=one_hot(mnist.train.labels, 10, dtype),
+                  labels_train=mnist.train.labels, x_test=prepare(mnist.test.images, pixels, dtype),
+                  labels_test=mnist.test.labels)
+    return split, f"MNIST from {mnist.source}"
+
+
+def out_dir(args: argparse.Namespace, name: str) -> Path:
+    """``args.out`` or ``runs/NAME-YYYYmmdd-HHMMSS``, created (with parents)."""
+    given = getattr(args, "out", None)
+    out = Path(given) if given else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """``lazybn run NAME [options]`` as given (default options omitted)."""
+    parts = ["lazybn", "run", str(args.name)]
+    if getattr(args, "quick", False):
+        parts.append("--quick")
+    for opt, value in (("--seed", getattr(args, "seed", 0) or None), ("--data-dir", getattr(args, "data_dir", None)),
+                       ("--out", getattr(args, "out", None))):
+        if value is not None:
+            parts += [opt, str(value)]
+    return shlex.join(parts)
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (ddof 0; 0.0 for a single value); NaN for no values."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std())
+
+
+def _numeric(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [k for k in keys if k not in _META and all(isinstance(r.get(k), (int, float)) and not isinstance(
+        r.get(k), bool) for r in rows if k in r)]
+
+
+def epoch_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean over seeds of every numeric metric, per arm and epoch (arms in order of appearance)."""
+    keys = _numeric(rows)
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        for epoch in sorted({r["epoch"] for r in rows if r["arm"] == arm}):
+            sel = [r for r in rows if r["arm"] == arm and r["epoch"] == epoch]
+            out.append({"arm": arm, "epoch": epoch, "seeds": len(sel),
+                        **{k: float(np.mean([r[k] for r in sel if k in r])) for k in keys}})
+    return out
+
+
+def final_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per arm: the runs' last-epoch metrics as ``KEY mean`` and ``KEY std`` over seeds."""
+    keys = _numeric(rows)
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        mine = [r for r in rows if r["arm"] == arm]
+        last = {r["seed"]: r for r in mine if r["epoch"] == max(x["epoch"] for x in mine if x["seed"] == r["seed"])}
+        entry: dict[str, Any] = {"arm": arm, "runs": len(last)}
+        for k in keys:
+            m, s = mean_std(r[k] for r in last.values() if k in r)
+            entry[f"{k} mean"], entry[f"{k} std"] = m, s
+        out.append(entry)
+    return out
+
+
+def curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str, steps_per_epoch: int | None = None) -> bool:
+    """Test accuracy (%) and training loss per arm, mean over seeds; x in iterations when
+    ``steps_per_epoch`` is given, else epochs. False if matplotlib is missing."""
+    summary = epoch_summary(rows)
+    unit = steps_per_epoch or 1
+    arms = list(dict.fromkeys(r["arm"] for r in summary))
+
+    def series(key: str, factor: float) -> dict[str, tuple[list[float], list[float]]]:
+        return {a: ([float(r["epoch"] * unit) for r in summary if r["arm"] == a and key in r],
+                    [factor * r[key] for r in summary if r["arm"] == a and key in r]) for a in arms}
+
+    xs = " (x: iterations)" if steps_per_epoch else ""
+    panels = [(f"test accuracy{xs}", "%", series("test_acc", 100.0)),
+              (f"training loss{xs}", "cross-entropy", series("loss", 1.0))]
+    return plot_lines(path, panels, title=title)
+
+
+def standard_report(out: Path, title: str, command: str, settings: Mapping[str, Any],
+                    rows: Sequence[Mapping[str, Any]], extra_sections: Sequence[tuple[str, str]] = (),
+                    figures: Sequence[str] = (), *, steps_per_epoch: int | None = None,
+                    interrupted: bool = False) -> Path:
+    """Write the standard report of runner rows (see the module docstring) and return ``report.md``.
+
+    ``extra_sections`` (heading, markdown) come first, then the final result per arm (mean ±
+    std over seeds) and the per-epoch table; ``figures`` are further PNG names in ``out``
+    (written by the caller), listed after ``curves.png``.
+    """
+    write_metrics(out, "metrics", rows)
+    summary = epoch_summary(rows)
+    write_metrics(out, "summary", summary)
+    ok = curves(out / "curves.png", rows, title, steps_per_epoch)
+    final = final_summary(rows)
+    table = [{"arm": f["arm"], "runs": f["runs"],
+              **{k.removesuffix(" mean"): (f"{100 * f[k]:.2f} ± {100 * f[k[:-5] + ' std']:.2f}" if "acc" in k
+                                           else f"{f[k]:.4g} ± {f[k[:-5] + ' std']:.2g}")
+                 for k in f if k.endswith(" mean")}} for f in final]
+    sections = [*extra_sections, ("Final epoch per arm, mean ± std over runs (accuracies in %)"
+                                  + (" — interrupted" if interrupted else ""), markdown_table(table)),
+                ("Per epoch (mean over runs)", markdown_table(summary))]
+    return write_report(out, title, command, settings, sections, ["curves.png", *figures], ok)
