@@ -11,6 +11,9 @@ The API (kept stable; experiment modules import it):
 * ``progress(args) -> bool``: whether to show progress bars.
 * ``mean_std(values) -> (mean, std)``: population standard deviation (``np.std``, ddof 0),
   as the hipsternet article's "mean accuracy ..., std ...".
+* ``run_seeds(arms_for_seed, data, plan, seeds, progress=..., on_epoch=..., echo=True) -> SeedRuns``:
+  :func:`~lazybn.experiments.runner.run` once per seed (the plan's seed replaced), printing one
+  line per arm and epoch; returns all rows, each seed's trained layers and ``interrupted``.
 * ``epoch_summary(rows)``: runner rows averaged over seeds, per arm and epoch.
 * ``final_summary(rows)``: per arm, mean ± std over seeds of the last epoch's metrics.
 * ``standard_report(out, title, command, settings, rows, extra_sections, figures, ...) -> Path``:
@@ -24,16 +27,18 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..report import markdown_table, plot_lines, write_metrics, write_report
 from ..train import Pixels, one_hot, prepare
-from .runner import Split
+from ..layers import Layer
+from .runner import Arm, Plan, Split, run
 
 QUICK_TRAIN = 600
 QUICK_TEST = 200
@@ -108,6 +113,50 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     if v.size == 0:
         return float("nan"), float("nan")
     return float(v.mean()), float(v.std())
+
+
+@final
+@dataclass(slots=True)
+class SeedRuns:
+    """What :func:`run_seeds` measured: runner rows of every seed, trained layers per seed and arm."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    layers: dict[int, dict[str, list[Layer]]] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+SeedHook = Callable[[int, list[dict[str, Any]], dict[str, list[Layer]]], None]
+
+
+def run_seeds(arms_for_seed: Callable[[int], Sequence[Arm]], data: Split, plan: Plan, seeds: Sequence[int], *,
+              progress: bool = True, on_epoch: SeedHook | None = None, echo: bool = True) -> SeedRuns:
+    """The runner once per seed (``plan.seed`` replaced by it; the arms built by ``arms_for_seed``).
+
+    ``on_epoch(seed, rows, layers)`` is the runner's epoch hook with the seed; it may add keys to
+    the rows (they are the rows returned). Stops after a run interrupted by Ctrl-C.
+    """
+    result = SeedRuns()
+    header = False
+    for seed in seeds:
+        def hook(rows: list[dict[str, Any]], layers: dict[str, list[Layer]], seed: int = seed) -> None:
+            nonlocal header
+            if on_epoch is not None:
+                on_epoch(seed, rows, layers)
+            if echo:
+                if not header:
+                    print(f"{'seed':>4} {'epoch':>5} {'arm':<16} {'loss':>8} {'test acc':>8} {'seconds':>7}")
+                    header = True
+                for r in rows:
+                    print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<16} {r['loss']:>8.4f} "
+                          f"{100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
+
+        outcome = run(arms_for_seed(seed), data, replace(plan, seed=seed), progress=progress, on_epoch=hook)
+        result.rows += outcome.rows
+        result.layers[seed] = outcome.layers
+        if outcome.interrupted:
+            result.interrupted = True
+            break
+    return result
 
 
 def _numeric(rows: Sequence[Mapping[str, Any]]) -> list[str]:
