@@ -20,7 +20,7 @@ import numpy as np
 
 from .graph import Br, ColsLike, Const, Leaf, Map, Node, Reduce, Zip
 
-CODEGEN_VERSION = 2
+CODEGEN_VERSION = 3
 
 # A canonical node: (kind, arg, kids, dims). kind is L C M Z B K R; dims are size slots.
 CNode = tuple[str, str, tuple[int, ...], tuple[int, ...]]
@@ -252,7 +252,7 @@ class _Gen:
                     post.append(f"{dst}[i] = dt(s{cid})")
                 else:  # max_cols
                     pre.append(f"s{cid} = dt(-np.inf)")
-                    inner.append(f"s{cid} = max(s{cid}, {v})")
+                    inner.append(f"s{cid} = {v} if ({v} > s{cid} or {v} != {v}) else s{cid}")  # NaN propagates
                     post.append(f"{dst}[i] = s{cid}")
             rows = ["for j in range(n%d):" % c] + ["    " + ln for ln in e.lines + inner]
             rows = pre + rows + post
