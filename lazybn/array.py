@@ -214,10 +214,10 @@ def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatA
             raise DTypeError(f"{what}: dtype must be float32 or float64, not {dt}")
     else:
         src = xs.dtype if isinstance(xs, np.ndarray) else np.asarray(xs).dtype
-        if src in _FLOATS:
+        if isinstance(xs, np.ndarray) and src in _FLOATS:
             dt = src
-        elif src.kind in "iub":
-            dt = np.dtype(np.float32)
+        elif src.kind in "iubf" and src.itemsize <= 8 and (src.kind != "f" or not isinstance(xs, np.ndarray)):
+            dt = np.dtype(np.float32)  # lists and integer data: the library default
         else:
             raise DTypeError(
                 f"{what}: cannot hold {src} data; lazybn computes in float32 or float64 "

@@ -16,7 +16,8 @@ class ShapeError(LazybnError, ValueError):
 
     def __init__(self, op: str, left: tuple[int, ...], right: tuple[int, ...], hint: str = "") -> None:
         self.op, self.left, self.right = op, left, right
-        super().__init__(f"{op}: shapes {left} and {right} do not match" + (f"; {hint}" if hint else ""))
+        what = f"shape {left}" if left == right else f"shapes {left} and {right} do not match"
+        super().__init__(f"{op}: {what}" + (f"; {hint}" if hint else ""))
 
 
 class ArgumentError(LazybnError, TypeError):
