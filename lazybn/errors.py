@@ -14,9 +14,9 @@ class LazybnError(Exception):
 class ShapeError(LazybnError, ValueError):
     """Two shapes that must agree do not (or a shape is invalid for the operation)."""
 
-    def __init__(self, op: str, left: tuple[int, ...], right: tuple[int, ...], hint: str = "") -> None:
+    def __init__(self, op: str, left: tuple[int, ...], right: tuple[int, ...] | None, hint: str = "") -> None:
         self.op, self.left, self.right = op, left, right
-        what = f"shape {left}" if left == right else f"shapes {left} and {right} do not match"
+        what = f"shape {left}" if right is None else f"shapes {left} and {right} do not match"
         super().__init__(f"{op}: {what}" + (f"; {hint}" if hint else ""))
 
 

@@ -77,7 +77,7 @@ def _reduce(op: RedOp, m: Mat) -> Delayed[Ix1]:
     node, comp = _mat(m, op.value)
     length = node.shape[1] if op is RedOp.sum_rows else node.shape[0]
     if op is RedOp.max_cols and node.shape[1] == 0:
-        raise ShapeError("max_cols", node.shape, node.shape, "the maximum of zero columns is undefined")
+        raise ShapeError("max_cols", node.shape, None, "the maximum of zero columns is undefined")
     assert node.dtype is not None
     return Delayed(Reduce(op, node, (length,), node.dtype), comp)
 

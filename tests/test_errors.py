@@ -1,0 +1,86 @@
+"""Bad input gets a lazybn error whose message names the problem (the table in docs/reliability.md).
+
+``python -m tests.test_errors`` prints that table from these very cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import lazybn as lb
+from lazybn.layers import Batchnorm1d, Dropout, Linear, LinearNoBias
+from lazybn.network import _pass
+from lazybn.optim import SGD, init_state
+from lazybn.train import NumericalError, one_hot, train_step
+
+M = lb.matrix(np.ones((3, 2)))
+V = lb.vector(np.ones(3))
+F32 = np.float32
+
+
+def _bn(n: int = 3, **kw: Any) -> Batchnorm1d:
+    return Batchnorm1d(lb.zeros(n), lb.ones(n), lb.ones(n), lb.zeros(n), **kw)
+
+
+def _net() -> list[lb.Layer]:
+    return [LinearNoBias(lb.matrix(np.ones((2, 3), F32))), _bn()]
+
+
+def _nan_step() -> object:
+    opt = SGD(0.1)
+    x = lb.matrix(np.array([[1, np.nan], [0, 1]], F32))
+    return train_step(_net(), opt, init_state(opt, _net()), x, lb.matrix(np.eye(3, dtype=F32)[:2]))
+
+
+CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
+    ("vector + matrix (untyped caller)", lambda: V + M, lb.RankError, "rows_like(v, m)"),  # type: ignore[operator]
+    ("mismatched shapes", lambda: M + lb.matrix(np.ones((2, 3))), lb.ShapeError, "(3, 2) and (2, 3)"),
+    ("mixed dtypes", lambda: M + lb.matrix(np.ones((3, 2), F32)), lb.DTypeError, "float64 and float32"),
+    ("complex data", lambda: lb.matrix(np.ones((2, 2), complex)), lb.DTypeError, "complex128"),
+    ("float16 data", lambda: lb.matrix(np.ones((2, 2), np.float16)), lb.DTypeError, "dtype=np.float32"),
+    ("rank-3 data", lambda: lb.matrix(np.ones((2, 2, 2))), lb.RankError, "(2, 2, 2)"),
+    ("a numpy array where a lazybn array is needed", lambda: lb.sum_rows(np.ones((2, 2))),  # type: ignore[arg-type]
+     lb.ArgumentError, "ndarray"),
+    ("max over zero columns", lambda: lb.max_cols(lb.matrix(np.ones((2, 0)))), lb.ShapeError, "zero columns"),
+    ("matmul inner dimensions", lambda: lb.matmul(M, M), lb.ShapeError, "inner dimensions"),
+    ("Linear with a vector weight", lambda: Linear(V, V), lb.RankError, "Linear.w"),  # type: ignore[arg-type]
+    ("Batchnorm1d lengths differ", lambda: Batchnorm1d(lb.zeros(3), lb.ones(3), lb.ones(4), lb.zeros(3)),
+     lb.ShapeError, "one length"),
+    ("Batchnorm1d eps <= 0", lambda: _bn(eps=0.0), lb.ValueRangeError, "eps"),
+    ("Batchnorm1d momentum outside [0, 1]", lambda: _bn(momentum=1.5), lb.ValueRangeError, "momentum"),
+    ("Batchnorm1d NaN parameter", lambda: Batchnorm1d(lb.zeros(3), lb.ones(3), lb.vector([1, np.nan, 1]), lb.zeros(3)),
+     lb.ValueRangeError, "gamma"),
+    ("negative running variance", lambda: Batchnorm1d(lb.zeros(3), lb.vector([1, -1, 1]), lb.ones(3), lb.zeros(3)),
+     lb.ValueRangeError, "negative"),
+    ("Dropout p outside [0, 1)", lambda: Dropout(1.0), lb.ValueRangeError, "Dropout.p"),
+    ("learning rate <= 0", lambda: SGD(0.0), lb.ValueRangeError, "SGD.lr"),
+    ("learning rate NaN", lambda: SGD(float("nan")), lb.ValueRangeError, "nan"),
+    ("batch of one in training", lambda: _pass(lb.matrix(np.ones((1, 2), F32)), lb.matrix(np.eye(3, dtype=F32)[:1]),
+                                               _net()), lb.ValueRangeError, "more than 1 sample"),
+    ("labels out of range", lambda: one_hot(np.array([0, 12]), 10), lb.ValueRangeError, "[0, 10)"),
+    ("NaN in a training batch", _nan_step, NumericalError, "NaN or infinity"),
+    ("target with the wrong number of classes",
+     lambda: _pass(lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.ones((2, 4), F32)), _net()),
+     lb.ShapeError, "one column per class"),
+]
+
+
+@pytest.mark.parametrize("name,call,error,fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_lazybn_error(name: str, call: Callable[[], object], error: type[Exception],
+                                             fragment: str) -> None:
+    with pytest.raises(error) as info:
+        call()
+    assert isinstance(info.value, lb.LazybnError)
+    assert fragment in str(info.value)
+
+
+if __name__ == "__main__":
+    for name, call, *_ in CASES:
+        try:
+            call()
+        except lb.LazybnError as exc:
+            print(f"| {name} | `{type(exc).__name__}`: {exc} |")
