@@ -121,11 +121,19 @@ def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
         raise RankError(f"_pass: input and target must be matrices, got shapes {inp.shape} and {tgt.shape}")
     if inp.shape[0] != tgt.shape[0]:
         raise ShapeError("_pass", inp.shape, tgt.shape, "input and target need one row per sample")
+    if inp.shape[0] == 0:
+        raise ValueRangeError("_pass: the batch is empty (0 samples); a training step needs at least one sample")
     if inp.shape[0] < 2 and any(isinstance(layer, Batchnorm1d) for layer in layers):
         raise ValueRangeError(
             f"batch norm in training needs more than 1 sample per batch (got {inp.shape[0]}): the batch "
             "variance of one sample is undefined; use a larger batch, or forward() for inference"
         )
+
+
+def _check_features(inp: Matrix, layer: Batchnorm1d) -> None:
+    if inp.shape[1] != layer.features:
+        raise ShapeError("Batchnorm1d", inp.shape, layer.mu.shape,
+                         f"the layer normalises {layer.features} features but its input has {inp.shape[1]} columns")
 
 
 def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int, dtype: np.dtype[Any]) -> Matrix:
@@ -171,6 +179,7 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
             return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
         case Batchnorm1d():
+            _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
             dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance)
@@ -214,6 +223,7 @@ def _infer(x: Matrix, layer: Layer) -> Matrix:
         case LinearNoBias(w=w):
             return matmul(x, w)
         case Batchnorm1d(mu=mu, var=var, gamma=gamma, beta=beta, eps=eps):
+            _check_features(x, layer)
             b = partial(br, rows(x))
             xhat = (x - b(mu)) * b(amap(Fn.recip, amap(Fn.sqrt, add_c(var, eps))))
             return compute(b(gamma) * xhat + b(beta))

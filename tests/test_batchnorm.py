@@ -424,7 +424,7 @@ def test_batch_of_one_in_training_is_a_value_range_error() -> None:
     layer = bn_layer(np.ones(3), np.zeros(3))
     with pytest.raises(lb.ValueRangeError, match="more than 1 sample"):
         _pass(lb.matrix(np.ones((1, 3))), lb.matrix(np.eye(3)[:1]), [layer])
-    with pytest.raises(lb.ValueRangeError, match="more than 1 sample"):
+    with pytest.raises(lb.ValueRangeError, match="empty"):
         _pass(lb.matrix(np.ones((0, 3))), lb.matrix(np.ones((0, 3))), [layer])
 
 
@@ -537,8 +537,8 @@ def test_channel_count_mismatch_is_rejected_before_computing() -> None:
         logits([layer], x)
     assert lazybn.fuse.stats().launches == before  # rejected when the expression is built
     for e in (train_err.value, infer_err.value):
-        assert e.right is not None and {e.left[1], e.right[1]} == {9, 10}
-        assert "9" in str(e) and "10" in str(e)
+        assert e.op == "Batchnorm1d" and e.left == (4, 10) and e.right == (9,)
+        assert "9 features" in str(e) and "10 columns" in str(e)
     with pytest.raises(lb.ShapeError, match="one length"):
         Batchnorm1d(lb.zeros(10, np.float64), lb.ones(11, np.float64), lb.ones(10, np.float64),
                     lb.zeros(10, np.float64))
@@ -648,9 +648,6 @@ def test_matches_pytorch_known_running_update() -> None:
     np.testing.assert_allclose(new.var.array, trv, rtol=1e-15)
 
 
-@pytest.mark.xfail(strict=True, reason="with PAR_THRESHOLD = 0, _choose_par picks parallel=True for a kernel with "
-                                       "no matrix loop (max(..., default=0) >= 0); it has no prange, numba warns "
-                                       "NumbaPerformanceWarning and filterwarnings=error fails update_running")
 def test_a_vector_only_par_kernel_is_planned_serial_even_at_threshold_zero() -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lazybn.fuse, "PAR_THRESHOLD", 0)

@@ -32,7 +32,7 @@ def _choose_par(canon: Canon, par: bool) -> bool:
     if not par:
         return False
     biggest = max((canon.sizes[d[0]] * canon.sizes[d[1]] for *_, d in canon.nodes if len(d) == 2), default=0)
-    return biggest >= PAR_THRESHOLD
+    return biggest > 0 and biggest >= PAR_THRESHOLD  # a kernel without a matrix loop stays serial
 
 
 def _kernel(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
