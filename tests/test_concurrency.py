@@ -1,0 +1,74 @@
+"""Two processes filling the same kernel cache or the same data cache at once: neither crashes,
+neither corrupts what the other reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KERNELS = """
+import json, sys, numpy as np, lazybn as lb
+out = []
+for k in range(6):  # six different expression structures, compiled by both processes at once
+    x = lb.matrix(np.arange(12.0).reshape(3, 4) + k)
+    e = x
+    for _ in range(k + 1):
+        e = lb.amap(lb.Fn.tanh, e) * 2.0
+    out.append(lb.compute(lb.sum_rows(e)).array.tolist())
+print(json.dumps(out))
+"""
+
+DATA = """
+import sys, numpy as np
+from pathlib import Path
+from lazybn.data import mnist as mn
+from lazybn.data import Dataset
+rng = np.random.default_rng(0)
+def split(n):
+    return Dataset(rng.integers(0, 256, (n, 784), dtype=np.uint8), np.arange(n, dtype=np.int64) % 10)
+train, test = split(30), split(20)
+counts = [tuple(int(c) for c in np.bincount(d.labels, minlength=10)) for d in (train, test)]
+spec = mn.OfficialSpec("0" * 64, 30, 20, *counts)
+path = Path(sys.argv[1])
+for _ in range(15):
+    mn.write_cache(path, mn.Mnist(train, test, "test"), spec)
+    got = mn.read_cache(path, spec)
+    assert (got.train.images == train.images).all() and (got.test.labels == test.labels).all()
+print("ok")
+"""
+
+
+def _spawn(code: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    full = {**os.environ, **env, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=full)
+
+
+def test_two_processes_fill_one_kernel_cache(tmp_path: Path) -> None:
+    env = {"LAZYBN_CACHE_DIR": str(tmp_path)}
+    procs = [_spawn(KERNELS, env=env) for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0] == results[1]
+    after = _spawn(KERNELS, env={**env, "LAZYBN_NO_COMPILE": "1"})  # the cache they left is complete
+    out, err = after.communicate(timeout=600)
+    assert after.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == results[0]
+
+
+def test_two_processes_write_and_read_one_data_cache(tmp_path: Path) -> None:
+    path = tmp_path / "mnist" / "mnist-v1.npz"
+    procs = [_spawn(DATA, str(path), env={"LAZYBN_CACHE_DIR": str(tmp_path)}) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        assert out.strip() == "ok"
+    assert not list(path.parent.glob(".*.tmp"))  # no temporary file left behind
