@@ -192,27 +192,29 @@ def final_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str, steps_per_epoch: int | None = None) -> bool:
-    """Test accuracy (%) and training loss per arm, mean over seeds; x in iterations when
-    ``steps_per_epoch`` is given, else epochs. False if matplotlib is missing."""
+def curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str, steps_per_epoch: int | None = None,
+           log_loss: bool = False) -> bool:
+    """Test accuracy (%) and training loss (its log10 with ``log_loss``) per arm, mean over seeds;
+    x in iterations when ``steps_per_epoch`` is given, else epochs. False if matplotlib is missing."""
     summary = epoch_summary(rows)
     unit = steps_per_epoch or 1
     arms = list(dict.fromkeys(r["arm"] for r in summary))
 
-    def series(key: str, factor: float) -> dict[str, tuple[list[float], list[float]]]:
+    def series(key: str, f: Callable[[float], float]) -> dict[str, tuple[list[float], list[float]]]:
         return {a: ([float(r["epoch"] * unit) for r in summary if r["arm"] == a and key in r],
-                    [factor * r[key] for r in summary if r["arm"] == a and key in r]) for a in arms}
+                    [f(r[key]) for r in summary if r["arm"] == a and key in r]) for a in arms}
 
     xs = " (x: iterations)" if steps_per_epoch else ""
-    panels = [(f"test accuracy{xs}", "%", series("test_acc", 100.0)),
-              (f"training loss{xs}", "cross-entropy", series("loss", 1.0))]
+    loss = series("loss", lambda v: float(np.log10(v)) if log_loss else v)
+    panels = [(f"test accuracy{xs}", "%", series("test_acc", lambda v: 100.0 * v)),
+              (f"training loss{xs}", "log10 cross-entropy" if log_loss else "cross-entropy", loss)]
     return plot_lines(path, panels, title=title)
 
 
 def standard_report(out: Path, title: str, command: str, settings: Mapping[str, Any],
                     rows: Sequence[Mapping[str, Any]], extra_sections: Sequence[tuple[str, str]] = (),
                     figures: Sequence[str] = (), *, steps_per_epoch: int | None = None,
-                    interrupted: bool = False) -> Path:
+                    interrupted: bool = False, log_loss: bool = False) -> Path:
     """Write the standard report of runner rows (see the module docstring) and return ``report.md``.
 
     ``extra_sections`` (heading, markdown) come first, then the final result per arm (mean ±
@@ -222,7 +224,7 @@ def standard_report(out: Path, title: str, command: str, settings: Mapping[str, 
     write_metrics(out, "metrics", rows)
     summary = epoch_summary(rows)
     write_metrics(out, "summary", summary)
-    ok = curves(out / "curves.png", rows, title, steps_per_epoch)
+    ok = curves(out / "curves.png", rows, title, steps_per_epoch, log_loss)
     final = final_summary(rows)
     table = [{"arm": f["arm"], "runs": f["runs"],
               **{k.removesuffix(" mean"): (f"{100 * f[k]:.2f} ± {100 * f[k[:-5] + ' std']:.2f}" if "acc" in k

@@ -1,0 +1,101 @@
+"""Every registered experiment runs end to end through the CLI entry point (``--quick``: small
+synthetic data, no MNIST needed) and writes its report, metrics and figures; ``lazybn list``
+names them all; ``lazybn train`` trains on a tiny CSV data set and saves loadable networks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from lazybn.cli import main
+import lazybn.experiments.catalogue  # noqa: F401  (every experiment registers itself on import)
+from lazybn.experiments import registry
+from lazybn.experiments.common import synthetic_images
+from lazybn.layers import Batchnorm1d
+from lazybn.persist import load
+
+NAMES = sorted(registry.EXPERIMENTS)
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def figures_of(report: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", report)
+
+
+def check_figures(out: Path, report: str) -> None:
+    if not HAS_MATPLOTLIB:
+        return
+    figures = figures_of(report)
+    assert figures, "the report shows no figure"
+    for name in figures:
+        png = out / name
+        assert png.is_file(), f"{name} is named in the report but missing"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+
+
+def test_the_six_experiments_are_registered() -> None:
+    assert len(NAMES) >= 6
+    assert {"bad-init-adam", "bn-vs-dropout", "population-stats"} <= set(NAMES)
+    for exp in registry.EXPERIMENTS.values():
+        assert exp.summary and exp.runtime
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_quick_run_writes_a_report(name: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["run", name, "--quick", "--out", str(out), "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert name in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics
+    assert (out / "metrics.csv").read_text().strip()
+    check_figures(out, report)
+
+
+def test_list_names_every_experiment(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in NAMES:
+        assert any(line.split()[:1] == [name] for line in lines), f"{name} missing from `lazybn list`"
+
+
+def test_unknown_experiment_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "no-such-experiment", "--quick"]) == 2
+    assert "lazybn list" in capsys.readouterr().out
+
+
+def write_csv(path: Path, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> None:
+    header = "label," + ",".join(f"p{i}" for i in range(images.shape[1]))
+    rows = [f"{lab}," + ",".join(map(str, img)) for img, lab in zip(images.tolist(), labels.tolist())]
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_train_smoke_on_csv_data(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in (("mnist_train.csv", 300, 1), ("mnist_test.csv", 100, 2)):
+        images, labels = synthetic_images(n, seed)
+        write_csv(data / name, images, labels)
+    out = tmp_path / "out"
+    code = main(["train", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--no-progress"])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "lazybn train" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {r["arm"] for r in metrics} == {"batchnorm", "plain"}
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in metrics)
+    assert (out / "metrics.csv").read_text().startswith("arm,")
+    if HAS_MATPLOTLIB:
+        assert (out / "curves.png").is_file()
+        check_figures(out, report)
+    bn = load(out / "batchnorm-seed0.npz")
+    plain = load(out / "plain-seed0.npz")
+    assert any(isinstance(layer, Batchnorm1d) for layer in bn.layers)
+    assert not any(isinstance(layer, Batchnorm1d) for layer in plain.layers)
+    assert bn.meta["arm"] == "batchnorm" and plain.meta["seed"] == 0
