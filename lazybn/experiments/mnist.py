@@ -3,9 +3,13 @@ against the same network without it (with biases), from the same initial weights
 
 Presets:
 
-* ``default``: SGD with momentum 0.9, lr 0.01, batch 100, He initialisation, standardised
-  pixels, 10 epochs: settings under which both networks train well, so that the difference
-  is batch norm's and not a broken baseline's.
+* ``default``: plain SGD with lr 0.1, batch 100, the seed's small weights 0.01·N(0,1) (zero
+  biases), standardised pixels, 10 epochs. Small weights are where batch norm shows what it
+  does: without it the signal shrinks layer by layer and the first epochs crawl; with it every
+  layer sees unit-variance inputs. The rate is ten times the article's: batch norm keeps it
+  stable, and the plain network still trains, so the comparison is not against a broken
+  baseline. (With He initialisation both networks start well conditioned and end within a few
+  tenths of a point; at lr 0.01 the batch-norm network stays just under 98% at epoch 10.)
 * ``haskell``: the Haskell project's run (lr 0.1, batch 1000, weights 0.01·N(0,1), biases
   N(0,1), pixels in [-0.5, 0.5], eps 1e-12, biased running variance, shuffled once). Its
   batch-norm parameters received batch-summed gradients; lazybn reproduces that with an explicit
@@ -44,10 +48,10 @@ SIZES = (784, 300, 50, 10)
 class Settings:
     epochs: int = 10
     batch_size: int = 100
-    lr: float = 0.01
-    optimizer: Literal["sgd", "momentum", "adam", "rmsprop"] = "momentum"
+    lr: float = 0.1
+    optimizer: Literal["sgd", "momentum", "adam", "rmsprop"] = "sgd"
     schedule: Schedule = Schedule.constant
-    init: Init = Init.he
+    init: Init = Init.small
     pixels: Pixels = Pixels.standard
     eps: float = 1e-5
     momentum: float = 0.1  # batch norm running-statistics momentum (weight of the new batch)
