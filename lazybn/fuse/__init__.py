@@ -7,10 +7,17 @@ memory cache, numba). :func:`plan` gives the :class:`Kernel` a call would run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
-import numba
+# numba's OpenMP workers spin after each parallel region unless told otherwise; on a machine with
+# more runnable threads than cores a spinning worker that loses its core stalls the next launch by
+# a scheduler time slice (about 12 ms per Par call measured on 2 shared cores). Read when numba
+# starts its thread pool (the first Par kernel), so it is set here; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import numba  # noqa: E402
 import numpy as np
 
 from . import cache
@@ -22,8 +29,8 @@ from .graph import FloatArray, Node
 from .lower import Canon, Kernel, canonicalize, generate
 
 # Below this many elements in the largest loop nest, a Par computation runs the serial kernel:
-# starting threads costs more than the work.
-PAR_THRESHOLD = 1 << 16
+# starting threads costs more than the work (2 cores: Par loses at 256x256, breaks even near 256x1024).
+PAR_THRESHOLD = 1 << 18
 
 _kernels: dict[tuple[Any, ...], Kernel] = {}
 
@@ -36,7 +43,7 @@ def _choose_par(canon: Canon, par: bool) -> bool:
 
 
 def _kernel(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
-    key = (tuple(canon.nodes), tuple(canon.roots), dtype.name, par)
+    key = (tuple(canon.nodes), tuple(canon.roots), dtype.char, par)  # dtype.name costs ~6 µs a call
     k = _kernels.get(key)
     if k is None:
         k = _kernels[key] = generate(canon, dtype, par)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .graph import Br, ColsLike, Const, Leaf, Map, Node, Reduce, Zip
 
-CODEGEN_VERSION = 3
+CODEGEN_VERSION = 4
 
 # A canonical node: (kind, arg, kids, dims). kind is L C M Z B K R; dims are size slots.
 CNode = tuple[str, str, tuple[int, ...], tuple[int, ...]]
@@ -201,6 +201,7 @@ class _Gen:
         self.out_name = out_name
         self.body: list[str] = []
         self.passes = 0
+        self.rowsum = False  # whether the kernel calls the rowsum helper
 
     def emit(self, lines: list[str], indent: int) -> None:
         self.body.extend("    " * indent + ln for ln in lines)
@@ -232,6 +233,7 @@ class _Gen:
         for (r, c), cids in sorted(groups.items()):
             self.passes += 1
             e = _Emitter(self, "j", level)
+            chunk: list[str] = []  # Par only: run once per row chunk, before its rows
             pre, inner, post, fin = [], [], [], []
             acc_ix = "t, j" if self.par else "j"
             for cid in sorted(cids):
@@ -240,16 +242,23 @@ class _Gen:
                     inner.append(f"{self.out_name[cid]}[i, j] = {e.value(cid)}")
                     continue
                 v, dst = e.value(kids[0]), self.vname[cid]
-                if arg == "sum_rows":
-                    shape = f"(nch, n{c})" if self.par else f"n{c}"
-                    self.emit([f"acc{cid} = np.zeros({shape}, np.float64)"], 1)
+                if arg == "sum_rows" and self.par:  # one accumulator row per chunk, zeroed by its thread
+                    self.emit([f"acc{cid} = np.empty((nch, n{c}), np.float64)"], 1)
+                    chunk += [f"for j in range(n{c}):", f"    acc{cid}[t, j] = 0.0"]
                     inner.append(f"acc{cid}[{acc_ix}] += np.float64({v})")
-                    total = "np.sum(acc{0}[:, j])" if self.par else "acc{0}[j]"
-                    fin += [f"for j in range(n{c}):", f"    {dst}[j] = dt({total.format(cid)})"]
-                elif arg == "sum_cols":
-                    pre.append(f"s{cid} = np.float64(0.0)")
-                    inner.append(f"s{cid} += np.float64({v})")
-                    post.append(f"{dst}[i] = dt(s{cid})")
+                    # a plain loop, never np.sum: in a parallel=True kernel numba turns np.sum into a
+                    # parallel reduction, i.e. one thread-pool launch per column
+                    fin += [f"for j in range(n{c}):", "    tot = np.float64(0.0)", "    for k in range(nch):",
+                            f"        tot += acc{cid}[k, j]", f"    {dst}[j] = dt(tot)"]
+                elif arg == "sum_rows":
+                    self.emit([f"acc{cid} = np.zeros(n{c}, np.float64)"], 1)
+                    inner.append(f"acc{cid}[{acc_ix}] += np.float64({v})")
+                    fin += [f"for j in range(n{c}):", f"    {dst}[j] = dt(acc{cid}[j])"]
+                elif arg == "sum_cols":  # a row buffer, summed by rowsum (a running scalar sum cannot vectorise)
+                    self.rowsum = True
+                    self.emit([f"rb{cid} = np.empty({f'(nch, n{c})' if self.par else f'n{c}'}, np.float64)"], 1)
+                    inner.append(f"rb{cid}[{acc_ix}] = np.float64({v})")
+                    post.append(f"{dst}[i] = dt(rowsum(rb{cid}{'[t]' if self.par else ''}, n{c}))")
                 else:  # max_cols
                     pre.append(f"s{cid} = dt(-np.inf)")
                     inner.append(f"s{cid} = {v} if ({v} > s{cid} or {v} != {v}) else s{cid}")  # NaN propagates
@@ -259,8 +268,8 @@ class _Gen:
             if self.par:
                 self.emit(["for t in prange(nch):",
                            "    lo = np.uint64(t) * n%d // unch" % r,
-                           "    hi = np.uint64(t + 1) * n%d // unch" % r,
-                           "    for i in range(lo, hi):"], 1)
+                           "    hi = np.uint64(t + 1) * n%d // unch" % r], 1)
+                self.emit(chunk + ["for i in range(lo, hi):"], 2)
                 self.emit(rows, 3)
             else:
                 self.emit([f"for i in range(n{r}):"], 1)
@@ -349,6 +358,10 @@ def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
         args.append("unch")
     key = kernel_key(canon.nodes, canon.roots, dtype.name, par)
     prelude = [f"dt = np.{dtype.name}", "zero = dt(0.0)", "one = dt(1.0)"]
+    if g.rowsum:  # reassociation is confined to this helper: LLVM may vectorise its sum, nothing else
+        prelude += ["", "", "@njit(cache=True, fastmath={'reassoc'}, error_model='numpy', nogil=True)",
+                    "def rowsum(buf, n):", "    s = np.float64(0.0)", "    for j in range(n):",
+                    "        s += buf[j]", "    return s"]
     src = [
         "# lazybn generated kernel; do not edit (regenerated when it differs).",
         f"# dtype {dtype.name}, {'Par' if par else 'Seq'}, {g.passes} pass(es); key {key}",
