@@ -17,7 +17,6 @@ from typing import Any
 # starts its thread pool (the first Par kernel), so it is set here; an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-import numba  # noqa: E402
 import numpy as np
 
 from . import cache
@@ -70,6 +69,8 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
     ty = dtype.type
     args: list[Any] = [*canon.leaves, *(ty(v) for v in canon.consts), *(np.uint64(n) for n in canon.sizes), *outs]
     if use_par:
+        import numba  # imported on first use: `import lazybn` stays fast
+
         args.append(np.uint64(numba.get_num_threads()))
     fn = cache._loaded.get(kernel.key)
     if fn is None:
