@@ -51,15 +51,20 @@ def canonicalize(roots: Sequence[Node]) -> Canon:
     c = Canon([], [], [], [], [])
     nodes, leaves, consts, sizes = c.nodes, c.leaves, c.consts, c.sizes
 
+    dims_of: dict[tuple[int, ...], tuple[int, ...]] = {}
+
     def dims(shape: tuple[int, ...]) -> tuple[int, ...]:
-        out = []
-        for v in shape:
-            slot = size_slot.get(v)
-            if slot is None:
-                slot = size_slot[v] = len(sizes)
-                sizes.append(v)
-            out.append(slot)
-        return tuple(out)
+        got = dims_of.get(shape)
+        if got is None:
+            out = []
+            for v in shape:
+                slot = size_slot.get(v)
+                if slot is None:
+                    slot = size_slot[v] = len(sizes)
+                    sizes.append(v)
+                out.append(slot)
+            got = dims_of[shape] = tuple(out)
+        return got
 
     def visit(node: Node) -> int:
         cid = memo.get(id(node))
@@ -79,14 +84,14 @@ def canonicalize(roots: Sequence[Node]) -> Canon:
             consts.append(node.value)  # type: ignore[union-attr]
         elif t is Zip:
             z: Zip = node  # type: ignore[assignment]
-            cn = ("Z", z.op.value, (visit(z.a), visit(z.b)), dims(z.shape))
+            cn = ("Z", z.op._value_, (visit(z.a), visit(z.b)), dims(z.shape))
         else:
             u: Map | Br | ColsLike | Reduce = node  # type: ignore[assignment]
             kid = (visit(u.a),)
             if t is Map:
-                cn = ("M", u.fn.value, kid, dims(u.shape))  # type: ignore[union-attr]
+                cn = ("M", u.fn._value_, kid, dims(u.shape))  # type: ignore[union-attr]
             elif t is Reduce:
-                cn = ("R", u.op.value, kid, dims(u.shape))  # type: ignore[union-attr]
+                cn = ("R", u.op._value_, kid, dims(u.shape))  # type: ignore[union-attr]
             else:
                 cn = ("B" if t is Br else "K", "", kid, dims(u.shape))
         cid = index.get(cn)
