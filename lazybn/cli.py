@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_train_parser(sub)
     registry.add_parsers(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the "Command" line of reports
     try:
         code: int = args.func(args)
     except LazybnError as exc:

@@ -51,7 +51,7 @@ def write_metrics(out: Path, name: str, rows: Sequence[Row]) -> None:
     atomic_write_bytes(out / f"{name}.json", json.dumps(list(rows), indent=1, default=str).encode())
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_bytes(out / f"{name}.csv", buf.getvalue().encode())
@@ -71,7 +71,7 @@ def markdown_table(rows: Sequence[Row], floats: str = "{:.4f}") -> str:
 
 
 def plot_lines(path: Path, panels: Sequence[tuple[str, str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]],
-               title: str = "") -> bool:
+               title: str = "", xlabel: str = "epoch") -> bool:
     """One figure with one panel per (title, y label, {series: (xs, ys)}); False if matplotlib is missing."""
     try:
         import matplotlib
@@ -86,7 +86,7 @@ def plot_lines(path: Path, panels: Sequence[tuple[str, str, Mapping[str, tuple[S
             ax.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
         ax.set_title(ptitle)
         ax.set_ylabel(ylabel)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

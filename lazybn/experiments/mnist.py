@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -173,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/train-{args.preset}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
-    command = "lazybn " + shlex.join(sys.argv[1:] if args.command == "train" else [])
+    command = "lazybn " + shlex.join(args.argv)
     print(f"lazybn train: preset {args.preset}; writing to {out}")
     split, source = load_split(args.data_dir, s, progress)
     print(f"data: {source} ({split.x_train.shape[0]} train, {split.x_test.shape[0]} test)")
