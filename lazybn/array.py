@@ -224,7 +224,11 @@ def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatA
                 f"(pass dtype=np.float32 or np.float64 to convert explicitly)"
             )
     try:
-        arr = np.array(xs, dtype=dt, order="C", copy=True)
+        with np.errstate(over="raise"):
+            arr = np.array(xs, dtype=dt, order="C", copy=True)
+    except FloatingPointError:
+        raise ValueRangeError(f"{what}: a value does not fit in {dt} (it would become infinity); "
+                              "pass dtype=np.float64") from None
     except (TypeError, ValueError) as exc:
         raise DTypeError(f"{what}: cannot convert the input to {dt}: {exc}") from None
     arr.flags.writeable = False
