@@ -42,6 +42,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("mixed dtypes", lambda: M + lb.matrix(np.ones((3, 2), F32)), lb.DTypeError, "float64 and float32"),
     ("complex data", lambda: lb.matrix(np.ones((2, 2), complex)), lb.DTypeError, "complex128"),
     ("float16 data", lambda: lb.matrix(np.ones((2, 2), np.float16)), lb.DTypeError, "dtype=np.float32"),
+    ("a list value beyond float32's range", lambda: lb.vector([1e39]), lb.ValueRangeError, "dtype=np.float64"),
     ("rank-3 data", lambda: lb.matrix(np.ones((2, 2, 2))), lb.RankError, "(2, 2, 2)"),
     ("a numpy array where a lazybn array is needed", lambda: lb.sum_rows(np.ones((2, 2))),  # type: ignore[arg-type]
      lb.ArgumentError, "ndarray"),

@@ -204,11 +204,10 @@ def curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str, steps_per_
         return {a: ([float(r["epoch"] * unit) for r in summary if r["arm"] == a and key in r],
                     [f(r[key]) for r in summary if r["arm"] == a and key in r]) for a in arms}
 
-    xs = " (x: iterations)" if steps_per_epoch else ""
     loss = series("loss", lambda v: float(np.log10(v)) if log_loss else v)
-    panels = [(f"test accuracy{xs}", "%", series("test_acc", lambda v: 100.0 * v)),
-              (f"training loss{xs}", "log10 cross-entropy" if log_loss else "cross-entropy", loss)]
-    return plot_lines(path, panels, title=title)
+    panels = [("test accuracy", "%", series("test_acc", lambda v: 100.0 * v)),
+              ("training loss", "log10 cross-entropy" if log_loss else "cross-entropy", loss)]
+    return plot_lines(path, panels, title=title, xlabel="iteration" if steps_per_epoch else "epoch")
 
 
 def standard_report(out: Path, title: str, command: str, settings: Mapping[str, Any],

@@ -196,9 +196,9 @@ def plot_inference(out: Path, rows: list[dict[str, Any]], steps: int) -> bool:
     left[f"(c) test batch {TEST_BATCH}"] = curve(arms[0], "acc_batch")
     right = {a: curve(a, "test_acc", "acc_population") for a in arms}
     right[f"test batch {TEST_BATCH}"] = curve(arms[0], "acc_batch", "acc_population")
-    return plot_lines(out / "inference.png", [("test accuracy (x: iterations)", "%", left),
+    return plot_lines(out / "inference.png", [("test accuracy", "%", left),
                                               ("minus population-statistics accuracy", "points", right)],
-                      title="Batch-norm inference statistics")
+                      title="Batch-norm inference statistics", xlabel="iteration")
 
 
 registry.register(registry.Experiment(
