@@ -37,8 +37,9 @@ from ..init import Init, mlp
 from ..layers import Layer
 from ..optim import SGD, Adam, Momentum, Optimizer, RMSProp
 from ..persist import save
-from ..report import markdown_table, plot_lines, write_metrics, write_report
+from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, one_hot, prepare
+from .common import curves, epoch_summary
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
 SIZES = (784, 300, 50, 10)
@@ -155,17 +156,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return replace(s, **changes)
 
 
-def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over seeds per arm and epoch."""
-    out = []
-    for epoch in sorted({r["epoch"] for r in rows}):
-        for arm in dict.fromkeys(r["arm"] for r in rows):
-            sel = [r for r in rows if r["arm"] == arm and r["epoch"] == epoch]
-            out.append({"epoch": epoch, "arm": arm, "seeds": len(sel),
-                        **{k: float(np.mean([r[k] for r in sel])) for k in ("loss", "train_acc", "test_acc", "seconds")}})
-    return out
-
-
 def _train(args: argparse.Namespace) -> int:
     s = _settings(args)
     progress = not args.no_progress
@@ -207,16 +197,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _write(out: Path, args: argparse.Namespace, s: Settings, command: str, rows: list[dict[str, Any]],
            interrupted: bool, source: str) -> None:
-    summary = _summary(rows)
+    summary = epoch_summary(rows)
     write_metrics(out, "metrics", rows)
     write_metrics(out, "summary", summary)
-    series_acc = {arm: ([r["epoch"] for r in summary if r["arm"] == arm],
-                        [100 * r["test_acc"] for r in summary if r["arm"] == arm]) for arm in ("batchnorm", "plain")}
-    series_loss = {arm: ([r["epoch"] for r in summary if r["arm"] == arm],
-                         [r["loss"] for r in summary if r["arm"] == arm]) for arm in ("batchnorm", "plain")}
-    ok = plot_lines(out / "curves.png", [("test accuracy", "%", series_acc), ("training loss", "cross-entropy",
-                                                                              series_loss)],
-                    title=f"MNIST 784-300-50-10, preset {args.preset}")
+    ok = curves(out / "curves.png", rows, title=f"MNIST 784-300-50-10, preset {args.preset}")
     if not ok:
         print("plots skipped: matplotlib is not installed (python -m pip install 'lazybn[plot]')")
     final = [r for r in summary if r["epoch"] == max((x["epoch"] for x in summary), default=0)]
