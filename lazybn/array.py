@@ -119,18 +119,21 @@ class Manifest(_Arith[Ix]):
     @property
     def array(self) -> FloatArray:
         """The data, as a read-only numpy array (no copy)."""
+        rec = fuse.active()
+        if rec is not None:  # Python is reading values: a replay of this trace could not repeat it
+            rec.read_values = True
         return self._leaf.array
 
     def __repr__(self) -> str:
         rank = "Ix1" if self._leaf.array.ndim == 1 else "Ix2"
-        body = np.array2string(self._leaf.array, threshold=20, edgeitems=2)
+        body = np.array2string(self.array, threshold=20, edgeitems=2)
         return f"Manifest[{rank}] {self._comp.value} {self.shape} {self.dtype}\n{body}"
 
     def __bool__(self) -> bool:
         raise ArgumentError("the truth value of a lazybn array is ambiguous")
 
     def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> FloatArray:
-        return np.asarray(self._leaf.array, dtype=dtype)
+        return np.asarray(self.array, dtype=dtype)
 
 
 @final
@@ -300,7 +303,7 @@ def set_comp(m: Manifest[Ix], comp: Comp) -> Manifest[Ix]:
     """The same data with another computation strategy (no copy)."""
     if not isinstance(m, Manifest):
         raise ArgumentError(f"set_comp: expected a Manifest, got {type(m).__name__}")
-    return Manifest(m.array, comp)
+    return Manifest(m._leaf.array, comp)
 
 
 def _run(ds: Sequence[object], op: str) -> list[Manifest[Any]]:

@@ -57,8 +57,10 @@ def _same_dtype(layer: str, *arrays: Manifest[Any]) -> None:
         raise DTypeError(f"{layer}: parameters mix dtypes {sorted(map(str, dtypes))}")
 
 
+# Constructors validate values through ``_leaf`` (not ``.array``): a @fused function that returns a
+# layer rebuilds it on every replay, so this check runs again and need not spoil the trace.
 def _finite(layer: str, name: str, a: Manifest[Any]) -> None:
-    if not np.isfinite(a.array).all():
+    if not np.isfinite(a._leaf.array).all():
         raise ValueRangeError(f"{layer}.{name}: contains NaN or infinity")
 
 
@@ -125,7 +127,7 @@ class Batchnorm1d:
                                   f"got {self.momentum!r}")
         for name in ("mu", "var", "gamma", "beta"):
             _finite("Batchnorm1d", name, getattr(self, name))
-        if (self.var.array < 0).any():
+        if (self.var._leaf.array < 0).any():
             raise ValueRangeError("Batchnorm1d.var: a running variance is negative")
 
     @property

@@ -37,6 +37,7 @@ from .layers import (
     LinearNoBiasGradients,
     NoGrad,
 )
+from .trace import fused
 from .ops import add_c, amap, br, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
 
 _ACT: dict[Act, tuple[Fn, Fn] | None] = {
@@ -53,6 +54,7 @@ def softmax(x: Matrix) -> Delayed[Ix2]:
     return e / cols_like(sum_cols(e), x)
 
 
+@fused
 def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
     """Batch norm's training forward, steps 1-9: returns (out, batch mean, biased batch variance)."""
     b = partial(br, rows(inp))  # broadcast a vector to every row of the batch
@@ -78,6 +80,7 @@ def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]
     return compute_all(out0, batch_mu, batch_variance)
 
 
+@fused
 def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
                 batch_variance: Vector) -> tuple[Matrix, Vector, Vector]:
     """Batch norm's backward, steps 9-1 unsimplified: returns (dx, dgamma, dbeta).
@@ -147,6 +150,7 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
 _SKIPPED = matrix(np.zeros((0, 0), np.float32))
 
 
+@fused
 def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None, *,
           input_grad: bool = True, _depth: int = 0) -> tuple[Matrix, Matrix, list[Gradients]]:
     """One training pass: returns (dx, pred, grads). ``key`` seeds the dropout masks.
@@ -200,6 +204,7 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             assert_never(layer)
 
 
+@fused
 def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     """The running statistics after one training batch (the paper's inference rule, by default).
 

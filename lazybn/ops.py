@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fuse
 from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, expr, join
 from .errors import ArgumentError, DTypeError, RankError, ShapeError
 from .fuse.graph import BinOp, Br, ColsLike, Const, Fn, Map, Node, Reduce, RedOp, Zip
@@ -130,7 +131,11 @@ def transpose(m: Matrix) -> Matrix:
     if not isinstance(m, Manifest):
         raise ArgumentError(f"transpose: expected a Manifest matrix, got {type(m).__name__}")
     _mat(m, "transpose")
-    return Manifest(m.array.T, m.comp)
+    out = m._leaf.array.T
+    rec = fuse.active()
+    if rec is not None:
+        rec.log.append(fuse.Transpose(m._leaf.array, out))
+    return Manifest(out, m.comp)
 
 
 def matmul(a: Matrix, b: Matrix) -> Matrix:
@@ -145,6 +150,9 @@ def matmul(a: Matrix, b: Matrix) -> Matrix:
         raise ShapeError("matmul", a.shape, b.shape, "the inner dimensions must agree")
     if a.dtype != b.dtype:
         raise DTypeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ; convert one explicitly")
-    out = np.matmul(a.array, b.array)
+    out = np.matmul(a._leaf.array, b._leaf.array)
     out.flags.writeable = False
+    rec = fuse.active()
+    if rec is not None:
+        rec.log.append(fuse.Matmul(a._leaf.array, b._leaf.array, out))
     return Manifest(out, join(a.comp, b.comp))

@@ -2,7 +2,9 @@
 
 Nothing is mutated: ``update(opt, state, layers, grads)`` returns new layers (built with
 ``dataclasses.replace``) and a new :class:`OptState`; the old ones stay valid and unchanged.
-Each parameter's new value and new moments are computed by ONE fused kernel (``compute_all``).
+Every parameter's new value and new moments are computed by ONE fused kernel for the whole network
+(``compute_all`` over all parameters; one per dtype and ``Comp`` if the network mixes them), and
+``@fused`` replays that kernel on later steps without rebuilding the expressions.
 
 Conventions (fixed, documented, tested):
 
@@ -30,12 +32,13 @@ from typing import Any, assert_never, final
 
 import numpy as np
 
-from .array import Manifest, compute, compute_all
+from .array import Comp, Delayed, Manifest, compute_all
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad)
 from .ops import add_c, amap, scale
+from .trace import fused
 
 
 class UpdateMismatchError(LazybnError, ValueError):
@@ -219,27 +222,27 @@ def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
     return OptState(0, tuple(tuple(_zeros_like(p) for _, p in _params(layer) for _ in range(k)) for layer in layers))
 
 
-def _step(opt: Optimizer, p: Manifest[Any], g: Manifest[Any], slots: tuple[Manifest[Any], ...],
-          lr: float, t: int) -> tuple[Manifest[Any], tuple[Manifest[Any], ...]]:
-    """One parameter's new value and moments, in one kernel."""
+def _step(opt: Optimizer, p: Manifest[Any], g: Manifest[Any], slots: tuple[Manifest[Any], ...], lr: float,
+          correction: tuple[float, ...]) -> tuple[Delayed[Any], ...]:
+    """One parameter's new value then its new moments, delayed (``update`` computes them all at once).
+
+    ``correction`` is Adam's bias correction at this step, (1 / (1 - beta1^t), 1 / (1 - beta2^t)).
+    """
     match opt:
         case SGD():
-            return compute(p - scale(lr, g)), ()
+            return (p - scale(lr, g),)
         case Momentum(beta=beta):
             v = scale(beta, slots[0]) + g
-            p2, v2 = compute_all(p - scale(lr, v), v)
-            return p2, (v2,)
+            return p - scale(lr, v), v
         case Adam(beta1=b1, beta2=b2, eps=eps):
             m = scale(b1, slots[0]) + scale(1.0 - b1, g)
             v = scale(b2, slots[1]) + scale(1.0 - b2, g * g)
-            m_hat = scale(1.0 / (1.0 - b1**t), m)
-            v_hat = scale(1.0 / (1.0 - b2**t), v)
-            p2, m2, v2 = compute_all(p - scale(lr, m_hat / add_c(amap(Fn.sqrt, v_hat), eps)), m, v)
-            return p2, (m2, v2)
+            m_hat = scale(correction[0], m)
+            v_hat = scale(correction[1], v)
+            return p - scale(lr, m_hat / add_c(amap(Fn.sqrt, v_hat), eps)), m, v
         case RMSProp(rho=rho, eps=eps):
             s = scale(rho, slots[0]) + scale(1.0 - rho, g * g)
-            p2, s2 = compute_all(p - scale(lr, g / add_c(amap(Fn.sqrt, s), eps)), s)
-            return p2, (s2,)
+            return p - scale(lr, g / add_c(amap(Fn.sqrt, s), eps)), s
         case _:
             assert_never(opt)
 
@@ -313,16 +316,37 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
     if len(grads) != len(layers) or len(state.slots) != len(layers):
         raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients and optimizer state for "
                                   f"{len(state.slots)} layers; all three must have one entry per layer")
-    k, t = _moments(opt), state.step + 1
+    t = state.step + 1
+    correction = (1.0 / (1.0 - opt.beta1**t), 1.0 / (1.0 - opt.beta2**t)) if isinstance(opt, Adam) else ()
+    new_layers, new_slots = _update(opt, tuple(layers), tuple(grads), state.slots, s, correction)
+    return new_layers, OptState(t, new_slots)
+
+
+@fused
+def _update(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
+            slots: tuple[tuple[Manifest[Any], ...], ...], lr_scale: float,
+            correction: tuple[float, ...]) -> tuple[list[Layer], tuple[tuple[Manifest[Any], ...], ...]]:
+    """Every parameter's step, in one kernel per (dtype, Comp) of the parameters: usually one."""
+    k = _moments(opt)
+    pending: dict[tuple[np.dtype[Any], Comp], list[Delayed[Any]]] = {}
+    places: list[list[tuple[tuple[np.dtype[Any], Comp], int, int]]] = []  # per layer: (group, start, count)
+    for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
+        params, gs = _params(layer), _grads(i, layer, g)
+        _check(i, layer, params, gs, layer_slots, k, opt)
+        lr = opt.lr * lr_scale * (opt.bn_lr_multiplier if isinstance(layer, Batchnorm1d) else 1.0)
+        places.append([])
+        for j, ((_, p), dp) in enumerate(zip(params, gs)):
+            group = pending.setdefault((p.dtype, p.comp), [])
+            outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, correction)
+            places[-1].append(((p.dtype, p.comp), len(group), len(outs)))
+            group.extend(outs)
+    done = {key: compute_all(*ds) for key, ds in pending.items()}
     new_layers: list[Layer] = []
     new_slots: list[tuple[Manifest[Any], ...]] = []
-    for i, (layer, g, slots) in enumerate(zip(layers, grads, state.slots)):
-        params, gs = _params(layer), _grads(i, layer, g)
-        _check(i, layer, params, gs, slots, k, opt)
-        lr = opt.lr * s * (opt.bn_lr_multiplier if isinstance(layer, Batchnorm1d) else 1.0)
-        stepped = [_step(opt, p, dp, slots[j * k:(j + 1) * k], lr, t) for j, ((_, p), dp) in enumerate(zip(params, gs))]
-        new = tuple(p2 for p2, _ in stepped)
-        new_slots.append(tuple(a for _, ms in stepped for a in ms))
+    for layer, where in zip(layers, places):
+        stepped = [done[key][start:start + n] for key, start, n in where]
+        new = [outs[0] for outs in stepped]
+        new_slots.append(tuple(m for outs in stepped for m in outs[1:]))
         match layer:
             case Linear():
                 new_layers.append(replace(layer, w=new[0], b=new[1]))
@@ -334,4 +358,4 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
                 new_layers.append(layer)
             case _:
                 assert_never(layer)
-    return new_layers, OptState(t, tuple(new_slots))
+    return new_layers, tuple(new_slots)

@@ -8,8 +8,11 @@ memory cache, numba). :func:`plan` gives the :class:`Kernel` a call would run.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, final
 
 # numba's OpenMP workers spin after each parallel region unless told otherwise; on a machine with
 # more runnable threads than cores a spinning worker that loses its core stalls the next launch by
@@ -20,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numpy as np
 
 from . import cache
+from .cache import KernelFn
 from .cache import KernelStats as KernelStats
 from .cache import clear_disk_cache as clear_disk_cache
 from .cache import reset_stats as reset_stats
@@ -32,6 +36,78 @@ from .lower import Canon, Kernel, canonicalize, generate
 PAR_THRESHOLD = 1 << 18
 
 _kernels: dict[tuple[Any, ...], Kernel] = {}
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """One kernel call made by :func:`evaluate`, as :func:`recording` logs it.
+
+    Everything a replay needs without the expression graph: the compiled function, the arrays it
+    read (in argument order), its scalar and size arguments (already typed), the shapes of the
+    arrays it wrote and which of them answer each root (``results[k] = outs[order[k]]``).
+    """
+
+    fn: KernelFn
+    leaves: tuple[FloatArray, ...]
+    tail: tuple[Any, ...]
+    out_shapes: tuple[tuple[int, ...], ...]
+    dtype: np.dtype[Any]
+    par: bool
+    order: tuple[int, ...]
+    results: tuple[FloatArray, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Matmul:
+    """One ``matmul`` (BLAS), as :func:`recording` logs it."""
+
+    a: FloatArray
+    b: FloatArray
+    result: FloatArray
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Transpose:
+    """One ``transpose`` (a view), as :func:`recording` logs it."""
+
+    a: FloatArray
+    result: FloatArray
+
+
+Logged = Launch | Matmul | Transpose
+
+
+@final
+@dataclass(slots=True)
+class Recording:
+    """What one thread did inside :func:`recording`: the array operations in order, and whether
+    Python read array values (which a replay could not repeat)."""
+
+    log: list[Logged]
+    read_values: bool = False
+
+
+_local = threading.local()
+
+
+@contextmanager
+def recording() -> Iterator[Recording]:
+    """Log this thread's kernel launches, matmuls and transposes inside the block."""
+    outer = getattr(_local, "rec", None)
+    rec = _local.rec = Recording([])
+    try:
+        yield rec
+    finally:
+        _local.rec = outer
+
+
+def active() -> Recording | None:
+    """The current thread's recording, if one is running."""
+    rec: Recording | None = getattr(_local, "rec", None)
+    return rec
 
 
 def _choose_par(canon: Canon, par: bool) -> bool:
@@ -82,4 +158,11 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
     cache.count("launches")
     for o in outs:
         o.flags.writeable = False
-    return [outs[k] for k in order]
+    results = [outs[k] for k in order]
+    rec: Recording | None = getattr(_local, "rec", None)
+    if rec is not None:
+        n = len(canon.leaves)
+        tail = tuple(args[n:n + len(canon.consts) + len(canon.sizes)])
+        rec.log.append(Launch(fn, tuple(canon.leaves), tail, tuple(o.shape for o in outs), dtype, use_par,
+                          tuple(order), tuple(results)))
+    return results

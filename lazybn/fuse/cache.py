@@ -34,9 +34,11 @@ class KernelStats:
     disk_hits: int  # kernels loaded from numba's disk cache
     memory_hits: int  # compute calls served by an already loaded kernel
     launches: int  # kernel calls
+    traces: int  # calls of a @fused function that ran its body and logged its kernels
+    replays: int  # calls of a @fused function served by replaying logged kernels
 
 
-_counts = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "launches": 0}
+_counts = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "launches": 0, "traces": 0, "replays": 0}
 _loaded: dict[str, KernelFn] = {}
 _lock = threading.Lock()
 

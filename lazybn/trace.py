@@ -1,0 +1,283 @@
+"""``@fused``: run a step function's Python once per signature, then replay its kernels.
+
+A step such as batch norm's forward builds about thirty delayed nodes and canonicalises them
+before its single kernel runs; at small batch sizes that Python costs several times the
+kernel. ``@fused`` removes it without touching the step code::
+
+    @fused
+    def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
+        ...  # steps 1-9, ending in compute_all
+
+The first call with a given *signature* runs the body while the engine logs every kernel launch
+(a trace). Later calls with the same signature skip the body: they call the logged kernels on
+the new argument arrays and rebuild the result. The signature is everything the body may
+depend on besides array values: the structure of the arguments (tuples, lists, dataclasses such
+as layers and optimizers), every array's shape, dtype and ``Comp``, which arguments are the same
+array, and every non-array value (floats, ints, enums, ...) by type and value.
+
+The contract, which lazybn's own step functions keep: **the body reads array values only through
+lazybn operations** (it may branch on shapes and plain values, never on data). Anything the
+replay could not reproduce makes the signature *opaque*, and every call with it runs the body
+as if undecorated: a delayed or numpy array among the arguments, a kernel reading an array the
+arguments do not provide (a matmul result, a fresh random mask), a result array not computed
+by a logged kernel, a result of a type it cannot rebuild. Dataclasses in the result are rebuilt
+through their constructor, so their validation runs on every call.
+
+Calls inside another function's trace run their body (they are part of the outer trace). Each
+function keeps at most :data:`MAX_SIGNATURES` programs; a scalar that changes on every call
+(Adam's bias correction, for instance) makes every call a trace, which costs what the
+undecorated call costs plus the logging.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, ParamSpec, TypeVar, assert_never, final
+
+import numpy as np
+
+from . import fuse
+from .array import Manifest
+from .fuse import cache
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAX_SIGNATURES = 64
+
+_STATIC = (int, float, bool, str, bytes, type(None), complex)
+
+
+class _Opaque(Exception):
+    """The value cannot take part in a replay (see the module docstring)."""
+
+
+_field_names: dict[type, tuple[str, ...]] = {}
+
+
+def _names(t: type) -> tuple[str, ...]:
+    got = _field_names.get(t)
+    if got is None:
+        fs = fields(t)
+        if not all(f.init for f in fs):
+            raise _Opaque(f"{t.__name__} has fields its constructor does not take")
+        got = _field_names[t] = tuple(f.name for f in fs)
+    return got
+
+
+def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
+    """Append ``x``'s arrays to ``arrays`` and its structure and plain values to ``sig``."""
+    t = type(x)
+    if t is Manifest:
+        a = x._leaf.array  # type: ignore[attr-defined]
+        arrays.append(a)
+        sig.append((a.shape, a.dtype.char, x.comp))  # type: ignore[attr-defined]
+    elif t is tuple or t is list:
+        sig.append((t, len(x)))  # type: ignore[arg-type]
+        for y in x:  # type: ignore[attr-defined]
+            _flatten(y, arrays, sig)
+    elif t in _STATIC or isinstance(x, enum.Enum):
+        sig.append((t, x))
+    elif is_dataclass(x) and not isinstance(x, type):
+        sig.append(t)
+        for name in _names(t):
+            _flatten(getattr(x, name), arrays, sig)
+    else:
+        raise _Opaque(t.__name__)
+
+
+# A result template: how to rebuild the function's result from the replay's arrays.
+#   ("M", slot, comp)           a Manifest over value slot ``slot``
+#   ("E", shape, dtype, comp)   a Manifest over an empty array (it holds no values)
+#   ("S", value)                a plain value, returned as traced
+#   ("T", type, [templates])    a tuple or list
+#   ("D", type, [(name, template)])  a dataclass, rebuilt by its constructor
+Template = tuple[Any, ...]
+
+
+def _template(x: object, slot_of: dict[int, int]) -> Template:
+    t = type(x)
+    if t is Manifest:
+        a = x._leaf.array  # type: ignore[attr-defined]
+        slot = slot_of.get(id(a))
+        if slot is not None:
+            return ("M", slot, x.comp)  # type: ignore[attr-defined]
+        if a.size == 0:  # holds no values: the same on every call
+            return ("E", a.shape, a.dtype, x.comp)  # type: ignore[attr-defined]
+        raise _Opaque("a result array not computed by a logged operation")
+    if t is tuple or t is list:
+        return ("T", t, [_template(y, slot_of) for y in x])  # type: ignore[attr-defined]
+    if t in _STATIC or isinstance(x, enum.Enum):
+        return ("S", x)
+    if is_dataclass(x) and not isinstance(x, type):
+        return ("D", t, [(name, _template(getattr(x, name), slot_of)) for name in _names(t)])
+    raise _Opaque(t.__name__)
+
+
+def _rebuild(tpl: Template, vals: list[Any]) -> Any:
+    tag = tpl[0]
+    if tag == "M":
+        return Manifest(vals[tpl[1]], tpl[2])
+    if tag == "S":
+        return tpl[1]
+    if tag == "E":
+        empty = np.empty(tpl[1], tpl[2])
+        empty.flags.writeable = False
+        return Manifest(empty, tpl[3])
+    if tag == "T":
+        items = [_rebuild(y, vals) for y in tpl[2]]
+        return tuple(items) if tpl[1] is tuple else items
+    return tpl[1](**{name: _rebuild(y, vals) for name, y in tpl[2]})
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Kernel:
+    """A logged kernel launch with its arrays named by value slot."""
+
+    fn: cache.KernelFn
+    leaves: tuple[int, ...]
+    tail: tuple[Any, ...]
+    out_shapes: tuple[tuple[int, ...], ...]
+    dtype: np.dtype[Any]
+    par: bool
+    order: tuple[int, ...]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Matmul:
+    a: int
+    b: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Transpose:
+    a: int
+
+
+_Op = _Kernel | _Matmul | _Transpose
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Program:
+    """What a replay runs: the logged operations in order, then the result rebuilt from the slots.
+
+    Value slots are the argument arrays (in flattening order) followed by every operation's
+    results, in order.
+    """
+
+    ops: tuple[_Op, ...]
+    result: Template
+
+    def run(self, arrays: list[Any]) -> Any:
+        vals = arrays
+        for op in self.ops:
+            if type(op) is _Kernel:
+                outs = [np.empty(shape, op.dtype) for shape in op.out_shapes]
+                args = [vals[i] for i in op.leaves]
+                args += op.tail
+                args += outs
+                if op.par:
+                    import numba
+
+                    args.append(np.uint64(numba.get_num_threads()))
+                op.fn(*args)
+                cache.count("launches")
+                for o in outs:
+                    o.flags.writeable = False
+                vals += [outs[k] for k in op.order]
+            elif type(op) is _Matmul:
+                out = np.matmul(vals[op.a], vals[op.b])
+                out.flags.writeable = False
+                vals.append(out)
+            else:
+                vals.append(vals[op.a].T)
+        return _rebuild(self.result, vals)
+
+
+def _compile(arrays: list[Any], log: list[fuse.Logged], result: object) -> Program:
+    """Name every array the log touches by its value slot; opaque if one has no slot."""
+    slot_of: dict[int, int] = {id(a): k for k, a in reversed(list(enumerate(arrays)))}
+    count = len(arrays)  # Program.run appends one value per result, duplicates included
+
+    def slot(a: object) -> int:
+        k = slot_of.get(id(a))
+        if k is None:
+            raise _Opaque("an operation read an array the arguments do not provide")
+        return k
+
+    def produced(*results: object) -> None:
+        nonlocal count
+        for r in results:
+            slot_of.setdefault(id(r), count)
+            count += 1
+
+    ops: list[_Op] = []
+    for entry in log:
+        match entry:
+            case fuse.Launch():
+                ops.append(_Kernel(entry.fn, tuple(slot(a) for a in entry.leaves), entry.tail, entry.out_shapes,
+                                   entry.dtype, entry.par, entry.order))
+                produced(*entry.results)
+            case fuse.Matmul():
+                ops.append(_Matmul(slot(entry.a), slot(entry.b)))
+                produced(entry.result)
+            case fuse.Transpose():
+                ops.append(_Transpose(slot(entry.a)))
+                produced(entry.result)
+            case _:
+                assert_never(entry)
+    return Program(tuple(ops), _template(result, slot_of))
+
+
+_OPAQUE = None  # a signature the replay cannot serve: run the body every time
+_UNSEEN = Program((), ("S", None))  # a signature not traced yet
+
+
+def fused(f: Callable[P, R]) -> Callable[P, R]:
+    """Trace ``f`` once per signature and replay its kernels afterwards (see the module doc)."""
+    programs: dict[tuple[object, ...], Program | None] = {}
+
+    @functools.wraps(f)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if fuse.active() is not None:  # part of an enclosing trace
+            return f(*args, **kwargs)
+        arrays: list[Any] = []
+        sig: list[object] = []
+        try:
+            _flatten(args, arrays, sig)
+            if kwargs:
+                _flatten(sorted(kwargs.items()), arrays, sig)
+        except _Opaque:
+            return f(*args, **kwargs)
+        ids = [id(a) for a in arrays]
+        if len(set(ids)) < len(ids):  # which arguments are the same array is part of the signature
+            sig.append(tuple(ids.index(i) for i in ids))
+        key = tuple(sig)
+        prog = programs.get(key, _UNSEEN)
+        if prog is _OPAQUE:
+            return f(*args, **kwargs)
+        if prog is not _UNSEEN:
+            cache.count("replays")
+            return prog.run(arrays)  # type: ignore[no-any-return]
+        with fuse.recording() as rec:
+            out = f(*args, **kwargs)
+        if len(programs) >= MAX_SIGNATURES:
+            programs.clear()
+        try:
+            if rec.read_values:
+                raise _Opaque("the body read array values")
+            programs[key] = _compile(arrays, rec.log, out)
+        except _Opaque:
+            programs[key] = _OPAQUE
+        cache.count("traces")
+        return out
+
+    run.programs = programs  # type: ignore[attr-defined]
+    return run
