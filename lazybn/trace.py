@@ -23,7 +23,8 @@ arguments do not provide (a matmul result, a fresh random mask), a result array 
 by a logged kernel, a result of a type it cannot rebuild. Dataclasses in the result are rebuilt
 through their constructor, so their validation runs on every call.
 
-Calls inside another function's trace run their body (they are part of the outer trace). Each
+``LAZYBN_NO_REPLAY=1`` in the environment switches replays off. Calls inside another function's
+trace run their body (they are part of the outer trace). Each
 function keeps at most :data:`MAX_SIGNATURES` programs; a scalar that changes on every call
 (Adam's bias correction, for instance) makes every call a trace, which costs what the
 undecorated call costs plus the logging.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ParamSpec, TypeVar, assert_never, final
@@ -47,6 +49,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_SIGNATURES = 64
+
+# ``LAZYBN_NO_REPLAY=1`` runs every body every time (to rule the replay out when debugging).
+REPLAY = not os.environ.get("LAZYBN_NO_REPLAY")
 
 _STATIC = (int, float, bool, str, bytes, type(None), complex)
 
@@ -246,7 +251,7 @@ def fused(f: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(f)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        if fuse.active() is not None:  # part of an enclosing trace
+        if not REPLAY or fuse.active() is not None:  # switched off, or part of an enclosing trace
             return f(*args, **kwargs)
         arrays: list[Any] = []
         sig: list[object] = []

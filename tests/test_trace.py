@@ -1,0 +1,275 @@
+"""``@fused``: a replay must give exactly what running the body gives, or not replay at all.
+
+The oracle is the undecorated body (``f.__wrapped__``, or the whole library with
+``lazybn.trace.REPLAY`` off): replays call the same kernels, so results must be bit-identical.
+The opaque cases are bodies a replay could not reproduce (values read in Python, arrays from
+outside the arguments, fresh random masks): after a first call, they must still follow their
+data.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn import fuse, trace
+from lazybn.array import Delayed, Ix2, Matrix
+from lazybn.layers import Batchnorm1d
+from lazybn.network import bn_backward, bn_forward
+from lazybn.optim import init_state
+from lazybn.trace import fused
+
+from .net_helpers import assert_bitwise, assert_same_network, assert_same_state
+
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
+
+
+def _m(rng: np.random.Generator, shape: tuple[int, int], dtype: np.dtype[Any],
+       comp: lb.Comp = lb.Comp.Seq) -> Matrix:
+    return lb.matrix(rng.standard_normal(shape), dtype, comp)
+
+
+def _v(rng: np.random.Generator, n: int, dtype: np.dtype[Any], low: float = -2.0) -> lb.Vector:
+    return lb.vector(rng.uniform(low, 2.0, n), dtype)
+
+
+def _replays() -> int:
+    return fuse.stats().replays
+
+
+@given(n=st.integers(2, 12), d=st.integers(1, 9), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+       par=st.booleans())
+def test_batchnorm_replay_is_bitwise_the_body(n: int, d: int, dtype: np.dtype[Any], seed: int, par: bool) -> None:
+    rng = np.random.default_rng(seed)
+    comp = lb.Comp.Par if par else lb.Comp.Seq
+    for call in range(3):  # the first call may trace; later ones replay, with new data each time
+        layer = Batchnorm1d(_v(rng, d, dtype), _v(rng, d, dtype, 0.1), _v(rng, d, dtype), _v(rng, d, dtype))
+        x, dz = _m(rng, (n, d), dtype, comp), _m(rng, (n, d), dtype, comp)
+        before = _replays()
+        got_f = bn_forward(x, layer)
+        got_b = bn_backward(dz, x, layer, got_f[1], got_f[2])
+        if call:
+            assert _replays() == before + 2
+        want_f = bn_forward.__wrapped__(x, layer)  # type: ignore[attr-defined]
+        want_b = bn_backward.__wrapped__(dz, x, layer, want_f[1], want_f[2])  # type: ignore[attr-defined]
+        for what, g, w in zip(("out", "mu", "var", "dx", "dgamma", "dbeta"), (*got_f, *got_b), (*want_f, *want_b)):
+            assert_bitwise(g, w, what)
+            assert g.comp is w.comp
+
+
+def _train(layers: list[lb.Layer], opt: lb.Optimizer, xs: list[Matrix], ys: list[Matrix],
+           dropout: bool) -> tuple[list[lb.Layer], lb.OptState, list[float], list[Matrix]]:
+    state = init_state(opt, layers)
+    losses, preds = [], []
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        r = lb.train_step(layers, opt, state, x, y, key=k if dropout else None)
+        layers, state = r.layers, r.opt_state
+        losses.append(r.loss)
+        preds.append(r.pred)
+    return layers, state, losses, preds
+
+
+@given(sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4), batchnorm=st.booleans(),
+       dropout=st.sampled_from([0.0, 0.3]), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
+       opt=st.sampled_from([lb.SGD(0.1), lb.Momentum(0.05), lb.Adam(0.01), lb.RMSProp(0.01)]))
+def test_training_with_replay_is_bitwise_training_without(sizes: list[int], batchnorm: bool, dropout: float,
+                                                         dtype: np.dtype[Any], seed: int, opt: lb.Optimizer) -> None:
+    rng = np.random.default_rng(seed)
+    n = 5
+    xs = [_m(rng, (n, sizes[0]), dtype) for _ in range(4)]
+    ys = [lb.matrix(np.eye(sizes[-1])[rng.integers(0, sizes[-1], n)], dtype) for _ in range(4)]
+    net = lb.mlp(sizes, batchnorm=batchnorm, seed=seed % 1000, dtype=dtype, dropout=dropout)
+    got = _train(net, opt, xs, ys, dropout > 0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trace, "REPLAY", False)
+        want = _train(net, opt, xs, ys, dropout > 0)
+    assert_same_network(got[0], want[0])
+    assert_same_state(got[1], want[1])
+    assert got[2] == want[2]
+    for g, w in zip(got[3], want[3]):
+        assert_bitwise(g, w, "pred")
+
+
+def test_a_training_step_replays_after_the_first() -> None:
+    rng = np.random.default_rng(0)
+    net = lb.mlp((6, 5, 3), batchnorm=True, seed=0)
+    opt = lb.SGD(0.1)
+    state = init_state(opt, net)
+    x, y = _m(rng, (8, 6), np.dtype(np.float32)), lb.matrix(np.eye(3)[rng.integers(0, 3, 8)], np.float32)
+    for _ in range(2):
+        r = lb.train_step(net, opt, state, x, y)
+        net, state = r.layers, r.opt_state
+    s0 = fuse.stats()
+    lb.train_step(net, opt, state, x, y)
+    s1 = fuse.stats()
+    assert s1.traces == s0.traces, "a step with the same shapes traced again"
+    assert s1.replays - s0.replays == 3  # the pass, the optimizer, the running statistics of one BN layer
+
+
+# --- what a replay must not get wrong ----------------------------------------------------------
+
+@fused
+def _add(a: Matrix, b: Matrix) -> Matrix:
+    return lb.compute(a + b)
+
+
+def test_which_arguments_are_the_same_array_is_part_of_the_signature() -> None:
+    rng = np.random.default_rng(1)
+    x, y = _m(rng, (3, 4), np.dtype(np.float64)), _m(rng, (3, 4), np.dtype(np.float64))
+    for a, b in [(x, x), (x, y), (y, y), (y, x), (x, x)]:
+        np.testing.assert_array_equal(_add(a, b).array, a.array + b.array)
+
+
+@fused
+def _scaled(a: Matrix, s: float) -> Matrix:
+    return lb.compute(lb.scale(s, a) + 1.0)
+
+
+def test_plain_values_are_part_of_the_signature() -> None:
+    x = lb.matrix(np.arange(6.0).reshape(2, 3))
+    for s in (2.0, 3.0, 2.0, -1.0, 3.0):
+        np.testing.assert_array_equal(_scaled(x, s).array, s * x.array + 1.0)
+
+
+def test_shapes_and_dtypes_are_part_of_the_signature() -> None:
+    rng = np.random.default_rng(2)
+    for shape, dtype in [((2, 3), DTYPES[0]), ((3, 2), DTYPES[0]), ((2, 3), DTYPES[1]), ((2, 3), DTYPES[0])]:
+        a, b = _m(rng, shape, dtype), _m(rng, shape, dtype)
+        got = _add(a, b)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.array, a.array + b.array)
+
+
+@fused
+def _peeks(a: Matrix) -> Matrix:
+    s = float(a.array.sum())  # reads values in Python: no replay could repeat this
+    return lb.compute(a + s)
+
+
+_outside: dict[str, Matrix] = {}
+
+
+@fused
+def _reads_outside(a: Matrix) -> Matrix:
+    return lb.compute(a + _outside["m"])
+
+
+@fused
+def _numpy_result(a: Matrix) -> Matrix:
+    return lb.matrix(np.asarray(a) * 2.0, a.dtype)
+
+
+@fused
+def _delayed_arg(a: Delayed[Ix2]) -> Matrix:
+    return lb.compute(a * 2.0)
+
+
+def test_bodies_a_replay_cannot_repeat_always_run() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        a = _m(rng, (2, 3), np.dtype(np.float64))
+        before = _replays()
+        np.testing.assert_array_equal(_peeks(a).array, a.array + a.array.sum())
+        _outside["m"] = _m(rng, (2, 3), np.dtype(np.float64))
+        np.testing.assert_array_equal(_reads_outside(a).array, a.array + _outside["m"].array)
+        np.testing.assert_array_equal(_numpy_result(a).array, a.array * 2.0)
+        np.testing.assert_array_equal(_delayed_arg(a + 1.0).array, (a.array + 1.0) * 2.0)
+        assert _replays() == before
+    assert all(p is None for p in _peeks.programs.values())  # type: ignore[attr-defined]
+
+
+@fused
+def _outer(a: Matrix, b: Matrix) -> Matrix:
+    return lb.compute(_add(a, b) * 2.0)
+
+
+def test_a_fused_call_inside_a_trace_is_part_of_it() -> None:
+    rng = np.random.default_rng(4)
+    a, b = _m(rng, (2, 2), np.dtype(np.float64)), _m(rng, (2, 2), np.dtype(np.float64))
+    _add(a, b)  # the inner function has its own program already
+    for _ in range(3):
+        a, b = _m(rng, (2, 2), np.dtype(np.float64)), _m(rng, (2, 2), np.dtype(np.float64))
+        np.testing.assert_array_equal(_outer(a, b).array, (a.array + b.array) * 2.0)
+
+
+@fused
+def _transposed_product(a: Matrix, b: Matrix) -> tuple[Matrix, Matrix]:
+    p = lb.matmul(lb.transpose(a), b)
+    return p, lb.compute(p + 1.0)
+
+
+def test_matmul_and_transpose_are_replayed() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        a, b = _m(rng, (4, 3), np.dtype(np.float64)), _m(rng, (4, 2), np.dtype(np.float64))
+        p, q = _transposed_product(a, b)
+        np.testing.assert_array_equal(p.array, a.array.T @ b.array)
+        np.testing.assert_array_equal(q.array, a.array.T @ b.array + 1.0)
+        assert not p.array.flags.writeable and not q.array.flags.writeable
+    assert any(p is not None for p in _transposed_product.programs.values())  # type: ignore[attr-defined]
+
+
+def test_errors_are_not_cached() -> None:
+    rng = np.random.default_rng(6)
+    a, b = _m(rng, (2, 3), np.dtype(np.float64)), _m(rng, (3, 2), np.dtype(np.float64))
+    for _ in range(2):
+        with pytest.raises(lb.ShapeError):
+            _add(a, b)
+
+
+def test_constructors_in_the_result_still_validate_on_replay() -> None:
+    rng = np.random.default_rng(7)
+    d = 3
+    layer = Batchnorm1d(_v(rng, d, DTYPES[1]), _v(rng, d, DTYPES[1], 0.1), _v(rng, d, DTYPES[1]), _v(rng, d, DTYPES[1]))
+    grads = lb.BN1(_v(rng, d, DTYPES[1]), _v(rng, d, DTYPES[1], 0.1), _v(rng, d, DTYPES[1]), _v(rng, d, DTYPES[1]), 4)
+    opt = lb.SGD(0.1)
+    state = init_state(opt, [layer])
+    lb.optim.update(opt, state, [layer], [grads])
+    lb.optim.update(opt, state, [layer], [grads])  # replayed
+    bad = lb.BN1(grads.batch_mu, grads.batch_var, lb.vector([np.nan] * d, DTYPES[1]), grads.dbeta, 4)
+    with pytest.raises(lb.ValueRangeError, match="gamma"):
+        lb.optim.update(opt, state, [layer], [bad])
+
+
+def test_parallel_programs_replay() -> None:
+    rng = np.random.default_rng(8)
+    n, d = 1024, 512  # above the Par threshold
+    for _ in range(2):
+        a, b = _m(rng, (n, d), np.dtype(np.float32), lb.Comp.Par), _m(rng, (n, d), np.dtype(np.float32))
+        got = _add(a, b)
+        assert got.comp is lb.Comp.Par
+        np.testing.assert_array_equal(got.array, a.array + b.array)
+
+
+def test_signatures_are_bounded() -> None:
+    x = lb.matrix(np.ones((1, 1)))
+    for k in range(trace.MAX_SIGNATURES + 10):
+        assert float(_scaled(x, float(k)).array[0, 0]) == k + 1.0
+    assert len(_scaled.programs) <= trace.MAX_SIGNATURES  # type: ignore[attr-defined]
+
+
+def test_threads_trace_and_replay_independently() -> None:
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for k in range(40):
+                shape = (2 + (k + seed) % 3, 3)
+                a, b = _m(rng, shape, np.dtype(np.float64)), _m(rng, shape, np.dtype(np.float64))
+                np.testing.assert_array_equal(_outer(a, b).array, (a.array + b.array) * 2.0)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
