@@ -27,7 +27,7 @@ from lazybn.trace import fused
 
 from .net_helpers import assert_bitwise, assert_same_network, assert_same_state
 
-DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
+DTYPES: list[np.dtype[Any]] = [np.dtype(np.float32), np.dtype(np.float64)]
 
 
 def _m(rng: np.random.Generator, shape: tuple[int, int], dtype: np.dtype[Any],
@@ -58,7 +58,9 @@ def test_batchnorm_replay_is_bitwise_the_body(n: int, d: int, dtype: np.dtype[An
             assert _replays() == before + 2
         want_f = bn_forward.__wrapped__(x, layer)  # type: ignore[attr-defined]
         want_b = bn_backward.__wrapped__(dz, x, layer, want_f[1], want_f[2])  # type: ignore[attr-defined]
-        for what, g, w in zip(("out", "mu", "var", "dx", "dgamma", "dbeta"), (*got_f, *got_b), (*want_f, *want_b)):
+        got: list[lb.Manifest[Any]] = [*got_f, *got_b]
+        want: list[lb.Manifest[Any]] = [*want_f, *want_b]
+        for what, g, w in zip(("out", "mu", "var", "dx", "dgamma", "dbeta"), got, want):
             assert_bitwise(g, w, what)
             assert g.comp is w.comp
 
