@@ -117,6 +117,18 @@ class Manifest(_Arith[Ix]):
         return self._leaf, self._comp
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        return self._leaf.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._leaf.dtype
+
+    @property
+    def comp(self) -> Comp:
+        return self._comp
+
+    @property
     def array(self) -> FloatArray:
         """The data, as a read-only numpy array (no copy)."""
         rec = fuse.active()

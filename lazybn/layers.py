@@ -52,7 +52,7 @@ def _num(layer: str, name: str, x: object) -> float:
 
 
 def _same_dtype(layer: str, *arrays: Manifest[Any]) -> None:
-    dtypes = {a.dtype for a in arrays}
+    dtypes = {a._leaf.dtype for a in arrays}
     if len(dtypes) > 1:
         raise DTypeError(f"{layer}: parameters mix dtypes {sorted(map(str, dtypes))}")
 
@@ -91,6 +91,9 @@ class LinearNoBias:
         _check("LinearNoBias", "w", self.w, 2)
 
 
+_BN_ARRAYS = ("mu", "var", "gamma", "beta")
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class Batchnorm1d:
@@ -113,21 +116,22 @@ class Batchnorm1d:
     unbiased: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("mu", "var", "gamma", "beta"):
-            _check("Batchnorm1d", name, getattr(self, name), 1)
-        shapes = {getattr(self, n).shape for n in ("mu", "var", "gamma", "beta")}
-        if len(shapes) > 1:
+        arrays = [_check("Batchnorm1d", name, getattr(self, name), 1) for name in _BN_ARRAYS]
+        if len({a.shape for a in arrays}) > 1:
             raise ShapeError("Batchnorm1d", self.mu.shape, self.gamma.shape,
-                             f"mu, var, gamma and beta must have one length, got {sorted(shapes)}")
-        _same_dtype("Batchnorm1d", self.mu, self.var, self.gamma, self.beta)
+                             f"mu, var, gamma and beta must have one length, got {[a.shape for a in arrays]}")
+        _same_dtype("Batchnorm1d", *arrays)
         if not (math.isfinite(_num("Batchnorm1d", "eps", self.eps)) and self.eps > 0):
             raise ValueRangeError(f"Batchnorm1d.eps: must be a finite number > 0, got {self.eps!r}")
         if not 0.0 <= _num("Batchnorm1d", "momentum", self.momentum) <= 1.0:
             raise ValueRangeError(f"Batchnorm1d.momentum: must be in [0, 1] (weight of the new batch), "
                                   f"got {self.momentum!r}")
-        for name in ("mu", "var", "gamma", "beta"):
-            _finite("Batchnorm1d", name, getattr(self, name))
-        if (self.var._leaf.array < 0).any():
+        # One pass over all four vectors (this runs on every training step); names the culprit on failure.
+        if not np.isfinite(np.concatenate([a._leaf.array for a in arrays])).all():
+            for name, a in zip(_BN_ARRAYS, arrays):
+                _finite("Batchnorm1d", name, a)
+        var = self.var._leaf.array
+        if var.size and var.min() < 0:
             raise ValueRangeError("Batchnorm1d.var: a running variance is negative")
 
     @property

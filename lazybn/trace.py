@@ -74,12 +74,16 @@ def _names(t: type) -> tuple[str, ...]:
 
 
 def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
-    """Append ``x``'s arrays to ``arrays`` and its structure and plain values to ``sig``."""
+    """Append ``x``'s arrays to ``arrays`` and its structure and plain values to ``sig``.
+
+    This runs on every call of a fused function, so the common cases come first and a
+    dataclass's Manifest fields are handled without a recursive call.
+    """
     t = type(x)
     if t is Manifest:
-        a = x._leaf.array  # type: ignore[attr-defined]
-        arrays.append(a)
-        sig.append((a.shape, a.dtype.char, x.comp))  # type: ignore[attr-defined]
+        leaf = x._leaf  # type: ignore[attr-defined]
+        arrays.append(leaf.array)
+        sig.append((leaf.shape, leaf.dtype.char, x._comp))  # type: ignore[attr-defined]
     elif t is tuple or t is list:
         sig.append((t, len(x)))  # type: ignore[arg-type]
         for y in x:  # type: ignore[attr-defined]
@@ -89,7 +93,13 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
     elif is_dataclass(x) and not isinstance(x, type):
         sig.append(t)
         for name in _names(t):
-            _flatten(getattr(x, name), arrays, sig)
+            y = getattr(x, name)
+            if type(y) is Manifest:
+                leaf = y._leaf
+                arrays.append(leaf.array)
+                sig.append((leaf.shape, leaf.dtype.char, y._comp))
+            else:
+                _flatten(y, arrays, sig)
     else:
         raise _Opaque(t.__name__)
 
