@@ -4,15 +4,18 @@ Each measurement runs in its own process (no two thread pools in one process): l
 ``train_step``; the same networks in plain numpy with the closed-form batch-norm backward;
 PyTorch CPU (skipped without torch); and the epoch's matrix products alone (3 forward, 3
 weight-gradient and 2 input-gradient products per step), the floor at batch 100. Data are
-random (the epoch's cost does not depend on the values); the first steps are a warm-up.
+random (the epoch's cost does not depend on the values); the first steps are a warm-up. Every
+configuration runs ``--rounds`` times, the rounds interleaved (a noisy machine slows
+neighbouring runs alike); the table gives the median round and the fastest.
 
-    python benchmarks/bench_epoch.py [--steps 600] [--json out.json]
+    python benchmarks/bench_epoch.py [--steps 600] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -163,6 +166,7 @@ def torch_epoch(bn: bool, steps: int) -> JSON:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="timed steps (scaled to a 600-step epoch)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs of every configuration")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     print("command: python benchmarks/bench_epoch.py " + " ".join(sys.argv[1:]))
@@ -173,16 +177,22 @@ def main() -> None:
         has_torch = importlib.util.find_spec("torch") is not None
     except ImportError:
         has_torch = False
-    res: dict[str, JSON] = {"matmul only": run_isolated(matmul_epoch, args.steps)}
+    configs: list[tuple[str, Any, tuple[JSON, ...]]] = [("matmul only", matmul_epoch, (args.steps,))]
     for bn in (True, False):
         tag = "BN" if bn else "no BN"
-        res[f"lazybn {tag}"] = run_isolated(lazybn_epoch, bn, args.steps)
-        res[f"numpy {tag}"] = run_isolated(numpy_epoch, bn, args.steps)
+        configs.append((f"lazybn {tag}", lazybn_epoch, (bn, args.steps)))
+        configs.append((f"numpy {tag}", numpy_epoch, (bn, args.steps)))
         if has_torch:
-            res[f"torch {tag}"] = run_isolated(torch_epoch, bn, args.steps)
-    mm = float(res["matmul only"])  # type: ignore[arg-type]
-    rows = [[k, f"{float(v):.3f} s", f"{float(v) / mm:.2f}x"] for k, v in res.items()]  # type: ignore[arg-type]
-    table = markdown_table(["epoch (600 steps of 100)", "seconds", "/ matmul only"], rows)
+            configs.append((f"torch {tag}", torch_epoch, (bn, args.steps)))
+    runs: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    for _ in range(args.rounds):
+        for name, fn, fargs in configs:
+            runs[name].append(float(run_isolated(fn, *fargs)))  # type: ignore[arg-type]
+    res: dict[str, JSON] = {k: [float(t) for t in sorted(v)] for k, v in runs.items()}
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    mm = med["matmul only"]
+    rows = [[k, f"{med[k]:.3f} s", f"{min(v):.3f} s", f"{med[k] / mm:.2f}x"] for k, v in runs.items()]
+    table = markdown_table(["epoch (600 steps of 100)", "median", "best", "median / matmul only"], rows)
     print(table)
     if args.json:
         args.json.write_text(json.dumps({"machine": facts, "results": res, "table": table}, indent=1))

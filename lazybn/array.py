@@ -223,6 +223,10 @@ def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
 
 
 def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatArray:
+    if dtype is None and type(xs) is np.ndarray and xs.dtype in _FLOATS:  # the common case: a plain copy
+        arr = np.array(xs, order="C", copy=True)
+        arr.flags.writeable = False
+        return arr
     if dtype is not None:
         dt = np.dtype(dtype)
         if dt not in _FLOATS:

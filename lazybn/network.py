@@ -255,8 +255,10 @@ def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
     return compute(softmax(logits(layers, x)))
 
 
+_TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny), np.dtype(np.float64): float(np.finfo(np.float64).tiny)}
+
+
 def cross_entropy(pred: Matrix, tgt: Matrix) -> float:
     """Mean cross-entropy of predicted probabilities against one-hot targets."""
-    p = np.asarray(pred.array, dtype=np.float64)
-    picked = np.sum(p * np.asarray(tgt.array, dtype=np.float64), axis=1)
-    return float(-np.mean(np.log(np.maximum(picked, np.finfo(pred.dtype).tiny))))
+    picked = np.einsum("ij,ij->i", pred.array, tgt.array, dtype=np.float64)  # probability of the true class
+    return float(-np.log(np.maximum(picked, _TINY[pred.dtype])).mean())

@@ -310,6 +310,15 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
         ShapeError, DTypeError: a gradient or state array does not match its parameter.
         ValueRangeError: ``lr_scale`` is negative or not finite.
     """
+    t, s, correction = prepare_update(opt, state, layers, grads, lr_scale)
+    new_layers, new_slots = step_all(opt, tuple(layers), tuple(grads), state.slots, s, correction)
+    return new_layers, OptState(t, new_slots)
+
+
+def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequence[Gradients],
+                   lr_scale: float) -> tuple[int, float, tuple[float, ...]]:
+    """Check :func:`update`'s arguments; returns the step number t, the schedule factor and Adam's
+    bias correction at t, (1 / (1 - beta1^t), 1 / (1 - beta2^t)) (empty for the others)."""
     s = _number("update", "lr_scale", lr_scale)
     if not (math.isfinite(s) and s >= 0):
         raise ValueRangeError(f"update.lr_scale: must be a finite number >= 0, got {lr_scale!r}")
@@ -318,15 +327,17 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
                                   f"{len(state.slots)} layers; all three must have one entry per layer")
     t = state.step + 1
     correction = (1.0 / (1.0 - opt.beta1**t), 1.0 / (1.0 - opt.beta2**t)) if isinstance(opt, Adam) else ()
-    new_layers, new_slots = _update(opt, tuple(layers), tuple(grads), state.slots, s, correction)
-    return new_layers, OptState(t, new_slots)
+    return t, s, correction
 
 
 @fused
-def _update(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
+def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
             slots: tuple[tuple[Manifest[Any], ...], ...], lr_scale: float,
             correction: tuple[float, ...]) -> tuple[list[Layer], tuple[tuple[Manifest[Any], ...], ...]]:
-    """Every parameter's step, in one kernel per (dtype, Comp) of the parameters: usually one."""
+    """Every parameter's step, in one kernel per (dtype, Comp) of the parameters: usually one.
+
+    The arguments are :func:`update`'s, checked by :func:`prepare_update`; returns the new layers and slots.
+    """
     k = _moments(opt)
     pending: dict[tuple[np.dtype[Any], Comp], list[Delayed[Any]]] = {}
     places: list[list[tuple[tuple[np.dtype[Any], Comp], int, int]]] = []  # per layer: (group, start, count)

@@ -19,9 +19,10 @@ from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, matrix
 from .errors import ArgumentError, LazybnError, ShapeError, ValueRangeError
-from .layers import BN1, Batchnorm1d, Dropout, Layer
+from .layers import BN1, Batchnorm1d, Dropout, Gradients, Layer
 from .network import _pass, cross_entropy, logits, update_running
-from .optim import Optimizer, OptState, update
+from .optim import Optimizer, OptState, prepare_update, step_all
+from .trace import fused
 
 
 class NumericalError(LazybnError, FloatingPointError):
@@ -103,10 +104,19 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
             return StepResult(list(layers), opt_state, loss, pred, skipped=True)
         raise NumericalError(f"training step {opt_state.step}: {problem}; lower the learning rate, check "
                              "the input for NaN/inf, or pass on_nonfinite='skip'")
-    new_layers, new_state = update(opt, opt_state, layers, grads, lr_scale)
-    new_layers = [update_running(nl, g) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
-                  for nl, g in zip(new_layers, grads)]
-    return StepResult(new_layers, new_state, loss, pred)
+    t, s, correction = prepare_update(opt, opt_state, layers, grads, lr_scale)
+    new_layers, slots = _apply(opt, tuple(layers), tuple(grads), opt_state.slots, s, correction)
+    return StepResult(new_layers, OptState(t, slots), loss, pred)
+
+
+@fused
+def _apply(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
+           slots: tuple[tuple[Manifest[Any], ...], ...], lr_scale: float,
+           correction: tuple[float, ...]) -> tuple[list[Layer], tuple[tuple[Manifest[Any], ...], ...]]:
+    """The optimizer's step, then every batch-norm layer's running statistics (one replay for both)."""
+    new_layers, new_slots = step_all(opt, layers, grads, slots, lr_scale, correction)
+    return [update_running(nl, g) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
+            for nl, g in zip(new_layers, grads)], new_slots
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[NDArray[np.intp]]:
