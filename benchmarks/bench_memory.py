@@ -48,8 +48,9 @@ def peak_extra(which: str, n: int, d: int, dtype: str) -> JSON:
         comp = lb.Comp.Par
         layer = Batchnorm1d(lb.zeros(d, dtype, comp), lb.ones(d, dtype, comp), lb.ones(d, dtype, comp),
                             lb.zeros(d, dtype, comp))
-        xm, dym = lb.Manifest(x, comp), lb.Manifest(dy, comp)
-        x.flags.writeable = dy.flags.writeable = False
+        x.flags.writeable = dy.flags.writeable = False  # so the Manifests share them (no copies)
+        xm: lb.Matrix = lb.Manifest(x, comp)
+        dym: lb.Matrix = lb.Manifest(dy, comp)
 
         def step() -> object:
             out, mu, var = bn_forward(xm, layer)
