@@ -128,6 +128,30 @@ def copy_bandwidth(nbytes: int, *, repeat: int = 15, min_time: float = 0.02) -> 
     return Bandwidth(src.nbytes, timeit(lambda: np.copyto(dst, src), repeat=repeat, min_time=min_time))
 
 
+RETAIN = 1 << 30  # bytes
+
+
+def retain_freed_memory() -> dict[str, str]:
+    """Make glibc's malloc keep freed blocks of up to 1 GiB for reuse, in this process; returns
+    the environment that does the same for a child process.
+
+    By default glibc returns a freed block above its (adaptive) mmap threshold to the kernel, and
+    trims the heap when a large top block is freed, so a loop that allocates its N x D outputs
+    afresh on every call page-faults and zeroes them on every call (measured: 8192 x 2048 float32
+    batch norm 59 ms -> 42 ms with this setting). Every contender of a benchmark gets the same
+    setting. Linux/glibc only; elsewhere it does nothing.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-1, RETAIN)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, RETAIN)  # M_MMAP_THRESHOLD
+    return {"MALLOC_TRIM_THRESHOLD_": str(RETAIN), "MALLOC_MMAP_THRESHOLD_": str(RETAIN)}
+
+
 def _child(code: str, timeout: float, env: dict[str, str] | None) -> JSON:
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -5,9 +5,10 @@ lazybn runs exactly the code of ``_pass``'s Batchnorm1d case (``bn_forward`` the
 same run: the naive numpy computational graph, numpy with the closed-form backward, PyTorch
 ``F.batch_norm`` + autograd (in its own process, threads = cores; skipped without torch), and
 the numpy copy bandwidth as the roofline. BN forward + backward must move at least
-5·N·D·itemsize bytes (read x, write y, read dy, read x, write dx).
+5·N·D·itemsize bytes (read x, write y, read dy, read x, write dx). Every contender runs with
+malloc keeping freed memory for reuse (``--malloc default`` to measure glibc's own policy).
 
-    python benchmarks/bench_bn.py [--quick] [--json out.json]
+    python benchmarks/bench_bn.py [--quick] [--malloc retain|default] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import JSON, copy_bandwidth, fmt_time, machine_facts, markdown_table, run_isolated, timeit  # noqa: E402
+from _harness import (JSON, copy_bandwidth, fmt_time, machine_facts, markdown_table, retain_freed_memory,  # noqa: E402
+                      run_isolated, timeit)
 
 import lazybn as lb  # noqa: E402
 from lazybn.layers import Batchnorm1d  # noqa: E402
@@ -115,12 +117,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two small shapes, float32 only")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                    help="retain: every contender's malloc keeps freed memory for reuse (see "
+                         "_harness.retain_freed_memory); default: glibc's own policy")
     args = ap.parse_args()
     shapes = SHAPES[:2] if args.quick else SHAPES
     dtypes = ["float32"] if args.quick else ["float32", "float64"]
     threads = os.cpu_count() or 1
     print("command: python benchmarks/bench_bn.py " + " ".join(sys.argv[1:]))
     print(json.dumps(machine_facts(), indent=1))
+    child_env = retain_freed_memory() if args.malloc == "retain" else {}
+    print(f"malloc: {args.malloc}")
     bw = copy_bandwidth(256 << 20)
     print(f"copy bandwidth (numpy, 256 MiB, read+write): {bw.gbps:.1f} GB/s")
     try:
@@ -149,7 +156,7 @@ def main() -> None:
             t_closed = timeit(lambda: closed_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05)
             t_torch = None
             if has_torch:
-                tj = run_isolated(torch_child, [n, d], dtype, threads)
+                tj = run_isolated(torch_child, [n, d], dtype, threads, env=child_env)
                 assert isinstance(tj, dict)
                 t_torch = float(tj["median_s"])  # type: ignore[arg-type]
             need = 5 * n * d * x.itemsize
