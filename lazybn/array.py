@@ -113,6 +113,14 @@ class Manifest(_Arith[Ix]):
         self._leaf = Leaf(array, array.shape, array.dtype)
         self._comp = comp
 
+    @classmethod
+    def _of(cls, array: FloatArray, comp: Comp) -> Manifest[Any]:
+        """Wrap a read-only float32/float64 array the engine made (skips the checks)."""
+        m: Manifest[Any] = object.__new__(cls)
+        m._leaf = Leaf(array, array.shape, array.dtype)
+        m._comp = comp
+        return m
+
     def _expr(self) -> tuple[Node, Comp]:
         return self._leaf, self._comp
 
@@ -338,7 +346,7 @@ def _run(ds: Sequence[object], op: str) -> list[Manifest[Any]]:
     dt = nodes[0].dtype
     assert dt is not None
     outs = fuse.evaluate(nodes, dt, comp is Comp.Par)
-    return [Manifest(o, comp) for o in outs]
+    return [Manifest._of(o, comp) for o in outs]
 
 
 def compute(d: Delayed[Ix]) -> Manifest[Ix]:

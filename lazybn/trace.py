@@ -42,7 +42,7 @@ from typing import Any, ParamSpec, TypeVar, assert_never, final
 import numpy as np
 
 from . import fuse
-from .array import Manifest
+from .array import Comp, Manifest
 from .fuse import cache
 
 P = ParamSpec("P")
@@ -83,7 +83,7 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
     if t is Manifest:
         leaf = x._leaf  # type: ignore[attr-defined]
         arrays.append(leaf.array)
-        sig.append((leaf.shape, leaf.dtype.char, x._comp))  # type: ignore[attr-defined]
+        sig.append((leaf.shape, leaf.dtype.char, x._comp is Comp.Par))  # type: ignore[attr-defined]
     elif t is tuple or t is list:
         sig.append((t, len(x)))  # type: ignore[arg-type]
         for y in x:  # type: ignore[attr-defined]
@@ -94,10 +94,13 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         sig.append(t)
         for name in _names(t):
             y = getattr(x, name)
-            if type(y) is Manifest:
+            ty = type(y)
+            if ty is Manifest:
                 leaf = y._leaf
                 arrays.append(leaf.array)
-                sig.append((leaf.shape, leaf.dtype.char, y._comp))
+                sig.append((leaf.shape, leaf.dtype.char, y._comp is Comp.Par))
+            elif ty is float or ty is int or ty is bool:
+                sig.append((ty, y))
             else:
                 _flatten(y, arrays, sig)
     else:
@@ -135,7 +138,7 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
 def _rebuild(tpl: Template, vals: list[Any]) -> Any:
     tag = tpl[0]
     if tag == "M":
-        return Manifest(vals[tpl[1]], tpl[2])
+        return Manifest._of(vals[tpl[1]], tpl[2])
     if tag == "S":
         return tpl[1]
     if tag == "E":
