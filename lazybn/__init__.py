@@ -77,3 +77,4 @@ from .persist import save as save
 from .train import NumericalError as NumericalError
 from .train import StepResult as StepResult
 from .train import train_step as train_step
+from .trace import fused as fused
