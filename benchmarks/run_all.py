@@ -47,10 +47,11 @@ def tables(output: str) -> str:
 
 
 def replace_block(doc: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+    open_, close = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    pattern = re.compile(re.escape(open_) + r"\n.*?" + re.escape(close), re.S)
     if not pattern.search(doc):
-        raise SystemExit(f"docs/performance.md has no <!-- bench:{name} --> block")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), doc)
+        raise SystemExit(f"docs/performance.md has no {open_} ... {close} block")
+    return pattern.sub(lambda _: f"{open_}\n{body}\n{close}", doc)
 
 
 def main() -> None:
