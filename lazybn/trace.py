@@ -8,9 +8,9 @@ kernel. ``@fused`` removes it without touching the step code::
     def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
         ...  # steps 1-9, ending in compute_all
 
-The first call with a given *signature* runs the body while the engine logs every kernel launch
-(a trace). Later calls with the same signature skip the body: they call the logged kernels on
-the new argument arrays and rebuild the result. The signature is everything the body may
+The first call with a given *signature* runs the body while the engine logs every kernel launch,
+``matmul`` and ``transpose`` (a trace). Later calls with the same signature skip the body: they
+repeat the logged operations on the new argument arrays and rebuild the result. The signature is everything the body may
 depend on besides array values: the structure of the arguments (tuples, lists, dataclasses such
 as layers and optimizers), every array's shape, dtype and ``Comp``, which arguments are the same
 array, and every non-array value (floats, ints, enums, ...) by type and value.
@@ -18,16 +18,18 @@ array, and every non-array value (floats, ints, enums, ...) by type and value.
 The contract, which lazybn's own step functions keep: **the body reads array values only through
 lazybn operations** (it may branch on shapes and plain values, never on data). Anything the
 replay could not reproduce makes the signature *opaque*, and every call with it runs the body
-as if undecorated: a delayed or numpy array among the arguments, a kernel reading an array the
-arguments do not provide (a matmul result, a fresh random mask), a result array not computed
-by a logged kernel, a result of a type it cannot rebuild. Dataclasses in the result are rebuilt
-through their constructor, so their validation runs on every call.
+as if undecorated: reading values in Python (``m.array``, ``np.asarray(m)``, printing), a
+delayed or numpy array among the arguments, an operation reading an array the arguments do not
+provide (a global, a fresh random dropout mask), a result array no logged operation made, a
+result of a type it cannot rebuild. Dataclasses in the result are rebuilt through their
+constructor, so their validation runs on every call (layer constructors check values through
+``_leaf``, which does not count as a read).
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off. Calls inside another function's
-trace run their body (they are part of the outer trace). Each
-function keeps at most :data:`MAX_SIGNATURES` programs; a scalar that changes on every call
-(Adam's bias correction, for instance) makes every call a trace, which costs what the
-undecorated call costs plus the logging.
+trace run their body (they are part of the outer trace). Each function keeps at most
+:data:`MAX_SIGNATURES` programs; a scalar that changes on every call (Adam's bias correction,
+for instance) makes every call a trace, which costs what the undecorated call costs plus the
+logging.
 """
 
 from __future__ import annotations
