@@ -8,7 +8,10 @@ the numpy copy bandwidth as the roofline. BN forward + backward must move at lea
 5·N·D·itemsize bytes (read x, write y, read dy, read x, write dx). Every contender runs with
 malloc keeping freed memory for reuse (``--malloc default`` to measure glibc's own policy).
 
-    python benchmarks/bench_bn.py [--quick] [--malloc retain|default] [--json out.json]
+lazybn and PyTorch alternate for ``--rounds`` rounds per case; each figure is the median of its
+rounds (lazybn's "±" is the spread of its round medians).
+
+    python benchmarks/bench_bn.py [--quick] [--rounds 3] [--malloc retain|default] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (JSON, copy_bandwidth, fmt_time, machine_facts, markdown_table, retain_freed_memory,  # noqa: E402
+from _harness import (JSON, Timing, copy_bandwidth, fmt_time, machine_facts, markdown_table, retain_freed_memory,  # noqa: E402
                       run_isolated, timeit)
 
 import lazybn as lb  # noqa: E402
@@ -117,6 +121,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two small shapes, float32 only")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating lazybn/torch rounds per case")
     ap.add_argument("--malloc", choices=["retain", "default"], default="retain",
                     help="retain: every contender's malloc keeps freed memory for reuse (see "
                          "_harness.retain_freed_memory); default: glibc's own policy")
@@ -153,14 +158,20 @@ def main() -> None:
                                                      beta.astype(np.float64))
             tol = 1e-3 if dtype == "float32" else 1e-9
             assert np.allclose(dx.array, dx_ref, atol=tol * np.abs(dx_ref).max()), "lazybn dx differs from numpy"
-            t_lb = timeit(step, repeat=9, min_time=0.05)
+            # lazybn and torch alternate for --rounds rounds (the machine's speed drifts); each
+            # keeps the median of its rounds' medians
+            lb_rounds: list[Timing] = []
+            torch_rounds: list[float] = []
+            for _ in range(args.rounds):
+                lb_rounds.append(timeit(step, repeat=5, min_time=0.05))
+                if has_torch:
+                    tj = run_isolated(torch_child, [n, d], dtype, threads, env=child_env)
+                    assert isinstance(tj, dict)
+                    torch_rounds.append(float(tj["median_s"]))  # type: ignore[arg-type]
+            t_lb = Timing(tuple(sorted(t.median for t in lb_rounds)), lb_rounds[0].loops)
+            t_torch = statistics.median(torch_rounds) if torch_rounds else None
             t_naive = timeit(lambda: naive_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05)
             t_closed = timeit(lambda: closed_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05)
-            t_torch = None
-            if has_torch:
-                tj = run_isolated(torch_child, [n, d], dtype, threads, env=child_env)
-                assert isinstance(tj, dict)
-                t_torch = float(tj["median_s"])  # type: ignore[arg-type]
             need = 5 * n * d * x.itemsize
             roof = need / t_lb.median / 1e9 / bw.gbps
             rows.append([f"{n}x{d}", dtype, str(t_lb), fmt_time(t_naive.median), fmt_time(t_closed.median),

@@ -58,10 +58,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", choices=sorted(BENCHES), help="run these benchmarks only")
     args = ap.parse_args()
-    doc = DOC.read_text(encoding="utf-8")
+    names = args.only or list(BENCHES)
+    for name in ["machine", *names]:  # fail before hours of benchmarks, not after
+        replace_block(DOC.read_text(encoding="utf-8"), name, "")
     facts = machine_facts()
-    doc = replace_block(doc, "machine", "\n".join(f"* {k}: {v}" for k, v in facts.items()))
-    for name in args.only or list(BENCHES):
+    bodies = {"machine": "\n".join(f"* {k}: {v}" for k, v in facts.items())}
+    for name in names:
         script, *extra = BENCHES[name]
         cmd = [sys.executable, str(HERE / script), *extra]
         print(f"== {name}: {' '.join(cmd)}", flush=True)
@@ -71,7 +73,10 @@ def main() -> None:
             sys.stderr.write(proc.stderr)
             raise SystemExit(f"{script} failed (exit {proc.returncode}); docs/performance.md is unchanged")
         shown = " ".join(["python", f"benchmarks/{script}", *extra])
-        doc = replace_block(doc, name, f"`{shown}`\n\n{tables(proc.stdout)}")
+        bodies[name] = f"`{shown}`\n\n{tables(proc.stdout)}"
+    doc = DOC.read_text(encoding="utf-8")  # read now: the prose may have been edited meanwhile
+    for name, body in bodies.items():
+        doc = replace_block(doc, name, body)
     sys.path.insert(0, str(HERE.parent))
     from lazybn._files import atomic_write_bytes
 
