@@ -109,7 +109,7 @@ class Manifest(_Arith[Ix]):
             raise DTypeError(f"Manifest holds float32 or float64, not {array.dtype}")
         if array.flags.writeable:
             array = array.copy()
-            array.flags.writeable = False
+            array.setflags(write=False)
         self._leaf = Leaf(array, array.shape, array.dtype)
         self._comp = comp
 
@@ -233,7 +233,7 @@ def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
 def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatArray:
     if dtype is None and type(xs) is np.ndarray and xs.dtype in _FLOATS:  # the common case: a plain copy
         arr = np.array(xs, order="C", copy=True)
-        arr.flags.writeable = False
+        arr.setflags(write=False)
         return arr
     if dtype is not None:
         dt = np.dtype(dtype)
@@ -258,7 +258,7 @@ def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatA
                               "pass dtype=np.float64") from None
     except (TypeError, ValueError) as exc:
         raise DTypeError(f"{what}: cannot convert the input to {dt}: {exc}") from None
-    arr.flags.writeable = False
+    arr.setflags(write=False)
     return arr
 
 

@@ -151,7 +151,7 @@ def matmul(a: Matrix, b: Matrix) -> Matrix:
     if a.dtype != b.dtype:
         raise DTypeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ; convert one explicitly")
     out = np.matmul(a._leaf.array, b._leaf.array)
-    out.flags.writeable = False
+    out.setflags(write=False)
     rec = fuse.active()
     if rec is not None:
         rec.log.append(fuse.Matmul(a._leaf.array, b._leaf.array, out))

@@ -137,20 +137,34 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
     raise _Opaque(t.__name__)
 
 
-def _rebuild(tpl: Template, vals: list[Any]) -> Any:
+Builder = Callable[[list[Any]], Any]
+
+
+def _builder(tpl: Template) -> Builder:
+    """A function rebuilding the result of ``tpl`` from the value slots (made once per program)."""
     tag = tpl[0]
     if tag == "M":
-        return Manifest._of(vals[tpl[1]], tpl[2])
+        slot, comp, of = tpl[1], tpl[2], Manifest._of
+        return lambda vals: of(vals[slot], comp)
     if tag == "S":
-        return tpl[1]
+        value = tpl[1]
+        return lambda vals: value
     if tag == "E":
-        empty = np.empty(tpl[1], tpl[2])
-        empty.flags.writeable = False
-        return Manifest(empty, tpl[3])
+        shape, dtype, comp = tpl[1], tpl[2], tpl[3]
+
+        def empty(vals: list[Any]) -> Any:
+            a = np.empty(shape, dtype)
+            a.setflags(write=False)
+            return Manifest._of(a, comp)
+
+        return empty
     if tag == "T":
-        items = [_rebuild(y, vals) for y in tpl[2]]
-        return tuple(items) if tpl[1] is tuple else items
-    return tpl[1](**{name: _rebuild(y, vals) for name, y in tpl[2]})
+        parts = [_builder(y) for y in tpl[2]]
+        if tpl[1] is tuple:
+            return lambda vals: tuple([p(vals) for p in parts])
+        return lambda vals: [p(vals) for p in parts]
+    cls, named = tpl[1], [(name, _builder(y)) for name, y in tpl[2]]
+    return lambda vals: cls(**{name: p(vals) for name, p in named})  # the constructor validates
 
 
 @final
@@ -194,6 +208,8 @@ class Program:
 
     ops: tuple[_Op, ...]
     result: Template
+    build: Builder
+    launches: int
 
     def run(self, arrays: list[Any]) -> Any:
         vals = arrays
@@ -208,17 +224,17 @@ class Program:
 
                     args.append(np.uint64(numba.get_num_threads()))
                 op.fn(*args)
-                cache.count("launches")
                 for o in outs:
-                    o.flags.writeable = False
+                    o.setflags(write=False)
                 vals += [outs[k] for k in op.order]
             elif type(op) is _Matmul:
                 out = np.matmul(vals[op.a], vals[op.b])
-                out.flags.writeable = False
+                out.setflags(write=False)
                 vals.append(out)
             else:
                 vals.append(vals[op.a].T)
-        return _rebuild(self.result, vals)
+        cache.count("launches", self.launches)
+        return self.build(vals)
 
 
 def _compile(arrays: list[Any], log: list[fuse.Logged], result: object) -> Program:
@@ -253,11 +269,12 @@ def _compile(arrays: list[Any], log: list[fuse.Logged], result: object) -> Progr
                 produced(entry.result)
             case _:
                 assert_never(entry)
-    return Program(tuple(ops), _template(result, slot_of))
+    tpl = _template(result, slot_of)
+    return Program(tuple(ops), tpl, _builder(tpl), sum(type(op) is _Kernel for op in ops))
 
 
 _OPAQUE = None  # a signature the replay cannot serve: run the body every time
-_UNSEEN = Program((), ("S", None))  # a signature not traced yet
+_UNSEEN = Program((), ("S", None), _builder(("S", None)), 0)  # a signature not traced yet
 
 
 def fused(f: Callable[P, R]) -> Callable[P, R]:

@@ -157,7 +157,7 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
         fn(*args)
     cache.count("launches")
     for o in outs:
-        o.flags.writeable = False
+        o.setflags(write=False)
     results = [outs[k] for k in order]
     rec: Recording | None = getattr(_local, "rec", None)
     if rec is not None:

@@ -52,8 +52,8 @@ def reset_stats() -> None:
         _counts[k] = 0
 
 
-def count(name: str) -> None:
-    _counts[name] += 1
+def count(name: str, n: int = 1) -> None:
+    _counts[name] += n
 
 
 def kernel_dir() -> Path:
