@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import fuse
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
-from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Zip, describe
+from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Scalar, Zip, describe, is_number, scalar_value
 
 
 @final
@@ -201,14 +201,14 @@ def _rank_name(shape: tuple[int, ...]) -> str:
 
 def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
     name = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[op.value]
-    if isinstance(a, (int, float, np.floating)) and not isinstance(a, bool):
+    if is_number(a):
         nb, comp = expr(b, name)
-        na: Node = Const(float(a))
+        na: Node = Const(scalar_value(a, name))
         dt = nb.dtype
         shape = nb.shape
-    elif isinstance(b, (int, float, np.floating)) and not isinstance(b, bool):
+    elif is_number(b):
         na, comp = expr(a, name)
-        nb = Const(float(b))
+        nb = Const(scalar_value(b, name))
         dt = na.dtype
         shape = na.shape
     else:

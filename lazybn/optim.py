@@ -223,26 +223,32 @@ def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
 
 
 def _step(opt: Optimizer, p: Manifest[Any], g: Manifest[Any], slots: tuple[Manifest[Any], ...], lr: float,
-          correction: tuple[float, ...]) -> tuple[Delayed[Any], ...]:
+          lr_scale: float, correction: tuple[float, ...]) -> tuple[Delayed[Any], ...]:
     """One parameter's new value then its new moments, delayed (``update`` computes them all at once).
 
-    ``correction`` is Adam's bias correction at this step, (1 / (1 - beta1^t), 1 / (1 - beta2^t)).
+    The step is ``lr_scale * (lr * direction)``: ``lr_scale`` (the schedule) and ``correction``
+    (Adam's bias correction at this step, 1 / (1 - beta1^t) and 1 / (1 - beta2^t)) change from
+    step to step, so they only ever meet arrays here; a replay passes them to the kernel.
     """
+
+    def descend(direction: Delayed[Any] | Manifest[Any]) -> Delayed[Any]:
+        return p - scale(lr_scale, scale(lr, direction))
+
     match opt:
         case SGD():
-            return (p - scale(lr, g),)
+            return (descend(g),)
         case Momentum(beta=beta):
             v = scale(beta, slots[0]) + g
-            return p - scale(lr, v), v
+            return descend(v), v
         case Adam(beta1=b1, beta2=b2, eps=eps):
             m = scale(b1, slots[0]) + scale(1.0 - b1, g)
             v = scale(b2, slots[1]) + scale(1.0 - b2, g * g)
             m_hat = scale(correction[0], m)
             v_hat = scale(correction[1], v)
-            return p - scale(lr, m_hat / add_c(amap(Fn.sqrt, v_hat), eps)), m, v
+            return descend(m_hat / add_c(amap(Fn.sqrt, v_hat), eps)), m, v
         case RMSProp(rho=rho, eps=eps):
             s = scale(rho, slots[0]) + scale(1.0 - rho, g * g)
-            return p - scale(lr, g / add_c(amap(Fn.sqrt, s), eps)), s
+            return descend(g / add_c(amap(Fn.sqrt, s), eps)), s
         case _:
             assert_never(opt)
 
@@ -330,7 +336,7 @@ def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], gra
     return t, s, correction
 
 
-@fused
+@fused(dynamic=("lr_scale", "correction"))
 def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
             slots: tuple[tuple[Manifest[Any], ...], ...], lr_scale: float,
             correction: tuple[float, ...]) -> tuple[list[Layer], tuple[tuple[Manifest[Any], ...], ...]]:
@@ -344,11 +350,11 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
         params, gs = _params(layer), _grads(i, layer, g)
         _check(i, layer, params, gs, layer_slots, k, opt)
-        lr = opt.lr * lr_scale * (opt.bn_lr_multiplier if isinstance(layer, Batchnorm1d) else 1.0)
+        lr = opt.lr * (opt.bn_lr_multiplier if isinstance(layer, Batchnorm1d) else 1.0)
         places.append([])
         for j, ((_, p), dp) in enumerate(zip(params, gs)):
             group = pending.setdefault((p.dtype, p.comp), [])
-            outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, correction)
+            outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, lr_scale, correction)
             places[-1].append(((p.dtype, p.comp), len(group), len(outs)))
             group.extend(outs)
     done = {key: compute_all(*ds) for key, ds in pending.items()}

@@ -25,27 +25,36 @@ result of a type it cannot rebuild. Dataclasses in the result are rebuilt throug
 constructor, so their validation runs on every call (layer constructors check values through
 ``_leaf``, which does not count as a read).
 
+A plain value that changes on every call would make every call a trace. ``@fused(dynamic=
+("lr_scale", "correction"))`` takes such parameters (a number or a tuple of numbers) out of the
+signature: the trace runs with :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn
+operations accept as numbers and which become runtime arguments of the kernels, so a replay
+passes each call's values. Python arithmetic or tests on a stand-in raise ``TypeError`` at the
+first call (a replay could not repeat them). The optimizer step uses this for the learning-rate
+schedule and Adam's bias correction.
+
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off. Calls inside another function's
 trace run their body (they are part of the outer trace). Each function keeps at most
-:data:`MAX_SIGNATURES` programs; a scalar that changes on every call (Adam's bias correction,
-for instance) makes every call a trace, which costs what the undecorated call costs plus the
-logging.
+:data:`MAX_SIGNATURES` programs.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, ParamSpec, TypeVar, assert_never, final
+from typing import Any, ParamSpec, TypeVar, assert_never, final, overload
 
 import numpy as np
 
 from . import fuse
 from .array import Comp, Manifest
+from .errors import ArgumentError
 from .fuse import cache
+from .fuse.graph import Scalar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -179,6 +188,7 @@ class _Kernel:
     dtype: np.dtype[Any]
     par: bool
     order: tuple[int, ...]
+    dynamic: tuple[tuple[int, int], ...]  # (tail position, index of the dynamic value)
 
 
 @final
@@ -211,13 +221,19 @@ class Program:
     build: Builder
     launches: int
 
-    def run(self, arrays: list[Any]) -> Any:
+    def run(self, arrays: list[Any], values: list[float]) -> Any:
         vals = arrays
         for op in self.ops:
             if type(op) is _Kernel:
                 outs = [np.empty(shape, op.dtype) for shape in op.out_shapes]
                 args = [vals[i] for i in op.leaves]
-                args += op.tail
+                if op.dynamic:
+                    tail = list(op.tail)
+                    for k, index in op.dynamic:
+                        tail[k] = op.dtype.type(values[index])
+                    args += tail
+                else:
+                    args += op.tail
                 args += outs
                 if op.par:
                     import numba
@@ -259,7 +275,7 @@ def _compile(arrays: list[Any], log: list[fuse.Logged], result: object) -> Progr
         match entry:
             case fuse.Launch():
                 ops.append(_Kernel(entry.fn, tuple(slot(a) for a in entry.leaves), entry.tail, entry.out_shapes,
-                                   entry.dtype, entry.par, entry.order))
+                                   entry.dtype, entry.par, entry.order, entry.dynamic))
                 produced(*entry.results)
             case fuse.Matmul():
                 ops.append(_Matmul(slot(entry.a), slot(entry.b)))
@@ -277,8 +293,50 @@ _OPAQUE = None  # a signature the replay cannot serve: run the body every time
 _UNSEEN = Program((), ("S", None), _builder(("S", None)), 0)  # a signature not traced yet
 
 
-def fused(f: Callable[P, R]) -> Callable[P, R]:
-    """Trace ``f`` once per signature and replay its kernels afterwards (see the module doc)."""
+def _numbers(v: object, values: list[float]) -> object:
+    """Append the numbers of a dynamic argument (a number or a tuple of them); returns its shape."""
+    if type(v) is tuple:
+        return tuple(_numbers(y, values) for y in v)
+    if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool):
+        values.append(float(v))
+        return float
+    raise _Opaque(f"a dynamic argument must be a number or a tuple of numbers, not {type(v).__name__}")
+
+
+def _stand_ins(v: object, values: list[float], start: int) -> tuple[object, int]:
+    """``v`` with every number replaced by its :class:`Scalar` stand-in (indices from ``start``)."""
+    if type(v) is tuple:
+        items = []
+        for y in v:
+            item, start = _stand_ins(y, values, start)
+            items.append(item)
+        return tuple(items), start
+    return Scalar(values[start], start), start + 1
+
+
+@overload
+def fused(f: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def fused(*, dynamic: tuple[str, ...]) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def fused(f: Callable[P, R] | None = None, /, *,
+          dynamic: tuple[str, ...] = ()) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Trace ``f`` once per signature and replay its kernels afterwards (see the module doc).
+
+    ``dynamic`` names parameters whose values (a number, or a tuple of numbers) are not part of
+    the signature: the replay passes each call's values to the kernels. In the body they may only
+    be handed to lazybn operations; anything else raises ``TypeError`` on the first call.
+    """
+    if f is None:
+        return lambda g: _fuse(g, dynamic)
+    return _fuse(f, dynamic)
+
+
+def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
+    params = list(inspect.signature(f).parameters)
+    for name in dynamic:
+        if name not in params:
+            raise ArgumentError(f"fused: {f.__qualname__} has no parameter {name!r} to make dynamic")
+    where = tuple((params.index(name), name) for name in dynamic)
     programs: dict[tuple[object, ...], Program | None] = {}
 
     @functools.wraps(f)
@@ -287,10 +345,20 @@ def fused(f: Callable[P, R]) -> Callable[P, R]:
             return f(*args, **kwargs)
         arrays: list[Any] = []
         sig: list[object] = []
+        values: list[float] = []
+        static_args: list[object] = list(args)
+        static_kwargs = dict(kwargs)
         try:
-            _flatten(args, arrays, sig)
-            if kwargs:
-                _flatten(sorted(kwargs.items()), arrays, sig)
+            for pos, name in where:  # dynamic values leave the signature, their shape stays in it
+                if pos < len(static_args):
+                    sig.append(_numbers(static_args[pos], values))
+                    static_args[pos] = None
+                elif name in static_kwargs:
+                    sig.append(_numbers(static_kwargs[name], values))
+                    static_kwargs[name] = None
+            _flatten(static_args, arrays, sig)
+            if static_kwargs:
+                _flatten(sorted(static_kwargs.items()), arrays, sig)
         except _Opaque:
             return f(*args, **kwargs)
         ids = [id(a) for a in arrays]
@@ -302,7 +370,15 @@ def fused(f: Callable[P, R]) -> Callable[P, R]:
             return f(*args, **kwargs)
         if prog is not _UNSEEN:
             cache.count("replays")
-            return prog.run(arrays)  # type: ignore[no-any-return]
+            return prog.run(arrays, values)  # type: ignore[no-any-return]
+        if values:  # trace with stand-ins, so the kernels take the values as runtime arguments
+            args_in, kwargs_in, k = list(args), dict(kwargs), 0
+            for pos, name in where:
+                if pos < len(args_in):
+                    args_in[pos], k = _stand_ins(args_in[pos], values, k)
+                elif name in kwargs_in:
+                    kwargs_in[name], k = _stand_ins(kwargs_in[name], values, k)
+            args, kwargs = tuple(args_in), kwargs_in  # type: ignore[assignment]
         with fuse.recording() as rec:
             out = f(*args, **kwargs)
         if len(programs) >= MAX_SIGNATURES:

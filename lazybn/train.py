@@ -111,7 +111,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     return StepResult(new_layers, OptState(t, slots), loss, pred)
 
 
-@fused
+@fused(dynamic=("lr_scale", "correction"))
 def _apply(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
            slots: tuple[tuple[Manifest[Any], ...], ...], lr_scale: float,
            correction: tuple[float, ...]) -> tuple[list[Layer], tuple[tuple[Manifest[Any], ...], ...]]:

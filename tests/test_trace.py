@@ -4,7 +4,8 @@ The oracle is the undecorated body (``f.__wrapped__``, or the whole library with
 ``lazybn.trace.REPLAY`` off): replays call the same kernels, so results must be bit-identical.
 The opaque cases are bodies a replay could not reproduce (values read in Python, arrays from
 outside the arguments, fresh random masks): after a first call, they must still follow their
-data.
+data. Dynamic arguments (per-step scalars) must reach the kernels on every replay, and any
+Python use of them must fail loudly instead.
 """
 
 from __future__ import annotations
@@ -275,3 +276,92 @@ def test_threads_trace_and_replay_independently() -> None:
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+# --- dynamic arguments: per-step scalars that are not part of the signature ---------------------
+
+@fused(dynamic=("s",))
+def _dyn_scaled(a: Matrix, s: float) -> Matrix:
+    return lb.compute(lb.scale(s, a) + 1.0)
+
+
+@fused(dynamic=("c",))
+def _dyn_pair(a: Matrix, c: tuple[float, float]) -> tuple[Matrix, Matrix]:
+    return lb.compute_all(a * c[0], lb.add_c(a, c[1]))
+
+
+def test_dynamic_values_reach_the_kernel_without_a_new_trace() -> None:
+    x = lb.matrix(np.arange(6.0).reshape(2, 3))
+    _dyn_scaled(x, 5.0)
+    s0 = fuse.stats()
+    for s in (2.0, 3.0, -1.5, 0.0, 1e-3):
+        np.testing.assert_array_equal(_dyn_scaled(x, s).array, s * x.array + 1.0)
+    for c in ((2.0, 3.0), (-1.0, 0.5), (0.25, -7.0)):
+        p, q = _dyn_pair(x, c)
+        np.testing.assert_array_equal(p.array, x.array * c[0])
+        np.testing.assert_array_equal(q.array, x.array + c[1])
+    assert fuse.stats().traces - s0.traces == 1  # _dyn_pair's first call only
+
+
+@fused(dynamic=("s",))
+def _dyn_arithmetic(a: Matrix, s: float) -> Matrix:
+    return lb.compute(lb.scale(2.0 * s, a))  # Python arithmetic on a dynamic value: refused
+
+
+@fused(dynamic=("s",))
+def _dyn_branch(a: Matrix, s: float) -> Matrix:
+    return lb.compute(a * 2.0 if s > 0 else a * 1.0)  # a test on a dynamic value: refused
+
+
+def test_python_use_of_a_dynamic_value_is_an_error_not_a_wrong_replay() -> None:
+    x = lb.matrix(np.ones((2, 2)))
+    for f in (_dyn_arithmetic, _dyn_branch):
+        with pytest.raises(TypeError, match="dynamic argument"):
+            f(x, 3.0)
+
+
+def test_dynamic_names_must_be_parameters() -> None:
+    with pytest.raises(lb.ArgumentError, match="no parameter 'rate'"):
+        fused(dynamic=("rate",))(_add.__wrapped__)  # type: ignore[attr-defined]
+
+
+@fused(dynamic=("s",))
+def _dyn_optional(a: Matrix, s: float | None) -> Matrix:
+    return lb.compute(a * 2.0 if s is None else lb.scale(s, a))
+
+
+def test_a_dynamic_argument_that_is_not_a_number_runs_the_body() -> None:
+    x = lb.matrix(np.ones((2, 2)))
+    for s in (None, 3.0, None, 4.0):
+        np.testing.assert_array_equal(_dyn_optional(x, s).array, x.array * (2.0 if s is None else s))
+
+
+def test_scale_refuses_what_is_not_a_number() -> None:
+    with pytest.raises(lb.ArgumentError, match="scale: expected a number"):
+        lb.scale(lb.vector([1.0]), lb.vector([1.0]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("opt", [lb.SGD(0.1), lb.Adam(0.01)])
+def test_a_learning_rate_schedule_and_adam_replay_every_step(opt: lb.Optimizer) -> None:
+    rng = np.random.default_rng(9)
+    net = lb.mlp((4, 3, 2), batchnorm=True, seed=1, dtype=np.float64)
+    x = _m(rng, (6, 4), np.dtype(np.float64))
+    y = lb.matrix(np.eye(2)[rng.integers(0, 2, 6)], np.float64)
+    schedule = [1.0, 0.5, 0.25, 0.125, 0.1]
+
+    def run() -> tuple[list[lb.Layer], lb.OptState]:
+        layers, state = net, init_state(opt, net)
+        for s in schedule:
+            r = lb.train_step(layers, opt, state, x, y, lr_scale=s)
+            layers, state = r.layers, r.opt_state
+        return layers, state
+
+    s0 = fuse.stats()
+    got = run()
+    s1 = fuse.stats()
+    assert s1.traces - s0.traces <= 2  # the first step only (the pass and the update), not one per step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trace, "REPLAY", False)
+        want = run()
+    assert_same_network(got[0], want[0])
+    assert_same_state(got[1], want[1])

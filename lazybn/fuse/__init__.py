@@ -28,7 +28,7 @@ from .cache import KernelStats as KernelStats
 from .cache import clear_disk_cache as clear_disk_cache
 from .cache import reset_stats as reset_stats
 from .cache import stats as stats
-from .graph import FloatArray, Node
+from .graph import FloatArray, Node, Scalar
 from .lower import Canon, Kernel, canonicalize, generate
 
 # Below this many elements in the largest loop nest, a Par computation runs the serial kernel:
@@ -56,6 +56,7 @@ class Launch:
     par: bool
     order: tuple[int, ...]
     results: tuple[FloatArray, ...]
+    dynamic: tuple[tuple[int, int], ...]  # (position in tail, Scalar index) of each runtime scalar
 
 
 @final
@@ -143,7 +144,8 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
     kernel = _kernel(canon, dtype, use_par)
     outs = [np.empty(tuple(canon.sizes[s] for s in dims), dtype) for dims in kernel.outputs]
     ty = dtype.type
-    args: list[Any] = [*canon.leaves, *(ty(v) for v in canon.consts), *(np.uint64(n) for n in canon.sizes), *outs]
+    consts = [ty(v) if type(v) is not Scalar else ty(v.value) for v in canon.consts]
+    args: list[Any] = [*canon.leaves, *consts, *(np.uint64(n) for n in canon.sizes), *outs]
     if use_par:
         import numba  # imported on first use: `import lazybn` stays fast
 
@@ -163,6 +165,7 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
     if rec is not None:
         n = len(canon.leaves)
         tail = tuple(args[n:n + len(canon.consts) + len(canon.sizes)])
+        dynamic = tuple((k, v.index) for k, v in enumerate(canon.consts) if type(v) is Scalar)
         rec.log.append(Launch(fn, tuple(canon.leaves), tail, tuple(o.shape for o in outs), dtype, use_par,
-                          tuple(order), tuple(results)))
+                              tuple(order), tuple(results), dynamic))
     return results

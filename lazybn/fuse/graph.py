@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import ArgumentError
+
 Shape = tuple[int, ...]
 FloatArray = NDArray[np.floating[Any]]
 
@@ -55,6 +57,58 @@ class RedOp(enum.Enum):
     max_cols = "max_cols"  # max over columns: one value per row
 
 
+class Scalar:
+    """A number that reaches kernels as a runtime argument of a replay (see :mod:`lazybn.trace`).
+
+    While a ``@fused`` function is traced, each of its *dynamic* arguments (a per-step scalar
+    such as a schedule factor) is this stand-in: lazybn operations accept it where they accept
+    a number, and the replay passes each call's value to the kernels. Python arithmetic,
+    comparison or conversion of it raises ``TypeError``, because the replay would not repeat it.
+    """
+
+    __slots__ = ("value", "index")
+
+    def __init__(self, value: float, index: int) -> None:
+        self.value = value
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"Scalar({self.value!r}, #{self.index})"
+
+    def _refuse(self, *_: object) -> Any:
+        raise TypeError(
+            f"{self!r} is a dynamic argument of a @fused function: pass it to lazybn operations "
+            "(scale, add_c, + - * / with arrays) only; Python arithmetic or tests on it would be "
+            "frozen into the replay. Compute such values outside, or make the argument static"
+        )
+
+    def _binary(self, other: object) -> Any:
+        if hasattr(other, "_expr"):  # a lazybn array: let its reflected operator build the node
+            return NotImplemented
+        return self._refuse()
+
+    __bool__ = __float__ = __int__ = __index__ = __abs__ = __neg__ = __pos__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _binary
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _binary
+    __pow__ = __rpow__ = __lt__ = __le__ = __gt__ = __ge__ = _binary
+    __eq__ = __ne__ = _refuse
+    __hash__ = None  # type: ignore[assignment]
+
+
+def scalar_value(x: object, op: str) -> float | Scalar:
+    """The value a :class:`Const` holds for a number (or a :class:`Scalar` stand-in, kept as is)."""
+    if type(x) is Scalar:
+        return x
+    if not is_number(x):
+        raise ArgumentError(f"{op}: expected a number, got {type(x).__name__}")
+    return float(x)  # type: ignore[arg-type]
+
+
+def is_number(x: object) -> bool:
+    """A plain number (not bool) or a :class:`Scalar` stand-in: what arithmetic accepts as a scalar."""
+    return (isinstance(x, (int, float, np.floating)) and not isinstance(x, bool)) or type(x) is Scalar
+
+
 class Leaf(NamedTuple):
     """A manifest array read by the kernel."""
 
@@ -66,7 +120,7 @@ class Leaf(NamedTuple):
 class Const(NamedTuple):
     """A Python scalar; passed to the kernel as an argument, never baked into its source."""
 
-    value: float
+    value: float | Scalar
     shape: Shape = ()
     dtype: None = None
 

@@ -18,7 +18,7 @@ from typing import Any, final
 
 import numpy as np
 
-from .graph import Br, ColsLike, Const, Leaf, Map, Node, Reduce, Zip
+from .graph import Br, ColsLike, Const, Leaf, Map, Node, Reduce, Scalar, Zip
 
 CODEGEN_VERSION = 4
 
@@ -34,7 +34,7 @@ class Canon:
     nodes: list[CNode]
     roots: list[int]
     leaves: list[Any]
-    consts: list[float]
+    consts: list[float | Scalar]
     sizes: list[int]
 
 
