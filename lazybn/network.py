@@ -20,9 +20,10 @@ from typing import Any, assert_never
 
 import numpy as np
 
-from .array import Delayed, Ix2, Matrix, Vector, compute, compute_all, delay, matrix
+from . import fuse
+from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, delay, matrix
 from .errors import RankError, ShapeError, ValueRangeError
-from .fuse.graph import Fn
+from .fuse.graph import FloatArray, Fn
 from .layers import (
     BN1,
     Act,
@@ -139,18 +140,27 @@ def _check_features(inp: Matrix, layer: Batchnorm1d) -> None:
                          f"the layer normalises {layer.features} features but its input has {inp.shape[1]} columns")
 
 
-def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int, dtype: np.dtype[Any]) -> Matrix:
-    if key is None:
-        raise ValueRangeError("Dropout in training needs a key: pass key=<int> to _pass / train_step")
+def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: np.dtype[Any]) -> FloatArray:
     rng = np.random.default_rng([key, index])
     keep = rng.random(shape) >= p
-    return matrix(keep.astype(dtype) / dtype.type(1.0 - p))
+    out: FloatArray = keep.astype(dtype) / dtype.type(1.0 - p)
+    return out
+
+
+def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int, dtype: np.dtype[Any]) -> Matrix:
+    """Inverted dropout's mask for layer ``index``: 0 or 1 / (1 - p), drawn from (key, index).
+
+    Made through ``fuse.host_call``, so a replay of ``_pass`` draws the mask of its own key.
+    """
+    if key is None:
+        raise ValueRangeError("Dropout in training needs a key: pass key=<int> to _pass / train_step")
+    return Manifest(fuse.host_call(_mask_values, shape, p, key, index, dtype))
 
 
 _SKIPPED = matrix(np.zeros((0, 0), np.float32))
 
 
-@fused
+@fused(dynamic=("key",))
 def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None, *,
           input_grad: bool = True, _depth: int = 0) -> tuple[Matrix, Matrix, list[Gradients]]:
     """One training pass: returns (dx, pred, grads). ``key`` seeds the dropout masks.

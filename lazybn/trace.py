@@ -45,8 +45,8 @@ import functools
 import inspect
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, ParamSpec, TypeVar, assert_never, final, overload
+from dataclasses import is_dataclass
+from typing import Any, ParamSpec, TypeVar, overload
 
 import numpy as np
 
@@ -55,6 +55,7 @@ from .array import Comp, Manifest
 from .errors import ArgumentError
 from .fuse import cache
 from .fuse.graph import Scalar
+from .replay import STATIC, Opaque, Program, builder, compile_program, field_names
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,25 +64,6 @@ MAX_SIGNATURES = 64
 
 # ``LAZYBN_NO_REPLAY=1`` runs every body every time (to rule the replay out when debugging).
 REPLAY = not os.environ.get("LAZYBN_NO_REPLAY")
-
-_STATIC = (int, float, bool, str, bytes, type(None), complex)
-
-
-class _Opaque(Exception):
-    """The value cannot take part in a replay (see the module docstring)."""
-
-
-_field_names: dict[type, tuple[str, ...]] = {}
-
-
-def _names(t: type) -> tuple[str, ...]:
-    got = _field_names.get(t)
-    if got is None:
-        fs = fields(t)
-        if not all(f.init for f in fs):
-            raise _Opaque(f"{t.__name__} has fields its constructor does not take")
-        got = _field_names[t] = tuple(f.name for f in fs)
-    return got
 
 
 def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
@@ -99,11 +81,11 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         sig.append((t, len(x)))  # type: ignore[arg-type]
         for y in x:  # type: ignore[attr-defined]
             _flatten(y, arrays, sig)
-    elif t in _STATIC or isinstance(x, enum.Enum):
+    elif t in STATIC or isinstance(x, enum.Enum):
         sig.append((t, x))
     elif is_dataclass(x) and not isinstance(x, type):
         sig.append(t)
-        for name in _names(t):
+        for name in field_names(t):
             y = getattr(x, name)
             ty = type(y)
             if ty is Manifest:
@@ -115,192 +97,27 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
             else:
                 _flatten(y, arrays, sig)
     else:
-        raise _Opaque(t.__name__)
-
-
-# A result template: how to rebuild the function's result from the replay's arrays.
-#   ("M", slot, comp)           a Manifest over value slot ``slot``
-#   ("E", shape, dtype, comp)   a Manifest over an empty array (it holds no values)
-#   ("S", value)                a plain value, returned as traced
-#   ("T", type, [templates])    a tuple or list
-#   ("D", type, [(name, template)])  a dataclass, rebuilt by its constructor
-Template = tuple[Any, ...]
-
-
-def _template(x: object, slot_of: dict[int, int]) -> Template:
-    t = type(x)
-    if t is Manifest:
-        a = x._leaf.array  # type: ignore[attr-defined]
-        slot = slot_of.get(id(a))
-        if slot is not None:
-            return ("M", slot, x.comp)  # type: ignore[attr-defined]
-        if a.size == 0:  # holds no values: the same on every call
-            return ("E", a.shape, a.dtype, x.comp)  # type: ignore[attr-defined]
-        raise _Opaque("a result array not computed by a logged operation")
-    if t is tuple or t is list:
-        return ("T", t, [_template(y, slot_of) for y in x])  # type: ignore[attr-defined]
-    if t in _STATIC or isinstance(x, enum.Enum):
-        return ("S", x)
-    if is_dataclass(x) and not isinstance(x, type):
-        return ("D", t, [(name, _template(getattr(x, name), slot_of)) for name in _names(t)])
-    raise _Opaque(t.__name__)
-
-
-Builder = Callable[[list[Any]], Any]
-
-
-def _builder(tpl: Template) -> Builder:
-    """A function rebuilding the result of ``tpl`` from the value slots (made once per program)."""
-    tag = tpl[0]
-    if tag == "M":
-        slot, comp, of = tpl[1], tpl[2], Manifest._of
-        return lambda vals: of(vals[slot], comp)
-    if tag == "S":
-        value = tpl[1]
-        return lambda vals: value
-    if tag == "E":
-        shape, dtype, comp = tpl[1], tpl[2], tpl[3]
-
-        def empty(vals: list[Any]) -> Any:
-            a = np.empty(shape, dtype)
-            a.setflags(write=False)
-            return Manifest._of(a, comp)
-
-        return empty
-    if tag == "T":
-        parts = [_builder(y) for y in tpl[2]]
-        if tpl[1] is tuple:
-            return lambda vals: tuple([p(vals) for p in parts])
-        return lambda vals: [p(vals) for p in parts]
-    cls, named = tpl[1], [(name, _builder(y)) for name, y in tpl[2]]
-    return lambda vals: cls(**{name: p(vals) for name, p in named})  # the constructor validates
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Kernel:
-    """A logged kernel launch with its arrays named by value slot."""
-
-    fn: cache.KernelFn
-    leaves: tuple[int, ...]
-    tail: tuple[Any, ...]
-    out_shapes: tuple[tuple[int, ...], ...]
-    dtype: np.dtype[Any]
-    par: bool
-    order: tuple[int, ...]
-    dynamic: tuple[tuple[int, int], ...]  # (tail position, index of the dynamic value)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Matmul:
-    a: int
-    b: int
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Transpose:
-    a: int
-
-
-_Op = _Kernel | _Matmul | _Transpose
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Program:
-    """What a replay runs: the logged operations in order, then the result rebuilt from the slots.
-
-    Value slots are the argument arrays (in flattening order) followed by every operation's
-    results, in order.
-    """
-
-    ops: tuple[_Op, ...]
-    result: Template
-    build: Builder
-    launches: int
-
-    def run(self, arrays: list[Any], values: list[float]) -> Any:
-        vals = arrays
-        for op in self.ops:
-            if type(op) is _Kernel:
-                outs = [np.empty(shape, op.dtype) for shape in op.out_shapes]
-                args = [vals[i] for i in op.leaves]
-                if op.dynamic:
-                    tail = list(op.tail)
-                    for k, index in op.dynamic:
-                        tail[k] = op.dtype.type(values[index])
-                    args += tail
-                else:
-                    args += op.tail
-                args += outs
-                if op.par:
-                    import numba
-
-                    args.append(np.uint64(numba.get_num_threads()))
-                op.fn(*args)
-                for o in outs:
-                    o.setflags(write=False)
-                vals += [outs[k] for k in op.order]
-            elif type(op) is _Matmul:
-                out = np.matmul(vals[op.a], vals[op.b])
-                out.setflags(write=False)
-                vals.append(out)
-            else:
-                vals.append(vals[op.a].T)
-        cache.count("launches", self.launches)
-        return self.build(vals)
-
-
-def _compile(arrays: list[Any], log: list[fuse.Logged], result: object) -> Program:
-    """Name every array the log touches by its value slot; opaque if one has no slot."""
-    slot_of: dict[int, int] = {id(a): k for k, a in reversed(list(enumerate(arrays)))}
-    count = len(arrays)  # Program.run appends one value per result, duplicates included
-
-    def slot(a: object) -> int:
-        k = slot_of.get(id(a))
-        if k is None:
-            raise _Opaque("an operation read an array the arguments do not provide")
-        return k
-
-    def produced(*results: object) -> None:
-        nonlocal count
-        for r in results:
-            slot_of.setdefault(id(r), count)
-            count += 1
-
-    ops: list[_Op] = []
-    for entry in log:
-        match entry:
-            case fuse.Launch():
-                ops.append(_Kernel(entry.fn, tuple(slot(a) for a in entry.leaves), entry.tail, entry.out_shapes,
-                                   entry.dtype, entry.par, entry.order, entry.dynamic))
-                produced(*entry.results)
-            case fuse.Matmul():
-                ops.append(_Matmul(slot(entry.a), slot(entry.b)))
-                produced(entry.result)
-            case fuse.Transpose():
-                ops.append(_Transpose(slot(entry.a)))
-                produced(entry.result)
-            case _:
-                assert_never(entry)
-    tpl = _template(result, slot_of)
-    return Program(tuple(ops), tpl, _builder(tpl), sum(type(op) is _Kernel for op in ops))
+        raise Opaque(t.__name__)
 
 
 _OPAQUE = None  # a signature the replay cannot serve: run the body every time
-_UNSEEN = Program((), ("S", None), _builder(("S", None)), 0)  # a signature not traced yet
+_UNSEEN = Program((), ("S", None), builder(("S", None)), 0)  # a signature not traced yet
 
 
 def _numbers(v: object, values: list[float]) -> object:
-    """Append the numbers of a dynamic argument (a number or a tuple of them); returns its shape."""
+    """Append the numbers of a dynamic argument (a number, None, or a tuple of them); returns its
+    shape (ints stay ints: a seed must not round)."""
     if type(v) is tuple:
         return tuple(_numbers(y, values) for y in v)
-    if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool):
+    if v is None:
+        return None
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        values.append(int(v))
+        return int
+    if isinstance(v, (float, np.floating)):
         values.append(float(v))
         return float
-    raise _Opaque(f"a dynamic argument must be a number or a tuple of numbers, not {type(v).__name__}")
+    raise Opaque(f"a dynamic argument must be a number or a tuple of numbers, not {type(v).__name__}")
 
 
 def _stand_ins(v: object, values: list[float], start: int) -> tuple[object, int]:
@@ -311,6 +128,8 @@ def _stand_ins(v: object, values: list[float], start: int) -> tuple[object, int]
             item, start = _stand_ins(y, values, start)
             items.append(item)
         return tuple(items), start
+    if v is None:
+        return None, start
     return Scalar(values[start], start), start + 1
 
 
@@ -359,7 +178,7 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             _flatten(static_args, arrays, sig)
             if static_kwargs:
                 _flatten(sorted(static_kwargs.items()), arrays, sig)
-        except _Opaque:
+        except Opaque:
             return f(*args, **kwargs)
         ids = [id(a) for a in arrays]
         if len(set(ids)) < len(ids):  # which arguments are the same array is part of the signature
@@ -385,9 +204,9 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             programs.clear()
         try:
             if rec.read_values:
-                raise _Opaque("the body read array values")
-            programs[key] = _compile(arrays, rec.log, out)
-        except _Opaque:
+                raise Opaque("the body read array values")
+            programs[key] = compile_program(arrays, rec.log, out)
+        except Opaque:
             programs[key] = _OPAQUE
         cache.count("traces")
         return out

@@ -19,7 +19,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, matrix
 from .errors import ArgumentError, LazybnError, ShapeError, ValueRangeError
-from .layers import BN1, Batchnorm1d, Dropout, Gradients, Layer
+from .layers import BN1, Batchnorm1d, Gradients, Layer
 from .network import _pass, cross_entropy, logits, update_running
 from .optim import Optimizer, OptState, prepare_update, step_all
 from .trace import fused
@@ -96,8 +96,6 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
             raise ArgumentError(f"train_step: the {name} must be a lazybn Matrix, got {type(a).__name__}")
         if not np.isfinite(a.array).all():
             raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
-    if not any(isinstance(layer, Dropout) for layer in layers):
-        key = None  # it only seeds dropout masks; without them consecutive steps share a signature and replay
     _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
     loss = cross_entropy(pred, tgt)
     problem = _check_finite(loss, grads)

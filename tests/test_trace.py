@@ -365,3 +365,20 @@ def test_a_learning_rate_schedule_and_adam_replay_every_step(opt: lb.Optimizer) 
         want = run()
     assert_same_network(got[0], want[0])
     assert_same_state(got[1], want[1])
+
+
+def test_dropout_masks_are_redrawn_by_the_replay() -> None:
+    rng = np.random.default_rng(10)
+    net = lb.mlp((5, 4, 3), batchnorm=False, seed=2, dtype=np.float64, dropout=0.5)
+    x = _m(rng, (6, 5), np.dtype(np.float64))
+    y = lb.matrix(np.eye(3)[rng.integers(0, 3, 6)], np.float64)
+    lb.train_step(net, lb.SGD(0.1), init_state(lb.SGD(0.1), net), x, y, key=100)
+    s0 = fuse.stats()
+    preds = [lb.train_step(net, lb.SGD(0.1), init_state(lb.SGD(0.1), net), x, y, key=k).pred for k in range(4)]
+    assert fuse.stats().traces == s0.traces  # new keys, no new trace
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trace, "REPLAY", False)
+        wants = [lb.train_step(net, lb.SGD(0.1), init_state(lb.SGD(0.1), net), x, y, key=k).pred for k in range(4)]
+    for got, want in zip(preds, wants):
+        assert_bitwise(got, want, "pred")
+    assert not np.array_equal(preds[0].array, preds[1].array)  # the masks differ from key to key

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, final
@@ -78,7 +78,36 @@ class Transpose:
     result: FloatArray
 
 
-Logged = Launch | Matmul | Transpose
+@final
+@dataclass(frozen=True, slots=True)
+class HostCall:
+    """One :func:`host_call` (an array made by Python from plain values), as :func:`recording` logs it.
+
+    A replay calls ``fn(*args)`` again, with the current value of each dynamic argument at the
+    positions ``dynamic`` names: (argument position, index of the dynamic value).
+    """
+
+    fn: Callable[..., FloatArray]
+    args: tuple[Any, ...]
+    dynamic: tuple[tuple[int, int], ...]
+    result: FloatArray
+
+
+Logged = Launch | Matmul | Transpose | HostCall
+
+
+def host_call(fn: Callable[..., FloatArray], *args: Any) -> FloatArray:
+    """``fn(*args)`` made read-only, where ``fn`` builds an array from plain values only (a dropout
+    mask from a seed); a replay repeats the call, so dynamic arguments (:class:`Scalar`) may be
+    among ``args``."""
+    plain = tuple(a.value if type(a) is Scalar else a for a in args)
+    out = fn(*plain)
+    out.setflags(write=False)
+    rec: Recording | None = getattr(_local, "rec", None)
+    if rec is not None:
+        dynamic = tuple((k, a.index) for k, a in enumerate(args) if type(a) is Scalar)
+        rec.log.append(HostCall(fn, plain, dynamic, out))
+    return out
 
 
 @final
