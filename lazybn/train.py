@@ -119,6 +119,18 @@ def _apply(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ..
             for nl, g in zip(new_layers, grads)], new_slots
 
 
+def _rows(data: NDArray[np.floating[Any]], idx: NDArray[np.intp], comp: Comp) -> Matrix:
+    """The rows ``idx`` of a float32/float64 data matrix as a Matrix: one copy (the indexing),
+    which the Matrix then owns (``matrix()`` would copy it again)."""
+    if data.dtype not in (np.float32, np.float64) or data.ndim != 2:
+        return matrix(data[idx], comp=comp)  # converts, or raises the usual error
+    rows = data[idx]
+    if not (rows.flags.owndata and rows.flags.c_contiguous):  # a view of the caller's data: copy it
+        rows = np.array(rows, order="C")
+    rows.setflags(write=False)
+    return Manifest(rows, comp)
+
+
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[NDArray[np.intp]]:
     """Index arrays of consecutive batches (shuffled when ``rng`` is given). A last batch of one
     sample is merged into the previous batch (batch norm cannot train on one sample)."""
@@ -137,7 +149,7 @@ def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDAr
     """Fraction of samples whose arg-max prediction (inference mode) equals the label."""
     correct = 0
     for idx in batches(x.shape[0], batch_size, None):
-        out = logits(layers, matrix(x[idx], comp=comp))
+        out = logits(layers, _rows(x, idx, comp))
         correct += int(np.sum(np.argmax(out.array, axis=1) == labels[idx]))
     return correct / max(1, int(x.shape[0]))
 
@@ -155,7 +167,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     for k, idx in enumerate(batches(x.shape[0], batch_size, rng)):
         if max_steps is not None and k >= max_steps:
             break
-        step = train_step(current, opt, opt_state, matrix(x[idx], comp=comp), matrix(y[idx], comp=comp),
+        step = train_step(current, opt, opt_state, _rows(x, idx, comp), _rows(y, idx, comp),
                           key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
         current, opt_state = step.layers, step.opt_state
         if not step.skipped:

@@ -337,3 +337,27 @@ def test_an_empty_batch_is_a_clear_error_or_an_empty_result() -> None:
 def test_example_runs(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(str(path), run_name="__main__")
     assert capsys.readouterr().out  # every example shows its result
+
+
+def test_train_epoch_batches_own_their_rows_and_match_train_step() -> None:
+    from lazybn.optim import init_state
+    from lazybn.train import _rows, batches, train_epoch, train_step
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 10)]
+    for idx in (np.array([3, 1, 2]), np.arange(4)):
+        got = _rows(x, idx, lb.Comp.Seq)
+        assert not np.shares_memory(got.array, x) and not got.array.flags.writeable
+        np.testing.assert_array_equal(got.array, x[idx])
+    net = lb.mlp((4, 5, 3), batchnorm=True, seed=0)
+    opt = lb.SGD(0.1)
+    layers, state, _ = train_epoch(net, opt, init_state(opt, net), x, y, 4, None)
+    want_layers, want_state = list(net), init_state(opt, net)
+    for idx in batches(10, 4, None):
+        r = train_step(want_layers, opt, want_state, lb.matrix(x[idx]), lb.matrix(y[idx]), key=want_state.step)
+        want_layers, want_state = r.layers, r.opt_state
+    for a, b in zip(layers, want_layers):
+        for f in ("w", "gamma", "beta", "mu", "var"):
+            if hasattr(a, f):
+                np.testing.assert_array_equal(getattr(a, f).array, getattr(b, f).array)
