@@ -190,25 +190,25 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
         if prog is not _UNSEEN:
             cache.count("replays")
             return prog.run(arrays, values)  # type: ignore[no-any-return]
-        if values:  # trace with stand-ins, so the kernels take the values as runtime arguments
-            args_in, kwargs_in, k = list(args), dict(kwargs), 0
-            for pos, name in where:
-                if pos < len(args_in):
-                    args_in[pos], k = _stand_ins(args_in[pos], values, k)
-                elif name in kwargs_in:
-                    kwargs_in[name], k = _stand_ins(kwargs_in[name], values, k)
-            args, kwargs = tuple(args_in), kwargs_in  # type: ignore[assignment]
+        args_in, kwargs_in, k = list(args), dict(kwargs), 0
+        for pos, name in where:  # trace with stand-ins: the kernels take the values as arguments
+            if pos < len(args_in):
+                args_in[pos], k = _stand_ins(args_in[pos], values, k)
+            elif name in kwargs_in:
+                kwargs_in[name], k = _stand_ins(kwargs_in[name], values, k)
         with fuse.recording() as rec:
-            out = f(*args, **kwargs)
+            out = f(*args_in, **kwargs_in)  # type: ignore[arg-type]
         if len(programs) >= MAX_SIGNATURES:
             programs.clear()
+        cache.count("traces")
         try:
             if rec.read_values:
                 raise Opaque("the body read array values")
             programs[key] = compile_program(arrays, rec.log, out)
         except Opaque:
             programs[key] = _OPAQUE
-        cache.count("traces")
+            if values:  # the result may hold a stand-in: compute it again with the real values
+                return f(*args, **kwargs)
         return out
 
     run.programs = programs  # type: ignore[attr-defined]

@@ -382,3 +382,16 @@ def test_dropout_masks_are_redrawn_by_the_replay() -> None:
     for got, want in zip(preds, wants):
         assert_bitwise(got, want, "pred")
     assert not np.array_equal(preds[0].array, preds[1].array)  # the masks differ from key to key
+
+
+@fused(dynamic=("s",))
+def _dyn_returned(a: Matrix, s: float) -> tuple[Matrix, float]:
+    return lb.compute(lb.scale(s, a)), s  # a dynamic value in the result: no replay
+
+
+def test_a_dynamic_value_in_the_result_is_the_callers_value() -> None:
+    x = lb.matrix(np.ones((2, 2)))
+    for s in (2.0, 3.0):
+        m, got = _dyn_returned(x, s)
+        assert got == s and type(got) is float
+        np.testing.assert_array_equal(m.array, x.array * s)
