@@ -8,7 +8,7 @@ random (the epoch's cost does not depend on the values); the first steps are a w
 configuration runs ``--rounds`` times, the rounds interleaved (a noisy machine slows
 neighbouring runs alike); the table gives the median round and the fastest.
 
-    python benchmarks/bench_epoch.py [--steps 600] [--rounds 3] [--json out.json]
+    python benchmarks/bench_epoch.py [--steps 600] [--rounds 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def torch_epoch(bn: bool, steps: int) -> JSON:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="timed steps (scaled to a 600-step epoch)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs of every configuration")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved runs of every configuration")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     print("command: python benchmarks/bench_epoch.py " + " ".join(sys.argv[1:]))
