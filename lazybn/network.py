@@ -38,8 +38,8 @@ from .layers import (
     LinearNoBiasGradients,
     NoGrad,
 )
-from .trace import fused
 from .ops import add_c, amap, br, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
+from .trace import fused
 
 _ACT: dict[Act, tuple[Fn, Fn] | None] = {
     Act.relu: (Fn.relu, Fn.drelu),

@@ -125,7 +125,7 @@ _local = threading.local()
 
 @contextmanager
 def recording() -> Iterator[Recording]:
-    """Log this thread's kernel launches, matmuls and transposes inside the block."""
+    """Log this thread's kernel launches, matmuls, transposes and host calls inside the block."""
     outer = getattr(_local, "rec", None)
     rec = _local.rec = Recording([])
     try:
