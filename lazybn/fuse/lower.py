@@ -3,10 +3,11 @@
 1. ``canonicalize`` walks the DAG once and numbers every distinct subexpression (structural
    CSE): leaves by first appearance of their array, scalars by position, dimension sizes by
    value. The resulting structure (with the dtype and Seq/Par) is the kernel's cache key.
-2. ``generate`` schedules the canonical nodes into stages separated by reductions: pass k is
-   one loop nest over a matrix domain that evaluates every reduction of depth k together and
-   writes the matrix outputs whose inputs are ready; between passes, a short loop over each
-   vector length materialises the vector arithmetic that later passes broadcast.
+2. ``generate`` applies the linearity of sums (:mod:`lazybn.fuse.algebra`), then schedules the
+   canonical nodes into stages separated by reductions: pass k is one loop nest over a matrix
+   domain that evaluates every reduction of depth k together and writes the matrix outputs
+   whose inputs are ready; between passes, a short loop over each vector length materialises
+   the vector arithmetic that later passes broadcast.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from typing import Any, final
 
 import numpy as np
 
+from .algebra import CNode, distribute_sums, levels
 from .graph import Br, ColsLike, Const, Leaf, Map, Node, Reduce, Scalar, Zip
 
-CODEGEN_VERSION = 4
+CODEGEN_VERSION = 5
 
-# A canonical node: (kind, arg, kids, dims). kind is L C M Z B K R; dims are size slots.
-CNode = tuple[str, str, tuple[int, ...], tuple[int, ...]]
 
 
 @final
@@ -189,7 +189,7 @@ class _Emitter:
 class _Gen:
     def __init__(self, nodes: Sequence[CNode], roots: Sequence[int], par: bool) -> None:
         self.nodes, self.roots, self.par = nodes, roots, par
-        self.level = _levels(nodes)
+        self.level = levels(nodes)
         out_name = {cid: f"O{n}" for n, cid in reversed(list(enumerate(roots)))}
         # vectors that live in memory: reductions, broadcast vectors, vector outputs
         self.vname: dict[int, str] = {}
@@ -283,65 +283,6 @@ class _Gen:
 
     def temporaries(self) -> list[tuple[str, tuple[int, ...]]]:
         return [(name, self.nodes[cid][3]) for cid, name in self.vname.items() if not name.startswith("O")]
-
-
-def _levels(nodes: Sequence[CNode]) -> list[int]:
-    level: list[int] = []
-    for kind, _, kids, _ in nodes:
-        lv = max((level[k] for k in kids), default=0)
-        level.append(lv + 1 if kind == "R" else lv)
-    return level
-
-
-def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[CNode], list[int]]:
-    """Pull late vectors out of sums: ``sum_rows(a * br(v)) = sum_rows(a) * v`` and
-    ``sum_rows(a + b) = sum_rows(a) + sum_rows(b)`` (likewise ``sum_cols`` with ``cols_like``).
-
-    Applied only where a sum reads a vector that is itself the result of a reduction, so that
-    the sum moves to an earlier pass: the step-by-step batch-norm backward then needs two passes
-    over the data instead of three. Linearity of the sum is the only algebra the engine does.
-    """
-    level = _levels(nodes)
-    out: list[CNode] = []
-    index: dict[CNode, int] = {}
-    memo: dict[int, int] = {}
-
-    def add(cn: CNode) -> int:
-        cid = index.get(cn)
-        if cid is None:
-            cid = index[cn] = len(out)
-            out.append(cn)
-        return cid
-
-    def rebuild(cid: int) -> int:
-        if cid not in memo:
-            kind, arg, kids, dims = nodes[cid]
-            if kind == "R" and arg in ("sum_rows", "sum_cols") and level[kids[0]] >= 1:
-                memo[cid] = total(kids[0], "B" if arg == "sum_rows" else "K", arg, dims)
-            else:
-                memo[cid] = add((kind, arg, tuple(rebuild(k) for k in kids), dims))
-        return memo[cid]
-
-    def total(cid: int, bcast: str, op: str, dims: tuple[int, ...]) -> int:
-        """A vector expression equal to ``op`` (a sum) of the matrix expression ``cid``."""
-        kind, arg, kids, _ = nodes[cid]
-        if level[cid] >= 1:
-            if kind == "Z" and arg in "+-":
-                return add(("Z", arg, (total(kids[0], bcast, op, dims), total(kids[1], bcast, op, dims)), dims))
-            if kind == "M" and arg == "negate":
-                return add(("M", arg, (total(kids[0], bcast, op, dims),), dims))
-            if kind == "Z" and arg in "*/":
-                a, b = (nodes[k] for k in kids)
-                if b[0] == bcast or (b[0] == "C" and arg == "*"):
-                    vec = rebuild(b[2][0]) if b[0] == bcast else rebuild(kids[1])
-                    return add(("Z", arg, (total(kids[0], bcast, op, dims), vec), dims))
-                if arg == "*" and (a[0] == bcast or a[0] == "C"):
-                    vec = rebuild(a[2][0]) if a[0] == bcast else rebuild(kids[0])
-                    return add(("Z", arg, (vec, total(kids[1], bcast, op, dims)), dims))
-        return add(("R", op, (rebuild(cid),), dims))
-
-    new_roots = [rebuild(r) for r in roots]
-    return out, new_roots
 
 
 def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:

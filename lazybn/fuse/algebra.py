@@ -1,0 +1,84 @@
+"""The engine's only algebra: linearity of sums, applied to canonical nodes before code generation.
+
+:func:`distribute_sums` pulls broadcast vectors and constants out of sums and splits sums of
+sums where that moves a reduction to an earlier pass; see its docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# A canonical node: (kind, arg, kids, dims). kind is L C M Z B K R; dims are size slots.
+CNode = tuple[str, str, tuple[int, ...], tuple[int, ...]]
+
+
+def levels(nodes: Sequence[CNode]) -> list[int]:
+    level: list[int] = []
+    for kind, _, kids, _ in nodes:
+        lv = max((level[k] for k in kids), default=0)
+        level.append(lv + 1 if kind == "R" else lv)
+    return level
+
+
+def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[CNode], list[int]]:
+    """Pull broadcast vectors and constants out of sums: ``sum_rows(a * br(v)) = sum_rows(a) * v``
+    (also ``a * (b * br(v))``, reassociated), and split ``sum_rows(a + b) = sum_rows(a) +
+    sum_rows(b)`` (likewise ``sum_cols`` with ``cols_like``).
+
+    Pulling factors out lets sums that differ only by them share one accumulator (the batch-norm
+    backward's five sums become three). Splitting is applied only where a sum reads a vector
+    that is itself the result of a reduction, so that the sum moves to an earlier pass: the
+    step-by-step backward then needs two passes over the data instead of three. Linearity of the
+    sum (and reassociating a product inside one) is the only algebra the engine does.
+    """
+    level = levels(nodes)
+    out: list[CNode] = []
+    index: dict[CNode, int] = {}
+    memo: dict[int, int] = {}
+
+    def add(cn: CNode) -> int:
+        if cn[0] == "Z" and cn[1] in "*+":  # a * b and b * a are one node (IEEE: the same value)
+            cn = (cn[0], cn[1], tuple(sorted(cn[2])), cn[3])
+        cid = index.get(cn)
+        if cid is None:
+            cid = index[cn] = len(out)
+            out.append(cn)
+        return cid
+
+    def rebuild(cid: int) -> int:
+        if cid not in memo:
+            kind, arg, kids, dims = nodes[cid]
+            if kind == "R" and arg in ("sum_rows", "sum_cols"):
+                memo[cid] = total(kids[0], "B" if arg == "sum_rows" else "K", arg, dims)
+            else:
+                memo[cid] = add((kind, arg, tuple(rebuild(k) for k in kids), dims))
+        return memo[cid]
+
+    def total(cid: int, bcast: str, op: str, dims: tuple[int, ...]) -> int:
+        """A vector expression equal to ``op`` (a sum) of the matrix expression ``cid``."""
+        kind, arg, kids, mdims = nodes[cid]
+        if level[cid] >= 1 and kind == "Z" and arg in "+-":
+            return add(("Z", arg, (total(kids[0], bcast, op, dims), total(kids[1], bcast, op, dims)), dims))
+        if level[cid] >= 1 and kind == "M" and arg == "negate":
+            return add(("M", arg, (total(kids[0], bcast, op, dims),), dims))
+        if kind == "Z" and arg in "*/":
+            a, b = (nodes[k] for k in kids)
+            if b[0] == bcast or (b[0] == "C" and arg == "*"):
+                vec = rebuild(b[2][0]) if b[0] == bcast else rebuild(kids[1])
+                return add(("Z", arg, (total(kids[0], bcast, op, dims), vec), dims))
+            if arg == "*" and (a[0] == bcast or a[0] == "C"):
+                vec = rebuild(a[2][0]) if a[0] == bcast else rebuild(kids[0])
+                return add(("Z", arg, (vec, total(kids[1], bcast, op, dims)), dims))
+            if arg == "*":  # x * (p * br(v)) = (x * p) * br(v), either way round
+                for x, y in ((kids[0], kids[1]), (kids[1], kids[0])):
+                    ykind, yarg, ykids, _ = nodes[y]
+                    if ykind != "Z" or yarg != "*":
+                        continue
+                    for p, q in ((ykids[0], ykids[1]), (ykids[1], ykids[0])):
+                        if nodes[q][0] == bcast:
+                            rest = add(("Z", "*", (rebuild(x), rebuild(p)), mdims))
+                            return add(("Z", "*", (add(("R", op, (rest,), dims)), rebuild(nodes[q][2][0])), dims))
+        return add(("R", op, (rebuild(cid),), dims))
+
+    new_roots = [rebuild(r) for r in roots]
+    return out, new_roots
