@@ -150,6 +150,14 @@ def fused(f: Callable[P, R] | None = None, /, *,
     return _fuse(f, dynamic)
 
 
+def _dynamic_places(where: tuple[tuple[int, str], ...], args: list[object],
+                    kwargs: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """Where each dynamic parameter's value is in a call: (args, position) or (kwargs, name).
+    A parameter left to its default is absent (its default is a plain value of the body)."""
+    return [(args, pos) if pos < len(args) else (kwargs, name)
+            for pos, name in where if pos < len(args) or name in kwargs]
+
+
 def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     params = list(inspect.signature(f).parameters)
     for name in dynamic:
@@ -168,13 +176,9 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
         static_args: list[object] = list(args)
         static_kwargs = dict(kwargs)
         try:
-            for pos, name in where:  # dynamic values leave the signature, their shape stays in it
-                if pos < len(static_args):
-                    sig.append(_numbers(static_args[pos], values))
-                    static_args[pos] = None
-                elif name in static_kwargs:
-                    sig.append(_numbers(static_kwargs[name], values))
-                    static_kwargs[name] = None
+            for held, at in _dynamic_places(where, static_args, static_kwargs):
+                sig.append(_numbers(held[at], values))  # the value leaves the signature, its shape stays
+                held[at] = None
             _flatten(static_args, arrays, sig)
             if static_kwargs:
                 _flatten(sorted(static_kwargs.items()), arrays, sig)
@@ -190,12 +194,11 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
         if prog is not _UNSEEN:
             cache.count("replays")
             return prog.run(arrays, values)  # type: ignore[no-any-return]
-        args_in, kwargs_in, k = list(args), dict(kwargs), 0
-        for pos, name in where:  # trace with stand-ins: the kernels take the values as arguments
-            if pos < len(args_in):
-                args_in[pos], k = _stand_ins(args_in[pos], values, k)
-            elif name in kwargs_in:
-                kwargs_in[name], k = _stand_ins(kwargs_in[name], values, k)
+        args_in: list[object] = list(args)
+        kwargs_in = dict(kwargs)
+        k = 0
+        for held, at in _dynamic_places(where, args_in, kwargs_in):  # trace with stand-ins: the
+            held[at], k = _stand_ins(held[at], values, k)  # kernels take the values as arguments
         with fuse.recording() as rec:
             out = f(*args_in, **kwargs_in)  # type: ignore[arg-type]
         if len(programs) >= MAX_SIGNATURES:
