@@ -116,7 +116,7 @@ def measure(shape: tuple[int, int], dtype: np.dtype[Any], repeat: int, min_time:
 def overhead(dtype: np.dtype[Any], repeat: int) -> dict[str, dict[str, float]]:
     """µs per call of ``compute_all(y, s)`` on small matrices, and of its steps run one by one."""
     from lazybn.fuse import _kernel, cache
-    from lazybn.fuse.lower import canonicalize
+    from lazybn.fuse.canon import canonicalize
 
     out: dict[str, dict[str, float]] = {}
     for shape in ((4, 4), (100, 300)):

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazybn as lb
 from lazybn import Comp, Fn, fuse
@@ -173,9 +175,10 @@ def test_clear_disk_cache_forgets_kernels(tmp_path: Path, monkeypatch: pytest.Mo
     assert not kcache.kernel_dir().exists()
 
 
-def test_batchnorm_step_code_fuses_into_three_plus_two_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The step-by-step batch-norm code: forward = mean, variance, output passes; backward = one pass
-    for all the sums (linearity pulls dmu's late vectors out of its sum) and one that writes dx."""
+def test_batchnorm_step_code_fuses_into_two_plus_two_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step-by-step batch-norm code: forward = one pass for the mean and the column statistics
+    that give the variance about it, one for the output; backward = one pass for all the sums
+    (linearity pulls dmu's late vectors out of its sum) and one that writes dx."""
     from lazybn.layers import Batchnorm1d
     from lazybn.network import bn_backward, bn_forward
 
@@ -193,4 +196,70 @@ def test_batchnorm_step_code_fuses_into_three_plus_two_passes(monkeypatch: pytes
     x = lb.matrix(np.random.default_rng(3).normal(size=(10, d)), dtype=np.float32)
     out, mu, var = bn_forward(x, layer)
     bn_backward(x, x, layer, mu, var)
-    assert seen == [(3, 1), (2, 1)]  # two launches; temporaries are vectors only
+    assert seen == [(2, 1), (2, 1)]  # two launches; temporaries are vectors only
+
+
+def _mean_and_variance(x: lb.Matrix) -> tuple[lb.Vector, lb.Vector]:
+    """The step code's statistics: the mean, then the mean square deviation about it."""
+    n = x.shape[0]
+    mu = lb.scale(1 / n, lb.sum_rows(x))
+    var = lb.scale(1 / n, lb.sum_rows(lb.amap(Fn.square, x - lb.rows_like(mu, x))))
+    got = lb.compute_all(mu, var)
+    return got[0], got[1]
+
+
+def _variance_oracle(xa: F, mu: F) -> F:
+    """Two passes in long double about lazybn's own (rounded) mean, as the step code says."""
+    d = xa.astype(np.longdouble) - mu.astype(np.longdouble)
+    out: F = (d * d).mean(axis=0).astype(np.float64)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 1300), d=st.integers(1, 6),
+       offset=st.sampled_from([0.0, 1e3, 1e5]), outlier=st.sampled_from([0.0, 1e4]),
+       where=st.sampled_from(["first", "last", "middle"]), seed=st.integers(0, 2**16))
+def test_variance_about_the_mean_takes_one_pass_and_stays_exact(dtype: type, n: int, d: int, offset: float,
+                                                                 outlier: float, where: str, seed: int) -> None:
+    """The variance about a mean the same kernel computes is gathered in the mean's pass (column
+    statistics over cached row blocks, merged with Chan's formula): no extra pass, and no digits
+    lost to a large mean or to an outlier row, wherever it sits (block boundaries included:
+    up to 1300 rows crosses several blocks)."""
+    rng = np.random.default_rng(seed)
+    xa: F = (rng.normal(size=(n, d)) + offset).astype(dtype)
+    xa[{"first": 0, "last": n - 1, "middle": n // 2}[where]] += dtype(outlier)
+    x = lb.matrix(xa)
+    n_sum = lb.scale(1 / n, lb.sum_rows(x))
+    var_node = lb.sum_rows(lb.amap(Fn.square, x - lb.rows_like(n_sum, x)))
+    assert fuse.plan([n_sum.node, var_node.node], x.dtype, False).passes == 1
+    mu, var = _mean_and_variance(x)
+    want = _variance_oracle(xa, mu.array)
+    rtol = float(np.finfo(dtype).eps) * (8 + n**0.5)  # a float64 sum of n terms: about sqrt(n) ulps
+    np.testing.assert_allclose(var.array, want, rtol=rtol, atol=rtol * float(np.abs(want).max()) * 1e-3)
+    np.testing.assert_allclose(mu.array, xa.astype(np.longdouble).mean(0).astype(np.float64), rtol=rtol,
+                               atol=rtol * float(np.abs(xa).max()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_statistics_merge_chunks_exactly(dtype: type) -> None:
+    """Above the parallel threshold each thread gathers its rows' statistics; the chunks merge in a
+    fixed order with Chan's formula, so an outlier in one chunk does not spoil the other's."""
+    rng = np.random.default_rng(4)
+    xa: F = (rng.normal(size=(1100, 300)) * 0.5 + 1e3).astype(dtype)
+    xa[0] += dtype(5e3)
+    xa[-1] -= dtype(5e3)
+    res = {comp: _mean_and_variance(lb.matrix(xa, comp=comp)) for comp in (Comp.Seq, Comp.Par)}
+    assert fuse.plan([lb.sum_rows(lb.matrix(xa, comp=Comp.Par)).node], np.dtype(dtype), True).par
+    rtol = float(np.finfo(dtype).eps) * (8 + 1100**0.5)
+    for comp, (mu, var) in res.items():
+        np.testing.assert_allclose(var.array, _variance_oracle(xa, mu.array), rtol=rtol, err_msg=str(comp))
+
+
+def test_a_deviation_from_an_available_vector_needs_no_statistics() -> None:
+    """sum_rows((x - br(v))^2) with v already known (a leaf) is an ordinary sum in the same pass."""
+    x = lb.matrix(np.arange(12.0).reshape(4, 3))
+    v = lb.vector(np.array([1.0, 2.0, 3.0]))
+    s = lb.sum_rows(lb.amap(Fn.square, x - lb.rows_like(v, x)))
+    k = fuse.plan([s.node], x.dtype, False)
+    assert k.passes == 1 and "cq" not in k.source
+    np.testing.assert_allclose(lb.compute(s).array, ((x.array - v.array) ** 2).sum(0))

@@ -1,6 +1,6 @@
 """The fusion engine: ``evaluate`` turns delayed expressions into arrays with one kernel launch.
 
-The steps are separate and inspectable: :func:`lazybn.fuse.lower.canonicalize` (structure and
+The steps are separate and inspectable: :func:`lazybn.fuse.canon.canonicalize` (structure and
 arguments), :func:`lazybn.fuse.lower.generate` (source text), :mod:`lazybn.fuse.cache` (disk and
 memory cache, numba). :func:`plan` gives the :class:`Kernel` a call would run.
 """
@@ -29,7 +29,8 @@ from .cache import clear_disk_cache as clear_disk_cache
 from .cache import reset_stats as reset_stats
 from .cache import stats as stats
 from .graph import FloatArray, Node, Scalar
-from .lower import Canon, Kernel, canonicalize, generate
+from .canon import Canon, canonicalize
+from .lower import Kernel, generate
 
 # Below this many elements in the largest loop nest, a Par computation runs the serial kernel:
 # starting threads costs more than the work (2 cores: Par loses at 256x256, breaks even near 256x1024).

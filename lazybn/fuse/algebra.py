@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# A canonical node: (kind, arg, kids, dims). kind is L C M Z B K R; dims are size slots.
+# A canonical node: (kind, arg, kids, dims). kind is L C M Z B K R, or Q (made here); dims are
+# size slots. ("Q", "", (e, w), dims) is the vector sum_rows((e - br(w))^2), computed from the
+# column mean and the sum of squared deviations of e, which one pass over e yields.
 CNode = tuple[str, str, tuple[int, ...], tuple[int, ...]]
 
 
 def levels(nodes: Sequence[CNode]) -> list[int]:
+    """The pass after which each node is known: a reduction needs one more pass than its
+    operand; Q's statistics come from the pass that reads e, its value needs w too."""
     level: list[int] = []
     for kind, _, kids, _ in nodes:
+        if kind == "Q":
+            level.append(max(level[kids[0]] + 1, level[kids[1]]))
+            continue
         lv = max((level[k] for k in kids), default=0)
         level.append(lv + 1 if kind == "R" else lv)
     return level
@@ -28,8 +35,14 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
     Pulling factors out lets sums that differ only by them share one accumulator (the batch-norm
     backward's five sums become three). Splitting is applied only where a sum reads a vector
     that is itself the result of a reduction, so that the sum moves to an earlier pass: the
-    step-by-step backward then needs two passes over the data instead of three. Linearity of the
-    sum (and reassociating a product inside one) is the only algebra the engine does.
+    step-by-step backward then needs two passes over the data instead of three.
+
+    One more identity moves a sum to an earlier pass without expanding the square (which would
+    cancel catastrophically): ``sum_rows((e - br(w))^2) = M2 + n * (mean - w)^2``, where mean and
+    M2 (the sum of squared deviations from the mean) are e's column statistics. They need only
+    e, so they come from the pass that computes ``sum_rows(e)`` (block by block, merged with
+    Chan's formula; see :mod:`lazybn.fuse.lower`), and batch norm's variance about the batch
+    mean no longer needs a pass of its own. Both terms are non-negative, so nothing cancels.
     """
     level = levels(nodes)
     out: list[CNode] = []
@@ -57,6 +70,11 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
     def total(cid: int, bcast: str, op: str, dims: tuple[int, ...]) -> int:
         """A vector expression equal to ``op`` (a sum) of the matrix expression ``cid``."""
         kind, arg, kids, mdims = nodes[cid]
+        if op == "sum_rows" and kind == "M" and arg == "square" and nodes[kids[0]][:2] == ("Z", "-"):
+            pair = nodes[kids[0]][2]
+            for ex, bw in (pair, pair[::-1]):  # (e - br(w))^2 = (br(w) - e)^2
+                if nodes[bw][0] == "B" and level[ex] < level[nodes[bw][2][0]]:  # w needs a pass over e
+                    return add(("Q", "", (rebuild(ex), rebuild(nodes[bw][2][0])), dims))
         if level[cid] >= 1 and kind == "Z" and arg in "+-":
             return add(("Z", arg, (total(kids[0], bcast, op, dims), total(kids[1], bcast, op, dims)), dims))
         if level[cid] >= 1 and kind == "M" and arg == "negate":

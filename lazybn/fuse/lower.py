@@ -1,8 +1,7 @@
 """Lowering: a delayed DAG becomes one readable numba kernel (source text, no numba call).
 
-1. ``canonicalize`` walks the DAG once and numbers every distinct subexpression (structural
-   CSE): leaves by first appearance of their array, scalars by position, dimension sizes by
-   value. The resulting structure (with the dtype and Seq/Par) is the kernel's cache key.
+1. :func:`lazybn.fuse.canon.canonicalize` numbers the DAG's distinct subexpressions; the
+   structure (with the dtype and Seq/Par) is the kernel's cache key.
 2. ``generate`` applies the linearity of sums (:mod:`lazybn.fuse.algebra`), then schedules the
    canonical nodes into stages separated by reductions: pass k is one loop nest over a matrix
    domain that evaluates every reduction of depth k together and writes the matrix outputs
@@ -20,89 +19,11 @@ from typing import Any, final
 import numpy as np
 
 from .algebra import CNode, distribute_sums, levels
-from .graph import Br, ColsLike, Const, Leaf, Map, Node, Reduce, Scalar, Zip
+from .canon import Canon
 
-CODEGEN_VERSION = 5
+CODEGEN_VERSION = 6
+BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the matrix (half an L2)
 
-
-
-@final
-@dataclass(slots=True)
-class Canon:
-    """One ``compute`` call, canonicalised: the structure plus the run-time arguments."""
-
-    nodes: list[CNode]
-    roots: list[int]
-    leaves: list[Any]
-    consts: list[float | Scalar]
-    sizes: list[int]
-
-
-def canonicalize(roots: Sequence[Node]) -> Canon:
-    """Number the distinct subexpressions of ``roots`` in post-order (children first).
-
-    This runs on every ``compute``, so it is written for speed: one recursive visit per node,
-    type dispatch by identity, no allocation beyond the canonical tuples.
-    """
-    memo: dict[int, int] = {}
-    index: dict[CNode, int] = {}
-    leaf_slot: dict[int, int] = {}
-    size_slot: dict[int, int] = {}
-    c = Canon([], [], [], [], [])
-    nodes, leaves, consts, sizes = c.nodes, c.leaves, c.consts, c.sizes
-
-    dims_of: dict[tuple[int, ...], tuple[int, ...]] = {}
-
-    def dims(shape: tuple[int, ...]) -> tuple[int, ...]:
-        got = dims_of.get(shape)
-        if got is None:
-            out = []
-            for v in shape:
-                slot = size_slot.get(v)
-                if slot is None:
-                    slot = size_slot[v] = len(sizes)
-                    sizes.append(v)
-                out.append(slot)
-            got = dims_of[shape] = tuple(out)
-        return got
-
-    def visit(node: Node) -> int:
-        cid = memo.get(id(node))
-        if cid is not None:
-            return cid
-        t = type(node)
-        cn: CNode
-        if t is Leaf:
-            arr = node.array  # type: ignore[union-attr]
-            slot = leaf_slot.get(id(arr))
-            if slot is None:
-                slot = leaf_slot[id(arr)] = len(leaves)
-                leaves.append(arr)
-            cn = ("L", str(slot), (), dims(node.shape))
-        elif t is Const:
-            cn = ("C", str(len(consts)), (), ())
-            consts.append(node.value)  # type: ignore[union-attr]
-        elif t is Zip:
-            z: Zip = node  # type: ignore[assignment]
-            cn = ("Z", z.op._value_, (visit(z.a), visit(z.b)), dims(z.shape))
-        else:
-            u: Map | Br | ColsLike | Reduce = node  # type: ignore[assignment]
-            kid = (visit(u.a),)
-            if t is Map:
-                cn = ("M", u.fn._value_, kid, dims(u.shape))  # type: ignore[union-attr]
-            elif t is Reduce:
-                cn = ("R", u.op._value_, kid, dims(u.shape))  # type: ignore[union-attr]
-            else:
-                cn = ("B" if t is Br else "K", "", kid, dims(u.shape))
-        cid = index.get(cn)
-        if cid is None:
-            cid = index[cn] = len(nodes)
-            nodes.append(cn)
-        memo[id(node)] = cid
-        return cid
-
-    c.roots = [visit(r) for r in roots]
-    return c
 
 
 @final
@@ -122,7 +43,7 @@ class Kernel:
 
 
 def kernel_key(nodes: Sequence[CNode], roots: Sequence[int], dtype: str, par: bool) -> str:
-    text = repr((CODEGEN_VERSION, tuple(nodes), tuple(roots), dtype, par))
+    text = repr((CODEGEN_VERSION, BLOCK_BYTES, tuple(nodes), tuple(roots), dtype, par))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -171,6 +92,10 @@ class _Emitter:
             expr = self.vec(kids[0], "i")
         elif kind == "R" or (cid in g.vname and g.level[cid] < self.level):
             expr = self.vec(cid, self.index)
+        elif kind == "Q":  # sum_rows((e - br(w))^2) = M2 + n (mean - w)^2, in float64
+            w, rows = self.value(kids[1]), g.nodes[kids[0]][3][0]
+            expr = (f"dt(cq{cid}[{self.index}] + np.float64(n{rows}) * "
+                    f"(sh{cid}[{self.index}] - np.float64({w}) + cm{cid}[{self.index}]) ** 2)")
         elif kind == "M":
             a = self.value(kids[0])
             s = ""
@@ -187,8 +112,8 @@ class _Emitter:
 
 
 class _Gen:
-    def __init__(self, nodes: Sequence[CNode], roots: Sequence[int], par: bool) -> None:
-        self.nodes, self.roots, self.par = nodes, roots, par
+    def __init__(self, nodes: Sequence[CNode], roots: Sequence[int], par: bool, itemsize: int) -> None:
+        self.nodes, self.roots, self.par, self.itemsize = nodes, roots, par, itemsize
         self.level = levels(nodes)
         out_name = {cid: f"O{n}" for n, cid in reversed(list(enumerate(roots)))}
         # vectors that live in memory: reductions, broadcast vectors, vector outputs
@@ -231,7 +156,7 @@ class _Gen:
     def matrix_passes(self, level: int) -> None:
         groups: dict[tuple[int, ...], list[int]] = {}
         for cid, (kind, _, kids, dims) in enumerate(self.nodes):
-            if kind == "R" and self.level[cid] == level:
+            if (kind == "R" and self.level[cid] == level) or (kind == "Q" and self.level[kids[0]] + 1 == level):
                 groups.setdefault(self.nodes[kids[0]][3], []).append(cid)
             elif len(dims) == 2 and cid in self.out_name and self.level[cid] + 1 == level:
                 groups.setdefault(dims, []).append(cid)
@@ -240,25 +165,36 @@ class _Gen:
             e = _Emitter(self, "j", level)
             chunk: list[str] = []  # Par only: run once per row chunk, before its rows
             pre, inner, post, fin = [], [], [], []
+            block_sums: list[tuple[int, int]] = []  # (sum_rows node, Q node whose e it sums)
             acc_ix = "t, j" if self.par else "j"
+            stats = [cid for cid in cids if self.nodes[cid][0] == "Q"]  # column statistics, block by block
+            of_block = {self.nodes[q][2][0]: q for q in stats}  # a sum of a Q's e: from the block sums
             for cid in sorted(cids):
                 kind, arg, kids, _ = self.nodes[cid]
+                if kind == "Q":
+                    inner.append(f"bm{cid}[{acc_ix}] += np.float64({e.value(kids[0])}) - sh{cid}[j]")
+                    continue
                 if kind != "R":
                     inner.append(f"{self.out_name[cid]}[i, j] = {e.value(cid)}")
                     continue
                 v, dst = e.value(kids[0]), self.vname[cid]
-                if arg == "sum_rows" and self.par:  # one accumulator row per chunk, zeroed by its thread
-                    self.emit([f"acc{cid} = np.empty((nch, n{c}), np.float64)"], 1)
-                    chunk += [f"for j in range(n{c}):", f"    acc{cid}[t, j] = 0.0"]
-                    inner.append(f"acc{cid}[{acc_ix}] += np.float64({v})")
-                    # a plain loop, never np.sum: in a parallel=True kernel numba turns np.sum into a
-                    # parallel reduction, i.e. one thread-pool launch per column
-                    fin += [f"for j in range(n{c}):", "    tot = np.float64(0.0)", "    for k in range(nch):",
-                            f"        tot += acc{cid}[k, j]", f"    {dst}[j] = dt(tot)"]
-                elif arg == "sum_rows":
-                    self.emit([f"acc{cid} = np.zeros(n{c}, np.float64)"], 1)
-                    inner.append(f"acc{cid}[{acc_ix}] += np.float64({v})")
-                    fin += [f"for j in range(n{c}):", f"    {dst}[j] = dt(acc{cid}[j])"]
+                q = of_block.get(kids[0])  # the sum of a Q's e comes from its (shifted) block sums
+                shift = "" if q is None else f" + np.float64(n{r}) * sh{q}[j]"
+                if arg == "sum_rows":
+                    if self.par:  # one accumulator row per chunk, zeroed by its thread
+                        self.emit([f"acc{cid} = np.empty((nch, n{c}), np.float64)"], 1)
+                        chunk += [f"for j in range(n{c}):", f"    acc{cid}[t, j] = 0.0"]
+                        # a plain loop, never np.sum: in a parallel=True kernel numba turns np.sum into
+                        # a parallel reduction, i.e. one thread-pool launch per column
+                        fin += [f"for j in range(n{c}):", "    tot = np.float64(0.0)", "    for k in range(nch):",
+                                f"        tot += acc{cid}[k, j]", f"    {dst}[j] = dt(tot{shift})"]
+                    else:
+                        self.emit([f"acc{cid} = np.zeros(n{c}, np.float64)"], 1)
+                        fin += [f"for j in range(n{c}):", f"    {dst}[j] = dt(acc{cid}[j]{shift})"]
+                    if q is not None:  # added once per block, not per row
+                        block_sums.append((cid, q))
+                    else:
+                        inner.append(f"acc{cid}[{acc_ix}] += np.float64({v})")
                 elif arg == "sum_cols":  # a row buffer, summed by rowsum (a running scalar sum cannot vectorise)
                     self.rowsum = True
                     self.emit([f"rb{cid} = np.empty({f'(nch, n{c})' if self.par else f'n{c}'}, np.float64)"], 1)
@@ -270,16 +206,94 @@ class _Gen:
                     post.append(f"{dst}[i] = s{cid}")
             rows = ["for j in range(n%d):" % c] + ["    " + ln for ln in e.lines + inner]
             rows = pre + rows + post
+            if stats:
+                chunk += self.stats_setup(stats, r, c, level)
+                rows = self.stats_blocks(stats, block_sums, r, c, level, rows)
+            else:
+                rows = [f"for i in range({'lo, hi' if self.par else f'n{r}'}):"] + ["    " + ln for ln in rows]
             if self.par:
                 self.emit(["for t in prange(nch):",
                            "    lo = np.uint64(t) * n%d // unch" % r,
                            "    hi = np.uint64(t + 1) * n%d // unch" % r], 1)
-                self.emit(chunk + ["for i in range(lo, hi):"], 2)
-                self.emit(rows, 3)
+                self.emit(chunk + rows, 2)
             else:
-                self.emit([f"for i in range(n{r}):"], 1)
-                self.emit(rows, 2)
-            self.emit(fin, 1)
+                self.emit(rows, 1)
+            self.emit(fin + self.stats_merge(stats, c), 1)
+
+    # Column statistics for Q nodes (Chan, Golub & LeVeque's pairwise update): the rows are
+    # taken in blocks small enough to stay in cache; each block's mean and sum of squared
+    # deviations are exact two-pass values over the cached block, merged into the running
+    # (mean, M2) in float64. The data are read from memory once. Means are kept relative to a
+    # shift sh (the mean of the first block), so that the difference of two means, which the
+    # merge squares, carries no rounding error from a large common offset.
+    def stats_setup(self, stats: list[int], r: int, c: int, level: int) -> list[str]:
+        """Allocate the statistics (per chunk with Par) and compute the shifts; returns the lines
+        zeroing a chunk's statistics."""
+        shape = f"(nch, n{c})" if self.par else f"n{c}"
+        zero = []
+        self.emit([f"bsz{c} = max(np.uint64(8), min(np.uint64(512), np.uint64({BLOCK_BYTES}) // "
+                   f"(n{c} * np.uint64({self.itemsize}) + np.uint64(1))))"], 1)
+        e = _Emitter(self, "j", level)
+        first = []
+        for q in stats:
+            self.emit([f"{n}{q} = np.{'empty' if self.par else 'zeros'}({shape}, np.float64)" for n in ("pm", "pq")]
+                      + [f"{n}{q} = np.empty({shape}, np.float64)" for n in ("bm", "bq", "bc")]
+                      + [f"sh{q} = np.zeros(n{c}, np.float64)"], 1)
+            first.append(f"sh{q}[j] += np.float64({e.value(self.nodes[q][2][0])})")
+            if self.par:
+                self.emit([f"pn{q} = np.empty(nch, np.float64)"], 1)
+                zero += [f"pn{q}[t] = np.float64(hi - lo)", f"for j in range(n{c}):",
+                         f"    pm{q}[t, j] = 0.0", f"    pq{q}[t, j] = 0.0"]
+        self.emit([f"kb = min(bsz{c}, n{r})", "for i in range(kb):", f"    for j in range(n{c}):"]
+                  + ["        " + ln for ln in e.lines + first]
+                  + ["fk = np.float64(max(kb, np.uint64(1)))", f"for j in range(n{c}):"]
+                  + [f"    sh{q}[j] /= fk" for q in stats], 1)
+        return zero
+
+    def stats_blocks(self, stats: list[int], block_sums: list[tuple[int, int]], r: int, c: int, level: int,
+                     rows: list[str]) -> list[str]:
+        """The pass's row loop, blocked, with each block's statistics merged after it."""
+        lo, hi = ("lo", "hi") if self.par else ("np.uint64(0)", f"n{r}")
+        ix = "t, j" if self.par else "j"
+        out = [f"for b in range(({hi} - {lo} + bsz{c} - np.uint64(1)) // bsz{c}):",
+               f"    i0 = {lo} + b * bsz{c}",
+               f"    i1 = min(i0 + bsz{c}, {hi})",
+               f"    fa = np.float64(i0 - {lo})",
+               "    fb = np.float64(i1 - i0)",
+               f"    for j in range(n{c}):"] + [f"        bm{q}[{ix}] = 0.0" for q in stats]
+        out += ["    for i in range(i0, i1):"] + ["        " + ln for ln in rows]
+        e = _Emitter(self, "j", level)  # the second look at the cached block recomputes each e
+        body = []
+        for q in stats:
+            body += [f"d{q} = np.float64({e.value(self.nodes[q][2][0])}) - bc{q}[{ix}]",
+                     f"bq{q}[{ix}] += d{q} * d{q}"]
+        out += [f"    for j in range(n{c}):"] + [f"        acc{r_}[{ix}] += bm{q}[{ix}]" for r_, q in block_sums]
+        for q in stats:
+            out += [f"        bm{q}[{ix}] /= fb", f"        bc{q}[{ix}] = sh{q}[j] + bm{q}[{ix}]",
+                    f"        bq{q}[{ix}] = 0.0"]
+        out += ["    for i in range(i0, i1):", f"        for j in range(n{c}):"]
+        out += ["            " + ln for ln in e.lines + body]
+        out += [f"    for j in range(n{c}):"]
+        for q in stats:
+            out += [f"        dm = bm{q}[{ix}] - pm{q}[{ix}]",
+                    f"        pm{q}[{ix}] += dm * (fb / (fa + fb))",
+                    f"        pq{q}[{ix}] += bq{q}[{ix}] + dm * dm * (fa * fb / (fa + fb))"]
+        return out
+
+    def stats_merge(self, stats: list[int], c: int) -> list[str]:
+        """The final statistics cm, cq: the chunks' merged in a fixed order (Par), else the running ones."""
+        if not self.par:
+            return [ln for q in stats for ln in (f"cm{q} = pm{q}", f"cq{q} = pq{q}")]
+        out = []
+        for q in stats:
+            out += [f"cm{q} = np.empty(n{c}, np.float64)", f"cq{q} = np.empty(n{c}, np.float64)",
+                    f"for j in range(n{c}):", "    na = np.float64(0.0)", "    m = np.float64(0.0)",
+                    "    s = np.float64(0.0)", "    for k in range(nch):", f"        nb = pn{q}[k]",
+                    "        if nb > 0.0:", f"            dm = pm{q}[k, j] - m",
+                    "            m += dm * (nb / (na + nb))",
+                    f"            s += pq{q}[k, j] + dm * dm * (na * nb / (na + nb))", "            na += nb",
+                    f"    cm{q}[j] = m", f"    cq{q}[j] = s"]
+        return out
 
     def temporaries(self) -> list[tuple[str, tuple[int, ...]]]:
         return [(name, self.nodes[cid][3]) for cid, name in self.vname.items() if not name.startswith("O")]
@@ -288,7 +302,7 @@ class _Gen:
 def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
     """Render the kernel for a canonicalised expression; pure (no numba involved)."""
     nodes, roots = distribute_sums(canon.nodes, canon.roots)
-    g = _Gen(nodes, roots, par)
+    g = _Gen(nodes, roots, par, dtype.itemsize)
     top = max(g.level, default=0)
     temps = g.temporaries()
     for name, dims in temps:
