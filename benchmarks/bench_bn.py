@@ -8,8 +8,9 @@ the numpy copy bandwidth as the roofline. BN forward + backward must move at lea
 5·N·D·itemsize bytes (read x, write y, read dy, read x, write dx). Every contender runs with
 malloc keeping freed memory for reuse (``--malloc default`` to measure glibc's own policy).
 
-lazybn and PyTorch alternate for ``--rounds`` rounds per case; each figure is the median of its
-rounds (lazybn's "±" is the spread of its round medians).
+lazybn, PyTorch and the roofline copy alternate for ``--rounds`` rounds per case; each figure is
+the median of its rounds (lazybn's "±" is the spread of its round medians), so a drift of the
+machine's speed moves the contenders and the roofline together.
 
     python benchmarks/bench_bn.py [--quick] [--rounds 3] [--malloc retain|default] [--json out.json]
 """
@@ -131,9 +132,15 @@ def main() -> None:
     threads = os.cpu_count() or 1
     print("command: python benchmarks/bench_bn.py " + " ".join(sys.argv[1:]))
     print(json.dumps(machine_facts(), indent=1))
-    # The roofline first, with the default allocator: retained heap memory is not backed by
-    # transparent huge pages here and copies at under half the speed (6 vs 16 GB/s measured).
+    # The roofline's buffers first, with the default allocator: retained heap memory is not backed
+    # by transparent huge pages here and copies at under half the speed (6 vs 16 GB/s measured).
     bw = copy_bandwidth(256 << 20)
+    src = np.random.default_rng(0).random((256 << 20) // 4, dtype=np.float32)
+    dst = np.zeros_like(src)
+
+    def copy_gbps() -> float:  # one round's roofline, measured between the contenders
+        return 2 * src.nbytes / timeit(lambda: np.copyto(dst, src), repeat=5, min_time=0.02).median / 1e9
+
     child_env = retain_freed_memory() if args.malloc == "retain" else {}
     print(f"malloc: {args.malloc}")
     print(f"copy bandwidth (numpy, 256 MiB, read+write): {bw.gbps:.1f} GB/s")
@@ -162,8 +169,10 @@ def main() -> None:
             # keeps the median of its rounds' medians
             lb_rounds: list[Timing] = []
             torch_rounds: list[float] = []
+            copy_rounds: list[float] = []
             for _ in range(args.rounds):
                 lb_rounds.append(timeit(step, repeat=5, min_time=0.05))
+                copy_rounds.append(copy_gbps())
                 if has_torch:
                     tj = run_isolated(torch_child, [n, d], dtype, threads, env=child_env)
                     assert isinstance(tj, dict)
@@ -173,14 +182,15 @@ def main() -> None:
             t_naive = timeit(lambda: naive_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05)
             t_closed = timeit(lambda: closed_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05)
             need = 5 * n * d * x.itemsize
-            roof = need / t_lb.median / 1e9 / bw.gbps
+            gbps = statistics.median(copy_rounds)
+            roof = need / t_lb.median / 1e9 / gbps
             rows.append([f"{n}x{d}", dtype, str(t_lb), fmt_time(t_naive.median), fmt_time(t_closed.median),
                          fmt_time(t_torch) if t_torch else "-",
                          f"{t_torch / t_lb.median:.2f}x" if t_torch else "-",
                          f"{t_naive.median / t_lb.median:.1f}x", f"{100 * roof:.0f}%"])
             results.append({"shape": [n, d], "dtype": dtype, "lazybn_s": t_lb.median, "lazybn_spread": t_lb.spread,
                             "naive_numpy_s": t_naive.median, "closed_numpy_s": t_closed.median,
-                            "torch_s": t_torch, "copy_gbps": bw.gbps, "roofline_fraction": roof})
+                            "torch_s": t_torch, "copy_gbps": gbps, "roofline_fraction": roof})
             print(" | ".join(map(str, rows[-1])), flush=True)
     table = markdown_table(["N x D", "dtype", "lazybn", "naive numpy", "closed numpy", "torch", "torch/lazybn",
                             "naive/lazybn", "% of copy bw (5ND)"], rows)

@@ -268,7 +268,17 @@ def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
 _TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny), np.dtype(np.float64): float(np.finfo(np.float64).tiny)}
 
 
+def log_likelihoods(pred: Matrix, tgt: Matrix) -> Vector:
+    """Each sample's log-probability of its one-hot target, ``sum_j tgt * log(pred + tiny)`` (one
+    kernel; ``tiny``, the dtype's smallest normal number, keeps a zero probability finite)."""
+    return compute(sum_cols(tgt * amap(Fn.log, add_c(pred, _TINY[pred.dtype]))))
+
+
+def mean_loss(log_lik: Vector) -> float:
+    """The mean cross-entropy from :func:`log_likelihoods`, accumulated in float64."""
+    return -float(np.mean(log_lik.array, dtype=np.float64))
+
+
 def cross_entropy(pred: Matrix, tgt: Matrix) -> float:
     """Mean cross-entropy of predicted probabilities against one-hot targets."""
-    picked = np.einsum("ij,ij->i", pred.array, tgt.array, dtype=np.float64)  # probability of the true class
-    return float(-np.log(np.maximum(picked, _TINY[pred.dtype])).mean())
+    return mean_loss(log_likelihoods(pred, tgt))

@@ -323,14 +323,24 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
 
 def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequence[Gradients],
                    lr_scale: float) -> tuple[int, float, tuple[float, ...]]:
-    """Check :func:`update`'s arguments; returns the step number t, the schedule factor and Adam's
-    bias correction at t, (1 / (1 - beta1^t), 1 / (1 - beta2^t)) (empty for the others)."""
+    """Check :func:`update`'s arguments; returns :func:`schedule`'s (t, lr_scale, correction)."""
+    if len(grads) != len(layers):
+        raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients; there must be one "
+                                  "gradient per layer")
+    return schedule(opt, state, layers, lr_scale)
+
+
+def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
+             lr_scale: float) -> tuple[int, float, tuple[float, ...]]:
+    """The step's numbers: the step number t, the schedule factor and Adam's bias correction at t,
+    (1 / (1 - beta1^t), 1 / (1 - beta2^t)) (empty for the others); checks ``lr_scale`` and that the
+    state has one entry per layer."""
     s = _number("update", "lr_scale", lr_scale)
     if not (math.isfinite(s) and s >= 0):
         raise ValueRangeError(f"update.lr_scale: must be a finite number >= 0, got {lr_scale!r}")
-    if len(grads) != len(layers) or len(state.slots) != len(layers):
-        raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients and optimizer state for "
-                                  f"{len(state.slots)} layers; all three must have one entry per layer")
+    if len(state.slots) != len(layers):
+        raise UpdateMismatchError(f"update: {len(layers)} layers, optimizer state for {len(state.slots)} "
+                                  "layers; the state must have one entry per layer")
     t = state.step + 1
     correction = (1.0 / (1.0 - opt.beta1**t), 1.0 / (1.0 - opt.beta2**t)) if isinstance(opt, Adam) else ()
     return t, s, correction

@@ -44,7 +44,7 @@ def field_names(t: type) -> tuple[str, ...]:
 # A result template: how to rebuild the function's result from the replay's arrays.
 #   ("M", slot, comp)           a Manifest over value slot ``slot``
 #   ("E", shape, dtype, comp)   a Manifest over an empty array (it holds no values)
-#   ("S", value)                a plain value, returned as traced
+#   ("S", value)                a plain value or a frozen dataclass of plain values, returned as traced
 #   ("T", type, [templates])    a tuple or list
 #   ("D", type, [(name, template)])  a dataclass, rebuilt by its constructor
 Template = tuple[Any, ...]
@@ -65,7 +65,10 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
     if t in STATIC or isinstance(x, enum.Enum):
         return ("S", x)
     if is_dataclass(x) and not isinstance(x, type):
-        return ("D", t, [(name, _template(getattr(x, name), slot_of)) for name in field_names(t)])
+        named = [(name, _template(getattr(x, name), slot_of)) for name in field_names(t)]
+        if t.__dataclass_params__.frozen and all(y[0] == "S" for _, y in named):  # type: ignore[attr-defined]
+            return ("S", x)  # immutable and holds no arrays (NoGrad(), Activation(relu)): the same value
+        return ("D", t, named)
     raise Opaque(t.__name__)
 
 
@@ -95,8 +98,8 @@ def builder(tpl: Template) -> Builder:
         if tpl[1] is tuple:
             return lambda vals: tuple([p(vals) for p in parts])
         return lambda vals: [p(vals) for p in parts]
-    cls, named = tpl[1], [(name, builder(y)) for name, y in tpl[2]]
-    return lambda vals: cls(**{name: p(vals) for name, p in named})  # the constructor validates
+    cls, fields_in_order = tpl[1], [builder(y) for _, y in tpl[2]]  # every field, in order (field_names)
+    return lambda vals: cls(*[p(vals) for p in fields_in_order])  # the constructor validates
 
 
 @final

@@ -2,8 +2,10 @@
 
 ``train_step`` is the seed's ``sgd`` step: run ``_pass``, update the parameters with the
 optimizer (frozen state in, new state out), then the batch-norm running statistics from the
-batch statistics each ``BN1`` carries. Non-finite values never reach the running statistics:
-the step raises :class:`NumericalError` naming the layer (default) or skips the batch.
+batch statistics each ``BN1`` carries; all of it is one ``@fused`` replay. Non-finite values
+never reach the returned network: the loss and the batch statistics are checked before the new
+layers are handed out, and the step raises :class:`NumericalError` naming the layer (default)
+or skips the batch, returning the layers it was given.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from typing import Any, Literal, final
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .array import Comp, Manifest, Matrix, matrix
+from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, LazybnError, ShapeError, ValueRangeError
 from .layers import BN1, Batchnorm1d, Gradients, Layer
-from .network import _pass, cross_entropy, logits, update_running
-from .optim import Optimizer, OptState, prepare_update, step_all
+from .network import _pass, log_likelihoods, logits, mean_loss, update_running
+from .optim import Optimizer, OptState, schedule, step_all
 from .trace import fused
 
 
@@ -96,27 +98,42 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
             raise ArgumentError(f"train_step: the {name} must be a lazybn Matrix, got {type(a).__name__}")
         if not np.isfinite(a.array).all():
             raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
-    _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
-    loss = cross_entropy(pred, tgt)
+    t, s, correction = schedule(opt, opt_state, layers, lr_scale)
+    try:
+        # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
+        # before the loss and the batch statistics are checked; they are dropped if the check fails.
+        pred, log_lik, grads, new_layers, slots = _step(opt, tuple(layers), opt_state.slots, x, tgt, key, s,
+                                                        correction)
+        refused = None
+    except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
+        refused = exc
+        _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
+        log_lik = log_likelihoods(pred, tgt)
+    loss = mean_loss(log_lik)
     problem = _check_finite(loss, grads)
     if problem is not None:
         if on_nonfinite == "skip":
             return StepResult(list(layers), opt_state, loss, pred, skipped=True)
         raise NumericalError(f"training step {opt_state.step}: {problem}; lower the learning rate, check "
                              "the input for NaN/inf, or pass on_nonfinite='skip'")
-    t, s, correction = prepare_update(opt, opt_state, layers, grads, lr_scale)
-    new_layers, slots = _apply(opt, tuple(layers), tuple(grads), opt_state.slots, s, correction)
+    if refused is not None:
+        raise refused
     return StepResult(new_layers, OptState(t, slots), loss, pred)
 
 
-@fused(dynamic=("lr_scale", "correction"))
-def _apply(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
-           slots: tuple[tuple[Manifest[Any], ...], ...], lr_scale: float,
-           correction: tuple[float, ...]) -> tuple[list[Layer], tuple[tuple[Manifest[Any], ...], ...]]:
-    """The optimizer's step, then every batch-norm layer's running statistics (one replay for both)."""
-    new_layers, new_slots = step_all(opt, layers, grads, slots, lr_scale, correction)
-    return [update_running(nl, g) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
-            for nl, g in zip(new_layers, grads)], new_slots
+Slots = tuple[tuple[Manifest[Any], ...], ...]
+
+
+@fused(dynamic=("key", "lr_scale", "correction"))
+def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tgt: Matrix, key: int | None,
+          lr_scale: float, correction: tuple[float, ...]) -> tuple[Matrix, Vector, list[Gradients], list[Layer], Slots]:
+    """The seed's ``sgd`` step: the pass, each sample's log-likelihood, the optimizer's step and
+    every batch-norm layer's running statistics (one replay for all of it)."""
+    _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
+    new_layers, new_slots = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
+    running = [update_running(nl, g) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
+               for nl, g in zip(new_layers, grads)]
+    return pred, log_likelihoods(pred, tgt), grads, running, new_slots
 
 
 def _rows(data: NDArray[np.floating[Any]], idx: NDArray[np.intp], comp: Comp) -> Matrix:

@@ -12,6 +12,8 @@ from typing import Any, assert_never
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazybn as lb
 from lazybn.layers import (
@@ -361,3 +363,73 @@ def test_train_epoch_batches_own_their_rows_and_match_train_step() -> None:
         for f in ("w", "gamma", "beta", "mu", "var"):
             if hasattr(a, f):
                 np.testing.assert_array_equal(getattr(a, f).array, getattr(b, f).array)
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 12), k=st.integers(2, 6),
+       zeros=st.booleans(), seed=st.integers(0, 2**16))
+def test_cross_entropy_matches_numpy(dtype: type, n: int, k: int, zeros: bool, seed: int) -> None:
+    """The loss kernel against plain numpy: -mean(log(p of the true class)), a zero probability
+    clamped at the dtype's smallest normal number."""
+    rng = np.random.default_rng(seed)
+    p: F = rng.random((n, k)).astype(dtype)
+    labels = rng.integers(0, k, n)
+    if zeros:
+        p[np.arange(n), labels] = 0.0
+    t: F = np.eye(k, dtype=dtype)[labels]
+    picked = p[np.arange(n), labels].astype(np.float64)
+    want = -np.mean(np.log(np.maximum(picked, np.finfo(dtype).tiny)))
+    got = cross_entropy(lb.matrix(p), lb.matrix(t))
+    assert got == pytest.approx(want, rel=4 * float(np.finfo(dtype).eps))
+
+
+def _overflowing_batch() -> tuple[list[Layer], lb.Matrix, lb.Matrix]:
+    """A finite float32 batch whose first batch-norm layer's variance overflows to infinity."""
+    net = lb.mlp((4, 3, 2), batchnorm=True, seed=0)
+    x = np.array([[1e30, -1e30, 1e30, -1e30], [-1e30, 1e30, -1e30, 1e30], [1, 2, 3, 4]], np.float32)
+    return net, lb.matrix(x), lb.matrix(np.eye(2, dtype=np.float32)[[0, 1, 0]])
+
+
+def test_a_step_with_non_finite_batch_statistics_names_the_layer_and_applies_nothing() -> None:
+    from lazybn.optim import init_state
+    from lazybn.train import NumericalError, train_step
+
+    net, x, y = _overflowing_batch()
+    bn = next(i for i, layer in enumerate(net) if isinstance(layer, Batchnorm1d))
+    opt = lb.SGD(0.1)
+    state = init_state(opt, net)
+    before = [np.array(getattr(layer, f).array) for layer in net for f in ("w", "mu", "var", "gamma", "beta")
+              if hasattr(layer, f)]
+    with pytest.raises(NumericalError, match=rf"training step 0: layer {bn} \(Batchnorm1d\) has a non-finite "
+                                             "batch_var"):
+        train_step(net, opt, state, x, y)
+    after = [getattr(layer, f).array for layer in net for f in ("w", "mu", "var", "gamma", "beta") if hasattr(layer, f)]
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(old, new)
+    skipped = train_step(net, opt, state, x, y, on_nonfinite="skip")
+    assert skipped.skipped and skipped.opt_state is state and skipped.layers == net
+    # a finite batch afterwards trains as if nothing had happened (the same as on a fresh network)
+    fine = lb.matrix(np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32))
+    got = train_step(net, opt, state, fine, y)
+    want = train_step(lb.mlp((4, 3, 2), batchnorm=True, seed=0), opt, init_state(opt, net), fine, y)
+    assert not got.skipped and got.opt_state.step == 1 and got.loss == want.loss
+    for la, lw in zip(got.layers, want.layers):
+        for f in ("w", "mu", "var", "gamma", "beta"):
+            if hasattr(la, f):
+                np.testing.assert_array_equal(getattr(la, f).array, getattr(lw, f).array)
+
+
+def test_the_step_loss_is_the_cross_entropy_of_its_prediction() -> None:
+    from lazybn.optim import init_state
+    from lazybn.train import train_step
+
+    rng = np.random.default_rng(5)
+    net = lb.mlp((4, 6, 3), batchnorm=True, seed=2)
+    x = lb.matrix(rng.standard_normal((7, 4)).astype(np.float32))
+    labels = rng.integers(0, 3, 7)
+    y = lb.matrix(np.eye(3, dtype=np.float32)[labels])
+    opt = lb.SGD(0.1)
+    for _ in range(3):  # the trace, then replays
+        r = train_step(net, opt, init_state(opt, net), x, y)
+        p = r.pred.array.astype(np.float64)[np.arange(7), labels]
+        assert r.loss == pytest.approx(-np.mean(np.log(p)), rel=1e-6)

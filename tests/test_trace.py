@@ -11,6 +11,7 @@ Python use of them must fail loudly instead.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_a_training_step_replays_after_the_first() -> None:
     lb.train_step(net, opt, state, x, y)
     s1 = fuse.stats()
     assert s1.traces == s0.traces, "a step with the same shapes traced again"
-    assert s1.replays - s0.replays == 2  # the pass; the optimizer with the running statistics
+    assert s1.replays - s0.replays == 1  # pass, loss, optimizer and running statistics: one replay
 
 
 # --- what a replay must not get wrong ----------------------------------------------------------
@@ -395,3 +396,28 @@ def test_a_dynamic_value_in_the_result_is_the_callers_value() -> None:
         m, got = _dyn_returned(x, s)
         assert got == s and type(got) is float
         np.testing.assert_array_equal(m.array, x.array * s)
+
+
+@dataclass
+class _Note:  # mutable: a replay must hand out a new one every call
+    text: str
+
+
+@fused
+def _with_values(x: Matrix) -> tuple[Matrix, lb.layers.NoGrad, lb.layers.Activation, _Note]:
+    return lb.compute(x * 2.0), lb.layers.NoGrad(), lb.layers.Activation(lb.Act.tanh), _Note("made")
+
+
+def test_frozen_plain_results_are_returned_as_traced_mutable_ones_rebuilt() -> None:
+    x = lb.matrix(np.ones((2, 3)))
+    first = _with_values(x)
+    before = fuse.stats().replays
+    again = [_with_values(x) for _ in range(2)]
+    assert fuse.stats().replays == before + 2
+    for got in again:
+        np.testing.assert_array_equal(got[0].array, 2 * x.array)
+        assert got[1] == first[1] and got[2] == first[2] and got[3] == first[3]
+    assert again[0][2] is again[1][2]  # frozen, no arrays: one immutable value
+    assert again[0][3] is not again[1][3]  # a mutable dataclass is rebuilt on every call
+    again[0][3].text = "changed"
+    assert again[1][3].text == "made"
