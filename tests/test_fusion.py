@@ -263,3 +263,33 @@ def test_a_deviation_from_an_available_vector_needs_no_statistics() -> None:
     k = fuse.plan([s.node], x.dtype, False)
     assert k.passes == 1 and "cq" not in k.source
     np.testing.assert_allclose(lb.compute(s).array, ((x.array - v.array) ** 2).sum(0))
+
+
+@pytest.mark.parametrize("comp", [Comp.Seq, Comp.Par])
+def test_deviation_statistics_of_an_expression_at_a_later_level(comp: Comp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sum of squared deviations whose e is itself an expression of an earlier reduction (the
+    fourth central moment's numerator about the mean square): e is recomputed on the block's second
+    look, and the statistics come from the pass after e's own."""
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD", 0)
+    rng = np.random.default_rng(8)
+    xa: F = rng.normal(size=(700, 5)) * 3 + 50
+    x = lb.matrix(xa, comp=comp)
+    n = xa.shape[0]
+    y = x - lb.rows_like(lb.scale(1 / n, lb.sum_rows(x)), x)
+    sq = lb.amap(Fn.square, y)
+    m2 = lb.scale(1 / n, lb.sum_rows(sq))
+    spread = lb.sum_rows(lb.amap(Fn.square, sq - lb.rows_like(m2, x)))
+    k = fuse.plan([spread.node], x.dtype, comp is Comp.Par)
+    assert k.passes == 2 and "cq" in k.source  # instead of three passes
+    got = lb.compute(spread).array
+    ya = xa - xa.mean(0)
+    want = ((ya**2 - (ya**2).mean(0)) ** 2).sum(0)
+    np.testing.assert_allclose(got, want, rtol=1e-11)
+
+
+def test_deviation_statistics_over_no_rows_are_zero() -> None:
+    x = lb.matrix(np.ones((0, 3)))
+    v = lb.compute(lb.scale(2.0, lb.sum_rows(x)))
+    s = lb.sum_rows(lb.amap(Fn.square, x - lb.rows_like(lb.sum_rows(x), x)))
+    np.testing.assert_array_equal(lb.compute(s).array, np.zeros(3))
+    np.testing.assert_array_equal(v.array, np.zeros(3))

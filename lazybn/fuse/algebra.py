@@ -1,7 +1,10 @@
-"""The engine's only algebra: linearity of sums, applied to canonical nodes before code generation.
+"""The engine's only algebra: two identities of sums, applied to canonical nodes before code
+generation.
 
-:func:`distribute_sums` pulls broadcast vectors and constants out of sums and splits sums of
-sums where that moves a reduction to an earlier pass; see its docstring.
+:func:`distribute_sums` uses the linearity of sums (pulling broadcast vectors and constants out
+of them, splitting sums of sums where that moves a reduction to an earlier pass) and the
+decomposition of a sum of squared deviations about a vector into the column's own statistics
+(which moves a variance to the pass of its mean); see its docstring.
 """
 
 from __future__ import annotations

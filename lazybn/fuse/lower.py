@@ -2,11 +2,12 @@
 
 1. :func:`lazybn.fuse.canon.canonicalize` numbers the DAG's distinct subexpressions; the
    structure (with the dtype and Seq/Par) is the kernel's cache key.
-2. ``generate`` applies the linearity of sums (:mod:`lazybn.fuse.algebra`), then schedules the
+2. ``generate`` applies the identities of sums (:mod:`lazybn.fuse.algebra`), then schedules the
    canonical nodes into stages separated by reductions: pass k is one loop nest over a matrix
    domain that evaluates every reduction of depth k together and writes the matrix outputs
    whose inputs are ready; between passes, a short loop over each vector length materialises
-   the vector arithmetic that later passes broadcast.
+   the vector arithmetic that later passes broadcast. A pass that gathers column statistics
+   (for a Q node) walks its rows in cache-sized blocks, each read twice (see ``stats_blocks``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from .canon import Canon
 
 CODEGEN_VERSION = 6
 BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the matrix (half an L2)
-
 
 
 @final
