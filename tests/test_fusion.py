@@ -105,9 +105,12 @@ def test_par_and_seq_agree_up_to_reassociation(monkeypatch: pytest.MonkeyPatch) 
             assert fuse.plan([mu.node], np.dtype(dtype), comp is Comp.Par).par == (comp is Comp.Par)
         for s, p in zip(res[Comp.Seq], res[Comp.Par]):
             # Par sums row blocks separately in float64, then adds the partial sums in a fixed
-            # order: results agree to a few ulps of the data's magnitude (float64 reassociation).
+            # order: results agree to a few ulps of the data's magnitude (float64 reassociation);
+            # the variance's column statistics merge blocks (Seq) and chunks (Par) in different
+            # orders, which moves a sum of 257 squares by up to about sqrt(257) ulps.
+            eps = float(np.finfo(dtype).eps)
             scale = float(np.abs(s.array).max()) + float(np.abs(xa).max())
-            np.testing.assert_allclose(p.array, s.array, rtol=0, atol=4 * float(np.finfo(dtype).eps) * scale)
+            np.testing.assert_allclose(p.array, s.array, rtol=eps * (8 + 257**0.5), atol=4 * eps * scale)
 
 
 SNIPPET = """
@@ -293,3 +296,15 @@ def test_deviation_statistics_over_no_rows_are_zero() -> None:
     s = lb.sum_rows(lb.amap(Fn.square, x - lb.rows_like(lb.sum_rows(x), x)))
     np.testing.assert_array_equal(lb.compute(s).array, np.zeros(3))
     np.testing.assert_array_equal(v.array, np.zeros(3))
+
+
+def test_a_product_of_a_deviation_with_itself_is_a_square() -> None:
+    """``xmu * xmu`` (one node twice) gets the same one-pass statistics as ``square(xmu)``."""
+    x = lb.matrix(np.random.default_rng(9).normal(size=(40, 3)) + 1e4)
+    xmu = x - lb.rows_like(lb.scale(1 / 40, lb.sum_rows(x)), x)
+    for sq in (xmu * xmu, lb.amap(Fn.square, xmu)):
+        k = fuse.plan([lb.sum_rows(sq).node], x.dtype, False)
+        assert k.passes == 1 and "cq" in k.source
+    got = lb.compute(lb.sum_rows(xmu * xmu)).array
+    mu = lb.compute(lb.scale(1 / 40, lb.sum_rows(x))).array
+    np.testing.assert_allclose(got, _variance_oracle(x.array, mu) * 40, rtol=1e-13)

@@ -73,7 +73,8 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
     def total(cid: int, bcast: str, op: str, dims: tuple[int, ...]) -> int:
         """A vector expression equal to ``op`` (a sum) of the matrix expression ``cid``."""
         kind, arg, kids, mdims = nodes[cid]
-        if op == "sum_rows" and kind == "M" and arg == "square" and nodes[kids[0]][:2] == ("Z", "-"):
+        squared = (kind == "M" and arg == "square") or (kind == "Z" and arg == "*" and kids[0] == kids[1])
+        if op == "sum_rows" and squared and nodes[kids[0]][:2] == ("Z", "-"):  # sum of (e - br(w))^2
             pair = nodes[kids[0]][2]
             for ex, bw in (pair, pair[::-1]):  # (e - br(w))^2 = (br(w) - e)^2
                 if nodes[bw][0] == "B" and level[ex] < level[nodes[bw][2][0]]:  # w needs a pass over e
