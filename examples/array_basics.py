@@ -20,7 +20,7 @@ def main() -> None:
     xhat = xmu * lb.rows_like(lb.amap(Fn.recip, lb.amap(Fn.sqrt, lb.add_c(var, 1e-5))), x)
     print(xhat)  # Delayed[Ix2] Seq (4, 3) float64 = ...
     print(fuse.plan([xhat.node], xhat.dtype, False).source)  # the kernel it becomes
-    out, mean = lb.compute_all(xhat, mu)  # one launch, three passes over x
+    out, mean = lb.compute_all(xhat, mu)  # one launch, two passes over x
     print(out)
     print(mean)
 
