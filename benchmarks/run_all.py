@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "performance.md"
 BENCHES = {  # name -> script arguments
     "fusion": ["bench_fusion.py"],
+    "transcendental": ["bench_transcendental.py"],
     "bn": ["bench_bn.py"],
     "memory": ["bench_memory.py"],
     "epoch": ["bench_epoch.py"],
