@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -162,3 +162,23 @@ def test_sum_rows_of_a_million_float32_values_is_accurate() -> None:
     got = float(lb.compute(lb.sum_rows(lb.matrix(x))).array[0])
     want = float(x.astype(np.float64).sum())
     assert abs(got - want) / want < 1e-6
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_tanh_is_within_two_ulp_of_the_exact_value(dtype: np.dtype[Any], data: st.DataObject) -> None:
+    """The kernels' tanh (a rational function below ln(3)/2, one exp above) against long double,
+    across magnitudes from subnormal to overflowing exp, with zeros, infinities and NaN."""
+    width: Literal[32, 64] = 32 if dtype == np.float32 else 64
+    values = data.draw(st.lists(st.one_of(st.floats(-25.0, 25.0, width=width), st.floats(width=width)),
+                                min_size=1, max_size=64))
+    values += [0.0, -0.0, 0.5493061443340548, -0.5493061443340548, np.inf, -np.inf, np.nan, 1e-40, 20.0]
+    x = np.array(values, dtype=dtype)
+    got = lb.compute(lb.amap(Fn.tanh, lb.vector(x))).array
+    exact = np.tanh(x.astype(np.longdouble))
+    nan = np.isnan(x)
+    assert np.isnan(got[nan]).all()
+    assert (np.signbit(got[~nan]) == np.signbit(x[~nan])).all()  # the sign of zero included
+    ulp = np.spacing(np.abs(exact[~nan]).astype(dtype)).astype(np.longdouble)
+    err = np.abs(got[~nan].astype(np.longdouble) - exact[~nan]) / ulp
+    assert err.max() <= 2.0, f"{err.max():.2f} ulp at x = {x[~nan][np.argmax(err)]!r}"

