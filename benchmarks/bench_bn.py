@@ -5,10 +5,12 @@ lazybn runs exactly the code of ``_pass``'s Batchnorm1d case (``bn_forward`` the
 same run: the naive numpy computational graph, numpy with the closed-form backward, PyTorch
 ``F.batch_norm`` + autograd (in its own process, threads = cores; skipped without torch), and
 the numpy copy bandwidth as the roofline. BN forward + backward must move at least
-5·N·D·itemsize bytes (read x, write y, read dy, read x, write dx). Every contender runs with
+5·N·D·itemsize bytes (read x, write y, read dy, read x, write dx). The "floor" is four
+hand-written kernels that move lazybn's 8·N·D with almost no arithmetic (``_floor.py``): what
+any two + two pass step would take here if arithmetic were free. Every contender runs with
 malloc keeping freed memory for reuse (``--malloc default`` to measure glibc's own policy).
 
-lazybn, PyTorch and the roofline copy alternate for ``--rounds`` rounds per case; each figure is
+lazybn, the roofline copy, the floor and PyTorch alternate for ``--rounds`` rounds per case; each figure is
 the median of its rounds (lazybn's "±" is the spread of its round medians), so a drift of the
 machine's speed moves the contenders and the roofline together.
 
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _floor import floor_step  # noqa: E402
 from _harness import (JSON, Timing, copy_bandwidth, fmt_time, machine_facts, markdown_table, retain_freed_memory,  # noqa: E402
                       run_isolated, timeit)
 
@@ -170,9 +173,11 @@ def main() -> None:
             lb_rounds: list[Timing] = []
             torch_rounds: list[float] = []
             copy_rounds: list[float] = []
+            floor_rounds: list[float] = []
             for _ in range(args.rounds):
                 lb_rounds.append(timeit(step, repeat=5, min_time=0.05))
                 copy_rounds.append(copy_gbps())
+                floor_rounds.append(timeit(lambda: floor_step(x, dy, threads), repeat=5, min_time=0.05).median)
                 if has_torch:
                     tj = run_isolated(torch_child, [n, d], dtype, threads, env=child_env)
                     assert isinstance(tj, dict)
@@ -184,16 +189,18 @@ def main() -> None:
             need = 5 * n * d * x.itemsize
             gbps = statistics.median(copy_rounds)
             roof = need / t_lb.median / 1e9 / gbps
+            t_floor = statistics.median(floor_rounds)
             rows.append([f"{n}x{d}", dtype, str(t_lb), fmt_time(t_naive.median), fmt_time(t_closed.median),
                          fmt_time(t_torch) if t_torch else "-",
                          f"{t_torch / t_lb.median:.2f}x" if t_torch else "-",
-                         f"{t_naive.median / t_lb.median:.1f}x", f"{100 * roof:.0f}%"])
+                         f"{t_naive.median / t_lb.median:.1f}x", f"{100 * roof:.0f}%",
+                         f"{100 * need / t_floor / 1e9 / gbps:.0f}%", f"{t_lb.median / t_floor:.2f}x"])
             results.append({"shape": [n, d], "dtype": dtype, "lazybn_s": t_lb.median, "lazybn_spread": t_lb.spread,
                             "naive_numpy_s": t_naive.median, "closed_numpy_s": t_closed.median,
-                            "torch_s": t_torch, "copy_gbps": gbps, "roofline_fraction": roof})
+                            "torch_s": t_torch, "copy_gbps": gbps, "roofline_fraction": roof, "floor_s": t_floor})
             print(" | ".join(map(str, rows[-1])), flush=True)
     table = markdown_table(["N x D", "dtype", "lazybn", "naive numpy", "closed numpy", "torch", "torch/lazybn",
-                            "naive/lazybn", "% of copy bw (5ND)"], rows)
+                            "naive/lazybn", "% of copy bw (5ND)", "floor: % of copy bw", "lazybn/floor"], rows)
     print(table)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_facts(), "copy_gbps": bw.gbps, "results": results,
