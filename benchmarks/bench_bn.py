@@ -10,9 +10,9 @@ hand-written kernels that move lazybn's 8·N·D with almost no arithmetic (``_fl
 any two + two pass step would take here if arithmetic were free. Every contender runs with
 malloc keeping freed memory for reuse (``--malloc default`` to measure glibc's own policy).
 
-lazybn, the roofline copy, the floor and PyTorch alternate for ``--rounds`` rounds per case; each figure is
-the median of its rounds (lazybn's "±" is the spread of its round medians), so a drift of the
-machine's speed moves the contenders and the roofline together.
+lazybn, the roofline copy, the floor and PyTorch alternate for ``--rounds`` rounds per case;
+each figure is the median of its rounds (lazybn's "±" is the spread of its round medians), so a
+drift of the machine's speed moves the contenders and the roofline together.
 
     python benchmarks/bench_bn.py [--quick] [--rounds 3] [--malloc retain|default] [--json out.json]
 """

@@ -186,7 +186,7 @@ class _Gen:
             # Working arrays are allocated per row chunk (once with Seq), inside the chunk's loop:
             # LLVM knows a fresh allocation aliases nothing, so the accumulating loops lose the
             # overlap checks and scalar fallbacks they get over a shared (chunk, column) array
-            # (5-25% faster Par kernels). A Par chunk publishes its partial results at its end
+            # (Par kernels up to 28% faster). A Par chunk publishes its partial results at its end
             # (``publish``) into the arrays shared by the chunks.
             chunk: list[str] = []
             pre, inner, post, publish, fin = [], [], [], [], []
