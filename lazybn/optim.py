@@ -158,6 +158,7 @@ class RMSProp:
 
 
 Optimizer = SGD | Momentum | Adam | RMSProp
+Slots = tuple[tuple[Manifest[Any], ...], ...]  # per layer, its moment arrays
 
 
 @final
@@ -166,7 +167,7 @@ class OptState:
     """An optimizer's state: the number of updates made and, per layer, its moment arrays."""
 
     step: int
-    slots: tuple[tuple[Manifest[Any], ...], ...]
+    slots: Slots
 
     def __post_init__(self) -> None:
         step: object = self.step
@@ -348,8 +349,7 @@ def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
 
 @fused(dynamic=("lr_scale", "correction"))
 def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
-            slots: tuple[tuple[Manifest[Any], ...], ...], lr_scale: float,
-            correction: tuple[float, ...]) -> tuple[list[Layer], tuple[tuple[Manifest[Any], ...], ...]]:
+            slots: Slots, lr_scale: float, correction: tuple[float, ...]) -> tuple[list[Layer], Slots]:
     """Every parameter's step, in one kernel per (dtype, Comp) of the parameters: usually one.
 
     The arguments are :func:`update`'s, checked by :func:`prepare_update`; returns the new layers and slots.

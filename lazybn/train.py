@@ -23,7 +23,7 @@ from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, LazybnError, ShapeError, ValueRangeError
 from .layers import BN1, Batchnorm1d, Gradients, Layer
 from .network import _pass, log_likelihoods, logits, mean_loss, update_running
-from .optim import Optimizer, OptState, schedule, step_all
+from .optim import Optimizer, OptState, Slots, schedule, step_all
 from .trace import fused
 
 
@@ -119,9 +119,6 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     if refused is not None:
         raise refused
     return StepResult(new_layers, OptState(t, slots), loss, pred)
-
-
-Slots = tuple[tuple[Manifest[Any], ...], ...]
 
 
 @fused(dynamic=("key", "lr_scale", "correction"))
