@@ -243,6 +243,28 @@ def test_variance_about_the_mean_takes_one_pass_and_stays_exact(dtype: type, n: 
                                atol=rtol * float(np.abs(xa).max()))
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 3000), d=st.integers(1, 4), base=st.sampled_from([7.0, 1e6]),
+       jump=st.sampled_from([0.0, 1.0, 1e3, 1e7]), noise=st.sampled_from([0.0, 1e-3, 1.0]),
+       split=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_float32_block_statistics_survive_a_shift_far_from_the_blocks(n: int, d: int, base: float, jump: float,
+                                                                       noise: float, split: float,
+                                                                       seed: int) -> None:
+    """float32 kernels take each cached block's M2 from shifted sums in one look, sum(d*d) -
+    fb * mean(d)^2 with d = x - shift. Adversarial layouts for that formula: sorted rows in two
+    levels (blocks whose mean is far from the shift, taken from the first rows, and whose own
+    spread is tiny or zero), large offsets (the unshifted sum(x*x) - n * mean^2 fails here even in
+    float64), and constant columns, whose variance must be exactly 0."""
+    rng = np.random.default_rng(seed)
+    level = np.where(np.arange(n) < int(split * n), 0.0, jump)[:, None]
+    xa: F = (level + base + noise * rng.normal(size=(n, d))).astype(np.float32)
+    mu, var = _mean_and_variance(lb.matrix(xa))
+    want = _variance_oracle(xa, mu.array)
+    assert (var.array >= 0).all()
+    rtol = float(np.finfo(np.float32).eps) * (8 + n**0.5)
+    np.testing.assert_allclose(var.array, want, rtol=rtol, atol=rtol * float(np.abs(want).max()) * 1e-3)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_parallel_statistics_merge_chunks_exactly(dtype: type) -> None:
     """Above the parallel threshold each thread gathers its rows' statistics; the chunks merge in a

@@ -22,7 +22,7 @@ import numpy as np
 from .algebra import CNode, distribute_sums, levels
 from .canon import Canon
 
-CODEGEN_VERSION = 8
+CODEGEN_VERSION = 9
 BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the matrix (half an L2)
 
 
@@ -134,6 +134,7 @@ class _Emitter:
 class _Gen:
     def __init__(self, nodes: Sequence[CNode], roots: Sequence[int], par: bool, itemsize: int) -> None:
         self.nodes, self.roots, self.par, self.itemsize = nodes, roots, par, itemsize
+        self.one_look = itemsize == 4  # float32 block statistics in one look (see stats_setup)
         self.level = levels(nodes)
         out_name = {cid: f"O{n}" for n, cid in reversed(list(enumerate(roots)))}
         # vectors that live in memory: reductions, broadcast vectors, vector outputs
@@ -195,6 +196,10 @@ class _Gen:
             of_block = {self.nodes[q][2][0]: q for q in stats}  # a sum of a Q's e: from the block sums
             for cid in sorted(cids):
                 kind, arg, kids, _ = self.nodes[cid]
+                if kind == "Q" and self.one_look:
+                    inner += [f"d{cid} = np.float64({e.value(kids[0])}) - sh{cid}[j]", f"bm{cid}[j] += d{cid}",
+                              f"bq{cid}[j] += d{cid} * d{cid}"]
+                    continue
                 if kind == "Q":
                     inner.append(f"bm{cid}[j] += np.float64({e.value(kids[0])}) - sh{cid}[j]")
                     continue
@@ -247,10 +252,14 @@ class _Gen:
 
     # Column statistics for Q nodes (Chan, Golub & LeVeque's pairwise update): the rows are
     # taken in blocks small enough to stay in cache; each block's mean and sum of squared
-    # deviations are exact two-pass values over the cached block, merged into the running
-    # (mean, M2) in float64. The data are read from memory once. Means are kept relative to a
-    # shift sh (the mean of the first block), so that the difference of two means, which the
-    # merge squares, carries no rounding error from a large common offset.
+    # deviations are merged into the running (mean, M2) in float64. The data are read from
+    # memory once. Means are kept relative to a shift sh (the mean of the first block), so that
+    # the difference of two means, which the merge squares, carries no rounding error from a
+    # large common offset. float64 kernels take exact two-pass values over the cached block.
+    # float32 kernels take one look: shifted sums d = e - sh and d*d in float64, M2 = sum(d*d) -
+    # fb * mean(d)^2. Its rounding error is about eps64 * sum((e - sh)^2) <= eps64 * M2 * (1 + n/k)
+    # for a shift from k rows (Cauchy-Schwarz: (sh - mean)^2 <= n/k * var), far below float32's
+    # eps for any batch; the clamp at 0 keeps a constant block's M2 from rounding below zero.
     def stats_setup(self, stats: list[int], r: int, c: int, level: int) -> list[str]:
         """Compute the shifts (before the pass); returns the lines allocating a chunk's statistics."""
         self.emit([f"bsz{c} = max(np.uint64(8), min(np.uint64(512), np.uint64({BLOCK_BYTES}) // "
@@ -264,7 +273,7 @@ class _Gen:
                           + [f"pn{q} = np.empty(nch, np.float64)"], 1)
             first.append(f"sh{q}[j] += np.float64({e.value(self.nodes[q][2][0])})")
             chunk += ([f"{n}{q} = np.zeros(n{c}, np.float64)" for n in ("pm", "pq")]
-                      + [f"{n}{q} = np.empty(n{c}, np.float64)" for n in ("bm", "bq", "bc")])
+                      + [f"{n}{q} = np.empty(n{c}, np.float64)" for n in ("bm", "bq", "bc")[:3 - self.one_look]])
         self.emit([f"kb = min(bsz{c}, n{r})", "for i in range(kb):", f"    for j in range(n{c}):"]
                   + ["        " + ln for ln in e.lines + first]
                   + ["fk = np.float64(max(kb, np.uint64(1)))", f"for j in range(n{c}):"]
@@ -280,17 +289,20 @@ class _Gen:
                f"    i1 = min(i0 + bsz{c}, {hi})",
                f"    fa = np.float64(i0 - {lo})",
                "    fb = np.float64(i1 - i0)",
-               f"    for j in range(n{c}):"] + [f"        bm{q}[j] = 0.0" for q in stats]
+               f"    for j in range(n{c}):"] + [f"        b{n}{q}[j] = 0.0" for q in stats for n in "mq"[:1 + self.one_look]]
         out += ["    for i in range(i0, i1):"] + ["        " + ln for ln in rows]
-        e = _Emitter(self, "j", level)  # the second look at the cached block recomputes each e
-        body = []
-        for q in stats:
-            body += [f"d{q} = np.float64({e.value(self.nodes[q][2][0])}) - bc{q}[j]", f"bq{q}[j] += d{q} * d{q}"]
         out += [f"    for j in range(n{c}):"] + [f"        a{r_}[j] += bm{q}[j]" for r_, q in block_sums]
-        for q in stats:
-            out += [f"        bm{q}[j] /= fb", f"        bc{q}[j] = sh{q}[j] + bm{q}[j]", f"        bq{q}[j] = 0.0"]
-        out += ["    for i in range(i0, i1):", f"        for j in range(n{c}):"]
-        out += ["            " + ln for ln in e.lines + body]
+        if self.one_look:
+            out += [ln for q in stats for ln in (f"        bm{q}[j] /= fb", f"        m2 = bq{q}[j] - fb * bm{q}[j] * bm{q}[j]",
+                                                 f"        bq{q}[j] = 0.0 if m2 < 0.0 else m2")]  # NaN stays NaN
+        else:
+            e = _Emitter(self, "j", level)  # the second look at the cached block recomputes each e
+            body = []
+            for q in stats:
+                body += [f"d{q} = np.float64({e.value(self.nodes[q][2][0])}) - bc{q}[j]", f"bq{q}[j] += d{q} * d{q}"]
+                out += [f"        bm{q}[j] /= fb", f"        bc{q}[j] = sh{q}[j] + bm{q}[j]", f"        bq{q}[j] = 0.0"]
+            out += ["    for i in range(i0, i1):", f"        for j in range(n{c}):"]
+            out += ["            " + ln for ln in e.lines + body]
         out += [f"    for j in range(n{c}):"]
         for q in stats:
             out += [f"        dm = bm{q}[j] - pm{q}[j]",
