@@ -1,23 +1,31 @@
 """One MNIST training epoch (784-300-50-10, batch 100, SGD, float32), with and without batch norm.
 
-Each measurement runs in its own process (no two thread pools in one process): lazybn's
-``train_step``; the same networks in plain numpy with the closed-form batch-norm backward;
-PyTorch CPU (skipped without torch); and the epoch's matrix products alone (3 forward, 3
-weight-gradient and 2 input-gradient products per step), the floor at batch 100. Data are
-random (the epoch's cost does not depend on the values); the first steps are a warm-up. Every
-configuration runs ``--rounds`` times, the rounds interleaved (a noisy machine slows
-neighbouring runs alike); the table gives the median round and the fastest.
+Contenders: lazybn's ``train_step``; the same networks in plain numpy with the closed-form
+batch-norm backward; PyTorch CPU (skipped without torch); and the epoch's matrix products alone
+(3 forward, 3 weight-gradient and 2 input-gradient products per step), the floor at batch 100.
+Data are random (the epoch's cost does not depend on the values); every contender is warmed up
+first.
 
-    python benchmarks/bench_epoch.py [--steps 600] [--rounds 5] [--json out.json]
+lazybn, numpy and the products alone share one runtime (numpy's BLAS; lazybn's kernels are
+serial here), so they run in one process, in blocks of ``--block`` steps taken in turn for
+``--rounds`` rounds (the order rotates). Each ratio in the table is the median over rounds of
+that round's ratio, so the machine's drift, which moves neighbouring blocks alike, cancels.
+PyTorch starts its own thread pool, so each of its rounds runs in a fresh process between the
+rounds of the others (its ratio divides by the shared process's products-alone median).
+Times are scaled to a 600-step epoch.
+
+    python benchmarks/bench_epoch.py [--block 100] [--rounds 15] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +37,44 @@ from _harness import JSON, machine_facts, markdown_table, run_isolated  # noqa: 
 SIZES = (784, 300, 50, 10)
 BATCH = 100
 LR = 0.01
+EPOCH = 600  # steps of an epoch
+BATCHES = 600  # distinct batches of random data
+WARM = 30  # untimed steps first
 F = np.ndarray[Any, Any]
+Step = Callable[[int], None]  # runs the training step on batch k
 
 
-def _data(steps: int) -> tuple[F, F]:
+def _data(batches: int) -> tuple[F, F]:
     rng = np.random.default_rng(0)
-    x = rng.random((steps * BATCH, SIZES[0]), dtype=np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, steps * BATCH)]
+    x = rng.random((batches * BATCH, SIZES[0]), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batches * BATCH)]
     return x, y
 
 
-def _timed(step: Any, steps: int, warm: int = 20) -> float:
-    for k in range(warm):
-        step(k)
-    t0 = time.perf_counter()
-    for k in range(steps):
-        step(k)
-    return (time.perf_counter() - t0) * 600 / steps  # seconds per 600-step epoch
+def _batch(k: int, x: F) -> slice:
+    b = k % (x.shape[0] // BATCH)
+    return slice(b * BATCH, (b + 1) * BATCH)
 
 
-def lazybn_epoch(bn: bool, steps: int) -> JSON:
+def lazybn_steps(bn: bool, x: F, y: F) -> Step:
     import lazybn as lb
     from lazybn.optim import init_state
     from lazybn.train import train_step
 
-    x, y = _data(steps)
     layers = lb.mlp(SIZES, batchnorm=bn, seed=0)
     opt = lb.SGD(LR)
     state = [layers, init_state(opt, layers)]
 
     def step(k: int) -> None:
-        s = slice((k % steps) * BATCH, (k % steps + 1) * BATCH)
+        s = _batch(k, x)
         r = train_step(state[0], opt, state[1], lb.matrix(x[s]), lb.matrix(y[s]))  # type: ignore[arg-type]
         state[0], state[1] = r.layers, r.opt_state
 
-    return _timed(step, steps)
+    return step
 
 
-def numpy_epoch(bn: bool, steps: int) -> JSON:
+def numpy_steps(bn: bool, x: F, y: F) -> Step:
     """The same networks in plain numpy, closed-form batch-norm backward."""
-    x, y = _data(steps)
     rng = np.random.default_rng(0)
     ws = [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
     bs = [np.zeros(b, np.float32) for b in SIZES[1:]]
@@ -76,7 +82,7 @@ def numpy_epoch(bn: bool, steps: int) -> JSON:
     be = [np.zeros(b, np.float32) for b in SIZES[1:-1]]
 
     def step(k: int) -> None:
-        s = slice((k % steps) * BATCH, (k % steps + 1) * BATCH)
+        s = _batch(k, x)
         h, t = x[s], y[s]
         inputs: list[F] = []  # input of each linear layer
         pre: list[F] = []  # input of each ReLU
@@ -115,35 +121,32 @@ def numpy_epoch(bn: bool, steps: int) -> JSON:
                 d = d @ ws[i].T
             ws[i] -= LR * dw
 
-    return _timed(step, steps)
+    return step
 
 
-def matmul_epoch(steps: int) -> JSON:
-    """Only the matrix products of one epoch: the floor at batch 100."""
-    x, y = _data(steps)
+def matmul_steps(x: F, y: F) -> Step:
+    """Only the matrix products of one step: the floor at batch 100."""
     rng = np.random.default_rng(0)
     ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
     hs = [rng.standard_normal((BATCH, b)).astype(np.float32) for b in SIZES[1:]]
 
     def step(k: int) -> None:
-        s = slice((k % steps) * BATCH, (k % steps + 1) * BATCH)
-        h = x[s]
+        h = x[_batch(k, x)]
         for w in ws:
             h = h @ w
-        ins = [x[s], hs[0], hs[1]]
+        ins = [x[_batch(k, x)], hs[0], hs[1]]
         for i, w in enumerate(ws):
             ins[i].T @ hs[i]
             if i > 0:
                 hs[i] @ w.T
 
-    return _timed(step, steps)
+    return step
 
 
-def torch_epoch(bn: bool, steps: int) -> JSON:
+def torch_steps(bn: bool, x: F, y: F) -> Step:
     import torch
 
     torch.manual_seed(0)
-    x, y = _data(steps)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.argmax(1))
     layers: list[Any] = []
     for i, (a, b) in enumerate(zip(SIZES, SIZES[1:])):
@@ -154,48 +157,88 @@ def torch_epoch(bn: bool, steps: int) -> JSON:
     opt = torch.optim.SGD(net.parameters(), lr=LR)
 
     def step(k: int) -> None:
-        s = slice((k % steps) * BATCH, (k % steps + 1) * BATCH)
+        s = _batch(k, x)
         opt.zero_grad()
         loss: Any = torch.nn.functional.cross_entropy(net(xt[s]), yt[s])
         loss.backward()
         opt.step()
 
-    return _timed(step, steps)
+    return step
+
+
+def _block(step: Step, start: int, block: int) -> float:
+    """Seconds per 600-step epoch, from ``block`` steps."""
+    t0 = time.perf_counter()
+    for k in range(start, start + block):
+        step(k)
+    return (time.perf_counter() - t0) * EPOCH / block
+
+
+def torch_round(bn: bool, block: int) -> JSON:
+    """One round of PyTorch in its own process: warm-up, then one block."""
+    x, y = _data(BATCHES)
+    step = torch_steps(bn, x, y)
+    _block(step, 0, WARM)
+    return _block(step, WARM, block)
+
+
+def shared_rounds(block: int, rounds: int) -> JSON:
+    """The contenders of one runtime, in turn in this process: epoch seconds of every round."""
+    x, y = _data(BATCHES)
+    steps: dict[str, Step] = {"matmul only": matmul_steps(x, y)}
+    for bn in (True, False):
+        tag = "BN" if bn else "no BN"
+        steps[f"lazybn {tag}"] = lazybn_steps(bn, x, y)
+        steps[f"numpy {tag}"] = numpy_steps(bn, x, y)
+    for step in steps.values():
+        _block(step, 0, WARM)
+    names = list(steps)
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # the order rotates
+            runs[name].append(_block(steps[name], WARM + r * block, block))
+    return {name: list[JSON](ts) for name, ts in runs.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=600, help="timed steps (scaled to a 600-step epoch)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved runs of every configuration")
+    ap.add_argument("--block", type=int, default=100, help="steps per timed block")
+    ap.add_argument("--rounds", type=int, default=15, help="blocks of every contender")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     print("command: python benchmarks/bench_epoch.py " + " ".join(sys.argv[1:]))
     facts = machine_facts()
     print(json.dumps(facts, indent=1))
-    try:
-        import importlib.util
-        has_torch = importlib.util.find_spec("torch") is not None
-    except ImportError:
-        has_torch = False
-    configs: list[tuple[str, Any, tuple[JSON, ...]]] = [("matmul only", matmul_epoch, (args.steps,))]
-    for bn in (True, False):
-        tag = "BN" if bn else "no BN"
-        configs.append((f"lazybn {tag}", lazybn_epoch, (bn, args.steps)))
-        configs.append((f"numpy {tag}", numpy_epoch, (bn, args.steps)))
-        if has_torch:
-            configs.append((f"torch {tag}", torch_epoch, (bn, args.steps)))
-    runs: dict[str, list[float]] = {name: [] for name, _, _ in configs}
-    for _ in range(args.rounds):
-        for name, fn, fargs in configs:
-            runs[name].append(float(run_isolated(fn, *fargs)))  # type: ignore[arg-type]
-    res: dict[str, JSON] = {k: [float(t) for t in sorted(v)] for k, v in runs.items()}
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    mm = med["matmul only"]
-    rows = [[k, f"{med[k]:.3f} s", f"{min(v):.3f} s", f"{med[k] / mm:.2f}x"] for k, v in runs.items()]
+    has_torch = importlib.util.find_spec("torch") is not None
+    torch_runs: dict[str, list[float]] = {"torch BN": [], "torch no BN": []} if has_torch else {}
+    torch_rounds = max(1, args.rounds // 3)  # each is a process start: fewer, spread between the others
+    runs: dict[str, list[float]] = {}
+    for part in range(torch_rounds):
+        share = args.rounds // torch_rounds + (part < args.rounds % torch_rounds)
+        got = run_isolated(shared_rounds, args.block, share)
+        assert isinstance(got, dict)
+        for name, got_ts in got.items():
+            assert isinstance(got_ts, list)
+            runs.setdefault(name, []).extend(float(t) for t in got_ts)  # type: ignore[arg-type]
+        for name in torch_runs:
+            torch_runs[name].append(float(run_isolated(torch_round, name == "torch BN", args.block)))  # type: ignore[arg-type]
+    mm = runs["matmul only"]
+    rows = []
+    for name, ts in {**runs, **torch_runs}.items():
+        ratios = [t / m for t, m in zip(ts, mm)] if name in runs else [t / statistics.median(mm) for t in ts]
+        rows.append([name, f"{statistics.median(ts):.3f} s", f"{min(ts):.3f} s", f"{statistics.median(ratios):.2f}x"])
+    pairs = [("lazybn BN", "numpy BN"), ("lazybn no BN", "numpy no BN"), ("lazybn BN", "lazybn no BN"),
+             ("numpy BN", "numpy no BN")]
+    paired = [[f"{a} / {b}", f"{statistics.median(t / u for t, u in zip(runs[a], runs[b])):.2f}x"] for a, b in pairs]
     table = markdown_table(["epoch (600 steps of 100)", "median", "best", "median / matmul only"], rows)
+    table2 = markdown_table(["same round", "median ratio"], paired)
     print(table)
+    print()
+    print(table2)
     if args.json:
-        args.json.write_text(json.dumps({"machine": facts, "results": res, "table": table}, indent=1))
+        res: dict[str, JSON] = {k: [float(t) for t in v] for k, v in {**runs, **torch_runs}.items()}
+        args.json.write_text(json.dumps({"machine": facts, "results": res, "table": table, "paired": table2},
+                                        indent=1))
 
 
 if __name__ == "__main__":
