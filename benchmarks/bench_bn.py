@@ -1,18 +1,20 @@
 """Batch-norm training forward + backward: lazybn's step-by-step code vs numpy and PyTorch.
 
 lazybn runs exactly the code of ``_pass``'s Batchnorm1d case (``bn_forward`` then
-``bn_backward``: the derivation's steps, fused into two kernels). Baselines, measured in the
-same run: the naive numpy computational graph, numpy with the closed-form backward, PyTorch
-``F.batch_norm`` + autograd (in its own process, threads = cores; skipped without torch), and
-the numpy copy bandwidth as the roofline. BN forward + backward must move at least
-5·N·D·itemsize bytes (read x, write y, read dy, read x, write dx). The "floor" is four
-hand-written kernels that move lazybn's 8·N·D with almost no arithmetic (``_floor.py``): what
-any two + two pass step would take here if arithmetic were free. Every contender runs with
-malloc keeping freed memory for reuse (``--malloc default`` to measure glibc's own policy).
+``bn_backward``: the derivation's steps, fused into two kernels). Baselines: the naive numpy
+computational graph, numpy with the closed-form backward, PyTorch ``F.batch_norm`` + autograd
+(in its own process, threads = cores; skipped without torch), and the numpy copy bandwidth as
+the roofline. BN forward + backward must move at least 5·N·D·itemsize bytes (read x, write y,
+read dy, read x, write dx). The "floor" is four hand-written kernels that move lazybn's 8·N·D
+with almost no arithmetic (``_floor.py``): what any two + two pass step would take here if
+arithmetic were free. Every contender runs with malloc keeping freed memory for reuse
+(``--malloc default`` to measure glibc's own policy).
 
-lazybn, the roofline copy, the floor and PyTorch alternate for ``--rounds`` rounds per case;
-each figure is the median of its rounds (lazybn's "±" is the spread of its round medians), so a
-drift of the machine's speed moves the contenders and the roofline together.
+All contenders (lazybn, the roofline copy, the floor, both numpy baselines and PyTorch)
+alternate for ``--rounds`` rounds per case; each figure is the median of its rounds (lazybn's
+"±" is the spread of its round medians), so a drift of the machine's speed moves the
+contenders and the roofline together. The naive/lazybn and lazybn/floor ratios are medians of
+each round's ratio.
 
     python benchmarks/bench_bn.py [--quick] [--rounds 3] [--malloc retain|default] [--json out.json]
 """
@@ -24,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +110,7 @@ def torch_child(shape: list[int], dtype: str, threads: int) -> JSON:
     return {"median_s": t.median, "spread": t.spread, "torch": torch.__version__}
 
 
-def lazybn_case(x: F, dy: F, comp: lb.Comp) -> tuple[Any, Any]:
+def lazybn_case(x: F, dy: F, comp: lb.Comp) -> Callable[[], tuple[lb.Matrix, lb.Vector, lb.Vector]]:
     d = x.shape[1]
     dt = x.dtype
     layer = Batchnorm1d(lb.zeros(d, dt, comp), lb.ones(d, dt, comp), lb.ones(d, dt, comp), lb.zeros(d, dt, comp))
@@ -117,7 +120,7 @@ def lazybn_case(x: F, dy: F, comp: lb.Comp) -> tuple[Any, Any]:
         out, mu, var = bn_forward(xm, layer)
         return bn_backward(dym, xm, layer, mu, var)
 
-    return step, (lambda: bn_forward(xm, layer)[0])
+    return step
 
 
 def main() -> None:
@@ -162,8 +165,8 @@ def main() -> None:
             x = rng.standard_normal((n, d)).astype(dtype)
             dy = rng.standard_normal((n, d)).astype(dtype)
             gamma, beta = np.ones(d, dtype), np.zeros(d, dtype)
-            step, _ = lazybn_case(x, dy, lb.Comp.Par)
-            dx, dg, db = step()
+            step = lazybn_case(x, dy, lb.Comp.Par)
+            dx, _, _ = step()
             _, dx_ref, dg_ref, db_ref = closed_numpy(x.astype(np.float64), dy.astype(np.float64), gamma.astype(np.float64),
                                                      beta.astype(np.float64))
             tol = 1e-3 if dtype == "float32" else 1e-9
@@ -174,29 +177,33 @@ def main() -> None:
             torch_rounds: list[float] = []
             copy_rounds: list[float] = []
             floor_rounds: list[float] = []
+            naive_rounds: list[float] = []
+            closed_rounds: list[float] = []
             for _ in range(args.rounds):
                 lb_rounds.append(timeit(step, repeat=5, min_time=0.05))
                 copy_rounds.append(copy_gbps())
                 floor_rounds.append(timeit(lambda: floor_step(x, dy, threads), repeat=5, min_time=0.05).median)
+                naive_rounds.append(timeit(lambda: naive_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05).median)
+                closed_rounds.append(timeit(lambda: closed_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05).median)
                 if has_torch:
                     tj = run_isolated(torch_child, [n, d], dtype, threads, env=child_env)
                     assert isinstance(tj, dict)
                     torch_rounds.append(float(tj["median_s"]))  # type: ignore[arg-type]
             t_lb = Timing(tuple(sorted(t.median for t in lb_rounds)), lb_rounds[0].loops)
             t_torch = statistics.median(torch_rounds) if torch_rounds else None
-            t_naive = timeit(lambda: naive_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05)
-            t_closed = timeit(lambda: closed_numpy(x, dy, gamma, beta), repeat=5, min_time=0.05)
+            t_naive = statistics.median(naive_rounds)
+            t_closed = statistics.median(closed_rounds)
             need = 5 * n * d * x.itemsize
             gbps = statistics.median(copy_rounds)
             roof = need / t_lb.median / 1e9 / gbps
             t_floor = statistics.median(floor_rounds)
-            rows.append([f"{n}x{d}", dtype, str(t_lb), fmt_time(t_naive.median), fmt_time(t_closed.median),
+            rows.append([f"{n}x{d}", dtype, str(t_lb), fmt_time(t_naive), fmt_time(t_closed),
                          fmt_time(t_torch) if t_torch else "-",
                          f"{t_torch / t_lb.median:.2f}x" if t_torch else "-",
-                         f"{t_naive.median / t_lb.median:.1f}x", f"{100 * roof:.0f}%",
-                         f"{100 * need / t_floor / 1e9 / gbps:.0f}%", f"{t_lb.median / t_floor:.2f}x"])
+                         f"{statistics.median(a / b.median for a, b in zip(naive_rounds, lb_rounds)):.1f}x", f"{100 * roof:.0f}%",
+                         f"{100 * need / t_floor / 1e9 / gbps:.0f}%", f"{statistics.median(a.median / b for a, b in zip(lb_rounds, floor_rounds)):.2f}x"])
             results.append({"shape": [n, d], "dtype": dtype, "lazybn_s": t_lb.median, "lazybn_spread": t_lb.spread,
-                            "naive_numpy_s": t_naive.median, "closed_numpy_s": t_closed.median,
+                            "naive_numpy_s": t_naive, "closed_numpy_s": t_closed,
                             "torch_s": t_torch, "copy_gbps": gbps, "roofline_fraction": roof, "floor_s": t_floor})
             print(" | ".join(map(str, rows[-1])), flush=True)
     table = markdown_table(["N x D", "dtype", "lazybn", "naive numpy", "closed numpy", "torch", "torch/lazybn",
