@@ -253,14 +253,13 @@ class _Gen:
     # Column statistics for Q nodes (Chan, Golub & LeVeque's pairwise update): the rows are
     # taken in blocks small enough to stay in cache; each block's mean and sum of squared
     # deviations are merged into the running (mean, M2) in float64. The data are read from
-    # memory once. Means are kept relative to a shift sh, so that the difference of two means,
-    # which the merge squares, carries no rounding error from a large common offset. float64
-    # kernels take exact two-pass values over the cached block, shifted by the first block's
-    # mean. float32 kernels take one look: shifted sums d = e - sh and d*d in float64, M2 =
-    # sum(d*d) - fb * mean(d)^2, with sh the mean of the first k = 8 rows. The rounding error is
-    # about eps64 * sum((e - sh)^2) <= eps64 * M2 * (1 + n/k) (Cauchy-Schwarz: (sh - mean)^2 <=
-    # n/k * var), far below float32's eps for any batch; the clamp at 0 keeps a constant block's
-    # M2 from rounding below zero.
+    # memory once. Means are kept relative to a shift sh, the mean of the first k = 8 rows, so
+    # that the difference of two means, which the merge squares, carries no rounding error from a
+    # large common offset. float64 kernels take exact two-pass values over the cached block.
+    # float32 kernels take one look: shifted sums d = e - sh and d*d in float64, M2 = sum(d*d) -
+    # fb * mean(d)^2. Its rounding error is about eps64 * sum((e - sh)^2) <= eps64 * M2 * (1 + n/k)
+    # (Cauchy-Schwarz: (sh - mean)^2 <= n/k * var), far below float32's eps for any batch; the
+    # clamp at 0 keeps a constant block's M2 from rounding below zero.
     def stats_setup(self, stats: list[int], r: int, c: int, level: int) -> list[str]:
         """Compute the shifts (before the pass); returns the lines allocating a chunk's statistics."""
         self.emit([f"bsz{c} = max(np.uint64(8), min(np.uint64(512), np.uint64({BLOCK_BYTES}) // "
@@ -275,8 +274,7 @@ class _Gen:
             first.append(f"sh{q}[j] += np.float64({e.value(self.nodes[q][2][0])})")
             chunk += ([f"{n}{q} = np.zeros(n{c}, np.float64)" for n in ("pm", "pq")]
                       + [f"{n}{q} = np.empty(n{c}, np.float64)" for n in ("bm", "bq", "bc")[:3 - self.one_look]])
-        rows = "np.uint64(8)" if self.one_look else f"bsz{c}"  # one look: any 8 rows make a good shift
-        self.emit([f"kb = min({rows}, n{r})", "for i in range(kb):", f"    for j in range(n{c}):"]
+        self.emit([f"kb = min(np.uint64(8), n{r})", "for i in range(kb):", f"    for j in range(n{c}):"]
                   + ["        " + ln for ln in e.lines + first]
                   + ["fk = np.float64(max(kb, np.uint64(1)))", f"for j in range(n{c}):"]
                   + [f"    sh{q}[j] /= fk" for q in stats], 1)
