@@ -135,6 +135,7 @@ class _Gen:
     def __init__(self, nodes: Sequence[CNode], roots: Sequence[int], par: bool, itemsize: int) -> None:
         self.nodes, self.roots, self.par, self.itemsize = nodes, roots, par, itemsize
         self.one_look = itemsize == 4  # float32 block statistics in one look (see stats_setup)
+        self.block_arrays = ("bm", "bq") if self.one_look else ("bm", "bq", "bc")  # mean, M2 (, centre)
         self.level = levels(nodes)
         out_name = {cid: f"O{n}" for n, cid in reversed(list(enumerate(roots)))}
         # vectors that live in memory: reductions, broadcast vectors, vector outputs
@@ -273,7 +274,7 @@ class _Gen:
                           + [f"pn{q} = np.empty(nch, np.float64)"], 1)
             first.append(f"sh{q}[j] += np.float64({e.value(self.nodes[q][2][0])})")
             chunk += ([f"{n}{q} = np.zeros(n{c}, np.float64)" for n in ("pm", "pq")]
-                      + [f"{n}{q} = np.empty(n{c}, np.float64)" for n in ("bm", "bq", "bc")[:3 - self.one_look]])
+                      + [f"{n}{q} = np.empty(n{c}, np.float64)" for n in self.block_arrays])
         self.emit([f"kb = min(np.uint64(8), n{r})", "for i in range(kb):", f"    for j in range(n{c}):"]
                   + ["        " + ln for ln in e.lines + first]
                   + ["fk = np.float64(max(kb, np.uint64(1)))", f"for j in range(n{c}):"]
@@ -284,17 +285,19 @@ class _Gen:
                      rows: list[str]) -> list[str]:
         """The pass's row loop, blocked, with each block's statistics merged after it."""
         lo, hi = ("lo", "hi") if self.par else ("np.uint64(0)", f"n{r}")
+        summed = ("bm", "bq") if self.one_look else ("bm",)  # the sums of the block's first look
         out = [f"for b in range(({hi} - {lo} + bsz{c} - np.uint64(1)) // bsz{c}):",
                f"    i0 = {lo} + b * bsz{c}",
                f"    i1 = min(i0 + bsz{c}, {hi})",
                f"    fa = np.float64(i0 - {lo})",
                "    fb = np.float64(i1 - i0)",
-               f"    for j in range(n{c}):"] + [f"        b{n}{q}[j] = 0.0" for q in stats for n in "mq"[:1 + self.one_look]]
+               f"    for j in range(n{c}):"] + [f"        {n}{q}[j] = 0.0" for q in stats for n in summed]
         out += ["    for i in range(i0, i1):"] + ["        " + ln for ln in rows]
         out += [f"    for j in range(n{c}):"] + [f"        a{r_}[j] += bm{q}[j]" for r_, q in block_sums]
         if self.one_look:
-            out += [ln for q in stats for ln in (f"        bm{q}[j] /= fb", f"        m2 = bq{q}[j] - fb * bm{q}[j] * bm{q}[j]",
-                                                 f"        bq{q}[j] = 0.0 if m2 < 0.0 else m2")]  # NaN stays NaN
+            for q in stats:
+                out += [f"        bm{q}[j] /= fb", f"        m2 = bq{q}[j] - fb * bm{q}[j] * bm{q}[j]",
+                        f"        bq{q}[j] = 0.0 if m2 < 0.0 else m2"]  # NaN stays NaN
         else:
             e = _Emitter(self, "j", level)  # the second look at the cached block recomputes each e
             body = []
