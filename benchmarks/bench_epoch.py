@@ -131,10 +131,10 @@ def matmul_steps(x: F, y: F) -> Step:
     hs = [rng.standard_normal((BATCH, b)).astype(np.float32) for b in SIZES[1:]]
 
     def step(k: int) -> None:
-        h = x[_batch(k, x)]
+        h = x0 = x[_batch(k, x)]
         for w in ws:
             h = h @ w
-        ins = [x[_batch(k, x)], hs[0], hs[1]]
+        ins = [x0, hs[0], hs[1]]
         for i, w in enumerate(ws):
             ins[i].T @ hs[i]
             if i > 0:
