@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from lazybn.fuse import PAR_THRESHOLD
+from lazybn.fuse import PAR_THRESHOLD_BYTES
 
 F = np.ndarray[Any, Any]
 
@@ -90,7 +90,7 @@ _PAR, _SEQ = _compile(True), _compile(False)
 def floor_step(x: F, dy: F, threads: int) -> tuple[F, F]:
     """The four passes over fresh outputs, as a batch-norm step allocates them; serial below
     lazybn's threshold for ``Comp.Par`` (as lazybn's kernels are)."""
-    par = x.size >= PAR_THRESHOLD
+    par = x.nbytes >= PAR_THRESHOLD_BYTES
     k_colsum, k_affine, k_colsum2, k_combine = _PAR if par else _SEQ
     d, nch = x.shape[1], np.int64(threads if par else 1)
     s, s1, s2 = np.empty(d, x.dtype), np.empty(d, x.dtype), np.empty(d, x.dtype)

@@ -172,7 +172,7 @@ def par_everywhere() -> Iterator[None]:
     """Force the parallel kernel for every expression with a matrix loop, however small. (A
     threshold of 0 would also make vector-only kernels "parallel": see the xfail below.)"""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lazybn.fuse, "PAR_THRESHOLD", 1)
+        mp.setattr(lazybn.fuse, "PAR_THRESHOLD_BYTES", 1)
         yield
 
 
@@ -650,7 +650,7 @@ def test_matches_pytorch_known_running_update() -> None:
 
 def test_a_vector_only_par_kernel_is_planned_serial_even_at_threshold_zero() -> None:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lazybn.fuse, "PAR_THRESHOLD", 0)
+        mp.setattr(lazybn.fuse, "PAR_THRESHOLD_BYTES", 0)
         running = lb.scale(0.9, lb.vector(np.ones(3), comp=lb.Comp.Par)) + lb.scale(0.1, lb.vector(np.zeros(3)))
         kernel = lazybn.fuse.plan([running.node], running.dtype, True)
     assert not kernel.par or "in prange(" in kernel.source

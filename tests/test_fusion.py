@@ -90,7 +90,7 @@ def test_rerunning_a_shape_class_compiles_nothing() -> None:
 
 
 def test_par_and_seq_agree_up_to_reassociation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fuse, "PAR_THRESHOLD", 0)
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD_BYTES", 0)
     rng = np.random.default_rng(2)
     for dtype in (np.float32, np.float64):
         xa = (rng.normal(size=(257, 33)) * 100 + 5).astype(dtype)
@@ -266,9 +266,10 @@ def test_float32_block_statistics_survive_a_shift_far_from_the_blocks(n: int, d:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_parallel_statistics_merge_chunks_exactly(dtype: type) -> None:
-    """Above the parallel threshold each thread gathers its rows' statistics; the chunks merge in a
-    fixed order with Chan's formula, so an outlier in one chunk does not spoil the other's."""
+def test_parallel_statistics_merge_chunks_exactly(dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a parallel kernel each thread gathers its rows' statistics; the chunks merge in a fixed
+    order with Chan's formula, so an outlier in one chunk does not spoil the other's."""
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD_BYTES", 1)  # parallel at this size too
     rng = np.random.default_rng(4)
     xa: F = (rng.normal(size=(1100, 300)) * 0.5 + 1e3).astype(dtype)
     xa[0] += dtype(5e3)
@@ -295,7 +296,7 @@ def test_deviation_statistics_of_an_expression_at_a_later_level(comp: Comp, monk
     """A sum of squared deviations whose e is itself an expression of an earlier reduction (the
     fourth central moment's numerator about the mean square): e is recomputed on the block's second
     look, and the statistics come from the pass after e's own."""
-    monkeypatch.setattr(fuse, "PAR_THRESHOLD", 0)
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD_BYTES", 0)
     rng = np.random.default_rng(8)
     xa: F = rng.normal(size=(700, 5)) * 3 + 50
     x = lb.matrix(xa, comp=comp)

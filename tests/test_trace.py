@@ -243,9 +243,10 @@ def test_constructors_in_the_result_still_validate_on_replay() -> None:
 
 def test_parallel_programs_replay() -> None:
     rng = np.random.default_rng(8)
-    n, d = 1024, 512  # above the Par threshold
+    n, d = 1024, 1024  # 4 MiB of float32: at the Par threshold
     for _ in range(2):
         a, b = _m(rng, (n, d), np.dtype(np.float32), lb.Comp.Par), _m(rng, (n, d), np.dtype(np.float32))
+        assert fuse.plan([(a + b).node], a.dtype, True).par  # the parallel kernel
         got = _add(a, b)
         assert got.comp is lb.Comp.Par
         np.testing.assert_array_equal(got.array, a.array + b.array)
