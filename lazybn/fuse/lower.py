@@ -135,7 +135,6 @@ class _Gen:
     def __init__(self, nodes: Sequence[CNode], roots: Sequence[int], par: bool, itemsize: int) -> None:
         self.nodes, self.roots, self.par, self.itemsize = nodes, roots, par, itemsize
         self.one_look = itemsize == 4  # float32 block statistics in one look (see stats_setup)
-        self.block_arrays = ("bm", "bq") if self.one_look else ("bm", "bq", "bc")  # mean, M2 (, centre)
         self.level = levels(nodes)
         out_name = {cid: f"O{n}" for n, cid in reversed(list(enumerate(roots)))}
         # vectors that live in memory: reductions, broadcast vectors, vector outputs
@@ -267,6 +266,7 @@ class _Gen:
                    f"(n{c} * np.uint64({self.itemsize}) + np.uint64(1))))"], 1)
         e = _Emitter(self, "j", level)
         first, chunk = [], []
+        block = ("bm", "bq") if self.one_look else ("bm", "bq", "bc")  # a block's mean, M2 (and centre)
         for q in stats:
             self.emit([f"sh{q} = np.zeros(n{c}, np.float64)"], 1)
             if self.par:
@@ -274,7 +274,7 @@ class _Gen:
                           + [f"pn{q} = np.empty(nch, np.float64)"], 1)
             first.append(f"sh{q}[j] += np.float64({e.value(self.nodes[q][2][0])})")
             chunk += ([f"{n}{q} = np.zeros(n{c}, np.float64)" for n in ("pm", "pq")]
-                      + [f"{n}{q} = np.empty(n{c}, np.float64)" for n in self.block_arrays])
+                      + [f"{n}{q} = np.empty(n{c}, np.float64)" for n in block])
         self.emit([f"kb = min(np.uint64(8), n{r})", "for i in range(kb):", f"    for j in range(n{c}):"]
                   + ["        " + ln for ln in e.lines + first]
                   + ["fk = np.float64(max(kb, np.uint64(1)))", f"for j in range(n{c}):"]
