@@ -1,10 +1,12 @@
 """One MNIST training epoch (784-300-50-10, batch 100, SGD, float32), with and without batch norm.
 
-Contenders: lazybn's ``train_step``; the same networks in plain numpy with the closed-form
+Contenders: lazybn's ``train_epoch``; the same networks in plain numpy with the closed-form
 batch-norm backward; PyTorch CPU (skipped without torch); and the epoch's matrix products alone
 (3 forward, 3 weight-gradient and 2 input-gradient products per step), the floor at batch 100.
-Data are random (the epoch's cost does not depend on the values); every contender is warmed up
-first.
+The three networks do what a training loop does: each block of steps is a pass over its rows in
+a fresh shuffled order (every batch gathered from the data by index) and every step computes
+its batch's mean cross-entropy. Data are random (the epoch's cost does not depend on the
+values); every contender is warmed up first.
 
 lazybn, numpy and the products alone share one runtime (numpy's BLAS; lazybn's kernels are
 serial here), so they run in one process, in blocks of ``--block`` steps taken in turn for
@@ -41,7 +43,7 @@ EPOCH = 600  # steps of an epoch
 BATCHES = 600  # distinct batches of random data
 WARM = 30  # untimed steps first
 F = np.ndarray[Any, Any]
-Step = Callable[[int], None]  # runs the training step on batch k
+Block = Callable[[int, int], None]  # block(start, steps): one shuffled pass over batches start .. start + steps
 
 
 def _data(batches: int) -> tuple[F, F]:
@@ -56,24 +58,37 @@ def _batch(k: int, x: F) -> slice:
     return slice(b * BATCH, (b + 1) * BATCH)
 
 
-def lazybn_steps(bn: bool, x: F, y: F) -> Step:
+def _rows(start: int, steps: int, x: F) -> slice:
+    """The rows of batches ``start .. start + steps`` (wrapping round the data)."""
+    b = start % (x.shape[0] // BATCH)
+    assert b + steps <= x.shape[0] // BATCH, "a block must fit in the data"
+    return slice(b * BATCH, (b + steps) * BATCH)
+
+
+def _shuffled(start: int, steps: int, rng: np.random.Generator) -> list[F]:
+    """Index arrays of the block's batches, in a fresh shuffled order (as ``train_epoch`` draws them)."""
+    order = start * BATCH + rng.permutation(steps * BATCH)
+    return [order[k * BATCH:(k + 1) * BATCH] for k in range(steps)]
+
+
+def lazybn_blocks(bn: bool, x: F, y: F) -> Block:
     import lazybn as lb
     from lazybn.optim import init_state
-    from lazybn.train import train_step
+    from lazybn.train import train_epoch
 
     layers = lb.mlp(SIZES, batchnorm=bn, seed=0)
     opt = lb.SGD(LR)
     state = [layers, init_state(opt, layers)]
+    rng = np.random.default_rng(1)
 
-    def step(k: int) -> None:
-        s = _batch(k, x)
-        r = train_step(state[0], opt, state[1], lb.matrix(x[s]), lb.matrix(y[s]))  # type: ignore[arg-type]
-        state[0], state[1] = r.layers, r.opt_state
+    def block(start: int, steps: int) -> None:
+        rows = _rows(start, steps, x)
+        state[0], state[1], _ = train_epoch(state[0], opt, state[1], x[rows], y[rows], BATCH, rng)  # type: ignore[arg-type]
 
-    return step
+    return block
 
 
-def numpy_steps(bn: bool, x: F, y: F) -> Step:
+def numpy_blocks(bn: bool, x: F, y: F) -> Block:
     """The same networks in plain numpy, closed-form batch-norm backward."""
     rng = np.random.default_rng(0)
     ws = [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
@@ -81,9 +96,11 @@ def numpy_steps(bn: bool, x: F, y: F) -> Step:
     gs = [np.ones(b, np.float32) for b in SIZES[1:-1]]
     be = [np.zeros(b, np.float32) for b in SIZES[1:-1]]
 
-    def step(k: int) -> None:
-        s = _batch(k, x)
-        h, t = x[s], y[s]
+    rng = np.random.default_rng(1)
+    tiny = np.finfo(np.float32).tiny
+
+    def step(idx: F) -> float:
+        h, t = x[idx], y[idx]
         inputs: list[F] = []  # input of each linear layer
         pre: list[F] = []  # input of each ReLU
         norm: list[tuple[F, F]] = []  # (xhat, 1/sigma) of each batch norm
@@ -104,7 +121,9 @@ def numpy_steps(bn: bool, x: F, y: F) -> Step:
             pre.append(z)
             h = np.maximum(z, 0)
         e = np.exp(h - h.max(1, keepdims=True))
-        d = (e / e.sum(1, keepdims=True) - t) / BATCH
+        p = e / e.sum(1, keepdims=True)
+        loss = -float((t * np.log(p + tiny)).sum()) / BATCH
+        d = (p - t) / BATCH
         for i in range(last, -1, -1):
             if i < last:
                 d = d * (pre[i] > 0)
@@ -120,30 +139,36 @@ def numpy_steps(bn: bool, x: F, y: F) -> Step:
             if i > 0:
                 d = d @ ws[i].T
             ws[i] -= LR * dw
+        return loss
 
-    return step
+    def block(start: int, steps: int) -> None:
+        losses = [step(idx) for idx in _shuffled(start, steps, rng)]
+        assert all(np.isfinite(losses))
+
+    return block
 
 
-def matmul_steps(x: F, y: F) -> Step:
+def matmul_blocks(x: F, y: F) -> Block:
     """Only the matrix products of one step: the floor at batch 100."""
     rng = np.random.default_rng(0)
     ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
     hs = [rng.standard_normal((BATCH, b)).astype(np.float32) for b in SIZES[1:]]
 
-    def step(k: int) -> None:
-        h = x0 = x[_batch(k, x)]
-        for w in ws:
-            h = h @ w
-        ins = [x0, hs[0], hs[1]]
-        for i, w in enumerate(ws):
-            ins[i].T @ hs[i]
-            if i > 0:
-                hs[i] @ w.T
+    def block(start: int, steps: int) -> None:
+        for k in range(start, start + steps):
+            h = x0 = x[_batch(k, x)]
+            for w in ws:
+                h = h @ w
+            ins = [x0, hs[0], hs[1]]
+            for i, w in enumerate(ws):
+                ins[i].T @ hs[i]
+                if i > 0:
+                    hs[i] @ w.T
 
-    return step
+    return block
 
 
-def torch_steps(bn: bool, x: F, y: F) -> Step:
+def torch_blocks(bn: bool, x: F, y: F) -> Block:
     import torch
 
     torch.manual_seed(0)
@@ -155,48 +180,53 @@ def torch_steps(bn: bool, x: F, y: F) -> Step:
             layers += ([torch.nn.BatchNorm1d(b)] if bn else []) + [torch.nn.ReLU()]
     net = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(net.parameters(), lr=LR)
+    rng = np.random.default_rng(1)
 
-    def step(k: int) -> None:
-        s = _batch(k, x)
+    def step(idx: Any) -> float:
         opt.zero_grad()
-        loss: Any = torch.nn.functional.cross_entropy(net(xt[s]), yt[s])
+        loss: Any = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
         loss.backward()
         opt.step()
+        return float(loss)
 
-    return step
+    def block(start: int, steps: int) -> None:
+        losses = [step(torch.from_numpy(idx)) for idx in _shuffled(start, steps, rng)]
+        assert all(np.isfinite(losses))
+
+    return block
 
 
-def _block(step: Step, start: int, block: int) -> float:
-    """Seconds per 600-step epoch, from ``block`` steps."""
+def _block(block: Block, start: int, steps: int) -> float:
+    """Seconds per 600-step epoch, from ``steps`` steps."""
     t0 = time.perf_counter()
-    for k in range(start, start + block):
-        step(k)
-    return (time.perf_counter() - t0) * EPOCH / block
+    block(start, steps)
+    return (time.perf_counter() - t0) * EPOCH / steps
 
 
 def torch_round(bn: bool, block: int) -> JSON:
     """One round of PyTorch in its own process: warm-up, then one block."""
     x, y = _data(BATCHES)
-    step = torch_steps(bn, x, y)
-    _block(step, 0, WARM)
-    return _block(step, WARM, block)
+    run = torch_blocks(bn, x, y)
+    _block(run, 0, WARM)
+    return _block(run, WARM, block)
 
 
 def shared_rounds(block: int, rounds: int) -> JSON:
     """The contenders of one runtime, in turn in this process: epoch seconds of every round."""
     x, y = _data(BATCHES)
-    steps: dict[str, Step] = {"matmul only": matmul_steps(x, y)}
+    blocks: dict[str, Block] = {"matmul only": matmul_blocks(x, y)}
     for bn in (True, False):
         tag = "BN" if bn else "no BN"
-        steps[f"lazybn {tag}"] = lazybn_steps(bn, x, y)
-        steps[f"numpy {tag}"] = numpy_steps(bn, x, y)
-    for step in steps.values():
-        _block(step, 0, WARM)
-    names = list(steps)
+        blocks[f"lazybn {tag}"] = lazybn_blocks(bn, x, y)
+        blocks[f"numpy {tag}"] = numpy_blocks(bn, x, y)
+    for run in blocks.values():
+        _block(run, 0, WARM)
+    names = list(blocks)
     runs: dict[str, list[float]] = {name: [] for name in names}
+    per_pass = BATCHES // block  # blocks that fit in the data
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:  # the order rotates
-            runs[name].append(_block(steps[name], WARM + r * block, block))
+            runs[name].append(_block(blocks[name], (r % per_pass) * block, block))
     return {name: list[JSON](ts) for name, ts in runs.items()}
 
 

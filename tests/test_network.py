@@ -4,6 +4,7 @@ reference of inference, the errors of bad batches, and every script in ``example
 
 from __future__ import annotations
 
+import math
 import runpy
 from collections.abc import Callable
 from dataclasses import replace
@@ -381,6 +382,20 @@ def test_cross_entropy_matches_numpy(dtype: type, n: int, k: int, zeros: bool, s
     want = -np.mean(np.log(np.maximum(picked, np.finfo(dtype).tiny)))
     got = cross_entropy(lb.matrix(p), lb.matrix(t))
     assert got == pytest.approx(want, rel=4 * float(np.finfo(dtype).eps))
+
+
+@pytest.mark.parametrize(("values", "want"), [
+    ([-1.0, np.nan, -2.0], math.nan), ([-np.inf, -1.0], math.inf), ([np.inf, -np.inf], math.nan),
+    ([-3e38, -3e38, -3e38], 3e38), ([], math.nan)])
+def test_the_mean_loss_of_non_finite_or_empty_log_likelihoods(values: list[float], want: float) -> None:
+    """NaN and infinity come out of the mean as IEEE arithmetic says (the step checks for them)."""
+    from lazybn.network import mean_loss
+
+    got = mean_loss(lb.vector(np.array(values, np.float32)))
+    if math.isnan(want):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(want, rel=1e-6)
 
 
 def _overflowing_batch() -> tuple[list[Layer], lb.Matrix, lb.Matrix]:
