@@ -171,6 +171,27 @@ def test_kernel_source_is_readable_and_keyed_without_sizes() -> None:
     assert "range(n0)" in ka.source  # loop bounds are arguments (unsigned), not constants
 
 
+@settings(max_examples=25, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 9), d=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_a_serial_pass_of_column_sums_takes_rows_in_pairs_and_an_odd_last_row_alone(dtype: type, n: int, d: int,
+                                                                                  seed: int) -> None:
+    """Sums of a pass with no other output add two rows' terms before accumulating (Seq only);
+    every row counts once, whether the row count is odd or even."""
+    xa = np.random.default_rng(seed).standard_normal((n, d)).astype(dtype) * 100
+    x = lb.matrix(xa)
+    y = x * x - x
+    roots = [lb.sum_rows(y).node, lb.sum_rows(x).node]
+    assert "while i + np.uint64(1) <" in fuse.plan(roots, x.dtype, False).source
+    assert "while" not in fuse.plan([y.node, lb.sum_rows(y).node], x.dtype, False).source  # an output: row by row
+    s_y, s_x = lb.compute_all(lb.sum_rows(y), lb.sum_rows(x))
+    x64 = xa.astype(np.float64)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(s_x.array, x64.sum(axis=0), rtol=tol, atol=tol * np.abs(x64).sum(axis=0).max())
+    y64 = (xa * xa - xa).astype(np.float64)  # the elementwise step rounds in the data's dtype
+    np.testing.assert_allclose(s_y.array, y64.sum(axis=0), rtol=tol, atol=tol * np.abs(y64).sum(axis=0).max())
+
+
 def test_clear_disk_cache_forgets_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAZYBN_CACHE_DIR", str(tmp_path))
     assert kcache.kernel_dir().parent == tmp_path
