@@ -178,7 +178,7 @@ def test_a_serial_pass_of_column_sums_takes_rows_in_pairs_and_an_odd_last_row_al
                                                                                   seed: int) -> None:
     """Sums of a pass with no other output add two rows' terms before accumulating (Seq only);
     every row counts once, whether the row count is odd or even."""
-    xa = np.random.default_rng(seed).standard_normal((n, d)).astype(dtype) * 100
+    xa: F = np.random.default_rng(seed).standard_normal((n, d)).astype(dtype) * 100
     x = lb.matrix(xa)
     y = x * x - x
     roots = [lb.sum_rows(y).node, lb.sum_rows(x).node]
