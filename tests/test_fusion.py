@@ -190,6 +190,12 @@ def test_a_serial_pass_of_column_sums_takes_rows_in_pairs_and_an_odd_last_row_al
     np.testing.assert_allclose(s_x.array, x64.sum(axis=0), rtol=tol, atol=tol * np.abs(x64).sum(axis=0).max())
     y64 = (xa * xa - xa).astype(np.float64)  # the elementwise step rounds in the data's dtype
     np.testing.assert_allclose(s_y.array, y64.sum(axis=0), rtol=tol, atol=tol * np.abs(y64).sum(axis=0).max())
+    # a later pass of sums alone reading a per-row vector: each row of the pair reads its own entry
+    r = lb.sum_rows(x * lb.cols_like(lb.sum_cols(x), x))
+    assert "while i + np.uint64(1) <" in fuse.plan([r.node], x.dtype, False).source
+    rowsum = xa.astype(np.float64).sum(axis=1, keepdims=True).astype(dtype)
+    z64 = (xa * rowsum).astype(np.float64)
+    np.testing.assert_allclose(lb.compute(r).array, z64.sum(axis=0), rtol=tol, atol=tol * np.abs(z64).sum(axis=0).max())
 
 
 def test_clear_disk_cache_forgets_kernels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
