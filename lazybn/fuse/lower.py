@@ -214,7 +214,7 @@ class _Gen:
             # A serial pass of column sums alone takes its rows in pairs (both rows' terms added
             # before they are accumulated: half the accumulator loads and stores; 5-10% faster
             # serial passes). Par kernels stream from memory, where pairs were up to 8% slower.
-            alone = all(self.nodes[k][0] == "Q" or self.nodes[k][1] == "sum_rows" for k in cids)
+            alone = all(self.nodes[k][0] == "Q" or self.nodes[k][:2] == ("R", "sum_rows") for k in cids)
             pair = self.sum_loops(sums, c, level)[1] if alone and sums and not self.par else None
             inner += self.accumulate(sums, [e])
             rows = pre + ["for j in range(n%d):" % c] + ["    " + ln for ln in e.lines + inner] + post
