@@ -59,15 +59,16 @@ def _batch(k: int, x: F) -> slice:
 
 
 def _rows(start: int, steps: int, x: F) -> slice:
-    """The rows of batches ``start .. start + steps`` (wrapping round the data)."""
+    """The rows of batches ``start .. start + steps`` (``start`` taken modulo the data's batches;
+    the block must end within the data)."""
     b = start % (x.shape[0] // BATCH)
     assert b + steps <= x.shape[0] // BATCH, "a block must fit in the data"
     return slice(b * BATCH, (b + steps) * BATCH)
 
 
-def _shuffled(start: int, steps: int, rng: np.random.Generator) -> list[F]:
+def _shuffled(start: int, steps: int, x: F, rng: np.random.Generator) -> list[F]:
     """Index arrays of the block's batches, in a fresh shuffled order (as ``train_epoch`` draws them)."""
-    order = start * BATCH + rng.permutation(steps * BATCH)
+    order = _rows(start, steps, x).start + rng.permutation(steps * BATCH)
     return [order[k * BATCH:(k + 1) * BATCH] for k in range(steps)]
 
 
@@ -142,7 +143,7 @@ def numpy_blocks(bn: bool, x: F, y: F) -> Block:
         return loss
 
     def block(start: int, steps: int) -> None:
-        losses = [step(idx) for idx in _shuffled(start, steps, rng)]
+        losses = [step(idx) for idx in _shuffled(start, steps, x, rng)]
         assert all(np.isfinite(losses))
 
     return block
@@ -190,7 +191,7 @@ def torch_blocks(bn: bool, x: F, y: F) -> Block:
         return float(loss)
 
     def block(start: int, steps: int) -> None:
-        losses = [step(torch.from_numpy(idx)) for idx in _shuffled(start, steps, rng)]
+        losses = [step(torch.from_numpy(idx)) for idx in _shuffled(start, steps, x, rng)]
         assert all(np.isfinite(losses))
 
     return block
