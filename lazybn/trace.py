@@ -20,7 +20,7 @@ lazybn operations** (it may branch on shapes and plain values, never on data). A
 replay could not reproduce makes the signature *opaque*, and every call with it runs the body
 as if undecorated: reading values in Python (``m.array``, ``np.asarray(m)``, printing), a
 delayed or numpy array among the arguments, an operation reading an array the arguments do not
-provide (a global, a fresh random dropout mask), a result array no logged operation made, a
+provide (a global, a random array made outside ``fuse.host_call``), a result array no logged operation made, a
 result of a type it cannot rebuild. Dataclasses in the result are rebuilt through their
 constructor, so their validation runs on every call (layer constructors check values through
 ``_leaf``, which does not count as a read).
@@ -29,8 +29,8 @@ A plain value that changes on every call would make every call a trace. ``@fused
 ("lr_scale", "correction"))`` takes such parameters (a number or a tuple of numbers) out of the
 signature: the trace runs with :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn
 operations accept as numbers and which become runtime arguments of the kernels, so a replay
-passes each call's values. Python arithmetic or tests on a stand-in raise ``TypeError`` at the
-first call (a replay could not repeat them). The optimizer step uses this for the learning-rate
+passes each call's values. Python arithmetic or tests on a stand-in raise ``ArgumentError`` (a
+``TypeError``) at the first call (a replay could not repeat them). The optimizer step uses this for the learning-rate
 schedule and Adam's bias correction.
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off. Calls inside another function's
@@ -143,7 +143,7 @@ def fused(f: Callable[P, R] | None = None, /, *,
 
     ``dynamic`` names parameters whose values (a number, or a tuple of numbers) are not part of
     the signature: the replay passes each call's values to the kernels. In the body they may only
-    be handed to lazybn operations; anything else raises ``TypeError`` on the first call.
+    be handed to lazybn operations; anything else raises ``ArgumentError`` on the first call.
     """
     if f is None:
         return lambda g: _fuse(g, dynamic)

@@ -9,8 +9,9 @@ It reports the mean ± std test accuracy over repeated runs: 0.8853 ± 0.0079 (b
 As in hipsternet's ``run.py``, pixels are scaled to [0, 1] and the training set's mean pixel (one
 scalar) is subtracted; batch norm uses eps 1e-8 and a running average with weight 0.1 for the new
 batch of the biased batch variance. Differences that remain (see docs/experiments.md): lazybn
-adds no L2 penalty (hipsternet's ``lam=1e-3``), draws each batch from a fresh shuffle of all
-60000 training images (hipsternet: a random one of the fixed batches of 55000), and its
+adds no L2 penalty (hipsternet's ``lam=1e-3``), takes each block of 100 iterations as disjoint
+batches of a fresh shuffle of all 60000 training images (hipsternet: each batch a random one of
+the fixed batches of 55000), and its
 batch-norm network has no redundant biases.
 
 This module also holds the hipsternet setup shared with ``bn-vs-dropout`` and ``population-stats``.

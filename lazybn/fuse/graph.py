@@ -4,7 +4,7 @@ A node knows its shape and dtype from the moment it is built (shapes are checked
 public operations before a node is made). Nodes are immutable named tuples (the cheapest
 frozen record in Python: building the graph is on the hot path of every training step).
 Structural equality (for common-subexpression elimination and the kernel cache key) is worked
-out once per ``compute`` in :mod:`lazybn.fuse.lower`, by object identity of the nodes.
+out once per ``compute`` in :mod:`lazybn.fuse.canon`, by object identity of the nodes.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Scalar:
         return f"Scalar({self.value!r}, #{self.index})"
 
     def _refuse(self, *_: object) -> Any:
-        raise TypeError(
+        raise ArgumentError(
             f"{self!r} is a dynamic argument of a @fused function: pass it to lazybn operations "
             "(scale, add_c, + - * / with arrays) only; Python arithmetic or tests on it would be "
             "frozen into the replay. Compute such values outside, or make the argument static"
