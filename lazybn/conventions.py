@@ -6,7 +6,7 @@ lazybn follows PyTorch: ``momentum`` m is the weight of the NEW batch,
 0.99), the weight of the OLD value, ``r <- d r + (1 - d) b``, and average BIASED variances.
 
 Means are identical in both conventions. For variances, after k updates with batches of equal
-size N from the same initial value v0 (bn-behaviours checklist item 14)::
+size N from the same initial value v0 (behaviour 14 in docs/reliability.md)::
 
     r_torch - (1 - m)^k v0 = N/(N - 1) * (r_keras - (1 - m)^k v0)
 

@@ -1,9 +1,10 @@
 """Batch norm against independent oracles: plain numpy (closed-form backward), central finite
 differences of ``sum(dy * y)``, and PyTorch in float64 (optional).
 
-Items of the batch-norm checklist (shared/reference/bn-behaviours.md) covered here, in lazybn's
-conventions (momentum = weight of the new batch, running variance unbiased, eps > 0 so "eps=0"
-reads eps=1e-12, a batch of one in training is a ValueRangeError):
+The item numbers in this file refer to the list "Batch-norm behaviours the tests check" in
+docs/reliability.md. Covered here, in lazybn's conventions (momentum = weight of the new batch,
+running variance unbiased, eps > 0 so "eps=0" reads eps=1e-12, a batch of one in training is a
+ValueRangeError):
 1 and 12 known answers; 2 biased normalisation; 3 invariances; 4 and 5 cancellation; 6 never
 negative or NaN; 9 batch of one; 11 channel mismatch; 15 inference; 16 train/inference gap;
 21 finite differences and torch; 22 gradient identities; 23 inference-path gradient;
@@ -31,7 +32,7 @@ from .helpers import F, arrays
 
 F64 = np.dtype(np.float64)
 F32 = np.dtype(np.float32)
-EPS0 = 1e-12  # lazybn requires eps > 0: this stands for the checklist's eps = 0
+EPS0 = 1e-12  # lazybn requires eps > 0: this stands for eps = 0 in the behaviours list
 
 # Tolerances, one table per oracle, relative to the result's natural scale (see ``_scales``).
 NUMPY_RTOL = {F64: 1e-13, F32: 1e-5}
@@ -67,7 +68,7 @@ def np_backward(dy: F, x: F, gamma: F, eps: float) -> tuple[F, F, F]:
 
 
 def np_backward_detached_mu(dy: F, x: F, gamma: F, eps: float) -> F:
-    """A WRONG backward that treats the batch mean as a constant (keras#19073): the FD check must catch it."""
+    """A WRONG backward that treats the batch mean as a constant: the FD check must catch it."""
     mu = x.mean(axis=0)
     ivar = 1.0 / np.sqrt(((x - mu) ** 2).mean(axis=0) + eps)
     xhat = (x - mu) * ivar

@@ -1,7 +1,8 @@
 """Running statistics in lazybn's (PyTorch) convention vs Keras/Flax's, simulated in plain numpy.
 
-bn-behaviours checklist items 12-14: the simulations below are the oracles, the converters must
-map one convention's state onto the other's to 1e-12 in float64.
+Behaviours 12-14 in docs/reliability.md ("Batch-norm behaviours the tests check"): the simulations
+below are the oracles, the converters must map one convention's state onto the other's to 1e-12
+in float64.
 """
 
 from __future__ import annotations
