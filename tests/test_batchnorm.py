@@ -557,6 +557,35 @@ def test_channel_count_mismatch_is_rejected_before_computing() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Layouts (item 25)
+
+
+def _layouts(x: F) -> dict[str, F]:
+    """The same values as ``x`` in other memory layouts, none of them C-contiguous and owned."""
+    wide = np.zeros((x.shape[0], 2 * x.shape[1]), x.dtype)
+    wide[:, ::2] = x
+    flipped = np.ascontiguousarray(x[::-1])
+    readonly = x.copy()
+    readonly.setflags(write=False)
+    return {"fortran": np.asfortranarray(x), "strided": wide[:, ::2], "reversed": flipped[::-1],
+            "transposed": np.ascontiguousarray(x.T).T, "read-only view": readonly[:]}
+
+
+@settings(max_examples=20, deadline=None)
+@given(c=cases(max_n=24, max_c=12), dtype=st.sampled_from([F32, F64]))
+def test_any_input_layout_gives_the_contiguous_results_and_is_left_alone(c: Case, dtype: np.dtype[Any]) -> None:
+    x, dy = c.x.astype(dtype), c.dy.astype(dtype)
+    layer = bn_layer(c.gamma.astype(dtype), c.beta.astype(dtype))
+    want = train(x, dy, layer)
+    for name, xl in _layouts(x).items():
+        for dyl in (dy, _layouts(dy)[name]):
+            before = (xl.copy(), dyl.copy())
+            got = train(xl, dyl, layer)
+            for field in ("y", "mu", "var", "dx", "dgamma", "dbeta"):
+                assert np.array_equal(getattr(got, field), getattr(want, field)), (name, field)
+            assert np.array_equal(xl, before[0]) and np.array_equal(dyl, before[1]), f"{name}: input changed"
+
+
 # Determinism, Seq vs Par (item 27)
 
 

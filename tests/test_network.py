@@ -448,3 +448,19 @@ def test_the_step_loss_is_the_cross_entropy_of_its_prediction() -> None:
         r = train_step(net, opt, init_state(opt, net), x, y)
         p = r.pred.array.astype(np.float64)[np.arange(7), labels]
         assert r.loss == pytest.approx(-np.mean(np.log(p)), rel=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), batch_size=st.integers(1, 12), shuffle=st.booleans())
+def test_batches_cover_every_sample_once_and_never_leave_a_last_batch_of_one(n: int, batch_size: int,
+                                                                             shuffle: bool) -> None:
+    from lazybn.train import batches
+
+    got = list(batches(n, batch_size, np.random.default_rng(0) if shuffle else None))
+    assert sorted(np.concatenate(got).tolist()) == list(range(n))
+    sizes = [len(b) for b in got]
+    assert all(s == batch_size for s in sizes[:-1])
+    if n > 1 and batch_size > 1:
+        assert sizes[-1] >= 2, "a trailing sample must join the batch before it"
+    if n % batch_size == 1 and n > 1:
+        assert sizes[-1] == batch_size + 1

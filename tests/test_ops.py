@@ -182,3 +182,15 @@ def test_tanh_is_within_two_ulp_of_the_exact_value(dtype: np.dtype[Any], data: s
     ulp = np.spacing(np.abs(exact[~nan]).astype(dtype)).astype(np.longdouble)
     err = np.abs(got[~nan].astype(np.longdouble) - exact[~nan]) / ulp
     assert err.max() <= 2.0, f"{err.max():.2f} ulp at x = {x[~nan][np.argmax(err)]!r}"
+
+
+@given(kind=st.sampled_from(["int8", "int64", "uint8", "uint64", "bool"]), data=st.data())
+def test_integer_data_becomes_float32_with_the_same_values(kind: str, data: st.DataObject) -> None:
+    info = np.iinfo(kind) if kind != "bool" else None
+    lo, hi = (int(info.min), int(info.max)) if info is not None else (0, 1)
+    n, m = data.draw(st.integers(0, 6)), data.draw(st.integers(0, 6))
+    xs = np.array(data.draw(st.lists(st.integers(lo, hi), min_size=n * m, max_size=n * m)), dtype=kind).reshape(n, m)
+    got = lb.matrix(xs)
+    assert got.dtype == np.float32 and got.shape == xs.shape
+    np.testing.assert_array_equal(got.array, xs.astype(np.float32))  # numpy's rounding of each value
+    assert lb.vector(xs.reshape(-1)).dtype == np.float32
