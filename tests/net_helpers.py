@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, assert_never
 
 import numpy as np
 from hypothesis import strategies as st
@@ -10,6 +11,8 @@ from hypothesis import strategies as st
 import lazybn as lb
 from lazybn.layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 from lazybn.optim import OptState
+
+from .helpers import F
 
 ARRAY_FIELDS = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("mu", "var", "gamma", "beta"),
                 Activation: (), Dropout: ()}
@@ -88,3 +91,28 @@ def assert_same_state(got: OptState | None, want: OptState | None) -> None:
     for i, (gs, ws) in enumerate(zip(got.slots, want.slots)):
         for j, (g, w) in enumerate(zip(gs, ws)):
             assert_bitwise(g, w, f"slot {i}.{j}")
+
+
+def numpy_inference(layers: list[Layer], x: F, batch_stats: bool = False) -> tuple[F, F]:
+    """(logits, probabilities) of the inference pass, in plain numpy: batch norm with the stored
+    statistics, or (``batch_stats``) with the batch's own mean and biased variance."""
+    for layer in layers:
+        match layer:
+            case Linear(w=w, b=b):
+                x = x @ w.array + b.array
+            case LinearNoBias(w=w):
+                x = x @ w.array
+            case Batchnorm1d(mu=mu, var=var, gamma=gamma, beta=beta, eps=eps):
+                m, v = (x.mean(axis=0), x.var(axis=0)) if batch_stats else (mu.array, var.array)
+                x = gamma.array * (x - m) / np.sqrt(v + eps) + beta.array
+            case Activation(f=f):
+                fns: dict[Act, Callable[[F], F]] = {
+                    Act.relu: lambda v: np.maximum(v, 0.0), Act.sigmoid: lambda v: 1.0 / (1.0 + np.exp(-v)),
+                    Act.tanh: np.tanh, Act.identity: lambda v: v}
+                x = fns[f](x)
+            case Dropout():
+                pass
+            case _:
+                assert_never(layer)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return x, e / e.sum(axis=1, keepdims=True)

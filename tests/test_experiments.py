@@ -21,6 +21,8 @@ from lazybn.experiments.common import synthetic_images
 from lazybn.layers import Batchnorm1d
 from lazybn.persist import load
 
+from .net_helpers import numpy_inference
+
 NAMES = sorted(registry.EXPERIMENTS)
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -126,23 +128,6 @@ def test_train_warm_up_traces_the_step_that_the_first_batch_replays() -> None:
     assert after.replays >= warmed.replays + 1
 
 
-def _np_infer(layers: list[object], h: NDArray[np.float64], batch_stats: bool = False) -> NDArray[np.float64]:
-    """Inference in plain numpy, float64 (an oracle written apart from lazybn): with the stored
-    batch-norm statistics, or with each batch's own mean and biased variance."""
-    from lazybn.layers import Activation, LinearNoBias
-
-    for layer in layers:
-        if isinstance(layer, LinearNoBias):
-            h = h @ layer.w.array
-        elif isinstance(layer, Batchnorm1d):
-            mu, var = (h.mean(0), h.var(0)) if batch_stats else (layer.mu.array, layer.var.array)
-            h = layer.gamma.array * (h - mu) / np.sqrt(var + layer.eps) + layer.beta.array
-        else:
-            assert isinstance(layer, Activation)
-            h = np.maximum(h, 0.0)
-    return h
-
-
 def test_population_statistics_and_batch_statistics_inference_match_numpy() -> None:
     import lazybn as lb
     from lazybn.experiments.population import batch_stat_logits, population_layers
@@ -151,10 +136,10 @@ def test_population_statistics_and_batch_statistics_inference_match_numpy() -> N
     layers = lb.mlp((6, 5, 4, 3), batchnorm=True, seed=2, dtype=np.float64)
     x = rng.standard_normal((37, 6)) * 3 + 1
     got = population_layers(list(layers), x, batch_size=10)  # batches of 10, 10, 10 and 7, merged
-    want: list[object] = list(layers)
+    want = list(layers)
     for k, layer in enumerate(want):
         if isinstance(layer, Batchnorm1d):
-            h = _np_infer(want[:k], x)  # the input of layer k over the whole data set
+            h = numpy_inference(want[:k], x)[0]  # the input of layer k over the whole data set
             want[k] = replace(layer, mu=lb.vector(h.mean(0)), var=lb.vector(h.var(0, ddof=1)))
     bns = [(g, w) for g, w in zip(got, want) if isinstance(g, Batchnorm1d) and isinstance(w, Batchnorm1d)]
     assert len(bns) == 2
@@ -162,4 +147,5 @@ def test_population_statistics_and_batch_statistics_inference_match_numpy() -> N
         np.testing.assert_allclose(g.mu.array, w.mu.array, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(g.var.array, w.var.array, rtol=1e-12)
     out = batch_stat_logits(list(layers), lb.matrix(x))
-    np.testing.assert_allclose(out.array, _np_infer(list(layers), x, batch_stats=True), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out.array, numpy_inference(list(layers), x, batch_stats=True)[0], rtol=1e-10,
+                               atol=1e-12)

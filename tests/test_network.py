@@ -34,6 +34,7 @@ from lazybn.layers import (
 from lazybn.network import _pass, cross_entropy, forward, logits
 
 from .helpers import F
+from .net_helpers import numpy_inference
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -251,35 +252,12 @@ def test_softmax_is_stable_for_huge_logits(dtype: type[np.floating[Any]]) -> Non
     assert np.isfinite(cross_entropy(pred, tgt))
 
 
-def _numpy_inference(layers: list[Layer], x: F) -> tuple[F, F]:
-    """(logits, probabilities) of the inference pass, in plain numpy."""
-    for layer in layers:
-        match layer:
-            case Linear(w=w, b=b):
-                x = x @ w.array + b.array
-            case LinearNoBias(w=w):
-                x = x @ w.array
-            case Batchnorm1d(mu=mu, var=var, gamma=gamma, beta=beta, eps=eps):
-                x = gamma.array * (x - mu.array) / np.sqrt(var.array + eps) + beta.array
-            case Activation(f=f):
-                fns: dict[Act, Callable[[F], F]] = {
-                    Act.relu: lambda v: np.maximum(v, 0.0), Act.sigmoid: lambda v: 1.0 / (1.0 + np.exp(-v)),
-                    Act.tanh: np.tanh, Act.identity: lambda v: v}
-                x = fns[f](x)
-            case Dropout():
-                pass
-            case _:
-                assert_never(layer)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return x, e / e.sum(axis=1, keepdims=True)
-
-
 @pytest.mark.parametrize("name", list(NETS))
 def test_forward_matches_a_numpy_reference_of_inference(name: str) -> None:
     rng = np.random.default_rng(8)
     layers = NETS[name](rng)
     x = rng.standard_normal((7, 3)) * 3
-    want_logits, want = _numpy_inference(layers, x)
+    want_logits, want = numpy_inference(layers, x)
     np.testing.assert_allclose(logits(layers, lb.matrix(x)).array, want_logits, rtol=1e-12, atol=1e-13)
     got = forward(layers, lb.matrix(x)).array
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
