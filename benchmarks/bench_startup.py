@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -66,13 +66,13 @@ _epoch = runner.train_epoch
 
 def _first_batch(*args, progress=None, **kwargs):
     def stamp(loss):
-        print(MARK + json.dumps(time.time()), flush=True)
+        print({mark!r} + json.dumps(time.time()), flush=True)
         os._exit(0)
     return _epoch(*args, progress=stamp, **kwargs)
 
 runner.train_epoch = _first_batch
 from lazybn.cli import main
-main(["train", "--epochs", "1", "--out", OUT])
+main(["train", "--epochs", "1", "--out", {out!r}])
 result = None  # not reached: the first batch ends the process
 """
 
@@ -80,7 +80,7 @@ result = None  # not reached: the first batch ends the process
 def lazybn_train_first_batch(out: str) -> float:
     """Seconds from starting a ``lazybn train`` process to the end of its first batch."""
     t0 = time.time()
-    stamp = run_snippet(LAZYBN_TRAIN.replace("MARK", repr(_MARK)).replace("OUT", repr(out)))
+    stamp = run_snippet(LAZYBN_TRAIN.format(mark=_MARK, out=out))
     assert isinstance(stamp, float)
     return stamp - t0
 
