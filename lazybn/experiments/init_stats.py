@@ -214,4 +214,4 @@ def run_init_stats(args: argparse.Namespace) -> int:
 
 registry.register(registry.Experiment(
     NAME, "10 tanh layers at init: per-layer mean/std, 0.01 vs Xavier weights, with/without BN (TF article)",
-    "~5 s", run_init_stats))
+    "~10 s", run_init_stats))
