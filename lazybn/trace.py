@@ -20,8 +20,8 @@ lazybn operations** (it may branch on shapes and plain values, never on data). A
 replay could not reproduce makes the signature *opaque*, and every call with it runs the body
 as if undecorated: reading values in Python (``m.array``, ``np.asarray(m)``, printing), a
 delayed or numpy array among the arguments, an operation reading an array the arguments do not
-provide (a global, a random array made outside ``fuse.host_call``), a result array no logged operation made, a
-result of a type it cannot rebuild. Dataclasses in the result are rebuilt through their
+provide (a global, a random array made outside ``fuse.host_call``), a result array no logged
+operation made, a result of a type it cannot rebuild. Dataclasses in the result are rebuilt through their
 constructor, so their validation runs on every call (layer constructors check values through
 ``_leaf``, which does not count as a read).
 
@@ -30,8 +30,8 @@ A plain value that changes on every call would make every call a trace. ``@fused
 signature: the trace runs with :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn
 operations accept as numbers and which become runtime arguments of the kernels, so a replay
 passes each call's values. Python arithmetic or tests on a stand-in raise ``ArgumentError`` (a
-``TypeError``) at the first call (a replay could not repeat them). The optimizer step uses this for the learning-rate
-schedule and Adam's bias correction.
+``TypeError``) at the first call (a replay could not repeat them). The optimizer step uses this
+for the learning-rate schedule and Adam's bias correction.
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off. Calls inside another function's
 trace run their body (they are part of the outer trace). Each function keeps at most

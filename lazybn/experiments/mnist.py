@@ -131,7 +131,9 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--init", choices=[i.value for i in Init], help="weight initialiser")
     p.add_argument("--bn-lr-multiplier", type=float, help="learning-rate factor for gamma and beta")
     p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--comp", choices=["Seq", "Par"], help="Par: kernels whose largest loop nest holds 4 MiB or more run on all cores (at MNIST's batch sizes every kernel is below that and runs serially); Seq: one core")
+    p.add_argument("--comp", choices=["Seq", "Par"],
+                   help="Par: kernels whose largest loop nest holds 4 MiB or more run on all cores (at MNIST's "
+                        "batch sizes every kernel is below that and runs serially); Seq: one core")
     p.add_argument("--seed", type=int, default=0, help="random seed of the first run (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds to run and average (default 1)")
     p.add_argument("--data-dir", default=None,
