@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LazybnError as exc:
         print(f"lazybn: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (training itself stops cleanly and reports)
+        print("lazybn: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

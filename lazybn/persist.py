@@ -31,7 +31,7 @@ import numpy as np
 
 from ._files import atomic_writer
 from .array import Comp, Manifest
-from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 from .optim import OptState
 
@@ -95,6 +95,26 @@ def _check_meta(meta: Meta | None) -> dict[str, str | int | float | bool]:
     return out
 
 
+def _misfit(layers: Sequence[Layer]) -> tuple[str, int, int] | None:
+    """Where consecutive layers do not fit: (what, the width before, the layer's inputs), or None."""
+    width: int | None = None  # the width of the last layer with parameters
+    for i, layer in enumerate(layers):
+        match layer:
+            case Linear(w=w) | LinearNoBias(w=w):
+                takes, gives = w.shape[0], w.shape[1]
+            case Batchnorm1d():
+                takes = gives = layer.features
+            case Activation() | Dropout():
+                continue
+            case _:
+                assert_never(layer)
+        if width is not None and takes != width:
+            return (f"layer {i} ({type(layer).__name__}) takes {takes} features but the layer before gives {width}",
+                    width, takes)
+        width = gives
+    return None
+
+
 def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None = None,
          meta: Meta | None = None) -> None:
     """Write ``layers`` (and optionally the optimizer state and metadata) to ``path`` atomically.
@@ -107,8 +127,12 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
 
     Raises:
         DTypeError: the arrays mix float32 and float64.
+        ShapeError: consecutive layers do not fit together (the network could not run).
         TypeError, ValueRangeError: ``meta`` holds something JSON cannot store exactly.
     """
+    misfit = _misfit(layers)
+    if misfit is not None:
+        raise ShapeError("save", (misfit[1],), (misfit[2],), f"{misfit[0]}; the network could not run")
     arrays: dict[str, Manifest[Any]] = {}
     for i, layer in enumerate(layers):
         arrays.update({f"layer{i}.{k}": a for k, a in _arrays_of(layer).items()})
@@ -149,7 +173,10 @@ class _Reader:
                                    f"(lazybn never unpickles: object arrays are refused)") from None
         except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise PersistenceError(f"{self.path}: array {name!r} is truncated or corrupt: {exc}") from None
-        if not isinstance(shape, list) or tuple(arr.shape) != tuple(shape):
+        except MemoryError:
+            raise PersistenceError(f"{self.path}: array {name!r} claims a size that cannot be allocated; "
+                                   "the file is corrupt") from None
+        if not isinstance(shape, list) or not all(type(n) is int for n in shape) or tuple(arr.shape) != tuple(shape):
             raise PersistenceError(f"{self.path}: array {name!r} has shape {arr.shape}, the header says {shape}")
         if self.dtype is None or arr.dtype != self.dtype:
             raise PersistenceError(f"{self.path}: array {name!r} is {arr.dtype}, the header says {self.dtype}")
@@ -218,6 +245,8 @@ def load(path: Path | str, comp: Comp | None = None) -> Saved:
             shape or dtype, an object (pickled) array, or a running variance is negative or NaN.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PersistenceError(f"{path} is a directory, not a saved network (.npz) file")
     with open(path, "rb") as f:  # our own handle: np.load(path) leaks one on a truncated zip
         try:
             if not zipfile.is_zipfile(f):
@@ -244,7 +273,7 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
         raise PersistenceError(f"{path}: 'header.json' must be a 1-d uint8 array, got {raw.dtype} {raw.shape}")
     try:
         header = json.loads(raw.tobytes().decode())
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PersistenceError(f"{path}: the header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise PersistenceError(f"{path}: the header is not a JSON object")
@@ -260,6 +289,9 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
     r = _Reader(path, z, None if dt is None else np.dtype(dt), comp or saved_comp)
     layer_ds = _field(header, "layers", "list", str(path))
     layers = [_layer(i, d, r) for i, d in enumerate(layer_ds)]
+    misfit = _misfit(layers)
+    if misfit is not None:
+        raise PersistenceError(f"{path}: {misfit[0]}; the file is corrupt")
     state = None
     opt = header.get("optimizer")
     if opt is not None:

@@ -216,6 +216,9 @@ def test_swapped_and_wrong_size_idx(tmp_path: Path) -> None:
         ([good_row(), good_row()[:5] + ["1.5"] + good_row()[6:]], r"line 3, field 6: '1\.5' is not an integer"),
         ([good_row(), good_row()[:5] + [""] + good_row()[6:]], r"line 3, field 6: '' is not an integer"),
         ([good_row()[:5] + ["99999"] + good_row()[6:]], r"line 2, field 6: pixel 99999"),
+        ([good_row(), good_row()[:5] + ["9" * 23] + good_row()[6:]], r"line 3, field 6: pixel 9{23} is outside"),
+        ([good_row(), good_row(), good_row()[:5] + ["1_0"] + good_row()[6:]], r"line 4, field 6: '1_0' is not an"),
+        ([good_row()[:5] + ["1e3"] + good_row()[6:]], r"line 2, field 6: '1e3' is not an integer"),
     ],
 )
 def test_bad_csv_names_file_and_line(tmp_path: Path, rows: list[list[str]], match: str) -> None:

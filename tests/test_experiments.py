@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from lazybn.experiments import registry
 from lazybn.experiments.common import synthetic_images
 from lazybn.layers import Batchnorm1d
 from lazybn.persist import load
+from lazybn.train import NumericalError
 
 from .net_helpers import numpy_inference
 
@@ -70,7 +72,85 @@ def test_list_names_every_experiment(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_unknown_experiment_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "no-such-experiment", "--quick"]) == 2
-    assert "lazybn list" in capsys.readouterr().out
+    assert "lazybn list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["train", "--batch-size", "0"], "--batch-size must be at least 2"),
+    (["train", "--batch-size", "1"], "batch norm needs two samples"),
+    (["train", "--epochs", "0"], "--epochs must be at least 1"),
+    (["train", "--seeds", "0"], "--seeds must be at least 1"),
+    (["train", "--seed", "-1"], "--seed must be >= 0"),
+    (["run", "population-stats", "--seed", "-1"], "--seed must be >= 0"),
+])
+def test_settings_that_cannot_train_are_refused_before_anything_is_loaded_or_written(
+        argv: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main([*argv, "--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lazybn: error:") and fragment in err
+    assert not out.exists()
+
+
+def test_an_output_directory_that_cannot_be_written_is_refused_first(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    assert main(["train", "--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to the output directory {out}" in err  # not the missing data: nothing was loaded
+
+
+def _fail_on_call(monkeypatch: pytest.MonkeyPatch, call: int, exc: BaseException) -> list[object]:
+    """Make the runner's ``train_epoch`` raise ``exc`` on its ``call``-th call (from 1); returns the
+    list of layers each earlier call returned."""
+    from lazybn.experiments import runner
+    from lazybn.train import train_epoch as real  # the original, even if an earlier call patched the runner
+
+    returned: list[object] = []
+
+    def train_epoch(*args: Any, **kwargs: Any) -> Any:
+        if len(returned) + 1 == call:
+            raise exc
+        result = real(*args, **kwargs)
+        returned.append(result[0])
+        return result
+
+    monkeypatch.setattr(runner, "train_epoch", train_epoch)
+    return returned
+
+
+def test_a_run_stopped_mid_epoch_returns_each_arms_rows_with_the_layers_they_measured(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from lazybn import SGD, mlp
+    from lazybn.experiments.common import synthetic_split
+    from lazybn.experiments.runner import Arm, Plan, run
+
+    arms = [Arm(name, mlp((784, 16, 10), batchnorm=name == "bn", seed=0), SGD(0.1)) for name in ("bn", "plain")]
+    for stop, error in ((KeyboardInterrupt(), False), (NumericalError("training step 7: the loss is nan"), True)):
+        returned = _fail_on_call(monkeypatch, 4, stop)  # epoch 2 of the second arm
+        outcome = run(arms, synthetic_split(), Plan(epochs=3, batch_size=100), progress=False, on_error="stop")
+        assert [(r["arm"], r["epoch"]) for r in outcome.rows] == [("bn", 1), ("plain", 1), ("bn", 2)]
+        assert (outcome.epochs("bn"), outcome.epochs("plain")) == (2, 1)
+        assert outcome.layers["bn"] is returned[2] and outcome.layers["plain"] is returned[1]
+        assert outcome.interrupted is not error and (outcome.error is stop) is error
+    _fail_on_call(monkeypatch, 2, NumericalError("boom"))
+    with pytest.raises(NumericalError, match="boom"):  # the default: the error propagates
+        run(arms, synthetic_split(), Plan(epochs=1, batch_size=100), progress=False)
+
+
+def test_train_stopped_by_an_error_keeps_the_measured_epochs_and_networks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _csv_data(tmp_path)
+    _fail_on_call(monkeypatch, 3, NumericalError("training step 4: the loss is nan; lower the learning rate"))
+    out = tmp_path / "out"
+    assert main(["train", "--data-dir", str(data), "--epochs", "3", "--out", str(out), "--no-progress"]) == 2
+    assert "lazybn: error: training step 4: the loss is nan" in capsys.readouterr().err
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["arm"], r["epoch"]) for r in rows] == [("batchnorm", 1), ("plain", 1)]
+    assert "Result (stopped by an error)" in (out / "report.md").read_text()
+    for arm in ("batchnorm", "plain"):
+        assert load(out / f"{arm}-seed0.npz").meta["epoch"] == 1
 
 
 def write_csv(path: Path, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> None:
@@ -79,12 +159,18 @@ def write_csv(path: Path, images: NDArray[np.uint8], labels: NDArray[np.int64]) 
     path.write_text("\n".join([header, *rows]) + "\n")
 
 
-def test_train_smoke_on_csv_data(tmp_path: Path) -> None:
+def _csv_data(tmp_path: Path) -> Path:
+    """A tiny MNIST-shaped data set as the CSV pair (300 train, 100 test)."""
     data = tmp_path / "data"
     data.mkdir()
     for name, n, seed in (("mnist_train.csv", 300, 1), ("mnist_test.csv", 100, 2)):
         images, labels = synthetic_images(n, seed)
         write_csv(data / name, images, labels)
+    return data
+
+
+def test_train_smoke_on_csv_data(tmp_path: Path) -> None:
+    data = _csv_data(tmp_path)
     out = tmp_path / "out"
     code = main(["train", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--no-progress"])
     assert code == 0

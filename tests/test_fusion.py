@@ -205,6 +205,17 @@ def test_clear_disk_cache_forgets_kernels(tmp_path: Path, monkeypatch: pytest.Mo
     assert not kcache.kernel_dir().exists()
 
 
+def test_an_unwritable_kernel_cache_is_a_compile_error_naming_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("LAZYBN_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(kcache, "_loaded", {})  # no kernel in memory: this one must be written
+    with pytest.raises(lb.CompileError, match="cannot write the kernel cache .*a-file.*LAZYBN_CACHE_DIR"):
+        lb.compute(lb.matrix(np.ones((2, 3))) * 2.0)
+    assert blocker.read_text() == "not a directory"
+
+
 def test_batchnorm_step_code_fuses_into_two_plus_two_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The step-by-step batch-norm code: forward = one pass for the mean and the column statistics
     that give the variance about it, one for the output; backward = one pass for all the sums

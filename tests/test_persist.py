@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +270,51 @@ def test_not_a_zip_and_missing_file(tmp_path: Path) -> None:
         load(tmp_path / "x.npz")
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "nothing.npz")
+
+
+def test_hostile_headers_are_persistence_errors(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    with pytest.raises(PersistenceError, match="not valid JSON"):  # json would recurse 100000 levels deep
+        load(_write(tmp_path / "deep.npz", d["arrays"], raw_header=b"[" * 100_000 + b"]" * 100_000))
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][0]["arrays"]["w"] = [4, 3.0]
+    with pytest.raises(PersistenceError, match=re.escape("the header says [4, 3.0]")):
+        load(_write(tmp_path / "float.npz", d["arrays"], header))
+    huge = tmp_path / "huge.npz"  # an array whose own header claims 2**40 elements
+    with zipfile.ZipFile(_write(tmp_path / "ok.npz", d["arrays"])) as zi, zipfile.ZipFile(huge, "w") as zo:
+        for name in zi.namelist():
+            data = zi.read(name)
+            if name == "layer0.w.npy":
+                head = io.BytesIO()
+                np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False,
+                                                            "shape": (1 << 40,)})
+                data = head.getvalue() + data[128:]
+            zo.writestr(name, data)
+    with pytest.raises(PersistenceError, match="layer0.w"):
+        load(huge)
+
+
+def test_a_directory_is_not_a_network_file(tmp_path: Path) -> None:
+    with pytest.raises(PersistenceError, match="is a directory, not a saved network"):
+        load(tmp_path)
+
+
+def test_layers_that_do_not_fit_together_are_refused_by_save_and_load(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)  # 4 -> 3 (batch norm over 3) -> 2
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][3]["arrays"]["w"] = [5, 2]
+    wide = {**d["arrays"], "layer3.w": np.ones((5, 2), np.float32)}
+    with pytest.raises(PersistenceError, match=r"layer 3 \(LinearNoBias\) takes 5 features but the layer before gives 3"):
+        load(_write(tmp_path / "w.npz", wide, header))
+    header["layers"][1]["arrays"] = {k: [4] for k in ("mu", "var", "gamma", "beta")}
+    narrow = {**d["arrays"], **{f"layer1.{k}": np.ones(4, np.float32) for k in ("mu", "var", "gamma", "beta")}}
+    with pytest.raises(PersistenceError, match=r"layer 1 \(Batchnorm1d\) takes 4 features but the layer before gives 3"):
+        load(_write(tmp_path / "b.npz", {**narrow, "layer3.w": d["arrays"]["layer3.w"]},
+                    {**header, "layers": [*header["layers"][:3], d["header"]["layers"][3]]}))
+    misfit: list[Layer] = [LinearNoBias(lb.matrix(np.ones((4, 3)))), LinearNoBias(lb.matrix(np.ones((2, 2))))]
+    with pytest.raises(lb.ShapeError, match="layer 1 \\(LinearNoBias\\) takes 2 features"):
+        save(tmp_path / "never.npz", misfit)
+    assert not (tmp_path / "never.npz").exists()
 
 
 def test_save_rejects_mixed_dtypes_and_bad_meta(tmp_path: Path) -> None:

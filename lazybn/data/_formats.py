@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -110,16 +111,19 @@ def read_idx(path: Path) -> NDArray[np.uint8]:
     return flat if len(dims) == 1 else flat.reshape(dims[0], -1)
 
 
+_INTEGER = re.compile(rb"\s*[+-]?[0-9]+\s*")  # what the CSV parser reads as an integer field
+_INTEGERS = re.compile(rb"\s*[+-]?[0-9]+\s*(?:,\s*[+-]?[0-9]+\s*)*")
+
+
 def _check_line(fields: list[bytes], path: Path, lineno: int) -> None:
     """Raise :class:`DataError` for the first problem in one CSV row; return if it is valid."""
     where = f"{path}, line {lineno}"
     if len(fields) != PIXELS + 1:
         raise DataError(f"{where}: {len(fields)} fields, expected {PIXELS + 1} (label then {PIXELS} pixels)")
     for col, field in enumerate(fields):
-        try:
-            value = int(field)
-        except ValueError:
-            raise DataError(f"{where}, field {col + 1}: {field.decode(errors='replace')!r} is not an integer") from None
+        if not _INTEGER.fullmatch(field):
+            raise DataError(f"{where}, field {col + 1}: {field.decode(errors='replace')!r} is not an integer")
+        value = int(field)
         top = 9 if col == 0 else 255
         if not 0 <= value <= top:
             what = "label" if col == 0 else "pixel"
@@ -133,9 +137,11 @@ def _locate_csv_error(data: bytes, path: Path) -> None:
         if not line:
             continue
         fields = line.split(b",")
+        if not _INTEGERS.fullmatch(line):  # e.g. "1_0" or "1e3", which Python's int() would read
+            _check_line(fields, path, lineno)
         try:
             values = np.array(fields).astype(np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             _check_line(fields, path, lineno)
             continue
         if len(fields) != PIXELS + 1 or not (0 <= values[0] <= 9) or values[1:].min() < 0 or values[1:].max() > 255:

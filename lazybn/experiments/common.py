@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from typing import Any, final
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ..errors import ArgumentError
 from ..report import markdown_table, plot_lines, write_metrics, write_report
 from ..train import Pixels, one_hot, prepare
 from ..layers import Layer
@@ -84,10 +86,17 @@ def load_split(args: argparse.Namespace, quick: bool, pixels: Pixels = Pixels.st
 
 
 def out_dir(args: argparse.Namespace, name: str) -> Path:
-    """``args.out`` or ``runs/NAME-YYYYmmdd-HHMMSS``, created (with parents)."""
+    """``args.out`` or ``runs/NAME-YYYYmmdd-HHMMSS``, created (with parents) and checked writable
+    before any work is done (:class:`ArgumentError` naming it otherwise)."""
     given = getattr(args, "out", None)
     out = Path(given) if given else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ArgumentError(f"cannot write to the output directory {out} ({exc.strerror or exc}); "
+                            "choose another with --out") from exc
     return out
 
 

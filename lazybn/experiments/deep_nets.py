@@ -39,6 +39,7 @@ from typing import Any, final
 import numpy as np
 
 from ..array import Matrix, matrix, ones, zeros
+from ..errors import DataError
 from ..init import Init, weights
 from ..layers import Act, Activation, Batchnorm1d, Layer, Linear, LinearNoBias
 from ..optim import SGD
@@ -107,6 +108,9 @@ def tf_split(args: argparse.Namespace, s: Setup) -> tuple[Split, str]:
     if not s.validation:
         return split, f"{source}; pixels in [0, 1]; its test set validates"
     v = s.validation
+    if split.x_train.shape[0] < v + s.batch_size:
+        raise DataError(f"{NAME} validates on the first {v} training images and trains on the rest in batches of "
+                        f"{s.batch_size}; the training set ({source}) has only {split.x_train.shape[0]} images")
     val = replace(split, x_train=split.x_train[v:], y_train=split.y_train[v:], labels_train=split.labels_train[v:],
                   x_test=split.x_train[:v], labels_test=split.labels_train[:v])
     return val, f"{source}; pixels in [0, 1]; {split.x_train.shape[0] - v} training images, the first {v} validate"

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, final
@@ -34,13 +34,14 @@ import numpy as np
 
 from ..array import Comp, matrix
 from ..data import load_mnist
+from ..errors import ArgumentError
 from ..init import Init, mlp
 from ..layers import Layer
 from ..optim import SGD, Adam, Momentum, Optimizer, RMSProp, init_state
 from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, one_hot, prepare, train_step
-from .common import curves, epoch_summary
+from .common import curves, epoch_summary, out_dir
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
 SIZES = (784, 300, 50, 10)
@@ -173,12 +174,24 @@ def _warm_up(s: Settings, seed: int) -> None:
         pass
 
 
+def _check_args(s: Settings, args: argparse.Namespace) -> None:
+    """Refuse settings that cannot train, before anything is loaded or written."""
+    problems = [msg for bad, msg in (
+        (s.epochs < 1, f"--epochs must be at least 1, got {s.epochs}"),
+        (s.batch_size < 2, f"--batch-size must be at least 2 (batch norm needs two samples in every training "
+                           f"batch), got {s.batch_size}"),
+        (args.seeds < 1, f"--seeds must be at least 1, got {args.seeds}"),
+        (args.seed < 0, f"--seed must be >= 0, got {args.seed}"),
+    ) if bad]
+    if problems:
+        raise ArgumentError("lazybn train: " + "; ".join(problems))
+
+
 def _train(args: argparse.Namespace) -> int:
     s = _settings(args)
+    _check_args(s, args)
     progress = not args.no_progress
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or f"runs/train-{args.preset}-{stamp}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args, f"train-{args.preset}")
     command = "lazybn " + shlex.join(args.argv)
     print(f"lazybn train: preset {args.preset}; writing to {out}")
     warm = threading.Thread(target=_warm_up, args=(s, args.seed), name="lazybn-warm-up", daemon=True)
@@ -186,29 +199,44 @@ def _train(args: argparse.Namespace) -> int:
     split, source = load_split(args.data_dir, s, progress)
     warm.join()
     print(f"data: {source} ({split.x_train.shape[0]} train, {split.x_test.shape[0]} test)")
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []  # every seed's rows so far
     outcome = Outcome()
     header = f"{'seed':>4} {'epoch':>5} {'network':<12} {'loss':>8} {'train acc':>9} {'test acc':>8} {'seconds':>7}"
     print(header)
 
-    def show(epoch_rows: list[dict[str, Any]], _layers: dict[str, list[Layer]]) -> None:
-        for r in epoch_rows:
-            print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<12} {r['loss']:>8.4f} {100 * r['train_acc']:>8.2f}% "
-                  f"{100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
-        write_metrics(out, "metrics", rows + epoch_rows)
+    def keep(seed: int, layers: dict[str, list[Layer]], epochs: dict[str, int]) -> None:
+        """Save each network with at least one measured epoch, tagged with that epoch."""
+        for name, net in layers.items():
+            if epochs[name]:
+                save(out / f"{name}-seed{seed}.npz", net,
+                     meta={"preset": args.preset, "seed": seed, "arm": name, "epoch": epochs[name]})
 
     for seed in range(args.seed, args.seed + args.seeds):
+        done = len(rows)
+
+        def show(epoch_rows: list[dict[str, Any]], layers: dict[str, list[Layer]], seed: int = seed) -> None:
+            for r in epoch_rows:
+                print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<12} {r['loss']:>8.4f} "
+                      f"{100 * r['train_acc']:>8.2f}% {100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
+            rows.extend(epoch_rows)
+            write_metrics(out, "metrics", rows)  # after every epoch: a killed run keeps its rows and networks
+            keep(seed, layers, {r["arm"]: r["epoch"] for r in epoch_rows})
+
         bn, plain = networks(s, seed)
         arms = [Arm("batchnorm", bn, make_optimizer(s, True)), Arm("plain", plain, make_optimizer(s, False))]
         plan = Plan(epochs=s.epochs, batch_size=s.batch_size, seed=seed, schedule=s.schedule, shuffle=s.shuffle,
                     comp=s.comp)
-        outcome = run(arms, split, plan, progress=progress, on_epoch=show)
-        rows += outcome.rows
-        for name, layers in outcome.layers.items():
-            save(out / f"{name}-seed{seed}.npz", layers, meta={"preset": args.preset, "seed": seed, "arm": name})
-        if outcome.interrupted:
+        outcome = run(arms, split, plan, progress=progress, on_epoch=show, on_error="stop")
+        rows[done:] = outcome.rows  # with the rows of an epoch cut short (an arm that finished it)
+        keep(seed, outcome.layers, {a.name: outcome.epochs(a.name) for a in arms})
+        if outcome.interrupted or outcome.error is not None:
             break
-    _write(out, args, s, command, rows, outcome.interrupted, source)
+    stopped = "interrupted" if outcome.interrupted else "stopped by an error" if outcome.error is not None else ""
+    _write(out, args, s, command, rows, stopped, source)
+    if outcome.error is not None:
+        print(f"lazybn: error: {outcome.error}", file=sys.stderr)
+        print(f"stopped: kept what was measured in {out}")
+        return 2
     if outcome.interrupted:
         print(f"interrupted: kept what was measured in {out}")
         return 130
@@ -216,15 +244,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, args: argparse.Namespace, s: Settings, command: str, rows: list[dict[str, Any]],
-           interrupted: bool, source: str) -> None:
+           stopped: str, source: str) -> None:
     summary = epoch_summary(rows)
     write_metrics(out, "metrics", rows)
     write_metrics(out, "summary", summary)
     ok = curves(out / "curves.png", rows, title=f"MNIST 784-300-50-10, preset {args.preset}")
     if not ok:
         print("plots skipped: matplotlib is not installed (python -m pip install 'lazybn[plot]')")
-    final = [r for r in summary if r["epoch"] == max((x["epoch"] for x in summary), default=0)]
-    sections = [("Result" + (" (interrupted)" if interrupted else ""),
+    final = [max((r for r in summary if r["arm"] == arm), key=lambda r: r["epoch"])  # each network's last epoch
+             for arm in dict.fromkeys(r["arm"] for r in summary)]
+    sections = [("Result" + (f" ({stopped})" if stopped else ""),
                  markdown_table([{"network": r["arm"], "epoch": r["epoch"], "seeds": r["seeds"],
                                   "test acc %": 100 * r["test_acc"], "train acc %": 100 * r["train_acc"],
                                   "loss": r["loss"]} for r in final], "{:.2f}"))]

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, final
 
+from ..errors import ArgumentError
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -36,8 +38,9 @@ def _run(args: argparse.Namespace) -> int:
     _load_all()
     exp = EXPERIMENTS.get(args.name)
     if exp is None:
-        print(f"lazybn: unknown experiment {args.name!r}; `lazybn list` shows them")
-        return 2
+        raise ArgumentError(f"unknown experiment {args.name!r}; `lazybn list` shows them")
+    if args.seed < 0:
+        raise ArgumentError(f"--seed must be >= 0, got {args.seed}")
     return exp.run(args)
 
 

@@ -3,6 +3,8 @@
 It trains several *arms* (network variants) on the same data with the same batches, records
 per-epoch metrics (loss, train and test accuracy, seconds), shows tqdm progress bars, and
 stops cleanly on Ctrl-C (what was measured so far is returned and flagged ``interrupted``).
+Each arm's row is recorded as soon as its epoch is measured, and the layers returned for an
+arm are always the ones its last row measured: an epoch cut short leaves no trace.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..array import Comp
+from ..errors import LazybnError
 from ..layers import Layer
 from ..optim import Optimizer, OptState, init_state
 from ..train import accuracy, train_epoch
@@ -79,21 +82,33 @@ class Plan:
 @final
 @dataclass(slots=True)
 class Outcome:
+    """The rows measured (one per arm and completed epoch), each arm's layers as its last row
+    measured them, and why the run stopped early: Ctrl-C (``interrupted``) or, with
+    ``on_error="stop"``, a lazybn error (``error``)."""
+
     rows: list[dict[str, Any]] = field(default_factory=list)
     layers: dict[str, list[Layer]] = field(default_factory=dict)
     interrupted: bool = False
+    error: LazybnError | None = None
+
+    def epochs(self, arm: str) -> int:
+        """The number of epochs recorded for ``arm`` (0: its layers are the initial ones)."""
+        return max((r["epoch"] for r in self.rows if r["arm"] == arm), default=0)
 
 
 EpochHook = Callable[[list[dict[str, Any]], dict[str, list[Layer]]], None]
 
 
 def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
-        on_epoch: EpochHook | None = None) -> Outcome:
+        on_epoch: EpochHook | None = None, on_error: Literal["raise", "stop"] = "raise") -> Outcome:
     """Train every arm for ``plan.epochs`` epochs on the same batches; one row per arm and epoch.
 
     ``on_epoch(rows, layers)`` is called after each epoch with that epoch's rows and every arm's
     current layers (to print a table, record activations, save checkpoints...).
     With ``plan.steps_per_epoch`` an epoch is that many batches (drawn from a fresh shuffle).
+    A lazybn error in training (a NaN loss raises :class:`~lazybn.train.NumericalError`)
+    propagates, or with ``on_error="stop"`` ends the run like Ctrl-C and is returned in
+    ``Outcome.error``.
     """
     from tqdm import tqdm
 
@@ -131,17 +146,21 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 finally:
                     bar.close()
                 seconds = time.perf_counter() - t0
-                states[arm.name] = (layers, state)
                 row: dict[str, Any] = {"arm": arm.name, "seed": plan.seed, "epoch": epoch + 1, "loss": loss}
                 if plan.train_accuracy:
                     row["train_acc"] = accuracy(layers, x_train[:n_eval], labels_train[:n_eval], comp=plan.comp)
                 row["test_acc"] = accuracy(layers, data.x_test, data.labels_test, comp=plan.comp)
                 row["seconds"] = seconds
+                states[arm.name] = (layers, state)  # the row and the layers it measured, together
+                outcome.rows.append(row)
                 epoch_rows.append(row)
-            outcome.rows += epoch_rows
             if on_epoch is not None:
                 on_epoch(epoch_rows, {name: layers for name, (layers, _) in states.items()})
     except KeyboardInterrupt:
         outcome.interrupted = True
+    except LazybnError as exc:
+        if on_error == "raise":
+            raise
+        outcome.error = exc
     outcome.layers = {name: layers for name, (layers, _) in states.items()}
     return outcome

@@ -98,8 +98,13 @@ def load(kernel: Kernel) -> KernelFn:
         except OSError:
             current = b""
         if current != data:  # missing, corrupt or from another lazybn: (re)write it
-            atomic_write_bytes(path, data)
-            _purge_numba_cache(path)
+            try:
+                atomic_write_bytes(path, data)
+                _purge_numba_cache(path)
+            except OSError as exc:
+                raise CompileError(
+                    f"cannot write the kernel cache {path.parent} ({exc.strerror or exc}); set LAZYBN_CACHE_DIR "
+                    "to a writable directory") from exc
         if os.environ.get("LAZYBN_DEBUG"):
             print(f"lazybn: kernel {path}\n{kernel.source}", file=sys.stderr)
         module = _import(path, name)
