@@ -13,7 +13,8 @@ The first call with a given *signature* runs the body while the engine logs ever
 repeat the logged operations on the new argument arrays and rebuild the result. The signature is everything the body may
 depend on besides array values: the structure of the arguments (tuples, lists, dataclasses such
 as layers and optimizers), every array's shape, dtype and ``Comp``, which arguments are the same
-array, and every non-array value (floats, ints, enums, ...) by type and value.
+array, and every non-array value (floats, ints, enums, ...) by type and value (floats bit for bit:
+-0.0 is not 0.0).
 
 The contract, which lazybn's own step functions keep: **the body reads array values only through
 lazybn operations** (it may branch on shapes and plain values, never on data). Anything the
@@ -81,6 +82,8 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         sig.append((t, len(x)))  # type: ignore[arg-type]
         for y in x:  # type: ignore[attr-defined]
             _flatten(y, arrays, sig)
+    elif t is float:
+        sig.append((t, x.hex()))  # type: ignore[attr-defined]  # -0.0 is not 0.0, and NaN is itself
     elif t in STATIC or isinstance(x, enum.Enum):
         sig.append((t, x))
     elif is_dataclass(x) and not isinstance(x, type):
@@ -92,7 +95,9 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
                 leaf = y._leaf
                 arrays.append(leaf.array)
                 sig.append((leaf.shape, leaf.dtype.char, y._comp is Comp.Par))
-            elif ty is float or ty is int or ty is bool:
+            elif ty is float:
+                sig.append((ty, y.hex()))
+            elif ty is int or ty is bool:
                 sig.append((ty, y))
             else:
                 _flatten(y, arrays, sig)

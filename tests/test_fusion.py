@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,39 @@ def test_rerunning_a_shape_class_compiles_nothing() -> None:
         x = lb.matrix(np.ones((n, m), np.float32))
         lb.compute(_chain(x))
     assert fuse.stats().compiled == compiled
+
+
+_XN = np.arange(12.0).reshape(4, 3)
+_VN = np.array([1.0, 2.0, 4.0])
+_UN = np.array([1.0, 2.0, 4.0, 8.0])
+_DEV = _XN - _XN.mean(0)
+
+# Sums of expressions with a scalar constant where the algebra splits a sum or pulls a factor out:
+# the constant's share must stay inside a sum over the rows (there is no node for "n times c").
+CONSTANT_SUMS: list[tuple[str, Callable[[lb.Matrix, lb.Vector, lb.Vector], lb.Delayed[lb.Ix1]], F]] = [
+    ("sum of a negated deviation", lambda x, v, u: lb.sum_rows(-(x - lb.rows_like(lb.scale(0.25, lb.sum_rows(x)), x))),
+     -_DEV.sum(0)),
+    ("sum of a deviation plus a constant",
+     lambda x, v, u: lb.sum_rows(lb.add_c(x - lb.rows_like(lb.scale(0.25, lb.sum_rows(x)), x), 1.0)), (_DEV + 1).sum(0)),
+    ("sum of a constant minus a mean, squared",
+     lambda x, v, u: lb.sum_rows(lb.amap(Fn.square, 1.0 - lb.rows_like(lb.scale(0.25, lb.sum_rows(x)), x))),
+     ((1 - _XN.mean(0)) ** 2 * 4)),
+    ("sum of a constant over a broadcast", lambda x, v, u: lb.sum_rows(2.0 / lb.rows_like(v, x)), 4 * 2 / _VN),
+    ("sum of a scaled broadcast", lambda x, v, u: lb.sum_rows(lb.scale(2.0, lb.rows_like(v, x))), 8 * _VN),
+    ("row sum of a scaled broadcast", lambda x, v, u: lb.sum_cols(lb.scale(2.0, lb.cols_like(u, x))), 6 * _UN),
+    ("sum of a constant times a scaled broadcast",
+     lambda x, v, u: lb.sum_rows(3.0 * (2.0 * lb.rows_like(v, x))), 24 * _VN),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,make,want", CONSTANT_SUMS, ids=[c[0] for c in CONSTANT_SUMS])
+def test_sums_of_expressions_with_constants_match_numpy(name: str, make: Callable[..., lb.Delayed[lb.Ix1]],
+                                                       want: F, dtype: type) -> None:
+    x, v, u = lb.matrix(_XN, dtype), lb.vector(_VN, dtype), lb.vector(_UN, dtype)
+    got = lb.compute(make(x, v, u))
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got.array, want, rtol=1e-6, atol=1e-5)
 
 
 def test_par_and_seq_agree_up_to_reassociation(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -141,6 +141,24 @@ def test_plain_values_are_part_of_the_signature() -> None:
         np.testing.assert_array_equal(_scaled(x, s).array, s * x.array + 1.0)
 
 
+@dataclass(frozen=True)
+class _Divisor:
+    s: float
+
+
+@fused
+def _divided(a: Matrix, s: float, d: _Divisor) -> Matrix:
+    return lb.compute(a / s + lb.delay(a) / d.s)
+
+
+def test_floats_are_part_of_the_signature_bit_for_bit() -> None:
+    x = lb.matrix(np.ones((2, 3)))
+    for s, t in [(0.0, 1.0), (-0.0, 1.0), (0.0, 1.0), (1.0, 0.0), (1.0, -0.0), (1.0, 0.0), (-0.0, -0.0)]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            want = x.array / s + x.array / t
+        np.testing.assert_array_equal(_divided(x, s, _Divisor(t)).array, want)  # 1/-0.0 is -inf, not inf
+
+
 def test_shapes_and_dtypes_are_part_of_the_signature() -> None:
     rng = np.random.default_rng(2)
     for shape, dtype in [((2, 3), DTYPES[0]), ((3, 2), DTYPES[0]), ((2, 3), DTYPES[1]), ((2, 3), DTYPES[0])]:

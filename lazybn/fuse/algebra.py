@@ -71,24 +71,27 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
         return memo[cid]
 
     def total(cid: int, bcast: str, op: str, dims: tuple[int, ...]) -> int:
-        """A vector expression equal to ``op`` (a sum) of the matrix expression ``cid``."""
+        """A vector expression equal to ``op`` (a sum) of the matrix expression ``cid``. A scalar
+        constant is never summed on its own (its sum over rows has no node): a sum whose split or
+        pulled-out factor would leave one is kept whole."""
         kind, arg, kids, mdims = nodes[cid]
+        matrix = [bool(nodes[k][3]) for k in kids]  # which operands are matrices (a constant has no dims)
         squared = (kind == "M" and arg == "square") or (kind == "Z" and arg == "*" and kids[0] == kids[1])
         if op == "sum_rows" and squared and nodes[kids[0]][:2] == ("Z", "-"):  # sum of (e - br(w))^2
             pair = nodes[kids[0]][2]
             for ex, bw in (pair, pair[::-1]):  # (e - br(w))^2 = (br(w) - e)^2
-                if nodes[bw][0] == "B" and level[ex] < level[nodes[bw][2][0]]:  # w needs a pass over e
+                if nodes[bw][0] == "B" and nodes[ex][3] and level[ex] < level[nodes[bw][2][0]]:  # w needs a pass over e
                     return add(("Q", "", (rebuild(ex), rebuild(nodes[bw][2][0])), dims))
-        if level[cid] >= 1 and kind == "Z" and arg in "+-":
+        if level[cid] >= 1 and kind == "Z" and arg in "+-" and all(matrix):
             return add(("Z", arg, (total(kids[0], bcast, op, dims), total(kids[1], bcast, op, dims)), dims))
         if level[cid] >= 1 and kind == "M" and arg == "negate":
             return add(("M", arg, (total(kids[0], bcast, op, dims),), dims))
         if kind == "Z" and arg in "*/":
             a, b = (nodes[k] for k in kids)
-            if b[0] == bcast or (b[0] == "C" and arg == "*"):
+            if (b[0] == bcast or (b[0] == "C" and arg == "*")) and matrix[0]:
                 vec = rebuild(b[2][0]) if b[0] == bcast else rebuild(kids[1])
                 return add(("Z", arg, (total(kids[0], bcast, op, dims), vec), dims))
-            if arg == "*" and (a[0] == bcast or a[0] == "C"):
+            if arg == "*" and (a[0] == bcast or a[0] == "C") and matrix[1]:
                 vec = rebuild(a[2][0]) if a[0] == bcast else rebuild(kids[0])
                 return add(("Z", arg, (vec, total(kids[1], bcast, op, dims)), dims))
             if arg == "*":  # x * (p * br(v)) = (x * p) * br(v), either way round
@@ -97,7 +100,7 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
                     if ykind != "Z" or yarg != "*":
                         continue
                     for p, q in ((ykids[0], ykids[1]), (ykids[1], ykids[0])):
-                        if nodes[q][0] == bcast:
+                        if nodes[q][0] == bcast and (nodes[x][3] or nodes[p][3]):
                             rest = add(("Z", "*", (rebuild(x), rebuild(p)), mdims))
                             return add(("Z", "*", (add(("R", op, (rest,), dims)), rebuild(nodes[q][2][0])), dims))
         return add(("R", op, (rebuild(cid),), dims))
