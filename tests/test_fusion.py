@@ -113,6 +113,22 @@ CONSTANT_SUMS: list[tuple[str, Callable[[lb.Matrix, lb.Vector, lb.Vector], lb.De
 ]
 
 
+def test_rewritten_sums_are_rounded_once_not_part_by_part() -> None:
+    """The algebra's partial sums stay float64 until the combination is rounded: a pulled-out
+    factor cannot overflow float32 and a split difference cannot cancel to float32 garbage."""
+    big = lb.matrix(np.full((1000, 2), 1e36, np.float32))  # the sum, 1e39, is beyond float32
+    np.testing.assert_allclose(lb.compute(lb.sum_rows(lb.scale(1e-3, big))).array, 1e36, rtol=1e-6)
+    w = lb.vector(np.full(2, 1e3, np.float32))
+    np.testing.assert_allclose(lb.compute(lb.sum_rows(big * lb.rows_like(lb.amap(Fn.recip, w), big))).array,
+                               1e36, rtol=1e-6)
+    xs = (1e4 + np.random.default_rng(3).standard_normal((1000, 4))).astype(np.float32)
+    x = lb.matrix(xs)
+    dev = lb.sum_rows(x - lb.rows_like(lb.scale(1e-3, lb.sum_rows(x)), x))  # the mean in the same kernel
+    mean32 = (xs.astype(np.float64).sum(0).astype(np.float32) * np.float32(1e-3)).astype(np.float64)
+    want = (xs.astype(np.float64) - mean32).sum(0)  # |want| < 1, from two sums near 1e7
+    np.testing.assert_allclose(lb.compute(dev).array, want, atol=1e-2)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name,make,want", CONSTANT_SUMS, ids=[c[0] for c in CONSTANT_SUMS])
 def test_sums_of_expressions_with_constants_match_numpy(name: str, make: Callable[..., lb.Delayed[lb.Ix1]],

@@ -35,6 +35,12 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
     (also ``a * (b * br(v))``, reassociated), and split ``sum_rows(a + b) = sum_rows(a) +
     sum_rows(b)`` (likewise ``sum_cols`` with ``cols_like``).
 
+    The sums keep float64 values (the kernel stores them unrounded) and the expression that
+    combines them is rounded to the array's dtype once, as a ``round`` node: the value of the
+    sum the step code asked for, computed in another order. (Rounding each part first would
+    overflow where the whole does not, e.g. ``sum_rows(scale(1e-3, x))`` of float32 rows of
+    1e36, and cancel: ``sum_rows(x - br(mean))`` as the difference of two rounded sums.)
+
     Pulling factors out lets sums that differ only by them share one accumulator (the batch-norm
     backward's five sums become three). Splitting is applied only where a sum reads a vector
     that is itself the result of a reduction, so that the sum moves to an earlier pass: the
@@ -64,8 +70,8 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
     def rebuild(cid: int) -> int:
         if cid not in memo:
             kind, arg, kids, dims = nodes[cid]
-            if kind == "R" and arg in ("sum_rows", "sum_cols"):
-                memo[cid] = total(kids[0], "B" if arg == "sum_rows" else "K", arg, dims)
+            if kind == "R" and arg in ("sum_rows", "sum_cols"):  # float64 partial sums, rounded once
+                memo[cid] = add(("M", "round", (total(kids[0], "B" if arg == "sum_rows" else "K", arg, dims),), dims))
             else:
                 memo[cid] = add((kind, arg, tuple(rebuild(k) for k in kids), dims))
         return memo[cid]

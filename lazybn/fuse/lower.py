@@ -23,7 +23,7 @@ from .algebra import CNode, distribute_sums, levels
 from .canon import Canon
 from .scalar import FN, HELPER, tanh_helper
 
-CODEGEN_VERSION = 10
+CODEGEN_VERSION = 11
 BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the matrix (half an L2)
 
 
@@ -195,9 +195,9 @@ class _Gen:
                         # a plain loop, never np.sum: in a parallel=True kernel numba turns np.sum into
                         # a parallel reduction, i.e. one thread-pool launch per column
                         fin += [f"for j in range(n{c}):", "    tot = np.float64(0.0)", "    for k in range(nch):",
-                                f"        tot += acc{cid}[k, j]", f"    {dst}[j] = dt(tot{shift})"]
-                    else:
-                        fin += [f"for j in range(n{c}):", f"    {dst}[j] = dt(a{cid}[j]{shift})"]
+                                f"        tot += acc{cid}[k, j]", f"    {dst}[j] = tot{shift}"]
+                    else:  # sums stay float64: the algebra's round node rounds what combines them
+                        fin += [f"for j in range(n{c}):", f"    {dst}[j] = a{cid}[j]{shift}"]
                     if q is not None:  # added once per block, not per row
                         block_sums.append((cid, q))
                     else:
@@ -206,7 +206,7 @@ class _Gen:
                     self.rowsum = True
                     chunk.append(f"rb{cid} = np.empty(n{c}, np.float64)")
                     inner.append(f"rb{cid}[j] = np.float64({v})")
-                    post.append(f"{dst}[i] = dt(rowsum(rb{cid}, n{c}))")
+                    post.append(f"{dst}[i] = rowsum(rb{cid}, n{c})")
                 else:  # max_cols
                     pre.append(f"s{cid} = dt(-np.inf)")
                     inner.append(f"s{cid} = {v} if ({v} > s{cid} or {v} != {v}) else s{cid}")  # NaN propagates
@@ -347,10 +347,10 @@ def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
     """Render the kernel for a canonicalised expression; pure (no numba involved)."""
     nodes, roots = distribute_sums(canon.nodes, canon.roots)
     g = _Gen(nodes, roots, par, dtype.itemsize)
-    top = max(g.level, default=0)
-    temps = g.temporaries()
-    for name, dims in temps:
-        g.emit([f"{name} = np.empty(n{dims[0]}, dt)"], 1)
+    top, temps = max(g.level, default=0), g.temporaries()
+    wide = {name for cid, name in g.vname.items() if nodes[cid][:2] in (("R", "sum_rows"), ("R", "sum_cols"))}
+    for name, dims in temps:  # sums in float64 (see distribute_sums), everything else in dt
+        g.emit([f"{name} = np.empty(n{dims[0]}, {'np.float64' if name in wide else 'dt'})"], 1)
     for level in range(top + 2):
         if level > 0:
             g.matrix_passes(level)
