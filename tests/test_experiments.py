@@ -101,6 +101,16 @@ def test_an_output_directory_that_cannot_be_written_is_refused_first(tmp_path: P
     assert f"cannot write to the output directory {out}" in err  # not the missing data: nothing was loaded
 
 
+def test_a_run_that_fails_before_measuring_anything_leaves_no_directory(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    out = tmp_path / "runs" / "train"
+    assert main(["train", "--data-dir", str(empty), "--out", str(out), "--no-progress"]) == 2
+    assert str(empty) in capsys.readouterr().err  # the data error names the directory
+    assert not (tmp_path / "runs").exists()
+
+
 def _fail_on_call(monkeypatch: pytest.MonkeyPatch, call: int, exc: BaseException) -> list[object]:
     """Make the runner's ``train_epoch`` raise ``exc`` on its ``call``-th call (from 1); returns the
     list of layers each earlier call returned."""

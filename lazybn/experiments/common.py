@@ -6,7 +6,8 @@ The API (kept stable; experiment modules import it):
   prepared as a :class:`~lazybn.experiments.runner.Split` (from ``args.data_dir``, else the
   cache, else fetched), or with ``quick`` a small deterministic synthetic 10-class data set
   (600 train, 200 test, 784 uint8 "pixels") that needs neither MNIST nor a network.
-* ``out_dir(args, name) -> Path``: ``args.out`` or ``runs/NAME-TIMESTAMP``, created.
+* ``out_dir(args, name) -> Path``: ``args.out`` or ``runs/NAME-TIMESTAMP``, checked writable (made by
+  the first file written into it).
 * ``command_line(args) -> str``: the ``lazybn run ...`` command that reproduces the run.
 * ``progress(args) -> bool``: whether to show progress bars.
 * ``mean_std(values) -> (mean, std)``: population standard deviation (``np.std``, ddof 0),
@@ -25,6 +26,7 @@ The API (kept stable; experiment modules import it):
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import tempfile
 import time
@@ -86,13 +88,16 @@ def load_split(args: argparse.Namespace, quick: bool, pixels: Pixels = Pixels.st
 
 
 def out_dir(args: argparse.Namespace, name: str) -> Path:
-    """``args.out`` or ``runs/NAME-YYYYmmdd-HHMMSS``, created (with parents) and checked writable
-    before any work is done (:class:`ArgumentError` naming it otherwise)."""
+    """``args.out`` or ``runs/NAME-YYYYmmdd-HHMMSS``, checked writable before any work is done
+    (:class:`ArgumentError` naming it otherwise). It is created by the first file written into
+    it, so a run that fails before measuring anything leaves no empty directory behind."""
     given = getattr(args, "out", None)
     out = Path(given) if given else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise ArgumentError(f"cannot write to the output directory {out} ({exc.strerror or exc}); "
