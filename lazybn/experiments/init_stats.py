@@ -178,6 +178,8 @@ def run_init_stats(args: argparse.Namespace) -> int:
     out = out_dir(args, NAME)
     samples, n_seeds = (100, 1) if args.quick else (SAMPLES, 5)
     print(f"lazybn run {NAME}: writing to {out}")
+    if getattr(args, "data_dir", None):
+        print(f"note: {NAME} feeds the networks random inputs, not MNIST; --data-dir is not used")
     rows: list[dict[str, Any]] = []
     acts: dict[tuple[str, bool], list[F64]] = {}
     for seed in range(args.seed, args.seed + n_seeds):

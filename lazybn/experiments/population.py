@@ -168,7 +168,11 @@ def run_population(args: argparse.Namespace) -> int:
                 "batch norm": "before ReLU; eps 1e-8; running variance unbiased (m/(m-1))",
                 "momenta (weight of the new batch)": ", ".join(f"{m:g}" for m in MOMENTA), "first seed": args.seed}
     check = ("yes" if all(identical) else "NO") + " (the weights of all momentum arms after every epoch)"
-    sections = [("Result: test accuracy % after training (mean ± std over runs)", markdown_table(table)),
+    heading = "Result: test accuracy % after training (mean ± std over runs)"
+    heading += " — interrupted" if res.interrupted else ""
+    body = (markdown_table(table) if final else
+            "No run reached its last epoch, where these are measured; the per-epoch table below has what was.\n")
+    sections = [(heading, body),
                 ("Moving averages vs population statistics after training",
                  "Mean over features of |mu_run − mu_pop| / sd_pop and of |log(var_run / var_pop)|, per batch-norm "
                  "layer (mean over runs; each run's values are in final.csv):\n\n" + markdown_table(errors)
