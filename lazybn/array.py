@@ -292,10 +292,12 @@ def replicate(shape: tuple[int, int], value: float, dtype: DTypeLike = ..., comp
 def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.float32,
               comp: Comp = Comp.Seq) -> Vector | Matrix:
     """An array of the given shape (``n`` for a vector, ``(rows, cols)`` for a matrix) filled with ``value``."""
-    dims: tuple[object, ...] = (shape,) if isinstance(shape, int) else tuple(shape)
-    if len(dims) not in (1, 2) or any(not isinstance(d, (int, np.integer)) or d < 0 for d in dims):
+    dims: tuple[object, ...] = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    if len(dims) not in (1, 2) or any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0
+                                      for d in dims):
         raise ValueRangeError(f"replicate: shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
-    arr = _as_float_array(np.full(shape, value, dtype=np.float64), dtype, "replicate")
+    sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
+    arr = _as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate")
     return Manifest(arr, comp)
 
 

@@ -46,6 +46,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("rank-3 data", lambda: lb.matrix(np.ones((2, 2, 2))), lb.RankError, "(2, 2, 2)"),
     ("a numpy array where a lazybn array is needed", lambda: lb.sum_rows(np.ones((2, 2))),  # type: ignore[arg-type]
      lb.ArgumentError, "ndarray"),
+    ("a shape that is not n or (rows, cols)", lambda: lb.zeros(3.0),  # type: ignore[call-overload]
+     lb.ValueRangeError, "non-negative integers"),
     ("max over zero columns", lambda: lb.max_cols(lb.matrix(np.ones((2, 0)))), lb.ShapeError, "zero columns"),
     ("matmul inner dimensions", lambda: lb.matmul(M, M), lb.ShapeError, "inner dimensions"),
     ("Linear with a vector weight", lambda: Linear(V, V), lb.RankError, "Linear.w"),  # type: ignore[arg-type]

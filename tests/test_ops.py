@@ -194,3 +194,11 @@ def test_integer_data_becomes_float32_with_the_same_values(kind: str, data: st.D
     assert got.dtype == np.float32 and got.shape == xs.shape
     np.testing.assert_array_equal(got.array, xs.astype(np.float32))  # numpy's rounding of each value
     assert lb.vector(xs.reshape(-1)).dtype == np.float32
+
+
+@given(n=st.integers(0, 5), m=st.integers(0, 5), value=st.floats(-1e6, 1e6), kind=st.sampled_from([int, np.int64]))
+def test_replicate_zeros_and_ones_take_python_or_numpy_integers(n: int, m: int, value: float, kind: type) -> None:
+    shape = (kind(n), kind(m))
+    np.testing.assert_array_equal(lb.replicate(shape, value, np.float64).array, np.full((n, m), value))
+    np.testing.assert_array_equal(lb.zeros(kind(n)).array, np.zeros(n, np.float32))
+    assert lb.ones(shape).array.shape == (n, m) and lb.ones(shape).dtype == np.float32
