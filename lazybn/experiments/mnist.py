@@ -204,12 +204,15 @@ def _train(args: argparse.Namespace) -> int:
     header = f"{'seed':>4} {'epoch':>5} {'network':<12} {'loss':>8} {'train acc':>9} {'test acc':>8} {'seconds':>7}"
     print(header)
 
+    saved: dict[tuple[int, str], int] = {}  # (seed, network) -> the epoch its file holds
+
     def keep(seed: int, layers: dict[str, list[Layer]], epochs: dict[str, int]) -> None:
-        """Save each network with at least one measured epoch, tagged with that epoch."""
+        """Save each network with a measured epoch not saved yet, tagged with that epoch."""
         for name, net in layers.items():
-            if epochs[name]:
+            if epochs[name] and saved.get((seed, name)) != epochs[name]:
                 save(out / f"{name}-seed{seed}.npz", net,
                      meta={"preset": args.preset, "seed": seed, "arm": name, "epoch": epochs[name]})
+                saved[seed, name] = epochs[name]
 
     for seed in range(args.seed, args.seed + args.seeds):
         done = len(rows)
