@@ -297,8 +297,7 @@ def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.
                                       for d in dims):
         raise ValueRangeError(f"replicate: shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
     sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
-    arr = _as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate")
-    return Manifest(arr, comp)
+    return Manifest(_as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate"), comp)
 
 
 @overload
