@@ -10,6 +10,8 @@ an array that no slot names.
 from __future__ import annotations
 
 import enum
+import functools
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, assert_never, final
@@ -17,7 +19,7 @@ from typing import Any, assert_never, final
 import numpy as np
 
 from . import fuse
-from .array import Manifest
+from .array import Comp, Manifest
 from .fuse import cache
 
 STATIC = (int, float, bool, str, bytes, type(None), complex)  # plain values: kept as they are
@@ -72,164 +74,183 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
     raise Opaque(t.__name__)
 
 
-Builder = Callable[[list[Any]], Any]
+def _same(a: object, b: object) -> bool:
+    """Whether a rebuilt result ``a`` is the traced result ``b``: the same arrays (by identity),
+    types, plain values and attributes."""
+    if a is b:
+        return True
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is Manifest:
+        x, y = a._leaf.array, b._leaf.array  # type: ignore[attr-defined]
+        same = x is y or (x.size == 0 and x.shape == y.shape and x.dtype == y.dtype)
+        return same and a._comp is b._comp  # type: ignore[attr-defined]
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if t is float or t is complex:
+        return repr(a) == repr(b)  # -0.0 is not 0.0, NaN is NaN
+    if t in STATIC or isinstance(a, enum.Enum):
+        return a == b
+    if is_dataclass(a):
+        names = getattr(a, "__dict__", None) or {n: None for n in field_names(t)}
+        attrs = getattr(b, "__dict__", None) or names
+        return names.keys() == attrs.keys() and all(_same(getattr(a, n), getattr(b, n)) for n in names)
+    return False
 
 
-def builder(tpl: Template) -> Builder:
-    """A function rebuilding the result of ``tpl`` from the value slots (made once per program)."""
-    tag = tpl[0]
-    if tag == "M":
-        slot, comp, of = tpl[1], tpl[2], Manifest._of
-        return lambda vals: of(vals[slot], comp)
-    if tag == "S":
-        value = tpl[1]
-        return lambda vals: value
-    if tag == "E":
-        shape, dtype, comp = tpl[1], tpl[2], tpl[3]
-
-        def empty(vals: list[Any]) -> Any:
-            a = np.empty(shape, dtype)
-            a.setflags(write=False)
-            return Manifest._of(a, comp)
-
-        return empty
-    if tag == "T":
-        parts = [builder(y) for y in tpl[2]]
-        if tpl[1] is tuple:
-            return lambda vals: tuple([p(vals) for p in parts])
-        return lambda vals: [p(vals) for p in parts]
-    cls, fields_in_order = tpl[1], [builder(y) for _, y in tpl[2]]  # every field, in order (field_names)
-    return lambda vals: cls(*[p(vals) for p in fields_in_order])  # the constructor validates
+def _plain(x: object) -> bool:
+    """An immutable plain value (or a tuple of them): what a logged host call may keep for its replays."""
+    if type(x) is tuple:
+        return all(_plain(y) for y in x)
+    return type(x) in STATIC or isinstance(x, (enum.Enum, np.dtype, np.generic))
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class _Kernel:
-    """A logged kernel launch with its arrays named by value slot."""
-
-    fn: cache.KernelFn
-    leaves: tuple[int, ...]
-    tail: tuple[Any, ...]
-    out_shapes: tuple[tuple[int, ...], ...]
-    dtype: np.dtype[Any]
-    par: bool
-    order: tuple[int, ...]
-    dynamic: tuple[tuple[int, int], ...]  # (tail position, index of the dynamic value)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Matmul:
-    a: int
-    b: int
+def _stateless(fn: object) -> bool:
+    """Whether calling ``fn`` again needs nothing of the call that made it: no closure or default
+    holding a mutable value, no bound object (an argument of the traced call, say)."""
+    if isinstance(fn, functools.partial):
+        return _stateless(fn.func) and _plain(fn.args) and _plain(tuple(fn.keywords.values()))
+    if isinstance(fn, types.FunctionType):
+        try:
+            cells = tuple(c.cell_contents for c in fn.__closure__ or ())
+        except ValueError:  # an empty cell: a name bound after the function was made
+            return False
+        return _plain(cells) and _plain(fn.__defaults__ or ()) and _plain(tuple((fn.__kwdefaults__ or {}).values()))
+    return not isinstance(fn, types.MethodType)
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class _Transpose:
-    a: int
+def _threads() -> np.uint64:
+    """The thread count a ``Comp.Par`` kernel is launched with (numba is imported with the kernels)."""
+    import numba
+
+    return np.uint64(numba.get_num_threads())
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class _Host:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    dynamic: tuple[tuple[int, int], ...]  # (argument position, index of the dynamic value)
+def _empty(shape: tuple[int, ...], dtype: np.dtype[Any], comp: Comp) -> Manifest[Any]:
+    a = np.empty(shape, dtype)
+    a.setflags(write=False)
+    return Manifest._of(a, comp)
 
 
-_Op = _Kernel | _Matmul | _Transpose | _Host
+Run = Callable[[list[Any], list[Any]], Any]
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Program:
-    """What a replay runs: the logged operations in order, then the result rebuilt from the slots.
+    """What a replay runs: ``run(arrays, values)`` repeats the logged operations on the argument
+    arrays and the dynamic values, then rebuilds the result.
 
-    Value slots are the argument arrays (in flattening order) followed by every operation's
-    results, in order.
+    ``run`` is straight-line Python written from the log (``source``): a line per array it
+    allocates, per call and per read-only flag, then the result's constructor calls, so a replay
+    pays no interpretation of the log. Value slots are the argument arrays (in flattening order)
+    followed by every operation's results, in order; slot ``k`` is the local ``v<k>``.
     """
 
-    ops: tuple[_Op, ...]
-    result: Template
-    build: Builder
+    run: Run
+    source: str
     launches: int
 
-    def run(self, arrays: list[Any], values: list[float]) -> Any:
-        vals = arrays
-        for op in self.ops:
-            if type(op) is _Kernel:
-                outs = [np.empty(shape, op.dtype) for shape in op.out_shapes]
-                args = [vals[i] for i in op.leaves]
-                if op.dynamic:
-                    tail = list(op.tail)
-                    for k, index in op.dynamic:
-                        tail[k] = op.dtype.type(values[index])
-                    args += tail
-                else:
-                    args += op.tail
-                args += outs
-                if op.par:
-                    import numba
 
-                    args.append(np.uint64(numba.get_num_threads()))
-                op.fn(*args)
-                for o in outs:
-                    o.setflags(write=False)
-                vals += [outs[k] for k in op.order]
-            elif type(op) is _Matmul:
-                out = np.matmul(vals[op.a], vals[op.b])
-                out.setflags(write=False)
-                vals.append(out)
-            elif type(op) is _Transpose:
-                vals.append(vals[op.a].T)
-            else:
-                args = list(op.args)
-                for k, index in op.dynamic:
-                    args[k] = values[index]
-                out = op.fn(*args)
-                out.setflags(write=False)
-                vals.append(out)
-        cache.count("launches", self.launches)
-        return self.build(vals)
+class _Source:
+    """The lines of a replay function, and the objects its global names stand for."""
+
+    def __init__(self, n_args: int) -> None:
+        self.names: dict[str, object] = {"empty": np.empty, "matmul": np.matmul, "of": Manifest._of,
+                                         "threads": _threads, "empty_manifest": _empty,
+                                         "count": functools.partial(cache.count, "launches")}
+        self.slots = n_args  # value slots named so far
+
+    def const(self, value: object, kind: str = "c") -> str:
+        """A global name for ``value`` (``kind`` makes the source readable)."""
+        name = f"{kind}{len(self.names)}"
+        self.names[name] = value
+        return name
+
+    def result(self, tpl: Template) -> str:
+        """The expression that rebuilds the result of template ``tpl`` from the slots."""
+        tag = tpl[0]
+        if tag == "M":
+            return f"of(v{tpl[1]}, {self.const(tpl[2], 'comp')})"
+        if tag == "S":
+            return self.const(tpl[1])
+        if tag == "E":
+            return f"empty_manifest({tpl[1]!r}, {self.const(tpl[2])}, {self.const(tpl[3])})"
+        if tag == "T":
+            parts = "".join(f"{self.result(y)}, " for y in tpl[2])
+            return f"({parts})" if tpl[1] is tuple else f"[{parts}]"
+        keyword = {f.name for f in fields(tpl[1]) if f.kw_only}  # every field, in order (field_names)
+        args = [f"{name}={self.result(y)}" if name in keyword else self.result(y) for name, y in tpl[2]]
+        return f"{self.const(tpl[1], tpl[1].__name__)}({', '.join(args)})"  # the constructor validates
 
 
 def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -> Program:
-    """Name every array the log touches by its value slot; opaque if one has no slot."""
+    """Name every array the log touches by its value slot (opaque if one has no slot), then
+    write the replay function."""
     slot_of: dict[int, int] = {id(a): k for k, a in reversed(list(enumerate(arrays)))}
-    count = len(arrays)  # Program.run appends one value per result, duplicates included
+    slots = list(arrays)  # the traced values of the slots
+    src = _Source(len(arrays))
 
-    def slot(a: object) -> int:
+    def slot(a: object) -> str:
         k = slot_of.get(id(a))
         if k is None:
             raise Opaque("an operation read an array the arguments do not provide")
-        return k
+        return f"v{k}"
 
-    def produced(*results: object) -> None:
-        nonlocal count
-        for r in results:
-            slot_of.setdefault(id(r), count)
-            count += 1
+    def produced(r: object) -> str:
+        slot_of.setdefault(id(r), len(slots))
+        slots.append(r)
+        return f"v{len(slots) - 1}"
 
-    ops: list[_Op] = []
+    def argument(x: object, dynamic: dict[int, int], k: int, convert: str = "") -> str:
+        """A plain argument, or this call's dynamic value (through ``convert``)."""
+        return f"{convert}(values[{dynamic[k]}])" if k in dynamic else src.const(x)
+
+    lines: list[str] = []
+    launches = 0
     for entry in log:
         match entry:
             case fuse.Launch():
-                ops.append(_Kernel(entry.fn, tuple(slot(a) for a in entry.leaves), entry.tail, entry.out_shapes,
-                                   entry.dtype, entry.par, entry.order, entry.dynamic))
-                produced(*entry.results)
+                launches += 1
+                outs = [f"o{launches}_{k}" for k in range(len(entry.out_shapes))]
+                dtype, dyn, convert = src.const(entry.dtype, "dtype"), dict(entry.dynamic), src.const(entry.dtype.type, "as")
+                lines += [f"{o} = empty({shape!r}, {dtype})" for o, shape in zip(outs, entry.out_shapes)]
+                args = [slot(a) for a in entry.leaves] + [argument(x, dyn, k, convert) for k, x in enumerate(entry.tail)]
+                lines.append(f"{src.const(entry.fn, 'kernel')}({', '.join(args + outs + (['threads()'] if entry.par else []))})")
+                lines += [f"{o}.setflags(write=False)" for o in outs]
+                lines += [f"{produced(r)} = {outs[k]}" for r, k in zip(entry.results, entry.order)]
             case fuse.Matmul():
-                ops.append(_Matmul(slot(entry.a), slot(entry.b)))
-                produced(entry.result)
+                a, b, out = slot(entry.a), slot(entry.b), produced(entry.result)
+                lines += [f"{out} = matmul({a}, {b})", f"{out}.setflags(write=False)"]
             case fuse.Transpose():
-                ops.append(_Transpose(slot(entry.a)))
-                produced(entry.result)
+                a = slot(entry.a)
+                lines.append(f"{produced(entry.result)} = {a}.T")
             case fuse.HostCall():
-                ops.append(_Host(entry.fn, entry.args, entry.dynamic))
-                produced(entry.result)
+                if not (_plain(entry.args) and _stateless(entry.fn)):  # the replay would call it with
+                    raise Opaque("a host call with a mutable argument or state")  # what this call held
+                dyn = dict(entry.dynamic)
+                args = [argument(x, dyn, k) for k, x in enumerate(entry.args)]
+                out = produced(entry.result)
+                lines += [f"{out} = {src.const(entry.fn, 'host')}({', '.join(args)})", f"{out}.setflags(write=False)"]
             case _:
                 assert_never(entry)
-    tpl = _template(result, slot_of)
-    return Program(tuple(ops), tpl, builder(tpl), sum(type(op) is _Kernel for op in ops))
-
-
+    ret = src.result(_template(result, slot_of))
+    source = "\n".join([
+        "def replay(arrays, values):",
+        *(f"    {''.join(f'v{k}, ' for k in range(len(arrays)))}= arrays" for _ in arrays[:1]),
+        *(f"    {line}" for line in lines),
+        *([f"    count({launches})"] if launches else []),
+        f"    return {ret}",
+        "def rebuild(slots):",  # the result alone, from the traced slots
+        *(f"    {''.join(f'v{k}, ' for k in range(len(slots)))}= slots" for _ in slots[:1]),
+        f"    return {ret}",
+    ])
+    exec(compile(source, "<lazybn replay>", "exec"), src.names)
+    try:  # a constructor that does more than store its arguments (InitVar, __post_init__ changing
+        again = src.names["rebuild"](slots)  # type: ignore[operator]  # fields, its own __init__)
+    except Exception:  # would rebuild something else
+        raise Opaque("the result does not rebuild through its constructors") from None
+    if not _same(again, result):
+        raise Opaque("the result does not rebuild through its constructors")
+    return Program(src.names["replay"], source, launches)  # type: ignore[arg-type]

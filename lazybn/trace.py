@@ -22,13 +22,17 @@ replay could not reproduce makes the signature *opaque*, and every call with it 
 as if undecorated: reading values in Python (``m.array``, ``np.asarray(m)``, printing), a
 delayed or numpy array among the arguments, an operation reading an array the arguments do not
 provide (a global, a random array made outside ``fuse.host_call``), a result array no logged
-operation made, a result of a type it cannot rebuild. Dataclasses in the result are rebuilt through their
+operation made, a result of a type it cannot rebuild, a body that changes its arguments (a
+replay would not), a dataclass argument with attributes besides its fields, a ``host_call`` whose
+function or arguments hold mutable values (a list, a closure over one: the replay would call it
+with what the first call held). Dataclasses in the result are rebuilt through their
 constructor, so their validation runs on every call (layer constructors check values through
-``_leaf``, which does not count as a read).
+``_leaf``, which does not count as a read); one whose constructor rebuilds something else (its
+own ``__init__``, an ``InitVar``, a ``__post_init__`` that changes fields) is opaque.
 
 A plain value that changes on every call would make every call a trace. ``@fused(dynamic=
 ("lr_scale", "correction"))`` takes such parameters (a number or a tuple of numbers) out of the
-signature: the trace runs with :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn
+signature (each number's type stays in it): the trace runs with :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn
 operations accept as numbers and which become runtime arguments of the kernels, so a replay
 passes each call's values. Python arithmetic or tests on a stand-in raise ``ArgumentError`` (a
 ``TypeError``) at the first call (a replay could not repeat them). The optimizer step uses this
@@ -56,7 +60,7 @@ from .array import Comp, Manifest
 from .errors import ArgumentError
 from .fuse import cache
 from .fuse.graph import Scalar
-from .replay import STATIC, Opaque, Program, builder, compile_program, field_names
+from .replay import STATIC, Opaque, Program, compile_program, field_names
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,11 +88,16 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
             _flatten(y, arrays, sig)
     elif t is float:
         sig.append((t, x.hex()))  # type: ignore[attr-defined]  # -0.0 is not 0.0, and NaN is itself
+    elif t is complex:
+        sig.append((t, x.real.hex(), x.imag.hex()))  # type: ignore[attr-defined]
     elif t in STATIC or isinstance(x, enum.Enum):
         sig.append((t, x))
     elif is_dataclass(x) and not isinstance(x, type):
         sig.append(t)
-        for name in field_names(t):
+        names = field_names(t)
+        if t.__dictoffset__ and len(x.__dict__) != len(names):  # an attribute besides the fields
+            raise Opaque(t.__name__)
+        for name in names:
             y = getattr(x, name)
             ty = type(y)
             if ty is Manifest:
@@ -106,26 +115,24 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
 
 
 _OPAQUE = None  # a signature the replay cannot serve: run the body every time
-_UNSEEN = Program((), ("S", None), builder(("S", None)), 0)  # a signature not traced yet
+_UNSEEN = Program(lambda arrays, values: None, "", 0)  # a signature not traced yet
 
 
-def _numbers(v: object, values: list[float]) -> object:
+def _numbers(v: object, values: list[Any]) -> object:
     """Append the numbers of a dynamic argument (a number, None, or a tuple of them); returns its
-    shape (ints stay ints: a seed must not round)."""
+    shape. Each number keeps its type, which is part of the shape (ints stay ints: a seed must not
+    round; a host call given ``np.float32(0.5)`` makes a float32 array, given 0.5 a float64 one)."""
     if type(v) is tuple:
         return tuple(_numbers(y, values) for y in v)
     if v is None:
         return None
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        values.append(int(v))
-        return int
-    if isinstance(v, (float, np.floating)):
-        values.append(float(v))
-        return float
+    if isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool):
+        values.append(v)
+        return type(v)
     raise Opaque(f"a dynamic argument must be a number or a tuple of numbers, not {type(v).__name__}")
 
 
-def _stand_ins(v: object, values: list[float], start: int) -> tuple[object, int]:
+def _stand_ins(v: object, values: list[Any], start: int) -> tuple[object, int]:
     """``v`` with every number replaced by its :class:`Scalar` stand-in (indices from ``start``)."""
     if type(v) is tuple:
         items = []
@@ -141,7 +148,7 @@ def _stand_ins(v: object, values: list[float], start: int) -> tuple[object, int]
 @overload
 def fused(f: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
-def fused(*, dynamic: tuple[str, ...]) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def fused(*, dynamic: tuple[str, ...] = ...) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 def fused(f: Callable[P, R] | None = None, /, *,
           dynamic: tuple[str, ...] = ()) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Trace ``f`` once per signature and replay its kernels afterwards (see the module doc).
@@ -163,6 +170,26 @@ def _dynamic_places(where: tuple[tuple[int, str], ...], args: list[object],
             for pos, name in where if pos < len(args) or name in kwargs]
 
 
+def _signature(where: tuple[tuple[int, str], ...], args: tuple[object, ...],
+               kwargs: dict[str, Any]) -> tuple[tuple[object, ...], list[Any], list[Any]]:
+    """A call's signature, its argument arrays and its dynamic values; opaque if it has none."""
+    arrays: list[Any] = []
+    sig: list[object] = []
+    values: list[Any] = []
+    static_args: list[object] = list(args)
+    static_kwargs = dict(kwargs)
+    for held, at in _dynamic_places(where, static_args, static_kwargs):
+        sig.append(_numbers(held[at], values))  # the value leaves the signature, its shape stays
+        held[at] = None
+    _flatten(static_args, arrays, sig)
+    if static_kwargs:
+        _flatten(sorted(static_kwargs.items()), arrays, sig)
+    ids = [id(a) for a in arrays]
+    if len(set(ids)) < len(ids):  # which arguments are the same array is part of the signature
+        sig.append(tuple(ids.index(i) for i in ids))
+    return tuple(sig), arrays, values
+
+
 def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     params = list(inspect.signature(f).parameters)
     for name in dynamic:
@@ -175,24 +202,10 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         if not REPLAY or fuse.active() is not None:  # switched off, or part of an enclosing trace
             return f(*args, **kwargs)
-        arrays: list[Any] = []
-        sig: list[object] = []
-        values: list[float] = []
-        static_args: list[object] = list(args)
-        static_kwargs = dict(kwargs)
         try:
-            for held, at in _dynamic_places(where, static_args, static_kwargs):
-                sig.append(_numbers(held[at], values))  # the value leaves the signature, its shape stays
-                held[at] = None
-            _flatten(static_args, arrays, sig)
-            if static_kwargs:
-                _flatten(sorted(static_kwargs.items()), arrays, sig)
+            key, arrays, values = _signature(where, args, kwargs)
         except Opaque:
             return f(*args, **kwargs)
-        ids = [id(a) for a in arrays]
-        if len(set(ids)) < len(ids):  # which arguments are the same array is part of the signature
-            sig.append(tuple(ids.index(i) for i in ids))
-        key = tuple(sig)
         prog = programs.get(key, _UNSEEN)
         if prog is _OPAQUE:
             return f(*args, **kwargs)
@@ -212,6 +225,9 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
         try:
             if rec.read_values:
                 raise Opaque("the body read array values")
+            after, now, _ = _signature(where, args, kwargs)
+            if after != key or any(a is not b for a, b in zip(now, arrays)):
+                raise Opaque("the body changed its arguments")  # a replay would not
             programs[key] = compile_program(arrays, rec.log, out)
         except Opaque:
             programs[key] = _OPAQUE

@@ -1,0 +1,255 @@
+"""``@fused``: a replayed call returns what the body returns, or the body runs.
+
+Each test calls a fused function several times and compares every result with the undecorated
+body (``f.__wrapped__``) on the same arguments: values bit for bit, types, shapes, dtypes and
+``Comp``. The bodies here either keep the contract (and must replay exactly) or break it in a way
+the replay must notice (and then run the body every time).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import InitVar, dataclass, field
+from typing import Any
+
+import numpy as np
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn import fuse
+from lazybn.array import Vector
+from lazybn.network import bn_forward
+from lazybn.trace import fused
+
+
+def _same(got: object, want: object) -> None:
+    """``got`` is ``want``: same types and structure, arrays equal bit for bit with one Comp."""
+    assert type(got) is type(want), (got, want)
+    if isinstance(got, lb.Manifest):
+        assert isinstance(want, lb.Manifest)
+        assert got.shape == want.shape and got.dtype == want.dtype and got.comp is want.comp
+        assert got.array.tobytes() == want.array.tobytes()
+    elif isinstance(got, (tuple, list)):
+        assert isinstance(want, (tuple, list)) and len(got) == len(want)
+        for g, w in zip(got, want):
+            _same(g, w)
+    elif hasattr(got, "__dataclass_fields__"):
+        assert vars(got).keys() == vars(want).keys()
+        for name in vars(got):
+            _same(getattr(got, name), getattr(want, name))
+    else:
+        assert repr(got) == repr(want)
+
+
+def _body(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The undecorated function."""
+    body: Callable[..., Any] = f.__wrapped__  # type: ignore[attr-defined]
+    return body
+
+
+def _vec(seed: int, dtype: Any = np.float64) -> Vector:
+    return lb.vector(np.random.default_rng(seed).standard_normal(3), dtype)
+
+
+def _code(v: object) -> float:
+    """A number that differs for values a body can tell apart (type, sign of zero, NaN, ...)."""
+    return float(sum(map(ord, f"{type(v).__name__}:{v!r}")))
+
+
+@fused
+def _by_value(x: Vector, v: object) -> Vector:
+    return lb.compute(lb.scale(_code(v), x))
+
+
+plain_values = st.one_of(
+    st.sampled_from([0, 1, True, False, 1.0, 0.0, -0.0, math.nan, 0j, complex(0.0, -0.0), complex(-0.0, 0.0),
+                     1 + 0j, "1", b"1", None, 2**70, -(2**70)]),
+    st.floats(allow_nan=True, width=64), st.complex_numbers(allow_nan=True), st.integers())
+
+
+@settings(max_examples=20)
+@given(values=st.lists(plain_values, min_size=2, max_size=6))
+@example(values=[0j, complex(0.0, -0.0)])  # equal, one hash: only the signature tells them apart
+@example(values=[1, True, 1.0, -0.0, 0.0, math.nan])
+def test_every_plain_value_a_body_can_tell_apart_has_its_own_signature(values: list[object]) -> None:
+    x = _vec(0)
+    for v in values + values[::-1]:
+        _same(_by_value(x, v), _body(_by_value)(x, v))
+
+
+@dataclass
+class _Config:
+    scale: float
+
+
+@fused
+def _scaled_by_attribute(x: Vector, c: _Config) -> Vector:
+    return lb.compute(lb.scale(getattr(c, "extra", c.scale), x))
+
+
+def test_a_dataclass_argument_with_attributes_besides_its_fields_runs_the_body() -> None:
+    x = _vec(1)
+    for extra in (2.0, 3.0, 2.0):
+        c = _Config(1.0)
+        c.extra = extra  # type: ignore[attr-defined]
+        _same(_scaled_by_attribute(x, c), _body(_scaled_by_attribute)(x, c))
+
+
+@fused
+def _appending(x: Vector, log: list[Vector]) -> Vector:
+    out = lb.compute(x * 2.0)
+    log.append(out)
+    return out
+
+
+def test_a_body_changing_its_arguments_runs_every_call() -> None:
+    for seed in range(3):
+        x, log = _vec(seed), list[Vector]()
+        got = _appending(x, log)
+        assert len(log) == 1 and log[0] is got  # the body ran: a replay would leave the list empty
+        _same(got, _body(_appending)(x, []))
+
+
+def _filled(n: int, v: object) -> Any:
+    return np.full(n, v)  # np.float32(0.5) makes float32 values, 0.5 float64 ones
+
+
+@fused(dynamic=("v",))
+def _times_filled(x: Vector, v: float) -> Vector:
+    return lb.compute(x * lb.Manifest(fuse.host_call(_filled, x.shape[0], v)))
+
+
+@settings(max_examples=10)
+@given(values=st.lists(st.sampled_from([np.float32(0.5), np.float32(0.1), np.float64(0.1), 0.1, 2]),
+                       min_size=2, max_size=5))
+def test_dynamic_values_reach_host_calls_with_their_type(values: list[Any]) -> None:
+    for v in values:
+        for dtype in (np.float32, np.float64):
+            x = _vec(2, dtype)
+            try:
+                want = _body(_times_filled)(x, v)
+            except lb.DTypeError:  # the body refuses a float64 mask on float32 data: so must the replay
+                try:
+                    _times_filled(x, v)
+                except lb.DTypeError:
+                    continue
+                raise AssertionError(f"the fused call accepted {v!r} for {np.dtype(dtype)} data") from None
+            _same(_times_filled(x, v), want)
+
+
+def _first_of(n: int, values: list[float]) -> Any:
+    return np.full(n, values[0])
+
+
+@fused
+def _host_from_list(x: Vector, values: list[float]) -> Vector:
+    return lb.compute(x * lb.Manifest(fuse.host_call(_first_of, x.shape[0], values)))
+
+
+@fused
+def _host_from_closure(x: Vector, values: list[float]) -> Vector:
+    return lb.compute(x * lb.Manifest(fuse.host_call(lambda n: np.full(n, values[0]), x.shape[0])))
+
+
+@fused
+def _host_from_partial(x: Vector, values: list[float]) -> Vector:
+    return lb.compute(x * lb.Manifest(fuse.host_call(functools.partial(_first_of, values=values), x.shape[0])))
+
+
+def test_a_host_call_never_keeps_what_the_caller_may_change() -> None:
+    for f in (_host_from_list, _host_from_closure, _host_from_partial):
+        x = _vec(3)
+        held = [2.0]
+        f(x, held)
+        held[0] = 5.0  # the list the first call held changes afterwards
+        _same(f(x, [2.0]), _body(f)(x, [2.0]))
+
+
+@dataclass(init=False)
+class _OwnInit:
+    a: Vector
+    k: float
+
+    def __init__(self, a: Vector) -> None:
+        self.a, self.k = a, 2.0
+
+
+@dataclass(kw_only=True)
+class _KeywordOnly:
+    a: Vector
+    k: float = 1.0
+
+
+@dataclass
+class _WithInitVar:
+    a: Vector
+    k: InitVar[int]
+    total: int = 0
+
+    def __post_init__(self, k: int) -> None:
+        self.total = 2 * k
+
+
+@dataclass
+class _Counting:
+    a: Vector
+    n: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        self.n += 1
+
+
+@fused
+def _own_init(x: Vector) -> _OwnInit:
+    return _OwnInit(lb.compute(x * 2.0))
+
+
+@fused
+def _keyword_only(x: Vector) -> _KeywordOnly:
+    return _KeywordOnly(a=lb.compute(x * 2.0), k=3.0)
+
+
+@fused
+def _init_var(x: Vector) -> _WithInitVar:
+    return _WithInitVar(lb.compute(x * 2.0), 5)
+
+
+@fused
+def _counting(x: Vector) -> _Counting:
+    return _Counting(lb.compute(x * 2.0))
+
+
+@fused
+def _extra_attribute(x: Vector) -> _Config:
+    c = _Config(2.0)
+    c.made = lb.compute(x * 2.0)  # type: ignore[attr-defined]
+    return c
+
+
+def test_results_the_constructor_would_rebuild_differently_come_from_the_body() -> None:
+    for f in (_own_init, _keyword_only, _init_var, _counting, _extra_attribute):
+        for seed in range(3):
+            x = _vec(seed)
+            _same(f(x), _body(f)(x))
+
+
+def test_keyword_only_dataclass_results_replay() -> None:
+    x = _vec(4)
+    _keyword_only(x)
+    before = fuse.stats().replays
+    _same(_keyword_only(_vec(5)), _body(_keyword_only)(_vec(5)))
+    assert fuse.stats().replays == before + 1
+
+
+def test_the_library_steps_still_replay() -> None:
+    x = lb.matrix(np.ones((4, 3)))
+    layer = lb.Batchnorm1d(lb.zeros(3, np.float64), lb.ones(3, np.float64), lb.ones(3, np.float64),
+                           lb.zeros(3, np.float64))
+    bn_forward(x, layer)
+    before = fuse.stats().replays
+    _same(bn_forward(x, layer), _body(bn_forward)(x, layer))
+    assert fuse.stats().replays == before + 1
+
