@@ -6,10 +6,9 @@ expression graph, shape-checked when built, that does no work on the data. ``com
 array) and ``compute_all`` (several at once) are the only routes to memory: they fuse the
 whole expression into one generated numba kernel.
 
-The computation strategy travels with the arrays, as in massiv: an array built with
-``comp=Comp.Par`` (or given one by ``set_comp``) makes every expression that reads it run on
-all cores, once its largest loop nest holds 4 MiB or more (below that, threads cost more than
-they save and the serial kernel runs); ``Comp.Seq`` on one.
+The computation strategy travels with the arrays, as in massiv: an array built with ``comp=Comp.Par``
+(or given one by ``set_comp``) makes every expression that reads it run on all cores once its largest
+loop nest holds 4 MiB or more (below that, threads cost more than they save); ``Comp.Seq`` on one.
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ class _Arith(Generic[Ix]):
     """Elementwise arithmetic shared by manifest and delayed arrays of the same rank."""
 
     __slots__ = ()
+    __array_ufunc__ = None  # numpy defers to these methods: np.float32(2) * x is a Delayed, not an ndarray
 
     def _expr(self) -> tuple[Node, Comp]:
         raise NotImplementedError
@@ -363,7 +363,6 @@ def compute(d: Delayed[Ix]) -> Manifest[Ix]:
     return _run([d], "compute")[0]
 
 
-I1 = TypeVar("I1", Ix1, Ix2)
 I2 = TypeVar("I2", Ix1, Ix2)
 I3 = TypeVar("I3", Ix1, Ix2)
 I4 = TypeVar("I4", Ix1, Ix2)
@@ -371,21 +370,22 @@ I5 = TypeVar("I5", Ix1, Ix2)
 
 
 @overload
-def compute_all(a: Delayed[I1], /) -> tuple[Manifest[I1]]: ...
+def compute_all(a: Delayed[Ix], /) -> tuple[Manifest[Ix]]: ...
 @overload
-def compute_all(a: Delayed[I1], b: Delayed[I2], /) -> tuple[Manifest[I1], Manifest[I2]]: ...
+def compute_all(a: Delayed[Ix], b: Delayed[I2], /) -> tuple[Manifest[Ix], Manifest[I2]]: ...
 @overload
-def compute_all(
-    a: Delayed[I1], b: Delayed[I2], c: Delayed[I3], /
-) -> tuple[Manifest[I1], Manifest[I2], Manifest[I3]]: ...
+def compute_all(a: Delayed[Ix], b: Delayed[I2], c: Delayed[I3],
+                /) -> tuple[Manifest[Ix], Manifest[I2], Manifest[I3]]: ...
 @overload
-def compute_all(
-    a: Delayed[I1], b: Delayed[I2], c: Delayed[I3], d: Delayed[I4], /
-) -> tuple[Manifest[I1], Manifest[I2], Manifest[I3], Manifest[I4]]: ...
+def compute_all(a: Delayed[Ix], b: Delayed[I2], c: Delayed[I3], d: Delayed[I4],
+                /) -> tuple[Manifest[Ix], Manifest[I2], Manifest[I3], Manifest[I4]]: ...
 @overload
-def compute_all(
-    a: Delayed[I1], b: Delayed[I2], c: Delayed[I3], d: Delayed[I4], e: Delayed[I5], /
-) -> tuple[Manifest[I1], Manifest[I2], Manifest[I3], Manifest[I4], Manifest[I5]]: ...
+def compute_all(a: Delayed[Ix], b: Delayed[I2], c: Delayed[I3], d: Delayed[I4], e: Delayed[I5],
+                /) -> tuple[Manifest[Ix], Manifest[I2], Manifest[I3], Manifest[I4], Manifest[I5]]: ...
+@overload  # more arrays, or a list of them: compute_all(*ds)
+def compute_all(*ds: Delayed[Ix]) -> tuple[Manifest[Ix], ...]: ...
+@overload
+def compute_all(*ds: Delayed[Ix1] | Delayed[Ix2]) -> tuple[Vector | Matrix, ...]: ...
 def compute_all(*ds: Delayed[Any]) -> tuple[Manifest[Any], ...]:
     """Evaluate several delayed arrays in ONE kernel: shared inputs are read once per pass."""
     return tuple(_run(ds, "compute_all"))

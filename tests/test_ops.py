@@ -202,3 +202,38 @@ def test_replicate_zeros_and_ones_take_python_or_numpy_integers(n: int, m: int, 
     np.testing.assert_array_equal(lb.replicate(shape, value, np.float64).array, np.full((n, m), value))
     np.testing.assert_array_equal(lb.zeros(kind(n)).array, np.zeros(n, np.float32))
     assert lb.ones(shape).array.shape == (n, m) and lb.ones(shape).dtype == np.float32
+
+
+@given(value=st.integers(-1000, 1000), kind=st.sampled_from([int, float, np.int32, np.int64, np.float32, np.float64]))
+def test_every_numeric_scalar_kind_is_a_number(value: int, kind: type) -> None:
+    m = lb.matrix(np.arange(6.0).reshape(2, 3))
+    s = kind(value)
+    want = np.arange(6.0).reshape(2, 3) * float(value)
+    np.testing.assert_array_equal(lb.compute(lb.scale(s, m)).array, want)
+    np.testing.assert_array_equal(lb.compute(m * s).array, want)
+    np.testing.assert_array_equal(lb.compute(lb.add_c(m, s)).array, np.arange(6.0).reshape(2, 3) + float(value))
+
+
+@pytest.mark.parametrize("flag", [True, np.bool_(True)])
+def test_a_bool_is_not_a_number(flag: object) -> None:
+    with pytest.raises(lb.ArgumentError, match="expected a number"):
+        lb.scale(flag, lb.vector([1.0]))  # type: ignore[arg-type]
+
+
+@given(value=st.floats(-1e3, 1e3), kind=st.sampled_from([np.float64, np.float32, np.int64]))
+def test_a_numpy_scalar_on_the_left_gives_a_delayed_array(value: float, kind: type) -> None:
+    """numpy defers to lazybn's operators, so the result is the same as with a Python float."""
+    x = np.linspace(-2.0, 3.0, 6).reshape(2, 3)
+    m = lb.matrix(x)
+    s = kind(value)
+    for got, want in ((s * m, float(s) * x), (s + m, float(s) + x), (s - m, float(s) - x)):
+        assert isinstance(got, lb.Delayed)
+        np.testing.assert_array_equal(lb.compute(got).array, want)
+
+
+def test_numpy_arrays_do_not_mix_with_lazybn_arrays() -> None:
+    m = lb.matrix(np.ones((2, 3)))
+    with pytest.raises(lb.ArgumentError, match="ndarray"):
+        np.ones((2, 3)) * m
+    with pytest.raises(TypeError):
+        np.exp(m)

@@ -106,7 +106,7 @@ def scalar_value(x: object, op: str) -> float | Scalar:
 
 def is_number(x: object) -> bool:
     """A plain number (not bool) or a :class:`Scalar` stand-in: what arithmetic accepts as a scalar."""
-    return (isinstance(x, (int, float, np.floating)) and not isinstance(x, bool)) or type(x) is Scalar
+    return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)) or type(x) is Scalar
 
 
 class Leaf(NamedTuple):
