@@ -117,7 +117,9 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
         eps, momentum: batch norm's (PyTorch convention: momentum weights the new batch).
 
     Raises:
-        ValueRangeError: invalid sizes, dropout, gain, eps or momentum.
+        ValueRangeError: invalid sizes, dropout or gain; invalid eps or momentum when the network
+            has batch-norm layers (``batchnorm=True`` and at least one hidden layer).
+        ArgumentError: ``act`` is not an :class:`Act` or ``init`` not an :class:`Init`.
     """
     sizes = list(sizes)
     if len(sizes) < 2:
