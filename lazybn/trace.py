@@ -49,7 +49,7 @@ import enum
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import is_dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -176,26 +176,31 @@ def _signature(where: tuple[tuple[int, str], ...], args: tuple[object, ...],
     arrays: list[Any] = []
     sig: list[object] = []
     values: list[Any] = []
-    static_args: list[object] = list(args)
-    static_kwargs = dict(kwargs)
-    for held, at in _dynamic_places(where, static_args, static_kwargs):
-        sig.append(_numbers(held[at], values))  # the value leaves the signature, its shape stays
-        held[at] = None
+    static_args: Sequence[object] = args
+    static_kwargs = kwargs
+    if where:
+        held_args, static_kwargs = list(args), dict(kwargs)
+        for held, at in _dynamic_places(where, held_args, static_kwargs):
+            sig.append(_numbers(held[at], values))  # the value leaves the signature, its shape stays
+            held[at] = None
+        static_args = held_args
     _flatten(static_args, arrays, sig)
     if static_kwargs:
         _flatten(sorted(static_kwargs.items()), arrays, sig)
-    ids = [id(a) for a in arrays]
-    if len(set(ids)) < len(ids):  # which arguments are the same array is part of the signature
+    if len({id(a) for a in arrays}) < len(arrays):  # which arguments are the same array is part of the signature
+        ids = [id(a) for a in arrays]
         sig.append(tuple(ids.index(i) for i in ids))
     return tuple(sig), arrays, values
 
 
 def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
-    params = list(inspect.signature(f).parameters)
+    params = inspect.signature(f).parameters
+    positional = [p.name for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     for name in dynamic:
-        if name not in params:
+        if name not in params or params[name].kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             raise ArgumentError(f"fused: {f.__qualname__} has no parameter {name!r} to make dynamic")
-    where = tuple((params.index(name), name) for name in dynamic)
+    # where each dynamic parameter is: its position, or past every position if keyword-only
+    where = tuple((positional.index(name) if name in positional else 1 << 30, name) for name in dynamic)
     programs: dict[tuple[object, ...], Program | None] = {}
 
     @functools.wraps(f)

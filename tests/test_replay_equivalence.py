@@ -15,6 +15,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -253,3 +254,28 @@ def test_the_library_steps_still_replay() -> None:
     _same(bn_forward(x, layer), _body(bn_forward)(x, layer))
     assert fuse.stats().replays == before + 1
 
+
+
+@fused(dynamic=("s",))
+def _scaled_sum(x: Vector, *rest: Vector, s: float) -> Vector:
+    total = lb.delay(x)
+    for r in rest:
+        total = total + r
+    return lb.compute(lb.scale(s, total))
+
+
+def test_a_keyword_only_dynamic_parameter_after_star_args_is_found_by_name() -> None:
+    x, y, z = _vec(1), _vec(2), _vec(3)
+    _scaled_sum(x, y, z, s=2.0)
+    before = fuse.stats().replays
+    for s in (3.0, -0.5):
+        _same(_scaled_sum(x, y, z, s=s), _body(_scaled_sum)(x, y, z, s=s))
+    assert fuse.stats().replays == before + 2
+
+
+def test_star_args_cannot_be_dynamic() -> None:
+    def f(x: Vector, *rest: float) -> Vector:
+        return x
+
+    with pytest.raises(lb.ArgumentError, match="no parameter 'rest'"):
+        fused(dynamic=("rest",))(f)
