@@ -142,6 +142,10 @@ def _check_features(inp: Matrix, layer: Batchnorm1d) -> None:
 
 
 def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: np.dtype[Any]) -> FloatArray:
+    # Checked here, not in _dropout_mask: a replay of _pass repeats this call with its own key.
+    k: object = key
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueRangeError(f"Dropout in training: the key must be an integer >= 0, got {key!r}")
     rng = np.random.default_rng([key, index])
     keep = rng.random(shape) >= p
     out: FloatArray = keep.astype(dtype) / dtype.type(1.0 - p)

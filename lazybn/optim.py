@@ -37,7 +37,7 @@ from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRan
 from .fuse.graph import Fn
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad)
-from .ops import add_c, amap, scale
+from .ops import add_c, amap, scale, sum_rows
 from .trace import fused
 
 
@@ -318,7 +318,7 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
         ValueRangeError: ``lr_scale`` is negative or not finite.
     """
     t, s, correction = prepare_update(opt, state, layers, grads, lr_scale)
-    new_layers, new_slots = step_all(opt, tuple(layers), tuple(grads), state.slots, s, correction)
+    new_layers, new_slots, _ = step_all(opt, tuple(layers), tuple(grads), state.slots, s, correction)
     return new_layers, OptState(t, new_slots)
 
 
@@ -349,14 +349,19 @@ def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
 
 @fused(dynamic=("lr_scale", "correction"))
 def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
-            slots: Slots, lr_scale: float, correction: tuple[float, ...]) -> tuple[list[Layer], Slots]:
+            slots: Slots, lr_scale: float,
+             correction: tuple[float, ...]) -> tuple[list[Layer], Slots, tuple[Manifest[Any], ...]]:
     """Every parameter's step, in one kernel per (dtype, Comp) of the parameters: usually one.
 
-    The arguments are :func:`update`'s, checked by :func:`prepare_update`; returns the new layers and slots.
+    The arguments are :func:`update`'s, checked by :func:`prepare_update`; returns the new layers,
+    the new slots and a *witness* per new parameter, finite if the parameter is: a vector is its
+    own, a matrix's are its column sums, made in the same loop as the matrix (so a training step
+    checks a few hundred numbers, not every weight; a sum can also overflow to inf).
     """
     k = _moments(opt)
     pending: dict[tuple[np.dtype[Any], Comp], list[Delayed[Any]]] = {}
     places: list[list[tuple[tuple[np.dtype[Any], Comp], int, int]]] = []  # per layer: (group, start, count)
+    witnesses: list[tuple[tuple[np.dtype[Any], Comp], int]] = []  # (group, index)
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
         params, gs = _params(layer), _grads(i, layer, g)
         _check(i, layer, params, gs, layer_slots, k, opt)
@@ -366,7 +371,10 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
             group = pending.setdefault((p.dtype, p.comp), [])
             outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, lr_scale, correction)
             places[-1].append(((p.dtype, p.comp), len(group), len(outs)))
+            witnesses.append(((p.dtype, p.comp), len(group) if len(p.shape) == 1 else len(group) + len(outs)))
             group.extend(outs)
+            if len(p.shape) == 2:
+                group.append(sum_rows(outs[0]))
     done = {key: compute_all(*ds) for key, ds in pending.items()}
     new_layers: list[Layer] = []
     new_slots: list[tuple[Manifest[Any], ...]] = []
@@ -385,4 +393,4 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
                 new_layers.append(layer)
             case _:
                 assert_never(layer)
-    return new_layers, tuple(new_slots)
+    return new_layers, tuple(new_slots), tuple(done[key][at] for key, at in witnesses)

@@ -3,9 +3,9 @@
 ``train_step`` is the seed's ``sgd`` step: run ``_pass``, update the parameters with the
 optimizer (frozen state in, new state out), then the batch-norm running statistics from the
 batch statistics each ``BN1`` carries; all of it is one ``@fused`` replay. Non-finite values
-never reach the returned network: the loss and the batch statistics are checked before the new
-layers are handed out, and the step raises :class:`NumericalError` naming the layer (default)
-or skips the batch, returning the layers it was given.
+never reach the returned network: the loss, the batch statistics and the updated parameters are
+checked before the new layers are handed out, and the step raises :class:`NumericalError` naming
+the layer (default) or skips the batch, returning the layers it was given.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
-from .layers import BN1, Batchnorm1d, Gradients, Layer
+from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias
 from .network import _pass, log_likelihoods, logits, mean_loss, update_running
-from .optim import Optimizer, OptState, Slots, schedule, step_all
+from .optim import Optimizer, OptState, Slots, schedule, step_all, update
 from .trace import fused
 
 
@@ -95,13 +95,42 @@ def _check_finite(loss: float, grads: Sequence[object]) -> str | None:
     return None  # pragma: no cover - the concatenation was not finite, so one of them is not
 
 
+def _nonfinite_weights(layers: Sequence[Layer], witnesses: Sequence[Manifest[Any]]) -> str | None:
+    """The first updated weight or bias that is NaN/inf (batch-norm layers check their own arrays).
+    ``witnesses`` (see :func:`~lazybn.optim.step_all`) are checked first: one look at a few hundred
+    numbers when all is well."""
+    if not witnesses or np.isfinite(np.concatenate([w.array for w in witnesses])).all():
+        return None
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (Linear, LinearNoBias)):
+            for name in ("w", "b") if isinstance(layer, Linear) else ("w",):
+                if not np.isfinite(getattr(layer, name).array).all():
+                    return f"the update makes layer {i} ({type(layer).__name__}) {name} non-finite"
+    return None  # a column sum overflowed; the weights are finite
+
+
+def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, grads: Sequence[Gradients],
+                    lr_scale: float) -> str | None:
+    """The layer whose updated parameters or running statistics refused NaN/inf, found by updating
+    the layers one at a time (this runs only after a refused step)."""
+    for i, (layer, g) in enumerate(zip(layers, grads)):
+        try:
+            new, _ = update(opt, OptState(opt_state.step, (opt_state.slots[i],)), [layer], [g], lr_scale)
+            if isinstance(new[0], Batchnorm1d) and isinstance(g, BN1):
+                update_running(new[0], g)
+        except ValueRangeError as exc:
+            return f"the update makes layer {i} ({type(layer).__name__}) non-finite ({exc})"
+    return None
+
+
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
                key: int | None = None, lr_scale: float = 1.0,
                on_nonfinite: Literal["raise", "skip"] = "raise") -> StepResult:
     """One optimisation step on a batch: returns the new layers and optimizer state.
 
     Raises:
-        NumericalError: the loss or a batch statistic is NaN/inf (``on_nonfinite="raise"``).
+        NumericalError: the loss, a batch statistic or an updated parameter is NaN/inf
+            (``on_nonfinite="raise"``).
     """
     for name, a in (("input", x), ("target", tgt)):
         if not isinstance(a, Manifest):
@@ -112,8 +141,8 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     try:
         # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
         # before the loss and the batch statistics are checked; they are dropped if the check fails.
-        pred, log_lik, grads, new_layers, slots = _step(opt, tuple(layers), opt_state.slots, x, tgt, key, s,
-                                                        correction)
+        pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, tuple(layers), opt_state.slots, x, tgt,
+                                                                   key, s, correction)
         refused = None
     except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
         refused = exc
@@ -121,6 +150,9 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         log_lik = log_likelihoods(pred, tgt)
     loss = mean_loss(log_lik)
     problem = _check_finite(loss, grads)
+    if problem is None:
+        problem = (_refusing_layer(layers, opt, opt_state, grads, s) if refused is not None
+                   else _nonfinite_weights(new_layers, witnesses))
     if problem is not None:
         if on_nonfinite == "skip":
             return StepResult(list(layers), opt_state, loss, pred, skipped=True)
@@ -133,14 +165,15 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
 
 @fused(dynamic=("key", "lr_scale", "correction"))
 def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tgt: Matrix, key: int | None,
-          lr_scale: float, correction: tuple[float, ...]) -> tuple[Matrix, Vector, list[Gradients], list[Layer], Slots]:
+          lr_scale: float, correction: tuple[float, ...]
+          ) -> tuple[Matrix, Vector, list[Gradients], list[Layer], Slots, tuple[Manifest[Any], ...]]:
     """The seed's ``sgd`` step: the pass, each sample's log-likelihood, the optimizer's step and
     every batch-norm layer's running statistics (one replay for all of it)."""
     _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
-    new_layers, new_slots = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
+    new_layers, new_slots, witnesses = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
     running = [update_running(nl, g) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
                for nl, g in zip(new_layers, grads)]
-    return pred, log_likelihoods(pred, tgt), grads, running, new_slots
+    return pred, log_likelihoods(pred, tgt), grads, running, new_slots, witnesses
 
 
 def _rows(data: NDArray[np.floating[Any]], idx: NDArray[np.intp], comp: Comp) -> Matrix:

@@ -1,0 +1,108 @@
+"""Training steps whose update overflows, and dropout keys, against plain numpy: a step never hands
+out a network holding NaN/inf, and a key numpy cannot seed from is lazybn's own error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn.layers import Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+from lazybn.network import _pass
+from lazybn.optim import SGD, Momentum, init_state
+from lazybn.train import NumericalError, train_step
+
+from .helpers import DTYPES
+
+
+def _softmax_grad(logits: Any, tgt: Any) -> Any:
+    """The gradient of the mean cross-entropy with respect to the logits (numpy, float64)."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True) - tgt) / logits.shape[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(bias=st.booleans(), momentum=st.booleans(), n=st.integers(2, 6), seed=st.integers(0, 2**32 - 1))
+def test_an_update_that_overflows_a_weight_is_refused_naming_the_layer(dtype: np.dtype[Any], bias: bool,
+                                                                       momentum: bool, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    tgt = np.eye(2)[labels]
+    # class 0 on the positive side, class 1 on the negative: every sample pulls dw the same way
+    x = rng.uniform(5.0, 10.0, (n, 2)) * np.where(labels == 0, 1.0, -1.0)[:, None]
+    w = rng.uniform(-0.01, 0.01, (2, 2))
+    lr = float(np.finfo(dtype).max)
+    # the numpy oracle: the loss is finite, the SGD step (= the first Momentum step) overflows the weights
+    dw = x.T @ _softmax_grad(x @ w, tgt)
+    with np.errstate(over="ignore"):
+        new_w = (w - lr * dw).astype(dtype)
+    assert not np.isfinite(new_w).all()
+    net: list[Layer] = [Linear(lb.matrix(w, dtype), lb.zeros(2, dtype)) if bias else LinearNoBias(lb.matrix(w, dtype))]
+    opt = Momentum(lr) if momentum else SGD(lr)
+    state = init_state(opt, net)
+    xs, ys = lb.matrix(x, dtype), lb.matrix(tgt, dtype)
+    kind = "Linear" if bias else "LinearNoBias"
+    with pytest.raises(NumericalError, match=rf"training step 0: the update makes layer 0 \({kind}\) w non-finite"):
+        train_step(net, opt, state, xs, ys)
+    skipped = train_step(net, opt, state, xs, ys, on_nonfinite="skip")
+    assert skipped.skipped and skipped.layers == net and skipped.opt_state is state
+    assert np.isfinite(skipped.loss)
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+def test_an_update_that_overflows_batch_norm_honours_on_nonfinite(on_nonfinite: Any) -> None:
+    x = np.array([[10.0], [20.0], [-10.0], [10.0], [10.0]])
+    tgt = np.eye(2)[[0, 1, 0, 1, 1]]
+    w = np.array([[1e10, 0.0]])
+    lr = 1e300
+    # the numpy oracle: batch norm's output, the loss's gradient, and gamma's step overflows
+    xhat = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)
+    dgamma = np.sum((_softmax_grad(xhat @ w, tgt) @ w.T) * xhat, axis=0)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(1.0 - lr * dgamma).all()
+    v = lb.vector
+    net: list[Layer] = [Batchnorm1d(v([0.0], np.float64), v([1.0], np.float64), v([1.0], np.float64),
+                                    v([0.0], np.float64)), LinearNoBias(lb.matrix(w, np.float64))]
+    opt = SGD(lr)
+    state = init_state(opt, net)
+    if on_nonfinite == "raise":
+        with pytest.raises(NumericalError, match=r"training step 0: the update makes layer 0 \(Batchnorm1d\) "
+                                                 r"non-finite \(Batchnorm1d.gamma: contains NaN or infinity\)"):
+            train_step(net, opt, state, lb.matrix(x, np.float64), lb.matrix(tgt, np.float64))
+    else:
+        r = train_step(net, opt, state, lb.matrix(x, np.float64), lb.matrix(tgt, np.float64), on_nonfinite="skip")
+        assert r.skipped and r.layers == net and r.opt_state is state
+
+
+@pytest.mark.parametrize("key", [-1, -(2**40), 1.5])
+def test_a_dropout_key_numpy_cannot_seed_from_is_a_value_range_error(key: Any) -> None:
+    net: list[Layer] = [Dropout(0.5), LinearNoBias(lb.matrix(np.ones((3, 2))))]
+    x, tgt = lb.matrix(np.ones((4, 3))), lb.matrix(np.eye(2)[[0, 1, 0, 1]])
+    with pytest.raises(TypeError if isinstance(key, float) else ValueError):
+        np.random.default_rng([key, 0])  # the oracle: numpy refuses this seed
+    for _ in range(2):  # the trace, then the replay of a signature traced with a valid key
+        _pass(x, tgt, net, 7)
+        with pytest.raises(lb.ValueRangeError, match=r"Dropout in training: the key must be an integer >= 0"):
+            _pass(x, tgt, net, key)
+        with pytest.raises(lb.ValueRangeError, match=r"Dropout in training: the key must be an integer >= 0"):
+            train_step(net, SGD(0.1), init_state(SGD(0.1), net), x, tgt, key=key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_finite_weights_whose_column_sums_overflow_are_not_refused(dtype: np.dtype[Any]) -> None:
+    """The step checks the weights' column sums first; a sum past the float range is not a
+    non-finite weight."""
+    big = float(np.finfo(dtype).max) * 0.75
+    w = np.array([[big, 0.0], [big, 0.0]])
+    with np.errstate(over="ignore"):
+        assert np.isfinite(w.astype(dtype)).all() and not np.isfinite(w.astype(dtype).sum(axis=0, dtype=dtype)).all()
+    net: list[Layer] = [LinearNoBias(lb.matrix(w, dtype)), LinearNoBias(lb.matrix(np.zeros((2, 2)), dtype))]
+    opt = SGD(0.1)
+    x, tgt = lb.zeros((2, 2), dtype), lb.matrix(np.eye(2), dtype)  # x · w stays finite
+    r = train_step(net, opt, init_state(opt, net), x, tgt, lr_scale=0.0)
+    assert not r.skipped
+    np.testing.assert_array_equal(r.layers[0].w.array, w.astype(dtype))  # type: ignore[union-attr]
