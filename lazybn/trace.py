@@ -71,30 +71,31 @@ MAX_SIGNATURES = 64
 REPLAY = not os.environ.get("LAZYBN_NO_REPLAY")
 
 
+_PAR = Comp.Par  # a global: an enum member's lookup costs more than the rest of an array's entry
+_dataclass_fields: dict[type, tuple[str, ...]] = {}  # dataclass types seen, with their fields
+
+
 def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
     """Append ``x``'s arrays to ``arrays`` and its structure and plain values to ``sig``.
 
     This runs on every call of a fused function, so the common cases come first and a
-    dataclass's Manifest fields are handled without a recursive call.
+    dataclass's Manifest fields are handled without a recursive call. A float is its own key
+    where equal values have equal bits (not ±0.0 or NaN, which are keyed by their hex form).
     """
     t = type(x)
     if t is Manifest:
         leaf = x._leaf  # type: ignore[attr-defined]
         arrays.append(leaf.array)
-        sig.append((leaf.shape, leaf.dtype.char, x._comp is Comp.Par))  # type: ignore[attr-defined]
+        sig.append((leaf.shape, leaf.dtype.char, x._comp is _PAR))  # type: ignore[attr-defined]
     elif t is tuple or t is list:
         sig.append((t, len(x)))  # type: ignore[arg-type]
         for y in x:  # type: ignore[attr-defined]
             _flatten(y, arrays, sig)
     elif t is float:
-        sig.append((t, x.hex()))  # type: ignore[attr-defined]  # -0.0 is not 0.0, and NaN is itself
-    elif t is complex:
-        sig.append((t, x.real.hex(), x.imag.hex()))  # type: ignore[attr-defined]
-    elif t in STATIC or isinstance(x, enum.Enum):
-        sig.append((t, x))
-    elif is_dataclass(x) and not isinstance(x, type):
+        sig.append((t, x if x == x and x != 0.0 else x.hex()))  # type: ignore[attr-defined]
+    elif t in _dataclass_fields or (is_dataclass(x) and not isinstance(x, type)):
+        names = _dataclass_fields.get(t) or _dataclass_fields.setdefault(t, field_names(t))
         sig.append(t)
-        names = field_names(t)
         if t.__dictoffset__ and len(x.__dict__) != len(names):  # an attribute besides the fields
             raise Opaque(t.__name__)
         for name in names:
@@ -103,13 +104,17 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
             if ty is Manifest:
                 leaf = y._leaf
                 arrays.append(leaf.array)
-                sig.append((leaf.shape, leaf.dtype.char, y._comp is Comp.Par))
+                sig.append((leaf.shape, leaf.dtype.char, y._comp is _PAR))
             elif ty is float:
-                sig.append((ty, y.hex()))
+                sig.append((ty, y if y == y and y != 0.0 else y.hex()))
             elif ty is int or ty is bool:
                 sig.append((ty, y))
             else:
                 _flatten(y, arrays, sig)
+    elif t is complex:
+        sig.append((t, x.real.hex(), x.imag.hex()))  # type: ignore[attr-defined]
+    elif t in STATIC or isinstance(x, enum.Enum):
+        sig.append((t, x))
     else:
         raise Opaque(t.__name__)
 
