@@ -23,7 +23,7 @@ import numpy as np
 
 from . import fuse
 from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, delay, matrix
-from .errors import RankError, ShapeError, ValueRangeError
+from .errors import DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
 from .layers import (
     BN1,
@@ -121,13 +121,38 @@ def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
     return compute_all(dx, dgamma, dbeta)
 
 
+def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
+    """The input is a matrix with the dtype and the number of features of the first layer holding parameters."""
+    if len(x.shape) != 2:
+        raise RankError(f"{op}: the input must be a matrix (samples x features), got shape {x.shape}")
+    for i, layer in enumerate(layers):
+        match layer:
+            case Linear(w=w) | LinearNoBias(w=w):
+                takes, shape, dtype = w.shape[0], w.shape, w.dtype
+            case Batchnorm1d():
+                takes, shape, dtype = layer.features, layer.mu.shape, layer.mu.dtype
+            case _:
+                continue
+        name = f"layer {i} ({type(layer).__name__})"
+        if x.dtype != dtype:
+            raise DTypeError(f"{op}: the input is {x.dtype} but {name} holds {dtype}; convert one of them "
+                             f"(lb.matrix(x, dtype) makes a copy in another dtype)")
+        if x.shape[1] != takes:
+            raise ShapeError(op, x.shape, shape, f"{name} takes {takes} features, the input has {x.shape[1]} columns")
+        return
+
+
 def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
     if len(inp.shape) != 2 or len(tgt.shape) != 2:
-        raise RankError(f"_pass: input and target must be matrices, got shapes {inp.shape} and {tgt.shape}")
+        raise RankError(f"training pass: input and target must be matrices, got shapes {inp.shape} and {tgt.shape}")
     if inp.shape[0] != tgt.shape[0]:
-        raise ShapeError("_pass", inp.shape, tgt.shape, "input and target need one row per sample")
+        raise ShapeError("training pass", inp.shape, tgt.shape, "input and target need one row per sample")
+    if tgt.dtype != inp.dtype:
+        raise DTypeError(f"training pass: the target is {tgt.dtype} but the input is {inp.dtype}; they must agree")
+    _check_input("training pass", inp, layers)
     if inp.shape[0] == 0:
-        raise ValueRangeError("_pass: the batch is empty (0 samples); a training step needs at least one sample")
+        raise ValueRangeError("training pass: the batch is empty (0 samples); a training step needs at least one "
+                              "sample")
     if inp.shape[0] < 2 and any(isinstance(layer, Batchnorm1d) for layer in layers):
         raise ValueRangeError(
             f"batch norm in training needs more than 1 sample per batch (got {inp.shape[0]}): the batch "
@@ -258,8 +283,7 @@ def _infer(x: Matrix, layer: Layer) -> Matrix:
 
 def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference up to the last layer (before softmax), with the running statistics."""
-    if len(x.shape) != 2:
-        raise RankError(f"forward: the input must be a matrix (samples x features), got shape {x.shape}")
+    _check_input("logits", x, layers)
     for layer in layers:
         x = _infer(x, layer)
     return x
@@ -267,6 +291,7 @@ def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
 
 def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference: class probabilities (softmax of the logits); batch norm uses running statistics."""
+    _check_input("forward", x, layers)
     return compute(softmax(logits(layers, x)))
 
 

@@ -69,6 +69,13 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("target with the wrong number of classes",
      lambda: _pass(lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.ones((2, 4), F32)), _net()),
      lb.ShapeError, "one column per class"),
+    ("input of another dtype than the network", lambda: lb.forward(_net(), lb.matrix(np.ones((2, 2)), np.float64)),
+     lb.DTypeError, "layer 0 (LinearNoBias) holds float32"),
+    ("input with the wrong number of features", lambda: lb.forward(_net(), lb.matrix(np.ones((2, 5), F32))),
+     lb.ShapeError, "takes 2 features, the input has 5"),
+    ("target of another dtype than the input",
+     lambda: _pass(lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(3)[:2], np.float64), _net()),
+     lb.DTypeError, "the target is float64"),
 ]
 
 

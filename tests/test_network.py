@@ -296,8 +296,10 @@ def test_rank_errors() -> None:
         Linear(w=lb.vector(np.ones(3)), b=lb.vector(np.ones(3)))  # type: ignore[arg-type]
     with pytest.raises(lb.RankError, match="expected a vector"):
         Linear(w=lb.matrix(np.ones((3, 2))), b=lb.matrix(np.ones((1, 2))))  # type: ignore[arg-type]
-    with pytest.raises(lb.ShapeError, match="inner dimensions"):  # a layer of the wrong width
+    with pytest.raises(lb.ShapeError, match=r"layer 0 \(LinearNoBias\) takes 4 features, the input has 3"):
         _pass(lb.matrix(x), tgt, [LinearNoBias(_w(rng, 4, 3))], 1)
+    with pytest.raises(lb.ShapeError, match="inner dimensions"):  # a later layer of the wrong width
+        _pass(lb.matrix(x), tgt, [LinearNoBias(_w(rng, 3, 3)), LinearNoBias(_w(rng, 4, 3))], 1)
 
 
 def test_an_empty_batch_is_a_clear_error_or_an_empty_result() -> None:
