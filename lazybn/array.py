@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import fuse
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
-from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Scalar, Zip, describe, is_number, scalar_value
+from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Number, Scalar, Zip, describe, is_number, scalar_value
 
 
 @final
@@ -58,25 +58,25 @@ class _Arith(Generic[Ix]):
     def _expr(self) -> tuple[Node, Comp]:
         raise NotImplementedError
 
-    def __add__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+    def __add__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.add, self, other)
 
     def __radd__(self, other: float) -> Delayed[Ix]:
         return _zip(BinOp.add, other, self)
 
-    def __sub__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+    def __sub__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.sub, self, other)
 
     def __rsub__(self, other: float) -> Delayed[Ix]:
         return _zip(BinOp.sub, other, self)
 
-    def __mul__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+    def __mul__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.mul, self, other)
 
     def __rmul__(self, other: float) -> Delayed[Ix]:
         return _zip(BinOp.mul, other, self)
 
-    def __truediv__(self, other: Manifest[Ix] | Delayed[Ix] | float) -> Delayed[Ix]:
+    def __truediv__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.div, self, other)
 
     def __rtruediv__(self, other: float) -> Delayed[Ix]:

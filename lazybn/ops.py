@@ -13,7 +13,7 @@ import numpy as np
 from . import fuse
 from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, expr, join
 from .errors import ArgumentError, DTypeError, RankError, ShapeError
-from .fuse.graph import BinOp, Br, ColsLike, Const, Fn, Map, Node, Reduce, RedOp, Scalar, Zip, scalar_value
+from .fuse.graph import BinOp, Br, ColsLike, Const, Fn, Map, Node, Number, Reduce, RedOp, Scalar, Zip, scalar_value
 
 
 def _vec(v: object, op: str) -> tuple[Node, Comp]:
@@ -112,14 +112,14 @@ def amap(f: Fn, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:
     return Delayed(Map(f, node, node.shape, node.dtype), comp)
 
 
-def scale(s: float, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:
+def scale(s: Number, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:
     """Multiply every element by the scalar ``s`` (massiv's ``_scale``)."""
     node, comp = expr(a, "scale")
     assert node.dtype is not None
     return Delayed(Zip(BinOp.mul, Const(scalar_value(s, "scale")), node, node.shape, node.dtype), comp)
 
 
-def add_c(a: Manifest[Ix] | Delayed[Ix], s: float) -> Delayed[Ix]:
+def add_c(a: Manifest[Ix] | Delayed[Ix], s: Number) -> Delayed[Ix]:
     """Add the scalar ``s`` to every element (massiv's ``addC``)."""
     node, comp = expr(a, "add_c")
     assert node.dtype is not None

@@ -104,6 +104,10 @@ def scalar_value(x: object, op: str) -> float | Scalar:
     return float(x)  # type: ignore[arg-type]
 
 
+Number = float | np.floating[Any] | np.integer[Any]
+"""What arithmetic with a scalar takes: a Python or numpy number (bool is not one)."""
+
+
 def is_number(x: object) -> bool:
     """A plain number (not bool) or a :class:`Scalar` stand-in: what arithmetic accepts as a scalar."""
     return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)) or type(x) is Scalar
