@@ -537,9 +537,9 @@ def test_channel_count_mismatch_is_rejected_before_computing() -> None:
     with pytest.raises(lb.ShapeError) as infer_err:
         logits([layer], x)
     assert lazybn.fuse.stats().launches == before  # rejected when the expression is built
-    for e in (train_err.value, infer_err.value):
-        assert e.op == "Batchnorm1d" and e.left == (4, 10) and e.right == (9,)
-        assert "9 features" in str(e) and "10 columns" in str(e)
+    for e, op in ((train_err.value, "training pass"), (infer_err.value, "logits")):
+        assert e.op == op and e.left == (4, 10) and e.right == (9,)
+        assert "layer 0 (Batchnorm1d) takes 9 features" in str(e) and "10 columns" in str(e)
     with pytest.raises(lb.ShapeError, match="one length"):
         Batchnorm1d(lb.zeros(10, np.float64), lb.ones(11, np.float64), lb.ones(10, np.float64),
                     lb.zeros(10, np.float64))
