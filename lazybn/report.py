@@ -10,6 +10,7 @@ import csv
 import enum
 import io
 import json
+import math
 import os
 import platform
 import sys
@@ -46,9 +47,15 @@ def environment() -> dict[str, str]:
     }
 
 
+def _json_value(v: Any) -> Any:
+    """NaN and infinities have no JSON spelling: they are written as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def write_metrics(out: Path, name: str, rows: Sequence[Row]) -> None:
-    """``name.csv`` and ``name.json`` holding the same rows."""
-    atomic_write_bytes(out / f"{name}.json", json.dumps(list(rows), indent=1, default=str).encode())
+    """``name.csv`` and ``name.json`` holding the same rows (in the JSON, a NaN or infinity is null)."""
+    strict = [{k: _json_value(v) for k, v in r.items()} for r in rows]
+    atomic_write_bytes(out / f"{name}.json", json.dumps(strict, indent=1, default=str, allow_nan=False).encode())
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
@@ -60,7 +67,7 @@ def write_metrics(out: Path, name: str, rows: Sequence[Row]) -> None:
 def markdown_table(rows: Sequence[Row], floats: str = "{:.4f}") -> str:
     if not rows:
         return "(no rows)\n"
-    keys = list(rows[0].keys())
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every row's columns, in order of appearance
 
     def fmt(v: Any) -> str:
         return floats.format(v) if isinstance(v, float) else str(v)
@@ -88,7 +95,8 @@ def plot_lines(path: Path, panels: Sequence[tuple[str, str, Mapping[str, tuple[S
         ax.set_ylabel(ylabel)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if series:  # a run stopped before its first epoch has none
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

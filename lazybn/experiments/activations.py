@@ -40,7 +40,7 @@ from ..report import markdown_table, write_metrics
 from ..train import Pixels
 from . import registry
 from .common import command_line, load_split, out_dir, progress, run_seeds, standard_report
-from .runner import Arm, Plan
+from .runner import Arm, Plan, batches_per_pass
 
 NAME = "activations"
 SIZES = (784, 64, 128, 10)
@@ -193,7 +193,7 @@ def run_activations(args: argparse.Namespace) -> int:
     split, source = load_split(args, args.quick, Pixels.unit)
     print(f"data: {source}")
     probe = split.x_train[: s.probe]
-    iters = math.ceil(split.x_train.shape[0] / s.batch_size)
+    iters = batches_per_pass(split.x_train.shape[0], s.batch_size)
     acts: dict[str, dict[int, F32]] = {arm: {} for arm in ARMS}
     init_rows: list[dict[str, Any]] = []
     for arm, layers in networks(args.seed).items():
@@ -209,13 +209,12 @@ def run_activations(args: argparse.Namespace) -> int:
     plan = Plan(epochs=s.epochs, batch_size=s.batch_size, train_accuracy=False)
     res = run_seeds(lambda seed: [Arm(a, layers, opt) for a, layers in networks(seed).items()], split, plan,
                     [args.seed], progress=progress(args), on_epoch=record)
-    write_metrics(out, "activations", init_rows + [{k: v for k, v in r.items() if k in init_rows[0]}
-                                                   for r in res.rows])
-    act_rows = init_rows + res.rows
+    act_rows = init_rows + [r for r in res.rows if "act_mean" in r]  # an epoch cut short was not recorded
+    write_metrics(out, "activations", [{k: v for k, v in r.items() if k in init_rows[0]} for r in act_rows])
     ok = plot_histograms(out / "activations-hist.png", acts, s.shown, iters)
     ok = plot_quantiles(out / "activations-quantiles.png", act_rows, iters) and ok
     table = article_table(res.rows)
-    last = {arm: next((r for r in reversed(res.rows) if r["arm"] == arm), init_rows[0]) for arm in ARMS}
+    last = {arm: next(r for r in reversed(act_rows) if r["arm"] == arm) for arm in ARMS}
     notes = ("First-layer outputs on the probe batch after the last epoch: " + "; ".join(
         f"{arm} mean {last[arm]['act_mean']:.3f}, std {last[arm]['act_std']:.3f}, 1-99th percentile "
         f"[{last[arm]['act_p01']:.2f}, {last[arm]['act_p99']:.2f}]" for arm in ARMS)
@@ -234,10 +233,10 @@ def run_activations(args: argparse.Namespace) -> int:
                            "norm", command_line(args), settings,
                            [{k: v for k, v in r.items() if not k.startswith("act_p")} for r in res.rows], sections,
                            ["activations-hist.png", "activations-quantiles.png"] if ok else [],
-                           steps_per_epoch=iters, interrupted=res.interrupted)
+                           steps_per_epoch=iters, stopped=res.stopped)
     print(markdown_table(table) if table else "")
     print(f"report: {path}")
-    return 130 if res.interrupted else 0
+    return res.exit_code()
 
 
 registry.register(registry.Experiment(

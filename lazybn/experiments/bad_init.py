@@ -150,12 +150,12 @@ def run_bad_init(args: argparse.Namespace) -> int:
                 ("Per run (final test accuracy %)", markdown_table(per_run(res.rows, list(labels)), "{:.2f}")),
                 ("Time per iteration", timing)]
     path = standard_report(out, "Bad initialisation with Adam: batch norm vs none (hipsternet)", command_line(args),
-                           settings, res.rows, sections, steps_per_epoch=s.steps, interrupted=res.interrupted,
+                           settings, res.rows, sections, steps_per_epoch=s.steps, stopped=res.stopped,
                            log_loss=True)
     print(markdown_table(table))
     print(timing, end="")
     print(f"report: {path}")
-    return 130 if res.interrupted else 0
+    return res.exit_code()
 
 
 registry.register(registry.Experiment(

@@ -174,11 +174,11 @@ def run_bn_vs_dropout(args: argparse.Namespace) -> int:
                 ("Cost of batch norm", markdown_table(times, "{:.2f}") + "\n" + timing)]
     path = standard_report(out, "Good initialisation: batch norm vs dropout vs neither (hipsternet)",
                            command_line(args), settings, res.rows, sections, steps_per_epoch=s.steps,
-                           interrupted=res.interrupted)
+                           stopped=res.stopped)
     print(markdown_table(table))
     print(markdown_table(times, "{:.2f}") + timing, end="")
     print(f"report: {path}")
-    return 130 if res.interrupted else 0
+    return res.exit_code()
 
 
 registry.register(registry.Experiment(

@@ -14,7 +14,8 @@ The API (kept stable; experiment modules import it):
   as the hipsternet article's "mean accuracy ..., std ...".
 * ``run_seeds(arms_for_seed, data, plan, seeds, progress=..., on_epoch=..., echo=True) -> SeedRuns``:
   :func:`~lazybn.experiments.runner.run` once per seed (the plan's seed replaced), printing one
-  line per arm and epoch; returns all rows, each seed's trained layers and ``interrupted``.
+  line per arm and epoch; returns all rows, each seed's trained layers and why it stopped early
+  (``interrupted``, ``error``; ``exit_code()`` reports it).
 * ``epoch_summary(rows)``: runner rows averaged over seeds, per arm and epoch.
 * ``final_summary(rows)``: per arm, mean ± std over seeds of the last epoch's metrics.
 * ``standard_report(out, title, command, settings, rows, extra_sections, figures, ...) -> Path``:
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import errno
 import shlex
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +40,7 @@ from typing import Any, final
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, LazybnError
 from ..report import markdown_table, plot_lines, write_metrics, write_report
 from ..train import Pixels, one_hot, prepare
 from ..layers import Layer
@@ -132,11 +134,25 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 @final
 @dataclass(slots=True)
 class SeedRuns:
-    """What :func:`run_seeds` measured: runner rows of every seed, trained layers per seed and arm."""
+    """What :func:`run_seeds` measured: runner rows of every seed, trained layers per seed and arm,
+    and why it stopped early: Ctrl-C (``interrupted``) or a lazybn error in training (``error``)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     layers: dict[int, dict[str, list[Layer]]] = field(default_factory=dict)
     interrupted: bool = False
+    error: LazybnError | None = None
+
+    @property
+    def stopped(self) -> str:
+        """"interrupted", "stopped by an error" or "" (the run completed)."""
+        return "interrupted" if self.interrupted else "stopped by an error" if self.error is not None else ""
+
+    def exit_code(self) -> int:
+        """The command's exit status: 130 interrupted, 2 (the error printed to stderr) stopped by an error, else 0."""
+        if self.error is not None:
+            print(f"lazybn: error: {self.error}", file=sys.stderr)
+            return 2
+        return 130 if self.interrupted else 0
 
 
 SeedHook = Callable[[int, list[dict[str, Any]], dict[str, list[Layer]]], None]
@@ -147,7 +163,8 @@ def run_seeds(arms_for_seed: Callable[[int], Sequence[Arm]], data: Split, plan: 
     """The runner once per seed (``plan.seed`` replaced by it; the arms built by ``arms_for_seed``).
 
     ``on_epoch(seed, rows, layers)`` is the runner's epoch hook with the seed; it may add keys to
-    the rows (they are the rows returned). Stops after a run interrupted by Ctrl-C.
+    the rows (they are the rows returned). Stops after a run interrupted by Ctrl-C or stopped by a
+    lazybn error (a NaN loss, for instance); what was measured until then is returned.
     """
     result = SeedRuns()
     header = False
@@ -164,11 +181,12 @@ def run_seeds(arms_for_seed: Callable[[int], Sequence[Arm]], data: Split, plan: 
                     print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<16} {r['loss']:>8.4f} "
                           f"{100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
 
-        outcome = run(arms_for_seed(seed), data, replace(plan, seed=seed), progress=progress, on_epoch=hook)
+        outcome = run(arms_for_seed(seed), data, replace(plan, seed=seed), progress=progress, on_epoch=hook,
+                      on_error="stop")
         result.rows += outcome.rows
         result.layers[seed] = outcome.layers
-        if outcome.interrupted:
-            result.interrupted = True
+        result.interrupted, result.error = outcome.interrupted, outcome.error
+        if result.stopped:
             break
     return result
 
@@ -187,7 +205,7 @@ def epoch_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for epoch in sorted({r["epoch"] for r in rows if r["arm"] == arm}):
             sel = [r for r in rows if r["arm"] == arm and r["epoch"] == epoch]
             out.append({"arm": arm, "epoch": epoch, "seeds": len(sel),
-                        **{k: float(np.mean([r[k] for r in sel if k in r])) for k in keys}})
+                        **{k: float(np.mean([r[k] for r in sel if k in r])) for k in keys if any(k in r for r in sel)}})
     return out
 
 
@@ -227,7 +245,7 @@ def curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str, steps_per_
 def standard_report(out: Path, title: str, command: str, settings: Mapping[str, Any],
                     rows: Sequence[Mapping[str, Any]], extra_sections: Sequence[tuple[str, str]] = (),
                     figures: Sequence[str] = (), *, steps_per_epoch: int | None = None,
-                    interrupted: bool = False, log_loss: bool = False) -> Path:
+                    interrupted: bool = False, log_loss: bool = False, stopped: str = "") -> Path:
     """Write the standard report of runner rows (see the module docstring) and return ``report.md``.
 
     ``extra_sections`` (heading, markdown) come first, then the final result per arm (mean ±
@@ -244,6 +262,7 @@ def standard_report(out: Path, title: str, command: str, settings: Mapping[str, 
                                            else f"{f[k]:.4g} ± {f[k[:-5] + ' std']:.2g}")
                  for k in f if k.endswith(" mean")}} for f in final]
     sections = [*extra_sections, ("Final epoch per arm, mean ± std over runs (accuracies in %)"
-                                  + (" — interrupted" if interrupted else ""), markdown_table(table)),
+                                  + (f" — {stopped or 'interrupted'}" if stopped or interrupted else ""),
+                 markdown_table(table)),
                 ("Per epoch (mean over runs)", markdown_table(summary))]
     return write_report(out, title, command, settings, sections, ["curves.png", *figures], ok)

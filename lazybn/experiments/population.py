@@ -169,7 +169,7 @@ def run_population(args: argparse.Namespace) -> int:
                 "momenta (weight of the new batch)": ", ".join(f"{m:g}" for m in MOMENTA), "first seed": args.seed}
     check = ("yes" if all(identical) else "NO") + " (the weights of all momentum arms after every epoch)"
     heading = "Result: test accuracy % after training (mean ± std over runs)"
-    heading += " — interrupted" if res.interrupted else ""
+    heading += f" — {res.stopped}" if res.stopped else ""
     body = (markdown_table(table) if final else
             "No run reached its last epoch, where these are measured; the per-epoch table below has what was.\n")
     sections = [(heading, body),
@@ -179,10 +179,10 @@ def run_population(args: argparse.Namespace) -> int:
                  + f"\nIdentical training across momenta: {check}.\n")]
     path = standard_report(out, "Batch norm at inference: moving average vs population vs batch statistics",
                            command_line(args), settings, res.rows, sections, ["inference.png"] if ok else [],
-                           steps_per_epoch=s.steps, interrupted=res.interrupted)
+                           steps_per_epoch=s.steps, stopped=res.stopped)
     print(markdown_table(table))
     print(f"report: {path}")
-    return 130 if res.interrupted else 0
+    return res.exit_code()
 
 
 def plot_inference(out: Path, rows: list[dict[str, Any]], steps: int) -> bool:
@@ -190,9 +190,11 @@ def plot_inference(out: Path, rows: list[dict[str, Any]], steps: int) -> bool:
     arms = [arm_name(m) for m in MOMENTA]
 
     def curve(arm: str, key: str, minus: str | None = None) -> tuple[list[float], list[float]]:
-        epochs = sorted({r["epoch"] for r in rows if r["arm"] == arm})
-        mean = [100 * float(np.mean([r[key] - (r[minus] if minus else 0.0) for r in rows
-                                     if r["arm"] == arm and r["epoch"] == e])) for e in epochs]
+        # an epoch cut short (Ctrl-C) has rows without the measurements of the epoch hook
+        mine = [r for r in rows if r["arm"] == arm and key in r and (minus is None or minus in r)]
+        epochs = sorted({r["epoch"] for r in mine})
+        mean = [100 * float(np.mean([r[key] - (r[minus] if minus else 0.0) for r in mine if r["epoch"] == e]))
+                for e in epochs]
         return [float(e * steps) for e in epochs], mean
 
     left = {f"(a) moving avg, {a}": curve(a, "test_acc") for a in arms}

@@ -32,12 +32,12 @@ class Schedule(enum.Enum):
     """Learning-rate schedule, as a factor of the base rate per epoch."""
 
     constant = "constant"
-    step = "step"  # x0.1 after half of the epochs and again after three quarters
+    step = "step"  # x0.1 once half of the epochs are done and again once three quarters are
     cosine = "cosine"  # half a cosine from 1 down to 0.01
 
     def factor(self, epoch: int, epochs: int) -> float:
-        if self is Schedule.step:
-            return 0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4))
+        if self is Schedule.step:  # epoch (from 0) starts after ``epoch`` epochs are done
+            return 0.1 ** ((2 * epoch >= epochs) + (4 * epoch >= 3 * epochs))
         if self is Schedule.cosine:
             return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
         return 1.0
@@ -76,7 +76,7 @@ class Plan:
     comp: Comp = Comp.Seq
     train_accuracy: bool = True
     max_train_eval: int = 60000  # samples used for train accuracy
-    steps_per_epoch: int | None = None  # stop an "epoch" after this many batches (iteration-based runs)
+    steps_per_epoch: int | None = None  # an "epoch" of this many batches (iteration-based runs)
 
 
 @final
@@ -96,6 +96,15 @@ class Outcome:
         return max((r["epoch"] for r in self.rows if r["arm"] == arm), default=0)
 
 
+def batches_per_pass(n: int, batch_size: int) -> int:
+    """The number of batches in one pass over ``n`` samples (a last batch of one sample is merged
+    into the previous one, as :func:`lazybn.train.batches` does)."""
+    if n <= 0:
+        return 0
+    k = math.ceil(n / batch_size)
+    return k - 1 if k > 1 and n - (k - 1) * batch_size == 1 else k
+
+
 EpochHook = Callable[[list[dict[str, Any]], dict[str, list[Layer]]], None]
 
 
@@ -105,7 +114,8 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
 
     ``on_epoch(rows, layers)`` is called after each epoch with that epoch's rows and every arm's
     current layers (to print a table, record activations, save checkpoints...).
-    With ``plan.steps_per_epoch`` an epoch is that many batches (drawn from a fresh shuffle).
+    With ``plan.steps_per_epoch`` an epoch is that many batches, drawn from a fresh shuffle (and
+    from further fresh shuffles when one pass over the training data has fewer batches).
     A lazybn error in training (a NaN loss raises :class:`~lazybn.train.NumericalError`)
     propagates, or with ``on_error="stop"`` ends the run like Ctrl-C and is returned in
     ``Outcome.error``.
@@ -127,9 +137,8 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
             for arm in arms:
                 layers, state = states[arm.name]
                 rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
-                n_batches = math.ceil(x_train.shape[0] / plan.batch_size)
-                if plan.steps_per_epoch is not None:
-                    n_batches = min(n_batches, plan.steps_per_epoch)
+                per_pass = batches_per_pass(x_train.shape[0], plan.batch_size)
+                n_batches = per_pass if plan.steps_per_epoch is None else plan.steps_per_epoch
                 bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{plan.epochs} {arm.name}", leave=False,
                            disable=not progress, unit="batch")
 
@@ -139,12 +148,20 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                         bar.set_postfix(loss=f"{loss:.4f}")
 
                 t0 = time.perf_counter()
+                parts: list[tuple[float, int]] = []  # (mean loss, batches) of each pass
                 try:
-                    layers, state, loss = train_epoch(layers, arm.opt, state, x_train, y_train, plan.batch_size, rng,
-                                                      key=plan.seed * 7919 + epoch, lr_scale=lr_scale,
-                                                      comp=plan.comp, progress=tick, max_steps=n_batches)
+                    while True:
+                        steps = min(per_pass, n_batches - sum(k for _, k in parts))
+                        layers, state, loss = train_epoch(layers, arm.opt, state, x_train, y_train, plan.batch_size,
+                                                          rng, key=plan.seed * 7919 + epoch, lr_scale=lr_scale,
+                                                          comp=plan.comp, progress=tick, max_steps=steps)
+                        parts.append((loss, steps))
+                        if steps <= 0 or sum(k for _, k in parts) >= n_batches:
+                            break
                 finally:
                     bar.close()
+                if len(parts) > 1:
+                    loss = sum(v * k for v, k in parts) / sum(k for _, k in parts)
                 seconds = time.perf_counter() - t0
                 row: dict[str, Any] = {"arm": arm.name, "seed": plan.seed, "epoch": epoch + 1, "loss": loss}
                 if plan.train_accuracy:

@@ -1,0 +1,182 @@
+"""Experiments on small or unusual inputs: iteration-based epochs longer than a pass over the data,
+runs stopped mid-epoch or by an error, the step schedule, and well-formed report tables and JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numpy.typing import NDArray
+
+from lazybn.cli import main
+from lazybn.experiments.common import synthetic_images
+from lazybn.layers import Batchnorm1d
+from lazybn.train import NumericalError
+
+from .test_experiments import _fail_on_call, check_figures, write_csv
+
+
+@given(st.integers(0, 700), st.integers(1, 300))
+def test_batches_per_pass_counts_the_batches_training_draws(n: int, batch_size: int) -> None:
+    from lazybn.experiments.runner import batches_per_pass
+    from lazybn.train import batches
+
+    assert batches_per_pass(n, batch_size) == len(list(batches(n, batch_size, None)))
+
+
+def test_an_epoch_of_more_steps_than_one_pass_has_continues_on_fresh_shuffles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iteration-based runs (``steps_per_epoch``) train that many batches even on a small training set,
+    each pass a fresh shuffle, and report the mean loss of all of them."""
+    from lazybn import SGD, mlp
+    from lazybn import train as tr
+    from lazybn.experiments.common import synthetic_split
+    from lazybn.experiments.runner import Arm, Plan, run
+
+    seen: list[tuple[frozenset[bytes], float]] = []  # (the batch's samples, its loss) per step
+    real = tr.train_step
+
+    def train_step(layers: Any, opt: Any, state: Any, x: Any, y: Any, **kw: Any) -> Any:
+        result = real(layers, opt, state, x, y, **kw)
+        seen.append((frozenset(row.tobytes() for row in x.array), result.loss))
+        return result
+
+    monkeypatch.setattr(tr, "train_step", train_step)
+    data = synthetic_split(n_train=250, n_test=50)  # 3 batches of 100 per pass (100, 100, 50)
+    arms = [Arm("bn", mlp((784, 8, 10), batchnorm=True, seed=0), SGD(0.05))]
+    outcome = run(arms, data, Plan(epochs=2, batch_size=100, steps_per_epoch=7), progress=False)
+    assert len(seen) == 14
+    for epoch, row in enumerate(outcome.rows):
+        mine = seen[7 * epoch: 7 * epoch + 7]
+        assert row["loss"] == pytest.approx(float(np.mean([loss for _, loss in mine])), rel=1e-12)
+        for first in (0, 3):  # each complete pass covers every training sample once
+            assert frozenset().union(*(b for b, _ in mine[first:first + 3])) == {r.tobytes() for r in data.x_train}
+        assert mine[0][0] != mine[3][0], "the second pass reused the first pass's order"
+
+
+@pytest.mark.parametrize("epochs", range(1, 13))
+def test_step_schedule_divides_the_rate_once_half_and_three_quarters_of_the_epochs_are_done(epochs: int) -> None:
+    from fractions import Fraction
+
+    from lazybn.experiments.runner import Schedule
+
+    for epoch in range(epochs):
+        done = Fraction(epoch, epochs)  # epochs completed before this one, as a fraction of all
+        want = 0.1 ** ((done >= Fraction(1, 2)) + (done >= Fraction(3, 4)))
+        assert Schedule.step.factor(epoch, epochs) == want, (epoch, epochs)
+
+
+def test_markdown_tables_show_columns_that_only_later_rows_have() -> None:
+    from lazybn.experiments.deep_nets import results
+    from lazybn.report import markdown_table
+
+    key = {"act": "tanh", "init": "normal", "lr": 0.01}
+    rows = [{**key, "arm": "batchnorm", "iteration": 100, "val_acc": 0.5},
+            {**key, "lr": 1.0, "arm": "plain", "iteration": 100, "val_acc": 0.25},
+            {**key, "lr": 1.0, "arm": "batchnorm", "iteration": 100, "val_acc": 0.75}]
+    table = markdown_table(results(rows, {}))
+    header = table.splitlines()[0]
+    assert "plain final %" in header and "batchnorm final %" in header
+    assert "| 25.00 |" in table and "| 75.00 |" in table
+
+
+def test_metrics_json_is_strict_json_with_null_for_nan(tmp_path: Path) -> None:
+    from lazybn.report import write_metrics
+
+    write_metrics(tmp_path, "m", [{"arm": "a", "loss": float("nan"), "x": float("inf"), "acc": 0.5}])
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse) == [
+        {"arm": "a", "loss": None, "x": None, "acc": 0.5}]
+
+
+def _probe_first_layers(seed: int, probe: NDArray[np.float32]) -> dict[str, NDArray[np.float64]]:
+    """The two networks' first-layer outputs at initialisation, recomputed in numpy."""
+    from lazybn.experiments.activations import networks
+
+    nets = networks(seed)
+    lin = nets["plain"][0]
+    z = probe.astype(np.float64) @ lin.w.array.astype(np.float64) + lin.b.array  # type: ignore[union-attr]
+    bn = nets["batchnorm"][1]
+    assert isinstance(bn, Batchnorm1d)
+    return {"plain": z, "batchnorm": (z - bn.mu.array) / np.sqrt(bn.var.array + bn.eps) * bn.gamma.array
+            + bn.beta.array}
+
+
+@pytest.mark.parametrize("call", [1, 4])  # in the first epoch's first arm; in the second epoch's second arm
+def test_activations_stopped_mid_epoch_reports_each_networks_own_measurements(
+        call: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lazybn.experiments.activations import QUICK
+    from lazybn.experiments.common import synthetic_split
+    from lazybn.train import Pixels
+
+    _fail_on_call(monkeypatch, call, KeyboardInterrupt())
+    out = tmp_path / "out"
+    assert main(["run", "activations", "--quick", "--out", str(out), "--no-progress"]) == 130
+    report = (out / "report.md").read_text()
+    rows = json.loads((out / "activations.json").read_text())
+    assert all("act_mean" in r for r in rows)
+    assert [(r["arm"], r["epoch"]) for r in rows] == [("plain", 0), ("batchnorm", 0)] + (
+        [("plain", 1), ("batchnorm", 1)] if call == 4 else [])
+    if call == 1:  # nothing trained: the report shows each network's outputs at initialisation
+        want = _probe_first_layers(0, synthetic_split(Pixels.unit).x_train[:QUICK.probe])
+        for arm in ("plain", "batchnorm"):
+            found = re.search(rf"{arm} mean (-?[0-9.]+), std ([0-9.]+)", report)
+            assert found is not None
+            assert float(found.group(1)) == pytest.approx(want[arm].mean(), abs=6e-4)
+            assert float(found.group(2)) == pytest.approx(want[arm].std(), abs=6e-4)
+
+
+def test_population_stats_stopped_mid_epoch_still_writes_its_report(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_on_call(monkeypatch, 6, KeyboardInterrupt())  # epoch 2 of the second of four arms
+    out = tmp_path / "out"
+    assert main(["run", "population-stats", "--quick", "--out", str(out), "--no-progress"]) == 130
+    assert "interrupted" in (out / "report.md").read_text()
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["epoch"], "acc_population" in r) for r in rows] == [(1, True)] * 4 + [(2, False)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(v is not None for r in summary for v in r.values())
+    check_figures(out, (out / "report.md").read_text())
+
+
+def test_activations_counts_iterations_as_the_batches_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """513 training images in batches of 512 are one batch (a last batch of one is merged)."""
+    from lazybn.experiments import activations
+    from lazybn.train import batches
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in (("mnist_train.csv", 513, 1), ("mnist_test.csv", 20, 2)):
+        write_csv(data / name, *synthetic_images(n, seed))
+    seen: dict[str, Any] = {}
+    from lazybn.experiments.common import standard_report as real
+
+    def report(*args: Any, **kwargs: Any) -> Path:
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(activations, "standard_report", report)
+    monkeypatch.setattr(activations, "FULL", replace(activations.FULL, epochs=2, shown=(0, 2)))
+    assert main(["run", "activations", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert seen["steps_per_epoch"] == len(list(batches(513, activations.FULL.batch_size, None))) == 1
+
+
+def test_an_experiment_stopped_by_an_error_keeps_and_reports_what_it_measured(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _fail_on_call(monkeypatch, 4, NumericalError("training step 6: the loss is nan; lower the learning rate"))
+    out = tmp_path / "out"
+    assert main(["run", "bad-init-adam", "--quick", "--out", str(out), "--no-progress"]) == 2
+    assert "lazybn: error: training step 6: the loss is nan" in capsys.readouterr().err
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["seed"], r["arm"], r["epoch"]) for r in rows] == [(0, "batchnorm", 1), (0, "plain", 1),
+                                                                  (0, "batchnorm", 2)]
+    assert "stopped by an error" in (out / "report.md").read_text()
