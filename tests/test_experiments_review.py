@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+import lazybn as lb
 from lazybn.cli import main
 from lazybn.experiments.common import synthetic_images
 from lazybn.layers import Batchnorm1d
@@ -180,3 +181,29 @@ def test_an_experiment_stopped_by_an_error_keeps_and_reports_what_it_measured(
     assert [(r["seed"], r["arm"], r["epoch"]) for r in rows] == [(0, "batchnorm", 1), (0, "plain", 1),
                                                                   (0, "batchnorm", 2)]
     assert "stopped by an error" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("epochs", range(1, 13))
+def test_cosine_schedule_runs_half_a_cosine_from_one_down_to_a_hundredth(epochs: int) -> None:
+    from lazybn.experiments.runner import Schedule
+
+    factors = [Schedule.cosine.factor(epoch, epochs) for epoch in range(epochs)]
+    assert factors[0] == 1.0
+    if epochs > 1:
+        assert abs(factors[-1] - 0.01) < 1e-12
+        assert all(a > b for a, b in zip(factors, factors[1:]))
+        mid = np.interp(0.5, np.linspace(0.0, 1.0, epochs), factors)  # half-way down the cosine
+        assert abs(mid - 0.505) < 0.5 / epochs
+
+
+def test_same_weights_compares_every_trained_parameter() -> None:
+    from lazybn.experiments.population import same_weights
+    from lazybn.layers import LinearNoBias
+
+    def net(gamma: float) -> list[lb.Layer]:
+        v = lb.vector
+        return [LinearNoBias(lb.matrix(np.ones((2, 2)))), Batchnorm1d(v([0.0, 0.0]), v([1.0, 1.0]),
+                                                                       v([gamma, 1.0]), v([0.0, 0.0]))]
+
+    assert same_weights({"a": net(1.0), "b": net(1.0)})
+    assert not same_weights({"a": net(1.0), "b": net(2.0)})

@@ -104,8 +104,12 @@ def stat_errors(running: list[Layer], population: list[Layer]) -> dict[str, floa
 
 
 def same_weights(arms: dict[str, list[Layer]]) -> bool:
-    ws = [[layer.w.array for layer in layers if isinstance(layer, LinearNoBias)] for layers in arms.values()]
-    return all(all(np.array_equal(a, b) for a, b in zip(ws[0], other)) for other in ws[1:])
+    """Whether every arm holds the same trained parameters (weights, gamma and beta), bit for bit."""
+    def params(layers: list[Layer]) -> list[NDArray[Any]]:
+        return [a.array for layer in layers for a in ((layer.w,) if isinstance(layer, LinearNoBias) else
+                                                      (layer.gamma, layer.beta) if isinstance(layer, Batchnorm1d) else ())]
+    ps = [params(layers) for layers in arms.values()]
+    return all(len(p) == len(ps[0]) and all(np.array_equal(a, b) for a, b in zip(ps[0], p)) for p in ps[1:])
 
 
 def arm_name(momentum: float) -> str:

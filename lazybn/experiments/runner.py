@@ -39,7 +39,7 @@ class Schedule(enum.Enum):
         if self is Schedule.step:  # epoch (from 0) starts after ``epoch`` epochs are done
             return 0.1 ** ((2 * epoch >= epochs) + (4 * epoch >= 3 * epochs))
         if self is Schedule.cosine:
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs - 1)))  # the last epoch at 0.01
         return 1.0
 
 
