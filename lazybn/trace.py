@@ -38,9 +38,9 @@ passes each call's values. Python arithmetic or tests on a stand-in raise ``Argu
 ``TypeError``) at the first call (a replay could not repeat them). The optimizer step uses this
 for the learning-rate schedule and Adam's bias correction.
 
-``LAZYBN_NO_REPLAY=1`` in the environment switches replays off. Calls inside another function's
-trace run their body (they are part of the outer trace). Each function keeps at most
-:data:`MAX_SIGNATURES` programs.
+``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
+replay function as it is written. Calls inside another function's trace run their body (they
+are part of the outer trace). Each function keeps at most :data:`MAX_SIGNATURES` programs.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import enum
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import is_dataclass
 from typing import Any, ParamSpec, TypeVar, overload
@@ -238,7 +239,9 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             after, now, _ = _signature(where, args, kwargs)
             if after != key or any(a is not b for a, b in zip(now, arrays)):
                 raise Opaque("the body changed its arguments")  # a replay would not
-            programs[key] = compile_program(arrays, rec.log, out)
+            prog = programs[key] = compile_program(arrays, rec.log, out)
+            if os.environ.get("LAZYBN_DEBUG"):
+                print(f"lazybn: replay of {f.__qualname__}\n{prog.source}", file=sys.stderr)
         except Opaque:
             programs[key] = _OPAQUE
             if values:  # the result may hold a stand-in: compute it again with the real values

@@ -279,3 +279,17 @@ def test_star_args_cannot_be_dynamic() -> None:
 
     with pytest.raises(lb.ArgumentError, match="no parameter 'rest'"):
         fused(dynamic=("rest",))(f)
+
+
+def test_lazybn_debug_prints_each_replay_function(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    @fused
+    def doubled(x: Vector) -> Vector:
+        return lb.compute(lb.scale(2.0, x))
+
+    monkeypatch.setenv("LAZYBN_DEBUG", "1")
+    doubled(_vec(1))
+    err = capsys.readouterr().err
+    assert "lazybn: replay of" in err and "doubled" in err and "def replay(arrays, values):" in err
+    doubled(_vec(2))  # a replay writes nothing new
+    assert "lazybn: replay of" not in capsys.readouterr().err
