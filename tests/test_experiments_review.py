@@ -207,3 +207,27 @@ def test_same_weights_compares_every_trained_parameter() -> None:
 
     assert same_weights({"a": net(1.0), "b": net(1.0)})
     assert not same_weights({"a": net(1.0), "b": net(2.0)})
+
+
+def test_final_summary_leaves_out_a_run_stopped_before_the_last_epoch() -> None:
+    from lazybn.experiments.common import final_summary
+
+    rows = [{"arm": "bn", "seed": s, "epoch": e, "test_acc": 0.5 + 0.1 * e + 0.01 * s}
+            for s, epochs in ((0, 3), (1, 3), (2, 1)) for e in range(1, epochs + 1)]
+    [f] = final_summary(rows)
+    assert f["epoch"] == 3 and f["runs"] == 2
+    assert abs(f["test_acc mean"] - np.mean([0.8, 0.81])) < 1e-12
+    assert abs(f["test_acc std"] - np.std([0.8, 0.81])) < 1e-12  # ddof 0, as mean_std documents
+
+
+def test_deep_nets_iterations_are_the_longest_network_of_a_configuration() -> None:
+    from lazybn.experiments.deep_nets import ACTS, LRS, SCALES, article_table, results
+
+    act, init, lr = ACTS[0].value, "bad", LRS[0]  # tanh, init std 1, lr 0.01: a configuration the article discusses
+    assert init in SCALES
+    rows = [{"act": act, "init": init, "lr": lr, "arm": "plain", "iteration": it, "val_acc": 0.5} for it in (0, 100, 200)]
+    rows += [{"act": act, "init": init, "lr": lr, "arm": "batchnorm", "iteration": it, "val_acc": 0.6} for it in (0, 100)]
+    [line] = results(rows, {(act, init, lr, "batchnorm"): 150})  # the batch-norm network diverged
+    assert line["iterations"] == 200 and line["batchnorm final %"] == "NaN at it. 150"
+    [entry] = article_table([line])
+    assert entry["configuration"] == "tanh, init std 1, lr 0.01"

@@ -17,7 +17,7 @@ The API (kept stable; experiment modules import it):
   line per arm and epoch; returns all rows, each seed's trained layers and why it stopped early
   (``interrupted``, ``error``; ``exit_code()`` reports it).
 * ``epoch_summary(rows)``: runner rows averaged over seeds, per arm and epoch.
-* ``final_summary(rows)``: per arm, mean ± std over seeds of the last epoch's metrics.
+* ``final_summary(rows)``: per arm, mean ± std of the last epoch's metrics over the runs that reached it.
 * ``standard_report(out, title, command, settings, rows, extra_sections, figures, ...) -> Path``:
   writes ``metrics.csv/json`` (all rows), ``summary.csv/json`` (per arm and epoch),
   ``curves.png`` (test accuracy and training loss per arm) and ``report.md``; returns the
@@ -210,13 +210,15 @@ def epoch_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def final_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per arm: the runs' last-epoch metrics as ``KEY mean`` and ``KEY std`` over seeds."""
+    """Per arm: the metrics at the arm's last epoch as ``KEY mean`` and ``KEY std`` over the runs
+    that reached it (a run stopped earlier is left out, not mixed in at its own last epoch)."""
     keys = _numeric(rows)
     out = []
     for arm in dict.fromkeys(r["arm"] for r in rows):
         mine = [r for r in rows if r["arm"] == arm]
-        last = {r["seed"]: r for r in mine if r["epoch"] == max(x["epoch"] for x in mine if x["seed"] == r["seed"])}
-        entry: dict[str, Any] = {"arm": arm, "runs": len(last)}
+        final = max(r["epoch"] for r in mine)
+        last = {r["seed"]: r for r in mine if r["epoch"] == final}
+        entry: dict[str, Any] = {"arm": arm, "epoch": final, "runs": len(last)}
         for k in keys:
             m, s = mean_std(r[k] for r in last.values() if k in r)
             entry[f"{k} mean"], entry[f"{k} std"] = m, s
@@ -257,7 +259,7 @@ def standard_report(out: Path, title: str, command: str, settings: Mapping[str, 
     write_metrics(out, "summary", summary)
     ok = curves(out / "curves.png", rows, title, steps_per_epoch, log_loss)
     final = final_summary(rows)
-    table = [{"arm": f["arm"], "runs": f["runs"],
+    table = [{"arm": f["arm"], "epoch": f["epoch"], "runs": f["runs"],
               **{k.removesuffix(" mean"): (f"{100 * f[k]:.2f} ± {100 * f[k[:-5] + ' std']:.2f}" if "acc" in k
                                            else f"{f[k]:.4g} ± {f[k[:-5] + ' std']:.2g}")
                  for k in f if k.endswith(" mean")}} for f in final]

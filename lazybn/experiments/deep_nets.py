@@ -150,7 +150,7 @@ def results(rows: list[dict[str, Any]], diverged: dict[tuple[str, str, float, st
                     mine = [r for r in rows if (r["act"], r["init"], r["lr"], r["arm"]) == (act.value, init, lr, arm)]
                     if not mine:
                         continue
-                    line["iterations"] = max(r["iteration"] for r in mine)
+                    line["iterations"] = max(line.get("iterations", 0), *(r["iteration"] for r in mine))  # either network
                     div = diverged.get((act.value, init, lr, arm))
                     line[f"{arm} final %"] = f"NaN at it. {div}" if div else f"{100 * mine[-1]['val_acc']:.2f}"
                     line[f"{arm} best %"] = f"{100 * max(r['val_acc'] for r in mine):.2f}"
@@ -164,7 +164,7 @@ def article_table(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (act, init, lr), says in ARTICLE.items():
         for line in table:
             if (line["activation"], line["init std"], line["lr"]) == (act, f"{SCALES[init]:g}", f"{lr:g}"):
-                out.append({"configuration": f"{act}, init std {SCALES[init]}, lr {lr:g}", "the article": says,
+                out.append({"configuration": f"{act}, init std {SCALES[init]:g}, lr {lr:g}", "the article": says,
                             "lazybn final val acc % (plain / batch norm)":
                                 f"{line.get('plain final %', '-')} / {line.get('batchnorm final %', '-')}"})
     return out
