@@ -35,8 +35,9 @@ A plain value that changes on every call would make every call a trace. ``@fused
 signature (each number's type stays in it): the trace runs with :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn
 operations accept as numbers and which become runtime arguments of the kernels, so a replay
 passes each call's values. Python arithmetic or tests on a stand-in raise ``ArgumentError`` (a
-``TypeError``) at the first call (a replay could not repeat them). The optimizer step uses this
-for the learning-rate schedule and Adam's bias correction.
+``TypeError``) at the first call (a replay could not repeat them); ``isinstance`` cannot be
+caught and sees a ``Scalar``, so a body must not branch on a dynamic value's type. The optimizer
+step uses this for the learning-rate schedule and Adam's bias correction.
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
 replay function as it is written. Calls inside another function's trace run their body (they
