@@ -214,10 +214,13 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
             case fuse.Launch():
                 launches += 1
                 outs = [f"o{launches}_{k}" for k in range(len(entry.out_shapes))]
-                dtype, dyn, convert = src.const(entry.dtype, "dtype"), dict(entry.dynamic), src.const(entry.dtype.type, "as")
+                dtype, dyn = src.const(entry.dtype, "dtype"), dict(entry.dynamic)
+                convert = src.const(entry.dtype.type, "as")  # a dynamic value becomes the kernel's scalar type
                 lines += [f"{o} = empty({shape!r}, {dtype})" for o, shape in zip(outs, entry.out_shapes)]
-                args = [slot(a) for a in entry.leaves] + [argument(x, dyn, k, convert) for k, x in enumerate(entry.tail)]
-                lines.append(f"{src.const(entry.fn, 'kernel')}({', '.join(args + outs + (['threads()'] if entry.par else []))})")
+                args = [slot(a) for a in entry.leaves]
+                args += [argument(x, dyn, k, convert) for k, x in enumerate(entry.tail)]
+                args += outs + (["threads()"] if entry.par else [])
+                lines.append(f"{src.const(entry.fn, 'kernel')}({', '.join(args)})")
                 lines += [f"{o}.setflags(write=False)" for o in outs]
                 lines += [f"{produced(r)} = {outs[k]}" for r, k in zip(entry.results, entry.order)]
             case fuse.Matmul():
@@ -235,17 +238,15 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
                 lines += [f"{out} = {src.const(entry.fn, 'host')}({', '.join(args)})", f"{out}.setflags(write=False)"]
             case _:
                 assert_never(entry)
+    def unpack(n: int, name: str) -> list[str]:
+        """``v0, v1, ..., = name``: the first ``n`` slots as locals."""
+        return [f"{''.join(f'v{k}, ' for k in range(n))}= {name}"] if n else []
+
     ret = src.result(_template(result, slot_of))
-    source = "\n".join([
-        "def replay(arrays, values):",
-        *(f"    {''.join(f'v{k}, ' for k in range(len(arrays)))}= arrays" for _ in arrays[:1]),
-        *(f"    {line}" for line in lines),
-        *([f"    count({launches})"] if launches else []),
-        f"    return {ret}",
-        "def rebuild(slots):",  # the result alone, from the traced slots
-        *(f"    {''.join(f'v{k}, ' for k in range(len(slots)))}= slots" for _ in slots[:1]),
-        f"    return {ret}",
-    ])
+    replay = [*unpack(len(arrays), "arrays"), *lines, *([f"count({launches})"] if launches else []), f"return {ret}"]
+    rebuild = [*unpack(len(slots), "slots"), f"return {ret}"]  # the result alone, from the traced slots
+    source = "\n".join(["def replay(arrays, values):", *(f"    {ln}" for ln in replay),
+                        "def rebuild(slots):", *(f"    {ln}" for ln in rebuild)])
     exec(compile(source, "<lazybn replay>", "exec"), src.names)
     try:  # a constructor that does more than store its arguments (InitVar, __post_init__ changing
         again = src.names["rebuild"](slots)  # type: ignore[operator]  # fields, its own __init__)

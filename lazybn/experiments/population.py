@@ -106,8 +106,8 @@ def stat_errors(running: list[Layer], population: list[Layer]) -> dict[str, floa
 def same_weights(arms: dict[str, list[Layer]]) -> bool:
     """Whether every arm holds the same trained parameters (weights, gamma and beta), bit for bit."""
     def params(layers: list[Layer]) -> list[NDArray[Any]]:
-        return [a.array for layer in layers for a in ((layer.w,) if isinstance(layer, LinearNoBias) else
-                                                      (layer.gamma, layer.beta) if isinstance(layer, Batchnorm1d) else ())]
+        trained = {LinearNoBias: ("w",), Batchnorm1d: ("gamma", "beta")}
+        return [getattr(layer, name).array for layer in layers for name in trained.get(type(layer), ())]
     ps = [params(layers) for layers in arms.values()]
     return all(len(p) == len(ps[0]) and all(np.array_equal(a, b) for a, b in zip(ps[0], p)) for p in ps[1:])
 
