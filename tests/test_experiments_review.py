@@ -231,3 +231,12 @@ def test_deep_nets_iterations_are_the_longest_network_of_a_configuration() -> No
     assert line["iterations"] == 200 and line["batchnorm final %"] == "NaN at it. 150"
     [entry] = article_table([line])
     assert entry["configuration"] == "tanh, init std 1, lr 0.01"
+
+
+@pytest.mark.parametrize("name", ["bad-init-adam", "activations"])
+def test_quick_with_a_data_directory_is_refused_not_ignored(name: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["run", name, "--quick", "--data-dir", str(tmp_path), "--out", str(out), "--no-progress"]) == 2
+    assert "--quick trains on synthetic data" in capsys.readouterr().err
+    assert not out.exists()

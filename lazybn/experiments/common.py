@@ -78,6 +78,8 @@ def synthetic_split(pixels: Pixels = Pixels.standard, dtype: DTypeLike = np.floa
 def load_split(args: argparse.Namespace, quick: bool, pixels: Pixels = Pixels.standard,
                dtype: DTypeLike = np.float32) -> tuple[Split, str]:
     """The data of an experiment and a description of its source (see the module docstring)."""
+    if quick and getattr(args, "data_dir", None) is not None:
+        raise ArgumentError("--quick trains on synthetic data, so --data-dir would be ignored; drop one of them")
     if quick:
         return synthetic_split(pixels, dtype), f"synthetic 10-class data ({QUICK_TRAIN} train, {QUICK_TEST} test)"
     from ..data import load_mnist
