@@ -82,31 +82,27 @@ class StepResult:
     skipped: bool = False
 
 
-def _check_finite(loss: float, grads: Sequence[object]) -> str | None:
+def _check_finite(loss: float, grads: Sequence[object], layers: Sequence[Layer] = (),
+                  witnesses: Sequence[Manifest[Any]] = ()) -> str | None:
+    """What is NaN/inf among the loss, the batch-norm statistics and gradients, and the updated
+    weights of ``layers``, whose ``witnesses`` (see :func:`~lazybn.optim.step_all`) stand for them:
+    one look at a few hundred numbers when all is well (batch-norm layers check their own arrays)."""
     if not math.isfinite(loss):
         return f"the loss is {loss}"
     stats = [(i, name, getattr(g, name).array) for i, g in enumerate(grads) if isinstance(g, BN1)
              for name in ("batch_mu", "batch_var", "dgamma", "dbeta")]
-    if not stats or np.isfinite(np.concatenate([a for *_, a in stats])).all():  # one check, every step
+    looks = [a for *_, a in stats] + [w.array for w in witnesses]
+    if not looks or np.isfinite(np.concatenate(looks)).all():  # one check, every step
         return None
     for i, name, a in stats:
         if not np.isfinite(a).all():
             return f"layer {i} (Batchnorm1d) has a non-finite {name}"
-    return None  # pragma: no cover - the concatenation was not finite, so one of them is not
-
-
-def _nonfinite_weights(layers: Sequence[Layer], witnesses: Sequence[Manifest[Any]]) -> str | None:
-    """The first updated weight or bias that is NaN/inf (batch-norm layers check their own arrays).
-    ``witnesses`` (see :func:`~lazybn.optim.step_all`) are checked first: one look at a few hundred
-    numbers when all is well."""
-    if not witnesses or np.isfinite(np.concatenate([w.array for w in witnesses])).all():
-        return None
     for i, layer in enumerate(layers):
         if isinstance(layer, (Linear, LinearNoBias)):
             for name in ("w", "b") if isinstance(layer, Linear) else ("w",):
                 if not np.isfinite(getattr(layer, name).array).all():
                     return f"the update makes layer {i} ({type(layer).__name__}) {name} non-finite"
-    return None  # a column sum overflowed; the weights are finite
+    return None  # a witness's column sum overflowed; the weights are finite
 
 
 def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, grads: Sequence[Gradients],
@@ -149,10 +145,10 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
         log_lik = log_likelihoods(pred, tgt)
     loss = mean_loss(log_lik)
-    problem = _check_finite(loss, grads)
-    if problem is None:
-        problem = (_refusing_layer(layers, opt, opt_state, grads, s) if refused is not None
-                   else _nonfinite_weights(new_layers, witnesses))
+    if refused is None:
+        problem = _check_finite(loss, grads, new_layers, witnesses)
+    else:
+        problem = _check_finite(loss, grads) or _refusing_layer(layers, opt, opt_state, grads, s)
     if problem is not None:
         if on_nonfinite == "skip":
             return StepResult(list(layers), opt_state, loss, pred, skipped=True)
