@@ -1,10 +1,11 @@
 """Replay programs: what ``@fused`` (:mod:`lazybn.trace`) runs instead of a traced body.
 
-A :class:`Program` is a trace's log (kernel launches, matmuls, transposes, host calls) with
-every array named by a *value slot* (the argument arrays, then each operation's results, in
-order), plus a template of the result and the function that rebuilds it from the slots.
-:func:`compile_program` makes one from a log, or raises :class:`Opaque` when the log touches
-an array that no slot names.
+A :class:`Program` is a trace's log (kernel launches, matmuls, transposes, host calls) written
+as a straight-line Python function. Every array is named by a *value slot* (the argument
+arrays, then each operation's results, in order); the function repeats the operations on a
+call's arrays and rebuilds the result from the slots through the constructors of its types.
+:func:`compile_program` writes one from a log, or raises :class:`Opaque` when the log touches
+an array that no slot names or the result would not rebuild as traced.
 """
 
 from __future__ import annotations
