@@ -30,17 +30,17 @@ class Opaque(Exception):
     """The value cannot take part in a replay (see :mod:`lazybn.trace`)."""
 
 
-_field_names: dict[type, tuple[str, ...]] = {}
+FIELDS: dict[type, tuple[str, ...]] = {}  # the dataclass types seen, with their fields (see field_names)
 
 
 def field_names(t: type) -> tuple[str, ...]:
     """A dataclass's fields, in order; opaque if its constructor does not take them all."""
-    got = _field_names.get(t)
+    got = FIELDS.get(t)
     if got is None:
         fs = fields(t)
         if not all(f.init for f in fs):
             raise Opaque(f"{t.__name__} has fields its constructor does not take")
-        got = _field_names[t] = tuple(f.name for f in fs)
+        got = FIELDS[t] = tuple(f.name for f in fs)
     return got
 
 

@@ -32,12 +32,13 @@ own ``__init__``, an ``InitVar``, a ``__post_init__`` that changes fields) is op
 
 A plain value that changes on every call would make every call a trace. ``@fused(dynamic=
 ("lr_scale", "correction"))`` takes such parameters (a number or a tuple of numbers) out of the
-signature (each number's type stays in it): the trace runs with :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn
-operations accept as numbers and which become runtime arguments of the kernels, so a replay
-passes each call's values. Python arithmetic or tests on a stand-in raise ``ArgumentError`` (a
-``TypeError``) at the first call (a replay could not repeat them); ``isinstance`` cannot be
-caught and sees a ``Scalar``, so a body must not branch on a dynamic value's type. The optimizer
-step uses this for the learning-rate schedule and Adam's bias correction.
+signature (each number's type stays in it): the trace runs with
+:class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn operations accept as numbers and
+which become runtime arguments of the kernels, so a replay passes each call's values. Python
+arithmetic or tests on a stand-in raise ``ArgumentError`` (a ``TypeError``) at the first call (a
+replay could not repeat them); ``isinstance`` cannot be caught and sees a ``Scalar``, so a body
+must not branch on a dynamic value's type. The optimizer step uses this for the learning-rate
+schedule and Adam's bias correction.
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
 replay function as it is written. Calls inside another function's trace run their body (they
@@ -62,7 +63,7 @@ from .array import Comp, Manifest
 from .errors import ArgumentError
 from .fuse import cache
 from .fuse.graph import Scalar
-from .replay import STATIC, Opaque, Program, compile_program, field_names
+from .replay import FIELDS, STATIC, Opaque, Program, compile_program, field_names
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,7 +75,6 @@ REPLAY = not os.environ.get("LAZYBN_NO_REPLAY")
 
 
 _PAR = Comp.Par  # a global: an enum member's lookup costs more than the rest of an array's entry
-_dataclass_fields: dict[type, tuple[str, ...]] = {}  # dataclass types seen, with their fields
 
 
 def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
@@ -95,8 +95,8 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
             _flatten(y, arrays, sig)
     elif t is float:
         sig.append((t, x if x == x and x != 0.0 else x.hex()))  # type: ignore[attr-defined]
-    elif t in _dataclass_fields or (is_dataclass(x) and not isinstance(x, type)):
-        names = _dataclass_fields.get(t) or _dataclass_fields.setdefault(t, field_names(t))
+    elif t in FIELDS or (is_dataclass(x) and not isinstance(x, type)):  # a dataclass seen before, or a new one
+        names = field_names(t)
         sig.append(t)
         if t.__dictoffset__ and len(x.__dict__) != len(names):  # an attribute besides the fields
             raise Opaque(t.__name__)
