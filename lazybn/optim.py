@@ -192,6 +192,21 @@ def _moments(opt: Optimizer) -> int:
             assert_never(opt)
 
 
+def _squares(opt: Optimizer) -> tuple[int, ...]:
+    """Which of :func:`_step`'s outputs a step must check for NaN/inf: the new parameter, and the
+    average of squared gradients (Adam's v, RMSProp's s), which can overflow while the parameter,
+    divided by its root, stays finite and stops moving for good."""
+    match opt:
+        case SGD() | Momentum():
+            return (0,)
+        case RMSProp():
+            return (0, 1)
+        case Adam():
+            return (0, 2)
+        case _:
+            assert_never(opt)
+
+
 def _params(layer: Layer) -> tuple[tuple[str, Manifest[Any]], ...]:
     """The layer's trainable parameters, named, in the slot order."""
     match layer:
@@ -354,14 +369,16 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     """Every parameter's step, in one kernel per (dtype, Comp) of the parameters: usually one.
 
     The arguments are :func:`update`'s, checked by :func:`prepare_update`; returns the new layers,
-    the new slots and a *witness* per new parameter, finite if the parameter is: a vector is its
-    own, a matrix's are its column sums, made in the same loop as the matrix (so a training step
-    checks a few hundred numbers, not every weight; a sum can also overflow to inf).
+    the new slots and a *witness* per new parameter (and per average of squared gradients, see
+    :func:`_squares`), finite if the array is: a vector is its own, a matrix's are its column
+    sums, made in the same loop as the matrix (so a training step checks a few hundred numbers,
+    not every weight; a sum can also overflow to inf).
     """
     k = _moments(opt)
     pending: dict[tuple[np.dtype[Any], Comp], list[Delayed[Any]]] = {}
     places: list[list[tuple[tuple[np.dtype[Any], Comp], int, int]]] = []  # per layer: (group, start, count)
     witnesses: list[tuple[tuple[np.dtype[Any], Comp], int]] = []  # (group, index)
+    checked = _squares(opt)
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
         params, gs = _params(layer), _grads(i, layer, g)
         _check(i, layer, params, gs, layer_slots, k, opt)
@@ -371,10 +388,12 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
             group = pending.setdefault((p.dtype, p.comp), [])
             outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, lr_scale, correction)
             places[-1].append(((p.dtype, p.comp), len(group), len(outs)))
-            witnesses.append(((p.dtype, p.comp), len(group) if len(p.shape) == 1 else len(group) + len(outs)))
+            start = len(group)
             group.extend(outs)
-            if len(p.shape) == 2:
-                group.append(sum_rows(outs[0]))
+            for o in checked:
+                witnesses.append(((p.dtype, p.comp), start + o if len(p.shape) == 1 else len(group)))
+                if len(p.shape) == 2:
+                    group.append(sum_rows(outs[o]))
     done = {key: compute_all(*ds) for key, ds in pending.items()}
     new_layers: list[Layer] = []
     new_slots: list[tuple[Manifest[Any], ...]] = []

@@ -82,11 +82,12 @@ class StepResult:
     skipped: bool = False
 
 
-def _check_finite(loss: float, grads: Sequence[object], layers: Sequence[Layer] = (),
+def _check_finite(loss: float, grads: Sequence[object], layers: Sequence[Layer] = (), slots: Slots = (),
                   witnesses: Sequence[Manifest[Any]] = ()) -> str | None:
     """What is NaN/inf among the loss, the batch-norm statistics and gradients, and the updated
-    weights of ``layers``, whose ``witnesses`` (see :func:`~lazybn.optim.step_all`) stand for them:
-    one look at a few hundred numbers when all is well (batch-norm layers check their own arrays)."""
+    weights of ``layers`` and optimizer ``slots``, whose ``witnesses`` (see
+    :func:`~lazybn.optim.step_all`) stand for them: one look at a few hundred numbers when all is
+    well (batch-norm layers check their own arrays)."""
     if not math.isfinite(loss):
         return f"the loss is {loss}"
     stats = [(i, name, getattr(g, name).array) for i, g in enumerate(grads) if isinstance(g, BN1)
@@ -102,7 +103,11 @@ def _check_finite(loss: float, grads: Sequence[object], layers: Sequence[Layer] 
             for name in ("w", "b") if isinstance(layer, Linear) else ("w",):
                 if not np.isfinite(getattr(layer, name).array).all():
                     return f"the update makes layer {i} ({type(layer).__name__}) {name} non-finite"
-    return None  # a witness's column sum overflowed; the weights are finite
+    for i, (layer, moments) in enumerate(zip(layers, slots)):
+        if not all(np.isfinite(m.array).all() for m in moments):
+            return (f"the update makes the optimizer state of layer {i} ({type(layer).__name__}) non-finite (an "
+                    "average of squared gradients overflowed)")
+    return None  # a witness's column sum overflowed; the arrays are finite
 
 
 def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, grads: Sequence[Gradients],
@@ -146,7 +151,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         log_lik = log_likelihoods(pred, tgt)
     loss = mean_loss(log_lik)
     if refused is None:
-        problem = _check_finite(loss, grads, new_layers, witnesses)
+        problem = _check_finite(loss, grads, new_layers, slots, witnesses)
     else:
         problem = _check_finite(loss, grads) or _refusing_layer(layers, opt, opt_state, grads, s)
     if problem is not None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import lazybn as lb
 from lazybn.layers import Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 from lazybn.network import _pass
-from lazybn.optim import SGD, Momentum, init_state
+from lazybn.optim import SGD, Adam, Momentum, RMSProp, init_state
 from lazybn.train import NumericalError, train_step
 
 from .helpers import DTYPES
@@ -106,3 +106,28 @@ def test_finite_weights_whose_column_sums_overflow_are_not_refused(dtype: np.dty
     r = train_step(net, opt, init_state(opt, net), x, tgt, lr_scale=0.0)
     assert not r.skipped
     np.testing.assert_array_equal(r.layers[0].w.array, w.astype(dtype))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(1e-3), lambda: RMSProp(1e-3)], ids=["Adam", "RMSProp"])
+def test_an_average_of_squared_gradients_that_overflows_is_refused(make: Any) -> None:
+    """float32 gradients near 1e20 square to inf: the parameter, divided by the root of that
+    average, would stay finite and never move again."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.5, 1.0, (4, 2)) * 1e20
+    tgt = np.eye(2)[[0, 1, 0, 1]]
+    w = rng.uniform(-0.01, 0.01, (2, 2))
+    # the numpy oracle: the loss's gradient is finite in float32, its square is not
+    z = x @ w
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    dw = (x.T @ (p / p.sum(axis=1, keepdims=True) - tgt) / 4).astype(np.float32)
+    assert np.isfinite(dw).all()
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(dw * dw).all()
+    net: list[Layer] = [LinearNoBias(lb.matrix(w, np.float32))]
+    opt = make()
+    state = init_state(opt, net)
+    xs, ys = lb.matrix(x, np.float32), lb.matrix(tgt, np.float32)
+    with pytest.raises(NumericalError, match=r"optimizer state of layer 0 \(LinearNoBias\) non-finite"):
+        train_step(net, opt, state, xs, ys)
+    skipped = train_step(net, opt, state, xs, ys, on_nonfinite="skip")
+    assert skipped.skipped and skipped.opt_state is state
