@@ -179,30 +179,19 @@ class OptState:
                 raise ArgumentError(f"OptState.slots[{i}]: expected a tuple of lazybn Manifest arrays")
 
 
-def _moments(opt: Optimizer) -> int:
-    """How many moment arrays the optimizer keeps per parameter."""
+def _moments(opt: Optimizer) -> tuple[int, tuple[int, ...]]:
+    """How many moment arrays the optimizer keeps per parameter, and which of :func:`_step`'s outputs
+    a step checks for NaN/inf: the new parameter, and the average of squared gradients (it can
+    overflow while the parameter, divided by its root, stays finite and stops moving for good)."""
     match opt:
         case SGD():
-            return 0
-        case Momentum() | RMSProp():
-            return 1
-        case Adam():
-            return 2
-        case _:
-            assert_never(opt)
-
-
-def _squares(opt: Optimizer) -> tuple[int, ...]:
-    """Which of :func:`_step`'s outputs a step must check for NaN/inf: the new parameter, and the
-    average of squared gradients (Adam's v, RMSProp's s), which can overflow while the parameter,
-    divided by its root, stays finite and stops moving for good."""
-    match opt:
-        case SGD() | Momentum():
-            return (0,)
+            return 0, (0,)
+        case Momentum():
+            return 1, (0,)
         case RMSProp():
-            return (0, 1)
+            return 1, (0, 1)
         case Adam():
-            return (0, 2)
+            return 2, (0, 2)
         case _:
             assert_never(opt)
 
@@ -234,7 +223,7 @@ def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
     Returns:
         An :class:`OptState` whose slots follow the module's ordering convention.
     """
-    k = _moments(opt)
+    k, _ = _moments(opt)
     return OptState(0, tuple(tuple(_zeros_like(p) for _, p in _params(layer) for _ in range(k)) for layer in layers))
 
 
@@ -363,22 +352,19 @@ def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
 
 
 @fused(dynamic=("lr_scale", "correction"))
-def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...],
-            slots: Slots, lr_scale: float,
+def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, ...], slots: Slots, lr_scale: float,
              correction: tuple[float, ...]) -> tuple[list[Layer], Slots, tuple[Manifest[Any], ...]]:
     """Every parameter's step, in one kernel per (dtype, Comp) of the parameters: usually one.
 
     The arguments are :func:`update`'s, checked by :func:`prepare_update`; returns the new layers,
-    the new slots and a *witness* per new parameter (and per average of squared gradients, see
-    :func:`_squares`), finite if the array is: a vector is its own, a matrix's are its column
-    sums, made in the same loop as the matrix (so a training step checks a few hundred numbers,
+    the new slots and *witnesses*, finite if the arrays :func:`_moments` names are: a vector is its
+    own, a matrix's are its column sums made in the same loop (a step checks a few hundred numbers,
     not every weight; a sum can also overflow to inf).
     """
-    k = _moments(opt)
+    k, checked = _moments(opt)
     pending: dict[tuple[np.dtype[Any], Comp], list[Delayed[Any]]] = {}
     places: list[list[tuple[tuple[np.dtype[Any], Comp], int, int]]] = []  # per layer: (group, start, count)
     witnesses: list[tuple[tuple[np.dtype[Any], Comp], int]] = []  # (group, index)
-    checked = _squares(opt)
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
         params, gs = _params(layer), _grads(i, layer, g)
         _check(i, layer, params, gs, layer_slots, k, opt)
@@ -387,13 +373,12 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
         for j, ((_, p), dp) in enumerate(zip(params, gs)):
             group = pending.setdefault((p.dtype, p.comp), [])
             outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, lr_scale, correction)
-            places[-1].append(((p.dtype, p.comp), len(group), len(outs)))
             start = len(group)
+            places[-1].append(((p.dtype, p.comp), start, len(outs)))
             group.extend(outs)
-            for o in checked:
+            for o in checked:  # a vector is its own witness; a matrix's column sums join the group
                 witnesses.append(((p.dtype, p.comp), start + o if len(p.shape) == 1 else len(group)))
-                if len(p.shape) == 2:
-                    group.append(sum_rows(outs[o]))
+                group += [sum_rows(outs[o])] if len(p.shape) == 2 else []
     done = {key: compute_all(*ds) for key, ds in pending.items()}
     new_layers: list[Layer] = []
     new_slots: list[tuple[Manifest[Any], ...]] = []
