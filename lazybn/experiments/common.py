@@ -249,12 +249,13 @@ def curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str, steps_per_
 def standard_report(out: Path, title: str, command: str, settings: Mapping[str, Any],
                     rows: Sequence[Mapping[str, Any]], extra_sections: Sequence[tuple[str, str]] = (),
                     figures: Sequence[str] = (), *, steps_per_epoch: int | None = None,
-                    interrupted: bool = False, log_loss: bool = False, stopped: str = "") -> Path:
+                    log_loss: bool = False, stopped: str = "") -> Path:
     """Write the standard report of runner rows (see the module docstring) and return ``report.md``.
 
     ``extra_sections`` (heading, markdown) come first, then the final result per arm (mean ±
     std over seeds) and the per-epoch table; ``figures`` are further PNG names in ``out``
-    (written by the caller), listed after ``curves.png``.
+    (written by the caller), listed after ``curves.png``. ``stopped`` (:attr:`SeedRuns.stopped`)
+    marks the final table of a run that ended early.
     """
     write_metrics(out, "metrics", rows)
     summary = epoch_summary(rows)
@@ -266,7 +267,7 @@ def standard_report(out: Path, title: str, command: str, settings: Mapping[str, 
                                            else f"{f[k]:.4g} ± {f[k[:-5] + ' std']:.2g}")
                  for k in f if k.endswith(" mean")}} for f in final]
     sections = [*extra_sections, ("Final epoch per arm, mean ± std over runs (accuracies in %)"
-                                  + (f" — {stopped or 'interrupted'}" if stopped or interrupted else ""),
+                                  + (f" — {stopped}" if stopped else ""),
                  markdown_table(table)),
                 ("Per epoch (mean over runs)", markdown_table(summary))]
     return write_report(out, title, command, settings, sections, ["curves.png", *figures], ok)
