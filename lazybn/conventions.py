@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .array import vector
-from .errors import RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, RankError, ShapeError, ValueRangeError
 from .layers import Batchnorm1d
 
 FloatArray = NDArray[np.floating[Any]]
@@ -114,8 +114,13 @@ def to_keras(layer: Batchnorm1d, batch_size: int, steps: int, initial_var: float
 
     Raises:
         ValueRangeError: ``batch_size`` < 2, ``steps`` < 0 or ``initial_var`` negative.
+        ArgumentError: the layer keeps a cumulative average (``momentum=None``), which no
+            Keras momentum reproduces.
     """
     n, k, v0 = _history(batch_size, steps, initial_var, "to_keras")
+    if layer.momentum is None:
+        raise ArgumentError("to_keras: the layer keeps a cumulative average (momentum None); Keras's moving "
+                            "averages have a fixed momentum, so there is no Keras form")
     decay = momentum_to_keras(layer.momentum)
     var = layer.var.array.astype(np.float64)
     if layer.unbiased:

@@ -92,7 +92,7 @@ def biases(init: Init, n: int, rng: np.random.Generator, dtype: DTypeLike = np.f
 
 def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Init = Init.he, seed: int = 0,
         dtype: DTypeLike = np.float32, dropout: float = 0.0, gain: float = 1.0, eps: float = 1e-5,
-        momentum: float = 0.1, comp: Comp = Comp.Seq) -> list[Layer]:
+        momentum: float | None = 0.1, comp: Comp = Comp.Seq) -> list[Layer]:
     """A multilayer perceptron: ``sizes[0]`` inputs, ``sizes[-1]`` outputs (logits).
 
     With ``batchnorm=True`` (the seed's BN network, no bias anywhere)::
@@ -114,7 +114,8 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
         seed: seeds ``numpy.random.default_rng``; the network is a function of it.
         dtype, comp: float32 or float64, and the computation strategy of every array.
         dropout: drop probability after each hidden activation (0 = no Dropout layers).
-        eps, momentum: batch norm's (PyTorch convention: momentum weights the new batch).
+        eps, momentum: batch norm's (PyTorch convention: momentum weights the new batch; None keeps a
+            cumulative average).
 
     Raises:
         ValueRangeError: invalid sizes, dropout or gain; invalid eps or momentum when the network

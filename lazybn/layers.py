@@ -103,8 +103,14 @@ class Batchnorm1d:
         mu, var: running mean and running variance (inference statistics); ``var`` unbiased.
         gamma, beta: the learnable scale and shift.
         eps: added to the variance before the square root (default 1e-5, as PyTorch).
-        momentum: weight of the new batch in the running averages (default 0.1, as PyTorch).
+        momentum: weight of the new batch in the running averages (default 0.1, as PyTorch), or
+            None for a cumulative average: after k batches the running statistics are the mean
+            of the k batches' statistics, equally weighted (PyTorch's ``momentum=None``); the
+            first batch replaces the initial values.
         unbiased: store the running variance unbiased (m/(m-1) correction; default True).
+        tracked: the number of batches in the cumulative average (PyTorch's
+            ``num_batches_tracked``); counted only when ``momentum`` is None. See
+            :func:`~lazybn.network.reset_running`.
     """
 
     mu: Vector
@@ -112,8 +118,9 @@ class Batchnorm1d:
     gamma: Vector
     beta: Vector
     eps: float = 1e-5
-    momentum: float = 0.1
+    momentum: float | None = 0.1
     unbiased: bool = True
+    tracked: int = 0
 
     def __post_init__(self) -> None:
         arrays = [_check("Batchnorm1d", name, getattr(self, name), 1) for name in _BN_ARRAYS]
@@ -123,9 +130,13 @@ class Batchnorm1d:
         _same_dtype("Batchnorm1d", *arrays)
         if not (math.isfinite(_num("Batchnorm1d", "eps", self.eps)) and self.eps > 0):
             raise ValueRangeError(f"Batchnorm1d.eps: must be a finite number > 0, got {self.eps!r}")
-        if not 0.0 <= _num("Batchnorm1d", "momentum", self.momentum) <= 1.0:
-            raise ValueRangeError(f"Batchnorm1d.momentum: must be in [0, 1] (weight of the new batch), "
-                                  f"got {self.momentum!r}")
+        if self.momentum is not None and not 0.0 <= _num("Batchnorm1d", "momentum", self.momentum) <= 1.0:
+            raise ValueRangeError(f"Batchnorm1d.momentum: must be in [0, 1] (weight of the new batch) or None "
+                                  f"(a cumulative average), got {self.momentum!r}")
+        if type(self.tracked) is not int:
+            raise ArgumentError(f"Batchnorm1d.tracked: expected an int (batches averaged), got {self.tracked!r}")
+        if self.tracked < 0:
+            raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0, got {self.tracked}")
         # One pass over all four vectors (this runs on every training step); names the culprit on failure.
         if not np.isfinite(np.concatenate([a._leaf.array for a in arrays])).all():
             for name, a in zip(_BN_ARRAYS, arrays):

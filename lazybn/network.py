@@ -22,7 +22,7 @@ from typing import Any, assert_never
 import numpy as np
 
 from . import fuse
-from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, delay, matrix
+from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, delay, matrix, ones, zeros
 from .errors import DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
 from .layers import (
@@ -244,19 +244,45 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             assert_never(layer)
 
 
-@fused
+def running_weights(layer: Batchnorm1d) -> tuple[float, float]:
+    """The weights (old, new) of the running statistics and of the batch's in the next update:
+    ``(1 - momentum, momentum)``, or ``(k/(k+1), 1/(k+1))`` in a cumulative average of k batches."""
+    if layer.momentum is None:
+        k = layer.tracked
+        return k / (k + 1), 1.0 / (k + 1)
+    return 1.0 - layer.momentum, layer.momentum
+
+
 def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     """The running statistics after one training batch (the paper's inference rule, by default).
 
     ``mu <- (1 - momentum) mu + momentum batch_mu`` and the same for ``var`` with the batch
-    variance made unbiased (times m/(m-1)) when ``layer.unbiased``.
+    variance made unbiased (times m/(m-1)) when ``layer.unbiased``. With ``momentum=None`` the
+    weights are ``k/(k+1)`` and ``1/(k+1)`` after ``k = layer.tracked`` batches (an equally
+    weighted mean of the batches' statistics), and the count goes up by one.
     """
+    if layer.momentum is None:  # the count stays out of the replay's signature (see train_step)
+        new = _running(replace(layer, tracked=0), g, running_weights(layer))
+        return replace(new, tracked=layer.tracked + 1)
+    return _running(layer, g, running_weights(layer))
+
+
+def reset_running(layer: Batchnorm1d) -> Batchnorm1d:
+    """The layer with its running statistics back at their start: mean 0, variance 1, count 0
+    (gamma, beta and the settings unchanged; training outputs do not depend on them)."""
+    return replace(layer, mu=zeros(layer.features, layer.mu.dtype, layer.mu.comp),
+                   var=ones(layer.features, layer.var.dtype, layer.var.comp), tracked=0)
+
+
+@fused(dynamic=("weights",))
+def _running(layer: Batchnorm1d, g: BN1, weights: tuple[float, float]) -> Batchnorm1d:
+    """``update_running``'s arithmetic with the weights (old, new) given, the count unchanged."""
     if g.n < 2:
         raise ValueRangeError(f"update_running: a batch of {g.n} sample(s) has no variance estimate; "
                               "batch norm trains on batches of more than 1 sample")
-    a = layer.momentum
+    old, new = weights
     batch_var = scale(g.n / (g.n - 1), g.batch_var) if layer.unbiased else delay(g.batch_var)
-    mu, var = compute_all(scale(1.0 - a, layer.mu) + scale(a, g.batch_mu), scale(1.0 - a, layer.var) + scale(a, batch_var))
+    mu, var = compute_all(scale(old, layer.mu) + scale(new, g.batch_mu), scale(old, layer.var) + scale(new, batch_var))
     return replace(layer, mu=mu, var=var)
 
 

@@ -6,7 +6,7 @@ a uint8 array ``header.json``::
 
     {"format": "lazybn-network", "version": 1, "dtype": "float32", "comp": "Seq",
      "layers": [{"kind": "LinearNoBias", "arrays": {"w": [784, 300]}},
-                {"kind": "Batchnorm1d", "eps": 1e-05, "momentum": 0.1, "unbiased": true,
+                {"kind": "Batchnorm1d", "eps": 1e-05, "momentum": 0.1, "unbiased": true, "tracked": 0,
                  "arrays": {"mu": [300], "var": [300], "gamma": [300], "beta": [300]}},
                 {"kind": "Activation", "activation": "relu"}, {"kind": "Dropout", "p": 0.2}, ...],
      "optimizer": {"step": 12, "slots": [[[784, 300], [784, 300]], [], ...]} or null,
@@ -14,7 +14,9 @@ a uint8 array ``header.json``::
 
 Writing is atomic (temporary file, then rename): a crash mid-write leaves the old file intact.
 Loading never unpickles (``allow_pickle=False``), checks every array against the header, and
-rejects a negative or NaN running variance. Arrays round-trip bit for bit.
+rejects a negative or NaN running variance. Arrays round-trip bit for bit. A batch-norm layer's
+``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
+loads it as 0.
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ def _arrays_of(layer: Layer) -> dict[str, Manifest[Any]]:
 def _describe(layer: Layer) -> dict[str, Any]:
     d: dict[str, Any] = {"kind": type(layer).__name__}
     match layer:
-        case Batchnorm1d(eps=eps, momentum=momentum, unbiased=unbiased):
-            d.update(eps=float(eps), momentum=float(momentum), unbiased=bool(unbiased))
+        case Batchnorm1d(eps=eps, momentum=momentum, unbiased=unbiased, tracked=tracked):
+            d.update(eps=float(eps), momentum=None if momentum is None else float(momentum), unbiased=bool(unbiased),
+                     tracked=tracked)
         case Activation(f=f):
             d["activation"] = f.value
         case Dropout(p=p):
@@ -215,9 +218,10 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
         if np.isnan(var.array).any() or (var.array < 0).any():
             raise PersistenceError(f"{where} (Batchnorm1d): the running variance has negative or NaN "
                                    f"entries {var.array[~(var.array >= 0)][:3]}; the file is corrupt")
+        momentum = None if d.get("momentum", 0) is None else _field(d, "momentum", "num", where)
+        tracked = _field(d, "tracked", "int", where) if "tracked" in d else 0
         return Batchnorm1d(a("mu"), var, a("gamma"), a("beta"), eps=_field(d, "eps", "num", where),
-                           momentum=_field(d, "momentum", "num", where),
-                           unbiased=_field(d, "unbiased", "bool", where))
+                           momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked)
     if kind == "Activation":
         act = _field(d, "activation", "str", where)
         if act not in Act.__members__:

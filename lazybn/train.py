@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, final
 
 import numpy as np
@@ -22,7 +22,7 @@ from numpy.typing import DTypeLike, NDArray
 from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
 from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias
-from .network import _pass, log_likelihoods, logits, mean_loss, update_running
+from .network import _pass, _running, log_likelihoods, logits, mean_loss, running_weights, update_running
 from .optim import Optimizer, OptState, Slots, schedule, step_all, update
 from .trace import fused
 
@@ -124,6 +124,11 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
     return None
 
 
+def _with_count(layer: Layer, count: int | None) -> Layer:
+    """A batch-norm layer with its cumulative count set to ``count`` (others, or None: unchanged)."""
+    return replace(layer, tracked=count) if isinstance(layer, Batchnorm1d) and count is not None else layer
+
+
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
                key: int | None = None, lr_scale: float = 1.0,
                on_nonfinite: Literal["raise", "skip"] = "raise") -> StepResult:
@@ -139,11 +144,16 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         if not np.isfinite(a.array).all():
             raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
     t, s, correction = schedule(opt, opt_state, layers, lr_scale)
+    weights = tuple(running_weights(layer) for layer in layers if isinstance(layer, Batchnorm1d))
+    # A cumulative average's count changes every step: the replay sees 0, and the count is set after.
+    counts = [layer.tracked if isinstance(layer, Batchnorm1d) and layer.momentum is None else None for layer in layers]
+    bare = tuple(_with_count(layer, None if c is None else 0) for layer, c in zip(layers, counts))
     try:
         # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
         # before the loss and the batch statistics are checked; they are dropped if the check fails.
-        pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, tuple(layers), opt_state.slots, x, tgt,
-                                                                   key, s, correction)
+        pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, bare, opt_state.slots, x, tgt, key, s,
+                                                                   correction, weights)
+        new_layers = [_with_count(layer, None if c is None else c + 1) for layer, c in zip(new_layers, counts)]
         refused = None
     except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
         refused = exc
@@ -164,15 +174,17 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     return StepResult(new_layers, OptState(t, slots), loss, pred)
 
 
-@fused(dynamic=("key", "lr_scale", "correction"))
+@fused(dynamic=("key", "lr_scale", "correction", "weights"))
 def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tgt: Matrix, key: int | None,
-          lr_scale: float, correction: tuple[float, ...]
+          lr_scale: float, correction: tuple[float, ...], weights: tuple[tuple[float, float], ...]
           ) -> tuple[Matrix, Vector, list[Gradients], list[Layer], Slots, tuple[Manifest[Any], ...]]:
     """The seed's ``sgd`` step: the pass, each sample's log-likelihood, the optimizer's step and
-    every batch-norm layer's running statistics (one replay for all of it)."""
+    every batch-norm layer's running statistics, with the ``weights`` of :func:`running_weights`
+    (one replay for all of it)."""
     _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
     new_layers, new_slots, witnesses = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
-    running = [update_running(nl, g) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
+    w = iter(weights)
+    running = [_running(nl, g, next(w)) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
                for nl, g in zip(new_layers, grads)]
     return pred, log_likelihoods(pred, tgt), grads, running, new_slots, witnesses
 

@@ -83,7 +83,7 @@ def test_converters_map_one_convention_onto_the_other(data: st.DataObject, k: in
     np.testing.assert_allclose(keras.moving_variance, k_var, rtol=1e-12, atol=1e-12 * scale)
     torch = from_keras(KerasBatchNorm(keras.gamma, keras.beta, k_mean, k_var, 1 - m, 1e-5), n, k, v0)
     assert torch.var.dtype == np.float64
-    assert abs(torch.momentum - m) <= 2**-53
+    assert torch.momentum is not None and abs(torch.momentum - m) <= 2**-53
     np.testing.assert_allclose(torch.mu.array, t_mean, rtol=1e-12, atol=1e-12 * (abs(loc) + spread))
     np.testing.assert_allclose(torch.var.array, t_var, rtol=1e-12, atol=1e-12 * scale)
     np.testing.assert_array_equal(torch.gamma.array, keras.gamma)

@@ -68,7 +68,7 @@ def test_round_trip_of_an_mlp_with_adam_state_and_comp(tmp_path: Path) -> None:
         assert {"layer0.w", "layer1.gamma", "layer1.var", "opt.slot.1.0", "header.json"} <= set(z.files)
         header = json.loads(z["header.json"].tobytes())
     assert header["format"] == "lazybn-network" and header["version"] == 1 and header["dtype"] == "float32"
-    assert header["layers"][1] == {"kind": "Batchnorm1d", "eps": 1e-5, "momentum": 0.1, "unbiased": True,
+    assert header["layers"][1] == {"kind": "Batchnorm1d", "eps": 1e-5, "momentum": 0.1, "unbiased": True, "tracked": 0,
                                    "arrays": {"mu": [5], "var": [5], "gamma": [5], "beta": [5]}}
     assert header["layers"][2] == {"kind": "Activation", "activation": "relu"}
     assert header["layers"][3] == {"kind": "Dropout", "p": 0.1}
