@@ -42,6 +42,10 @@ from .ops import scale as scale
 from .ops import sum_cols as sum_cols
 from .ops import sum_rows as sum_rows
 from .ops import transpose as transpose
+from .stats import Moments as Moments
+from .stats import merge as merge
+from .stats import merge_all as merge_all
+from .stats import moments as moments
 
 from .conventions import KerasBatchNorm as KerasBatchNorm
 from .conventions import from_keras as from_keras
@@ -62,6 +66,7 @@ from .layers import LinearGradients as LinearGradients
 from .layers import LinearNoBias as LinearNoBias
 from .layers import LinearNoBiasGradients as LinearNoBiasGradients
 from .layers import NoGrad as NoGrad
+from .layers import Renorm as Renorm
 from .network import forward as forward
 from .network import logits as logits
 from .optim import SGD as SGD

@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 
 from .array import Comp, Matrix, Vector, matrix, ones, vector, zeros
 from .errors import ArgumentError, ValueRangeError
-from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm
 
 
 class Init(enum.Enum):
@@ -92,7 +92,7 @@ def biases(init: Init, n: int, rng: np.random.Generator, dtype: DTypeLike = np.f
 
 def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Init = Init.he, seed: int = 0,
         dtype: DTypeLike = np.float32, dropout: float = 0.0, gain: float = 1.0, eps: float = 1e-5,
-        momentum: float | None = 0.1, comp: Comp = Comp.Seq) -> list[Layer]:
+        momentum: float | None = 0.1, renorm: Renorm | None = None, comp: Comp = Comp.Seq) -> list[Layer]:
     """A multilayer perceptron: ``sizes[0]`` inputs, ``sizes[-1]`` outputs (logits).
 
     With ``batchnorm=True`` (the seed's BN network, no bias anywhere)::
@@ -116,6 +116,7 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
         dropout: drop probability after each hidden activation (0 = no Dropout layers).
         eps, momentum: batch norm's (PyTorch convention: momentum weights the new batch; None keeps a
             cumulative average).
+        renorm: batch renormalisation's bounds for every batch-norm layer (None: batch norm).
 
     Raises:
         ValueRangeError: invalid sizes, dropout or gain; invalid eps or momentum when the network
@@ -145,6 +146,6 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
         if batchnorm:
             n = w.shape[1]
             layers.append(Batchnorm1d(zeros(n, dtype, comp), ones(n, dtype, comp), ones(n, dtype, comp),
-                                      zeros(n, dtype, comp), eps=eps, momentum=momentum))
+                                      zeros(n, dtype, comp), eps=eps, momentum=momentum, renorm=renorm))
         layers.extend(hidden)
     return layers

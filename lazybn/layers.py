@@ -96,6 +96,26 @@ _BN_ARRAYS = ("mu", "var", "gamma", "beta")
 
 @final
 @dataclass(frozen=True, slots=True)
+class Renorm:
+    """Batch renormalisation (Ioffe, 2017): training normalises with the batch, then corrects
+    towards the running statistics, ``x̂·r + d`` with ``r = σ_B/σ`` clipped to [1/rmax, rmax] and
+    ``d = (μ_B - μ)/σ`` clipped to [-dmax, dmax] (σ_B, σ: square roots of the batch's and the
+    running variance plus eps). r and d are constants for the gradient. None leaves a bound
+    off; the paper ramps rmax from 1 to 3 and dmax from 0 to 5 during training.
+    """
+
+    rmax: float | None = None
+    dmax: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rmax is not None and not _num("Renorm", "rmax", self.rmax) >= 1.0:
+            raise ValueRangeError(f"Renorm.rmax: must be >= 1 (r is clipped to [1/rmax, rmax]), got {self.rmax!r}")
+        if self.dmax is not None and not _num("Renorm", "dmax", self.dmax) >= 0.0:
+            raise ValueRangeError(f"Renorm.dmax: must be >= 0 (d is clipped to [-dmax, dmax]), got {self.dmax!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class Batchnorm1d:
     """Batch normalisation over the batch (rows) for each feature (column).
 
@@ -111,6 +131,8 @@ class Batchnorm1d:
         tracked: the number of batches in the cumulative average (PyTorch's
             ``num_batches_tracked``); counted only when ``momentum`` is None. See
             :func:`~lazybn.network.reset_running`.
+        renorm: batch renormalisation's settings (:class:`Renorm`), or None for batch norm.
+            Inference is the same either way.
     """
 
     mu: Vector
@@ -121,6 +143,7 @@ class Batchnorm1d:
     momentum: float | None = 0.1
     unbiased: bool = True
     tracked: int = 0
+    renorm: Renorm | None = None
 
     def __post_init__(self) -> None:
         arrays = [_check("Batchnorm1d", name, getattr(self, name), 1) for name in _BN_ARRAYS]
@@ -137,6 +160,8 @@ class Batchnorm1d:
             raise ArgumentError(f"Batchnorm1d.tracked: expected an int (batches averaged), got {self.tracked!r}")
         if self.tracked < 0:
             raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0, got {self.tracked}")
+        if self.renorm is not None and not isinstance(self.renorm, Renorm):
+            raise ArgumentError(f"Batchnorm1d.renorm: expected a lazybn.Renorm or None, got {self.renorm!r}")
         # One pass over all four vectors (this runs on every training step); names the culprit on failure.
         if not np.isfinite(np.concatenate([a._leaf.array for a in arrays])).all():
             for name, a in zip(_BN_ARRAYS, arrays):

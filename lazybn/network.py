@@ -22,7 +22,7 @@ from typing import Any, assert_never
 import numpy as np
 
 from . import fuse
-from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, delay, matrix, ones, zeros
+from .array import Delayed, Ix1, Ix2, Manifest, Matrix, Vector, compute, compute_all, delay, matrix, ones, zeros
 from .errors import DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
 from .layers import (
@@ -38,6 +38,7 @@ from .layers import (
     LinearNoBias,
     LinearNoBiasGradients,
     NoGrad,
+    Renorm,
 )
 from .ops import add_c, amap, br, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
 from .trace import fused
@@ -119,6 +120,44 @@ def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
     dx2 = b(scale(m, dmu))
     dx = dx1 + dx2
     return compute_all(dx, dgamma, dbeta)
+
+
+def _clip(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
+    """``v`` clipped to [1/bound, bound] (an r), unchanged for None. Values inside stay exact:
+    max(v, lo) = v + relu(lo - v), then min(w, hi) = w - relu(w - hi)."""
+    if bound is None:
+        return v
+    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), 1.0 / bound))
+    return w - amap(Fn.relu, add_c(w, -bound))
+
+
+def _clip_sym(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
+    """``v`` clipped to [-bound, bound] (a d), unchanged for None."""
+    if bound is None:
+        return v
+    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), -bound))
+    return w - amap(Fn.relu, add_c(w, -bound))
+
+
+@fused
+def renorm_forward(inp: Matrix, layer: Batchnorm1d, renorm: Renorm) -> tuple[Matrix, Vector, Vector, Vector, Vector]:
+    """Batch renormalisation's training forward (Ioffe 2017, Algorithm 1): returns (out, batch
+    mean, biased batch variance, r, d). Steps 1-7 are batch norm's; r and d correct the
+    normalised batch towards the running statistics and are constants for the backward."""
+    b = partial(br, rows(inp))
+    m = 1.0 / rows(inp)
+    batch_mu = scale(m, sum_rows(inp))
+    xmu = inp - b(batch_mu)
+    batch_variance = scale(m, sum_rows(amap(Fn.square, xmu)))
+    sigma_b = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    xhat = xmu * b(amap(Fn.recip, sigma_b))
+    # The running statistics' sigma, and the corrections
+    sigma = amap(Fn.sqrt, add_c(layer.var, layer.eps))
+    r = _clip(sigma_b / sigma, renorm.rmax)
+    d = _clip_sym((batch_mu - layer.mu) / sigma, renorm.dmax)
+    # Rescale and translate the corrected batch
+    out = b(layer.gamma) * (xhat * b(r) + b(d)) + b(layer.beta)
+    return compute_all(out, batch_mu, batch_variance, r, d)
 
 
 def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
@@ -222,11 +261,22 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, _depth=_depth + 1)
             dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
             return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
-        case Batchnorm1d():
+        case Batchnorm1d(renorm=None):
             _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
             dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance)
+            return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
+        case Batchnorm1d():  # with batch renormalisation
+            _check_features(inp, layer)
+            assert layer.renorm is not None
+            out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer, layer.renorm)
+            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
+            # With r and d constant, out is batch norm with scale gamma·r and shift gamma·d + beta:
+            # its backward, whose dgamma is the sum of dz·xhat; then the chain rule for gamma.
+            dx, dz_xhat, dbeta = bn_backward(dz, inp, replace(layer, gamma=compute(layer.gamma * r)), batch_mu,
+                                             batch_variance)
+            dgamma = compute(r * dz_xhat + d * dbeta)
             return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
         case Activation(f=f):
             fns = _ACT[f]

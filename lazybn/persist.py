@@ -16,7 +16,7 @@ Writing is atomic (temporary file, then rename): a crash mid-write leaves the ol
 Loading never unpickles (``allow_pickle=False``), checks every array against the header, and
 rejects a negative or NaN running variance. Arrays round-trip bit for bit. A batch-norm layer's
 ``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
-loads it as 0.
+loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from ._files import atomic_writer
 from .array import Comp, Manifest
 from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
-from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm
 from .optim import OptState
 
 FORMAT = "lazybn-network"
@@ -69,9 +69,11 @@ def _arrays_of(layer: Layer) -> dict[str, Manifest[Any]]:
 def _describe(layer: Layer) -> dict[str, Any]:
     d: dict[str, Any] = {"kind": type(layer).__name__}
     match layer:
-        case Batchnorm1d(eps=eps, momentum=momentum, unbiased=unbiased, tracked=tracked):
+        case Batchnorm1d(eps=eps, momentum=momentum, unbiased=unbiased, tracked=tracked, renorm=renorm):
             d.update(eps=float(eps), momentum=None if momentum is None else float(momentum), unbiased=bool(unbiased),
                      tracked=tracked)
+            if renorm is not None:
+                d["renorm"] = {"rmax": renorm.rmax, "dmax": renorm.dmax}
         case Activation(f=f):
             d["activation"] = f.value
         case Dropout(p=p):
@@ -220,8 +222,14 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
                                    f"entries {var.array[~(var.array >= 0)][:3]}; the file is corrupt")
         momentum = None if d.get("momentum", 0) is None else _field(d, "momentum", "num", where)
         tracked = _field(d, "tracked", "int", where) if "tracked" in d else 0
+        renorm = d.get("renorm")  # absent or null: batch norm
+        if renorm is not None:
+            if not isinstance(renorm, dict):
+                raise PersistenceError(f"{where}: header field 'renorm' is invalid ({renorm!r})")
+            renorm = Renorm(*(None if renorm.get(k) is None else _field(renorm, k, "num", where) for k in ("rmax", "dmax")))
         return Batchnorm1d(a("mu"), var, a("gamma"), a("beta"), eps=_field(d, "eps", "num", where),
-                           momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked)
+                           momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked,
+                           renorm=renorm)
     if kind == "Activation":
         act = _field(d, "activation", "str", where)
         if act not in Act.__members__:

@@ -9,14 +9,14 @@ import numpy as np
 from hypothesis import strategies as st
 
 import lazybn as lb
-from lazybn.layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+from lazybn.layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm
 from lazybn.optim import OptState
 
 from .helpers import F
 
 ARRAY_FIELDS = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("mu", "var", "gamma", "beta"),
                 Activation: (), Dropout: ()}
-SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked"), Activation: ("f",), Dropout: ("p",)}
+SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm"), Activation: ("f",), Dropout: ("p",)}
 
 
 def _vec(rng: np.random.Generator, n: int, dtype: np.dtype[Any], low: float = -2.0) -> lb.Vector:
@@ -41,7 +41,9 @@ def networks(draw: st.DrawFn, dtype: np.dtype[Any]) -> list[Layer]:
                                       _vec(rng, width, dtype), _vec(rng, width, dtype),
                                       eps=draw(st.floats(1e-12, 1e-1)),
                                       momentum=draw(st.none() | st.floats(0.0, 1.0)),  # None: cumulative
-                                      unbiased=draw(st.booleans()), tracked=draw(st.integers(0, 2**40))))
+                                      unbiased=draw(st.booleans()), tracked=draw(st.integers(0, 2**40)),
+                                      renorm=draw(st.none() | st.builds(Renorm, st.none() | st.floats(1.0, 1e6),
+                                                                         st.none() | st.floats(0.0, 1e6)))))
         elif kind == "Activation":
             layers.append(Activation(draw(st.sampled_from(list(Act)))))
         else:

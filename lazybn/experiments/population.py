@@ -29,14 +29,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..array import Matrix, compute, matrix, vector
-from ..fuse.graph import Fn
+from ..array import Matrix, matrix, vector
 from ..init import Init
 from ..layers import Batchnorm1d, Layer, LinearNoBias
 from ..network import bn_forward, logits
-from ..ops import amap, br, rows, scale, sum_rows
 from ..optim import RMSProp
 from ..report import markdown_table, plot_lines, write_metrics
+from ..stats import merge_all, moments
 from ..train import accuracy, batches
 from . import registry
 from .bad_init import FULL, hipsternet_net, hipsternet_split, setup
@@ -53,26 +52,17 @@ def population_layers(layers: list[Layer], x: NDArray[np.floating[Any]], batch_s
     """``layers`` with every Batchnorm1d's mu and var replaced by the exact mean and unbiased variance
     of its input over ``x`` (the network in inference mode up to it, earlier layers already replaced).
 
-    Per batch, lazybn computes the feature sums and the sums of squared deviations from the batch
-    mean; the batches are merged in float64 with Chan et al.'s pairwise update (no cancellation).
+    Per batch, :func:`lazybn.stats.moments` gives the count, mean and sum of squared deviations of
+    each feature; :func:`lazybn.stats.merge_all` merges the batches in float64 with Chan et al.'s
+    pairwise update (no cancellation).
     """
     out = list(layers)
     for k, layer in enumerate(out):
         if not isinstance(layer, Batchnorm1d):
             continue
-        n, mean, m2 = 0, np.zeros(layer.features), np.zeros(layer.features)
-        for idx in batches(x.shape[0], batch_size, None):
-            h = logits(out[:k], matrix(x[idx]))
-            nb = rows(h)
-            bmean = compute(scale(1.0 / nb, sum_rows(h)))
-            bm2 = compute(sum_rows(amap(Fn.square, h - br(nb, bmean))))
-            delta = bmean.array.astype(np.float64) - mean
-            total = n + nb
-            mean = mean + delta * (nb / total)
-            m2 = m2 + bm2.array.astype(np.float64) + delta**2 * (n * nb / total)
-            n = total
+        total = merge_all(moments(logits(out[:k], matrix(x[idx]))) for idx in batches(x.shape[0], batch_size, None))
         dt = layer.mu.dtype
-        out[k] = replace(layer, mu=vector(mean, dtype=dt), var=vector(m2 / (n - 1), dtype=dt))
+        out[k] = replace(layer, mu=vector(total.mean.array, dtype=dt), var=vector(total.unbiased_var.array, dtype=dt))
     return out
 
 
