@@ -144,16 +144,23 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         if not np.isfinite(a.array).all():
             raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
     t, s, correction = schedule(opt, opt_state, layers, lr_scale)
-    weights = tuple(running_weights(layer) for layer in layers if isinstance(layer, Batchnorm1d))
-    # A cumulative average's count changes every step: the replay sees 0, and the count is set after.
-    counts = [layer.tracked if isinstance(layer, Batchnorm1d) and layer.momentum is None else None for layer in layers]
-    bare = tuple(_with_count(layer, None if c is None else 0) for layer, c in zip(layers, counts))
+    # A cumulative average's count changes every step: the replay sees it as 0 and the step's weights
+    # as dynamic values, and the count is set after.
+    counts: list[int | None] = [None] * len(layers)
+    weights: list[tuple[float, float]] = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Batchnorm1d) and layer.momentum is None:
+            counts[i] = layer.tracked
+            weights.append(running_weights(layer))
+    bare = tuple(_with_count(layer, None if c is None else 0) for layer, c in zip(layers, counts)) if weights \
+        else tuple(layers)
     try:
         # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
         # before the loss and the batch statistics are checked; they are dropped if the check fails.
         pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, bare, opt_state.slots, x, tgt, key, s,
-                                                                   correction, weights)
-        new_layers = [_with_count(layer, None if c is None else c + 1) for layer, c in zip(new_layers, counts)]
+                                                                   correction, tuple(weights))
+        if weights:
+            new_layers = [_with_count(layer, None if c is None else c + 1) for layer, c in zip(new_layers, counts)]
         refused = None
     except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
         refused = exc
@@ -179,13 +186,13 @@ def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tg
           lr_scale: float, correction: tuple[float, ...], weights: tuple[tuple[float, float], ...]
           ) -> tuple[Matrix, Vector, list[Gradients], list[Layer], Slots, tuple[Manifest[Any], ...]]:
     """The seed's ``sgd`` step: the pass, each sample's log-likelihood, the optimizer's step and
-    every batch-norm layer's running statistics, with the ``weights`` of :func:`running_weights`
-    (one replay for all of it)."""
+    every batch-norm layer's running statistics (one replay for all of it). ``weights`` holds the
+    :func:`running_weights` of the cumulative-average layers, in order."""
     _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
     new_layers, new_slots, witnesses = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
     w = iter(weights)
-    running = [_running(nl, g, next(w)) if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl
-               for nl, g in zip(new_layers, grads)]
+    running = [_running(nl, g, running_weights(nl) if nl.momentum is not None else next(w))
+               if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl for nl, g in zip(new_layers, grads)]
     return pred, log_likelihoods(pred, tgt), grads, running, new_slots, witnesses
 
 
