@@ -173,3 +173,21 @@ def test_matches_pytorch_autograd_with_r_and_d_detached() -> None:
     np.testing.assert_allclose(dx.array, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(g.dgamma.array, gamma.grad.numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(g.dbeta.array, beta.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_par_and_seq_agree() -> None:
+    """Above the parallel threshold (4 MiB) Comp.Par runs the parallel kernels: same results to
+    float32 rounding of differently ordered float64 sums."""
+    rng = np.random.default_rng(9)
+    x = rng.normal(1.0, 2.0, (1100, 1000)).astype(np.float32)
+    dy = rng.standard_normal((1100, 1000)).astype(np.float32) / 1100
+    layer = _layer(1000, rng, np.float32, renorm=Renorm(1.5, 0.5))
+    got = {}
+    for comp in (lb.Comp.Seq, lb.Comp.Par):
+        xm = lb.matrix(x, np.float32, comp=comp)
+        out, mean, var, r, d = renorm_forward(xm, layer, Renorm(1.5, 0.5))
+        got[comp] = (out.array, mean.array, var.array, r.array, d.array)
+    for a, b in zip(got[lb.Comp.Seq], got[lb.Comp.Par]):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+    want = _oracle(x, layer, dy)
+    np.testing.assert_allclose(got[lb.Comp.Par][0], want["out"], rtol=1e-4, atol=1e-4)

@@ -81,14 +81,19 @@ def _train(layers: list[lb.Layer], opt: lb.Optimizer, xs: list[Matrix], ys: list
 
 @given(sizes=st.lists(st.integers(1, 6), min_size=2, max_size=4), batchnorm=st.booleans(),
        dropout=st.sampled_from([0.0, 0.3]), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31),
-       opt=st.sampled_from([lb.SGD(0.1), lb.Momentum(0.05), lb.Adam(0.01), lb.RMSProp(0.01)]))
+       opt=st.sampled_from([lb.SGD(0.1), lb.Momentum(0.05), lb.Adam(0.01), lb.RMSProp(0.01)]),
+       momentum=st.sampled_from([0.1, None]), renorm=st.sampled_from([None, lb.Renorm(), lb.Renorm(1.5, 0.5)]))
 def test_training_with_replay_is_bitwise_training_without(sizes: list[int], batchnorm: bool, dropout: float,
-                                                         dtype: np.dtype[Any], seed: int, opt: lb.Optimizer) -> None:
+                                                         dtype: np.dtype[Any], seed: int, opt: lb.Optimizer,
+                                                         momentum: float | None, renorm: lb.Renorm | None) -> None:
+    """Batch norm with a momentum or a cumulative average (whose count changes every step), with or
+    without batch renormalisation."""
     rng = np.random.default_rng(seed)
     n = 5
     xs = [_m(rng, (n, sizes[0]), dtype) for _ in range(4)]
     ys = [lb.matrix(np.eye(sizes[-1])[rng.integers(0, sizes[-1], n)], dtype) for _ in range(4)]
-    net = lb.mlp(sizes, batchnorm=batchnorm, seed=seed % 1000, dtype=dtype, dropout=dropout)
+    net = lb.mlp(sizes, batchnorm=batchnorm, seed=seed % 1000, dtype=dtype, dropout=dropout, momentum=momentum,
+                 renorm=renorm)
     got = _train(net, opt, xs, ys, dropout > 0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trace, "REPLAY", False)
