@@ -38,6 +38,7 @@ from .ops import matmul as matmul
 from .ops import max_cols as max_cols
 from .ops import rows as rows
 from .ops import rows_like as rows_like
+from .ops import reshape as reshape
 from .ops import scale as scale
 from .ops import sum_cols as sum_cols
 from .ops import sum_rows as sum_rows

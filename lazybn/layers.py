@@ -133,6 +133,9 @@ class Batchnorm1d:
             :func:`~lazybn.network.reset_running`.
         renorm: batch renormalisation's settings (:class:`Renorm`), or None for batch norm.
             Inference is the same either way.
+        ghost_batch: ghost batch norm: training normalises each group of this many rows (>= 2,
+            dividing the batch) with the group's own statistics; None: the whole batch. See
+            :mod:`lazybn.batchnorm` for the grouping. Not together with ``renorm``.
     """
 
     mu: Vector
@@ -144,6 +147,7 @@ class Batchnorm1d:
     unbiased: bool = True
     tracked: int = 0
     renorm: Renorm | None = None
+    ghost_batch: int | None = None
 
     def __post_init__(self) -> None:
         arrays = [_check("Batchnorm1d", name, getattr(self, name), 1) for name in _BN_ARRAYS]
@@ -162,6 +166,15 @@ class Batchnorm1d:
             raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0, got {self.tracked}")
         if self.renorm is not None and not isinstance(self.renorm, Renorm):
             raise ArgumentError(f"Batchnorm1d.renorm: expected a lazybn.Renorm or None, got {self.renorm!r}")
+        if self.ghost_batch is not None:
+            if type(self.ghost_batch) is not int:
+                raise ArgumentError(f"Batchnorm1d.ghost_batch: expected an int (rows per ghost batch) or None, "
+                                    f"got {self.ghost_batch!r}")
+            if self.ghost_batch < 2:
+                raise ValueRangeError(f"Batchnorm1d.ghost_batch: a ghost batch needs at least 2 rows, got "
+                                      f"{self.ghost_batch}")
+            if self.renorm is not None:
+                raise ArgumentError("Batchnorm1d: ghost batches and batch renormalisation cannot be combined")
         # One pass over all four vectors (this runs on every training step); names the culprit on failure.
         if not np.isfinite(np.concatenate([a._leaf.array for a in arrays])).all():
             for name, a in zip(_BN_ARRAYS, arrays):

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 from typing import Any, assert_never
 
 import numpy as np
 
 from . import fuse
-from .array import Delayed, Ix1, Ix2, Manifest, Matrix, Vector, compute, compute_all, delay, matrix, ones, zeros
+from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, matrix
+from .batchnorm import bn_backward as bn_backward
+from .batchnorm import bn_forward as bn_forward
+from .batchnorm import ghost_backward, ghost_forward, renorm_backward, renorm_forward
+from .batchnorm import update_running as update_running
 from .errors import DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
 from .layers import (
@@ -38,7 +41,6 @@ from .layers import (
     LinearNoBias,
     LinearNoBiasGradients,
     NoGrad,
-    Renorm,
 )
 from .ops import add_c, amap, br, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
 from .trace import fused
@@ -55,109 +57,6 @@ def softmax(x: Matrix) -> Delayed[Ix2]:
     """Row-wise softmax, stable: ``exp(x - max) / sum(exp(x - max))``."""
     e = amap(Fn.exp, x - cols_like(max_cols(x), x))
     return e / cols_like(sum_cols(e), x)
-
-
-@fused
-def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
-    """Batch norm's training forward, steps 1-9: returns (out, batch mean, biased batch variance)."""
-    b = partial(br, rows(inp))  # broadcast a vector to every row of the batch
-    m = 1.0 / rows(inp)
-    # Step 1: mean, Equation (1)
-    batch_mu = scale(m, sum_rows(inp))
-    # Step 2: mean subtraction
-    xmu = inp - b(batch_mu)
-    # Step 3
-    sq = amap(Fn.square, xmu)
-    # Step 4: variance, Equation (2)
-    batch_variance = scale(m, sum_rows(sq))
-    # Step 5
-    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
-    # Step 6
-    ivar = amap(Fn.recip, sqrtvar)
-    # Step 7: normalize, Equation (3)
-    xhat = xmu * b(ivar)
-    # Step 8: rescale
-    gammax = b(layer.gamma) * xhat
-    # Step 9: translate, Equation (4)
-    out0 = gammax + b(layer.beta)
-    return compute_all(out0, batch_mu, batch_variance)
-
-
-@fused
-def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
-                batch_variance: Vector) -> tuple[Matrix, Vector, Vector]:
-    """Batch norm's backward, steps 9-1 unsimplified: returns (dx, dgamma, dbeta).
-
-    The forward quantities (xmu, ivar, xhat) are rebuilt as delayed expressions from the saved
-    input and batch statistics: the kernel recomputes them instead of storing N x D arrays.
-    """
-    b = partial(br, rows(inp))
-    m = 1.0 / rows(inp)
-    xmu = inp - b(batch_mu)
-    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
-    ivar = amap(Fn.recip, sqrtvar)
-    xhat = xmu * b(ivar)
-    # Step 9
-    dbeta = sum_rows(dz)
-    # Step 8
-    dgamma = sum_rows(dz * xhat)
-    dxhat = dz * b(layer.gamma)
-    # Step 7
-    divar = sum_rows(dxhat * xmu)
-    dxmu1 = dxhat * b(ivar)
-    # Step 6
-    dsqrtvar = amap(Fn.negate, amap(Fn.recip, amap(Fn.square, sqrtvar))) * divar
-    # Step 5
-    dvar = scale(0.5, ivar) * dsqrtvar
-    # Step 4
-    dsq = scale(m, dvar)
-    # Step 3
-    dxmu2 = scale(2.0, xmu) * b(dsq)
-    # Step 2
-    dx1 = dxmu1 + dxmu2
-    dmu = amap(Fn.negate, sum_rows(dx1))
-    # Step 1
-    dx2 = b(scale(m, dmu))
-    dx = dx1 + dx2
-    return compute_all(dx, dgamma, dbeta)
-
-
-def _clip(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
-    """``v`` clipped to [1/bound, bound] (an r), unchanged for None. Values inside stay exact:
-    max(v, lo) = v + relu(lo - v), then min(w, hi) = w - relu(w - hi)."""
-    if bound is None:
-        return v
-    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), 1.0 / bound))
-    return w - amap(Fn.relu, add_c(w, -bound))
-
-
-def _clip_sym(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
-    """``v`` clipped to [-bound, bound] (a d), unchanged for None."""
-    if bound is None:
-        return v
-    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), -bound))
-    return w - amap(Fn.relu, add_c(w, -bound))
-
-
-@fused
-def renorm_forward(inp: Matrix, layer: Batchnorm1d, renorm: Renorm) -> tuple[Matrix, Vector, Vector, Vector, Vector]:
-    """Batch renormalisation's training forward (Ioffe 2017, Algorithm 1): returns (out, batch
-    mean, biased batch variance, r, d). Steps 1-7 are batch norm's; r and d correct the
-    normalised batch towards the running statistics and are constants for the backward."""
-    b = partial(br, rows(inp))
-    m = 1.0 / rows(inp)
-    batch_mu = scale(m, sum_rows(inp))
-    xmu = inp - b(batch_mu)
-    batch_variance = scale(m, sum_rows(amap(Fn.square, xmu)))
-    sigma_b = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
-    xhat = xmu * b(amap(Fn.recip, sigma_b))
-    # The running statistics' sigma, and the corrections
-    sigma = amap(Fn.sqrt, add_c(layer.var, layer.eps))
-    r = _clip(sigma_b / sigma, renorm.rmax)
-    d = _clip_sym((batch_mu - layer.mu) / sigma, renorm.dmax)
-    # Rescale and translate the corrected batch
-    out = b(layer.gamma) * (xhat * b(r) + b(d)) + b(layer.beta)
-    return compute_all(out, batch_mu, batch_variance, r, d)
 
 
 def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
@@ -197,6 +96,10 @@ def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
             f"batch norm in training needs more than 1 sample per batch (got {inp.shape[0]}): the batch "
             "variance of one sample is undefined; use a larger batch, or forward() for inference"
         )
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Batchnorm1d) and layer.ghost_batch is not None and inp.shape[0] % layer.ghost_batch:
+            raise ValueRangeError(f"training pass: layer {i} (Batchnorm1d) normalises ghost batches of "
+                                  f"{layer.ghost_batch} rows, which do not divide the batch of {inp.shape[0]}")
 
 
 def _check_features(inp: Matrix, layer: Batchnorm1d) -> None:
@@ -261,23 +164,24 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, _depth=_depth + 1)
             dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
             return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
-        case Batchnorm1d(renorm=None):
+        case Batchnorm1d(renorm=None, ghost_batch=None):
             _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
             dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance)
             return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
-        case Batchnorm1d():  # with batch renormalisation
+        case Batchnorm1d(ghost_batch=None):  # batch renormalisation
             _check_features(inp, layer)
-            assert layer.renorm is not None
-            out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer, layer.renorm)
+            out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
-            # With r and d constant, out is batch norm with scale gamma·r and shift gamma·d + beta:
-            # its backward, whose dgamma is the sum of dz·xhat; then the chain rule for gamma.
-            dx, dz_xhat, dbeta = bn_backward(dz, inp, replace(layer, gamma=compute(layer.gamma * r)), batch_mu,
-                                             batch_variance)
-            dgamma = compute(r * dz_xhat + d * dbeta)
+            dx, dgamma, dbeta = renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d)
             return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
+        case Batchnorm1d():  # ghost batches
+            _check_features(inp, layer)
+            out, ghost_mu, ghost_var = ghost_forward(inp, layer)
+            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
+            dx, g = ghost_backward(dz, inp, layer, ghost_mu, ghost_var)
+            return dx, pred, [g, *t]
         case Activation(f=f):
             fns = _ACT[f]
             if fns is None:
@@ -292,48 +196,6 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             return compute(dz * mask), pred, [NoGrad(), *t]
         case _:
             assert_never(layer)
-
-
-def running_weights(layer: Batchnorm1d) -> tuple[float, float]:
-    """The weights (old, new) of the running statistics and of the batch's in the next update:
-    ``(1 - momentum, momentum)``, or ``(k/(k+1), 1/(k+1))`` in a cumulative average of k batches."""
-    if layer.momentum is None:
-        k = layer.tracked
-        return k / (k + 1), 1.0 / (k + 1)
-    return 1.0 - layer.momentum, layer.momentum
-
-
-def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
-    """The running statistics after one training batch (the paper's inference rule, by default).
-
-    ``mu <- (1 - momentum) mu + momentum batch_mu`` and the same for ``var`` with the batch
-    variance made unbiased (times m/(m-1)) when ``layer.unbiased``. With ``momentum=None`` the
-    weights are ``k/(k+1)`` and ``1/(k+1)`` after ``k = layer.tracked`` batches (an equally
-    weighted mean of the batches' statistics), and the count goes up by one.
-    """
-    if layer.momentum is None:  # the count stays out of the replay's signature (see train_step)
-        new = _running(replace(layer, tracked=0), g, running_weights(layer))
-        return replace(new, tracked=layer.tracked + 1)
-    return _running(layer, g, running_weights(layer))
-
-
-def reset_running(layer: Batchnorm1d) -> Batchnorm1d:
-    """The layer with its running statistics back at their start: mean 0, variance 1, count 0
-    (gamma, beta and the settings unchanged; training outputs do not depend on them)."""
-    return replace(layer, mu=zeros(layer.features, layer.mu.dtype, layer.mu.comp),
-                   var=ones(layer.features, layer.var.dtype, layer.var.comp), tracked=0)
-
-
-@fused(dynamic=("weights",))
-def _running(layer: Batchnorm1d, g: BN1, weights: tuple[float, float]) -> Batchnorm1d:
-    """``update_running``'s arithmetic with the weights (old, new) given, the count unchanged."""
-    if g.n < 2:
-        raise ValueRangeError(f"update_running: a batch of {g.n} sample(s) has no variance estimate; "
-                              "batch norm trains on batches of more than 1 sample")
-    old, new = weights
-    batch_var = scale(g.n / (g.n - 1), g.batch_var) if layer.unbiased else delay(g.batch_var)
-    mu, var = compute_all(scale(old, layer.mu) + scale(new, g.batch_mu), scale(old, layer.var) + scale(new, batch_var))
-    return replace(layer, mu=mu, var=var)
 
 
 def _infer(x: Matrix, layer: Layer) -> Matrix:

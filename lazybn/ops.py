@@ -3,16 +3,20 @@
 Broadcasting is always explicit: ``br``/``rows_like`` repeat a vector as every row of a
 matrix, ``cols_like`` as every column. Reductions are ``sum_rows`` (over the rows: one sum per
 column, massiv's ``_sumRows``), ``sum_cols`` (one sum per row) and ``max_cols`` (one maximum
-per row). All of them are delayed; ``matmul`` (BLAS) is the one eager operation.
+per row). All of them are delayed; ``matmul`` (BLAS) is the one eager operation, and
+``transpose`` and ``reshape`` give views of a manifest array.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any, overload
+
 import numpy as np
 
 from . import fuse
-from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, expr, join
-from .errors import ArgumentError, DTypeError, RankError, ShapeError
+from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, Vector, expr, join
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import BinOp, Br, ColsLike, Const, Fn, Map, Node, Number, Reduce, RedOp, Scalar, Zip, scalar_value
 
 
@@ -136,6 +140,30 @@ def transpose(m: Matrix) -> Matrix:
     if rec is not None:
         rec.log.append(fuse.Transpose(m._leaf.array, out))
     return Manifest(out, m.comp)
+
+
+@overload
+def reshape(a: Manifest[Any], shape: int) -> Vector: ...
+@overload
+def reshape(a: Manifest[Any], shape: tuple[int, int]) -> Matrix: ...
+def reshape(a: Manifest[Any], shape: int | tuple[int, int]) -> Vector | Matrix:
+    """The same elements, in row-major order, as a vector of ``shape`` or a matrix of ``shape``
+    = (rows, cols) (massiv's ``resize'``): a view of the same memory, no copy."""
+    if not isinstance(a, Manifest):
+        raise ArgumentError(f"reshape: expected a Manifest (compute it first), got {type(a).__name__}")
+    want = (shape,) if type(shape) is int else shape
+    if not (type(want) is tuple and len(want) in (1, 2) and all(type(n) is int and n >= 0 for n in want)):
+        raise ValueRangeError(f"reshape: the shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
+    arr = a._leaf.array
+    if math.prod(want) != arr.size:
+        raise ShapeError("reshape", arr.shape, want, f"{arr.size} elements cannot take another count")
+    if not arr.flags.c_contiguous:
+        raise ArgumentError(f"reshape: the {arr.shape} array is a strided view (a transpose); compute a copy first")
+    out = arr.reshape(want)
+    rec = fuse.active()
+    if rec is not None:
+        rec.log.append(fuse.Reshape(arr, want, out))
+    return Manifest(out, a.comp)
 
 
 def matmul(a: Matrix, b: Matrix) -> Matrix:

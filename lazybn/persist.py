@@ -16,7 +16,8 @@ Writing is atomic (temporary file, then rename): a crash mid-write leaves the ol
 Loading never unpickles (``allow_pickle=False``), checks every array against the header, and
 rejects a negative or NaN running variance. Arrays round-trip bit for bit. A batch-norm layer's
 ``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
-loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation.
+loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
+``"ghost_batch": 32`` ghost batches.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def _describe(layer: Layer) -> dict[str, Any]:
                      tracked=tracked)
             if renorm is not None:
                 d["renorm"] = {"rmax": renorm.rmax, "dmax": renorm.dmax}
+            if layer.ghost_batch is not None:
+                d["ghost_batch"] = layer.ghost_batch
         case Activation(f=f):
             d["activation"] = f.value
         case Dropout(p=p):
@@ -229,7 +232,7 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
             renorm = Renorm(*(None if renorm.get(k) is None else _field(renorm, k, "num", where) for k in ("rmax", "dmax")))
         return Batchnorm1d(a("mu"), var, a("gamma"), a("beta"), eps=_field(d, "eps", "num", where),
                            momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked,
-                           renorm=renorm)
+                           renorm=renorm, ghost_batch=_field(d, "ghost_batch", "int", where) if "ghost_batch" in d else None)
     if kind == "Activation":
         act = _field(d, "activation", "str", where)
         if act not in Act.__members__:

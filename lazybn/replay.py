@@ -230,6 +230,9 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
             case fuse.Transpose():
                 a = slot(entry.a)
                 lines.append(f"{produced(entry.result)} = {a}.T")
+            case fuse.Reshape():
+                a = slot(entry.a)
+                lines.append(f"{produced(entry.result)} = {a}.reshape({entry.shape!r})")
             case fuse.HostCall():
                 if not (_plain(entry.args) and _stateless(entry.fn)):  # the replay would call it with
                     raise Opaque("a host call with a mutable argument or state")  # what this call held

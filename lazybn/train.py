@@ -22,7 +22,8 @@ from numpy.typing import DTypeLike, NDArray
 from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
 from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias
-from .network import _pass, _running, log_likelihoods, logits, mean_loss, running_weights, update_running
+from .batchnorm import _running, running_weights, update_running
+from .network import _pass, log_likelihoods, logits, mean_loss
 from .optim import Optimizer, OptState, Slots, schedule, step_all, update
 from .trace import fused
 

@@ -16,7 +16,7 @@ from .helpers import F
 
 ARRAY_FIELDS = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("mu", "var", "gamma", "beta"),
                 Activation: (), Dropout: ()}
-SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm"), Activation: ("f",), Dropout: ("p",)}
+SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm", "ghost_batch"), Activation: ("f",), Dropout: ("p",)}
 
 
 def _vec(rng: np.random.Generator, n: int, dtype: np.dtype[Any], low: float = -2.0) -> lb.Vector:
@@ -37,13 +37,15 @@ def networks(draw: st.DrawFn, dtype: np.dtype[Any]) -> list[Layer]:
             layers.append(Linear(w, _vec(rng, out, dtype)) if kind == "Linear" else LinearNoBias(w))
             width = out
         elif kind == "Batchnorm1d":
+            variant: dict[str, Any] = draw(st.sampled_from([
+                {}, {"ghost_batch": draw(st.integers(2, 64))},
+                {"renorm": Renorm(draw(st.none() | st.floats(1.0, 1e6)), draw(st.none() | st.floats(0.0, 1e6)))}]))
             layers.append(Batchnorm1d(_vec(rng, width, dtype), _vec(rng, width, dtype, low=0.0),
                                       _vec(rng, width, dtype), _vec(rng, width, dtype),
                                       eps=draw(st.floats(1e-12, 1e-1)),
                                       momentum=draw(st.none() | st.floats(0.0, 1.0)),  # None: cumulative
                                       unbiased=draw(st.booleans()), tracked=draw(st.integers(0, 2**40)),
-                                      renorm=draw(st.none() | st.builds(Renorm, st.none() | st.floats(1.0, 1e6),
-                                                                         st.none() | st.floats(0.0, 1e6)))))
+                                      **variant))
         elif kind == "Activation":
             layers.append(Activation(draw(st.sampled_from(list(Act)))))
         else:

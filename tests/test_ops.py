@@ -237,3 +237,30 @@ def test_numpy_arrays_do_not_mix_with_lazybn_arrays() -> None:
         np.ones((2, 3)) * m
     with pytest.raises(TypeError):
         np.exp(m)
+
+
+@given(shape=shapes2(0, 6), dtype=st.sampled_from(DTYPES), data=st.data())
+def test_reshape_is_numpys_row_major_reshape_as_a_view(shape: tuple[int, int], dtype: np.dtype[Any],
+                                                       data: st.DataObject) -> None:
+    a = data.draw(arrays(dtype, shape))
+    m = lb.matrix(a, dtype, comp=Comp.Par)
+    v = lb.reshape(m, a.size)
+    assert v.shape == (a.size,) and v.comp is Comp.Par and v.dtype == dtype
+    np.testing.assert_array_equal(v.array, a.reshape(-1))
+    assert np.shares_memory(v.array, m.array) or a.size == 0  # a view, no copy
+    rows = data.draw(st.sampled_from([r for r in range(1, a.size + 1) if a.size % r == 0] or [0]))
+    back = lb.reshape(v, (rows, a.size // rows if rows else 0))
+    np.testing.assert_array_equal(back.array, a.reshape(back.shape))
+    assert not back.array.flags.writeable
+
+
+def test_reshape_errors() -> None:
+    m = lb.matrix(np.arange(6.0).reshape(2, 3))
+    with pytest.raises(lb.ShapeError, match="6 elements"):
+        lb.reshape(m, (4, 2))
+    with pytest.raises(lb.ValueRangeError, match="non-negative integers"):
+        lb.reshape(m, (2, -3))
+    with pytest.raises(lb.ArgumentError, match="strided view"):
+        lb.reshape(lb.transpose(m), 6)
+    with pytest.raises(lb.ArgumentError, match="compute it first"):
+        lb.reshape(m + m, 6)  # type: ignore[call-overload]

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 import lazybn as lb
 from lazybn.errors import ArgumentError, ValueRangeError
 from lazybn.layers import BN1, Batchnorm1d, Renorm
-from lazybn.network import _pass, renorm_forward
+from lazybn.batchnorm import renorm_forward
+from lazybn.network import _pass
 from lazybn.optim import init_state
 
 from .helpers import F
@@ -62,7 +63,7 @@ def test_known_case_three_by_three() -> None:
     x = np.array([[4.0, 6.0, 2.0], [8.0, -2.0, 5.0], [6.0, 4.0, 3.0]])
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         layer = _layer(3, np.random.default_rng(0), dtype)
-        out, mean, var, r, d = renorm_forward(lb.matrix(x, dtype), layer, Renorm())
+        out, mean, var, r, d = renorm_forward(lb.matrix(x, dtype), layer)
         want = _oracle(x, layer, np.zeros_like(x))
         for got, key in ((out, "out"), (mean, "mean"), (var, "var"), (r, "r"), (d, "d")):
             assert got.dtype == dtype
@@ -185,7 +186,7 @@ def test_par_and_seq_agree() -> None:
     got = {}
     for comp in (lb.Comp.Seq, lb.Comp.Par):
         xm = lb.matrix(x, np.float32, comp=comp)
-        out, mean, var, r, d = renorm_forward(xm, layer, Renorm(1.5, 0.5))
+        out, mean, var, r, d = renorm_forward(xm, layer)
         got[comp] = (out.array, mean.array, var.array, r.array, d.array)
     for a, b in zip(got[lb.Comp.Seq], got[lb.Comp.Par]):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)

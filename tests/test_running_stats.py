@@ -17,7 +17,8 @@ import lazybn as lb
 from lazybn.errors import ArgumentError, ValueRangeError
 from lazybn.fuse import cache
 from lazybn.layers import BN1, Batchnorm1d
-from lazybn.network import _pass, bn_forward, reset_running, update_running
+from lazybn.batchnorm import bn_forward, reset_running, update_running
+from lazybn.network import _pass
 from lazybn.optim import init_state
 
 from .helpers import F

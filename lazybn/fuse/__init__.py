@@ -83,6 +83,16 @@ class Transpose:
 
 @final
 @dataclass(frozen=True, slots=True)
+class Reshape:
+    """One ``reshape`` (a view), as :func:`recording` logs it."""
+
+    a: FloatArray
+    shape: tuple[int, ...]
+    result: FloatArray
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class HostCall:
     """One :func:`host_call` (an array made by Python from plain values), as :func:`recording` logs it.
 
@@ -96,7 +106,7 @@ class HostCall:
     result: FloatArray
 
 
-Logged = Launch | Matmul | Transpose | HostCall
+Logged = Launch | Matmul | Transpose | Reshape | HostCall
 
 
 def host_call(fn: Callable[..., FloatArray], *args: Any) -> FloatArray:

@@ -1,0 +1,227 @@
+"""Batch norm's training forward and backward, its variants, and its running statistics.
+
+``bn_forward`` and ``bn_backward`` are the derivation's steps 1-9 and 9-1, unsimplified, each a
+delayed expression that the fusion engine turns into one kernel; they are the Batchnorm1d case
+of :func:`lazybn.network._pass`. The variants reuse them:
+
+* batch renormalisation (``Batchnorm1d(renorm=Renorm(...))``, Ioffe 2017) corrects the normalised
+  batch with r and d, constants for the gradient, so its backward is batch norm's with scale γ·r;
+* ghost batches (``Batchnorm1d(ghost_batch=G)``) normalise each group of G rows of a batch of N
+  with its own statistics. The batch, viewed without a copy as a (G, N/G·D) matrix, has the
+  ghost batches' features as its columns: batch norm of that matrix, with γ and β repeated N/G
+  times, is ghost batch norm. Ghost batch ``v`` holds rows v, v + N/G, v + 2N/G, ... (the
+  grouping of Keras's ``virtual_batch_size``).
+
+The running statistics are updated once per batch (``update_running``); with ghost batches, from
+the mean of the ghost batches' means and variances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+from .array import Delayed, Ix1, Matrix, Vector, compute, compute_all, delay, ones, zeros
+from .errors import ValueRangeError
+from .fuse.graph import Fn
+from .layers import BN1, Batchnorm1d
+from .ops import add_c, amap, br, cols, reshape, rows, scale, sum_rows
+from .trace import fused
+
+
+@fused
+def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
+    """Batch norm's training forward, steps 1-9: returns (out, batch mean, biased batch variance)."""
+    b = partial(br, rows(inp))  # broadcast a vector to every row of the batch
+    m = 1.0 / rows(inp)
+    # Step 1: mean, Equation (1)
+    batch_mu = scale(m, sum_rows(inp))
+    # Step 2: mean subtraction
+    xmu = inp - b(batch_mu)
+    # Step 3
+    sq = amap(Fn.square, xmu)
+    # Step 4: variance, Equation (2)
+    batch_variance = scale(m, sum_rows(sq))
+    # Step 5
+    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    # Step 6
+    ivar = amap(Fn.recip, sqrtvar)
+    # Step 7: normalize, Equation (3)
+    xhat = xmu * b(ivar)
+    # Step 8: rescale
+    gammax = b(layer.gamma) * xhat
+    # Step 9: translate, Equation (4)
+    out0 = gammax + b(layer.beta)
+    return compute_all(out0, batch_mu, batch_variance)
+
+
+@fused
+def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
+                batch_variance: Vector) -> tuple[Matrix, Vector, Vector]:
+    """Batch norm's backward, steps 9-1 unsimplified: returns (dx, dgamma, dbeta).
+
+    The forward quantities (xmu, ivar, xhat) are rebuilt as delayed expressions from the saved
+    input and batch statistics: the kernel recomputes them instead of storing N x D arrays.
+    """
+    b = partial(br, rows(inp))
+    m = 1.0 / rows(inp)
+    xmu = inp - b(batch_mu)
+    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    ivar = amap(Fn.recip, sqrtvar)
+    xhat = xmu * b(ivar)
+    # Step 9
+    dbeta = sum_rows(dz)
+    # Step 8
+    dgamma = sum_rows(dz * xhat)
+    dxhat = dz * b(layer.gamma)
+    # Step 7
+    divar = sum_rows(dxhat * xmu)
+    dxmu1 = dxhat * b(ivar)
+    # Step 6
+    dsqrtvar = amap(Fn.negate, amap(Fn.recip, amap(Fn.square, sqrtvar))) * divar
+    # Step 5
+    dvar = scale(0.5, ivar) * dsqrtvar
+    # Step 4
+    dsq = scale(m, dvar)
+    # Step 3
+    dxmu2 = scale(2.0, xmu) * b(dsq)
+    # Step 2
+    dx1 = dxmu1 + dxmu2
+    dmu = amap(Fn.negate, sum_rows(dx1))
+    # Step 1
+    dx2 = b(scale(m, dmu))
+    dx = dx1 + dx2
+    return compute_all(dx, dgamma, dbeta)
+
+
+def _clip(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
+    """``v`` clipped to [1/bound, bound] (an r), unchanged for None. Values inside stay exact:
+    max(v, lo) = v + relu(lo - v), then min(w, hi) = w - relu(w - hi)."""
+    if bound is None:
+        return v
+    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), 1.0 / bound))
+    return w - amap(Fn.relu, add_c(w, -bound))
+
+
+def _clip_sym(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
+    """``v`` clipped to [-bound, bound] (a d), unchanged for None."""
+    if bound is None:
+        return v
+    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), -bound))
+    return w - amap(Fn.relu, add_c(w, -bound))
+
+
+@fused
+def renorm_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector, Vector, Vector]:
+    """Batch renormalisation's training forward (Ioffe 2017, Algorithm 1): returns (out, batch
+    mean, biased batch variance, r, d). Steps 1-7 are batch norm's; r and d correct the
+    normalised batch towards the running statistics and are constants for the backward."""
+    renorm = layer.renorm
+    assert renorm is not None
+    b = partial(br, rows(inp))
+    m = 1.0 / rows(inp)
+    batch_mu = scale(m, sum_rows(inp))
+    xmu = inp - b(batch_mu)
+    batch_variance = scale(m, sum_rows(amap(Fn.square, xmu)))
+    sigma_b = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    xhat = xmu * b(amap(Fn.recip, sigma_b))
+    # The running statistics' sigma, and the corrections
+    sigma = amap(Fn.sqrt, add_c(layer.var, layer.eps))
+    r = _clip(sigma_b / sigma, renorm.rmax)
+    d = _clip_sym((batch_mu - layer.mu) / sigma, renorm.dmax)
+    # Rescale and translate the corrected batch
+    out = b(layer.gamma) * (xhat * b(r) + b(d)) + b(layer.beta)
+    return compute_all(out, batch_mu, batch_variance, r, d)
+
+
+@fused
+def renorm_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector, batch_variance: Vector, r: Vector,
+                    d: Vector) -> tuple[Matrix, Vector, Vector]:
+    """Batch renormalisation's backward: returns (dx, dgamma, dbeta). With r and d constant the
+    output is batch norm with scale gamma·r and shift gamma·d + beta: its backward, whose dgamma
+    is the sum of dz·xhat; then the chain rule for gamma."""
+    dx, dz_xhat, dbeta = bn_backward(dz, inp, replace(layer, gamma=compute(layer.gamma * r)), batch_mu, batch_variance)
+    return dx, compute(r * dz_xhat + d * dbeta), dbeta
+
+
+def _side_by_side(v: Vector, k: int) -> Vector:
+    """``v`` repeated ``k`` times end to end: one copy per ghost batch."""
+    return reshape(compute(br(k, v)), k * v.shape[0])
+
+
+def _ghosts(inp: Matrix, layer: Batchnorm1d) -> tuple[int, int, Batchnorm1d]:
+    """(rows per ghost batch, ghost batches, the layer's parameters once per ghost batch)."""
+    size = layer.ghost_batch
+    assert size is not None
+    k = rows(inp) // size
+    wide = replace(layer, mu=_side_by_side(layer.mu, k), var=_side_by_side(layer.var, k),
+                   gamma=_side_by_side(layer.gamma, k), beta=_side_by_side(layer.beta, k), ghost_batch=None)
+    return size, k, wide
+
+
+@fused
+def ghost_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
+    """Ghost batch norm's training forward: returns (out, and per ghost batch and feature, side by
+    side, the batch means and biased variances)."""
+    size, k, wide = _ghosts(inp, layer)
+    out, mu, var = bn_forward(reshape(inp, (size, k * cols(inp))), wide)
+    return reshape(out, (rows(inp), cols(inp))), mu, var
+
+
+@fused
+def ghost_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, ghost_mu: Vector, ghost_var: Vector
+                   ) -> tuple[Matrix, BN1]:
+    """Ghost batch norm's backward: returns (dx, the gradients of gamma and beta summed over the
+    ghost batches, with the mean of their means and biased variances for the running update)."""
+    size, k, wide = _ghosts(inp, layer)
+    shape = (size, k * cols(inp))
+    dx, dgamma, dbeta = bn_backward(reshape(dz, shape), reshape(inp, shape), wide, ghost_mu, ghost_var)
+
+    def per_ghost(v: Vector) -> Matrix:  # one row per ghost batch
+        return reshape(v, (k, cols(inp)))
+
+    sums = compute_all(sum_rows(per_ghost(dgamma)), sum_rows(per_ghost(dbeta)),
+                       scale(1.0 / k, sum_rows(per_ghost(ghost_mu))), scale(1.0 / k, sum_rows(per_ghost(ghost_var))))
+    return reshape(dx, (rows(inp), cols(inp))), BN1(sums[2], sums[3], sums[0], sums[1], size)
+
+
+def running_weights(layer: Batchnorm1d) -> tuple[float, float]:
+    """The weights (old, new) of the running statistics and of the batch's in the next update:
+    ``(1 - momentum, momentum)``, or ``(k/(k+1), 1/(k+1))`` in a cumulative average of k batches."""
+    if layer.momentum is None:
+        k = layer.tracked
+        return k / (k + 1), 1.0 / (k + 1)
+    return 1.0 - layer.momentum, layer.momentum
+
+
+def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
+    """The running statistics after one training batch (the paper's inference rule, by default).
+
+    ``mu <- (1 - momentum) mu + momentum batch_mu`` and the same for ``var`` with the batch
+    variance made unbiased (times m/(m-1)) when ``layer.unbiased``. With ``momentum=None`` the
+    weights are ``k/(k+1)`` and ``1/(k+1)`` after ``k = layer.tracked`` batches (an equally
+    weighted mean of the batches' statistics), and the count goes up by one.
+    """
+    if layer.momentum is None:  # the count stays out of the replay's signature (see train_step)
+        new = _running(replace(layer, tracked=0), g, running_weights(layer))
+        return replace(new, tracked=layer.tracked + 1)
+    return _running(layer, g, running_weights(layer))
+
+
+def reset_running(layer: Batchnorm1d) -> Batchnorm1d:
+    """The layer with its running statistics back at their start: mean 0, variance 1, count 0
+    (gamma, beta and the settings unchanged; training outputs do not depend on them)."""
+    return replace(layer, mu=zeros(layer.features, layer.mu.dtype, layer.mu.comp),
+                   var=ones(layer.features, layer.var.dtype, layer.var.comp), tracked=0)
+
+
+@fused(dynamic=("weights",))
+def _running(layer: Batchnorm1d, g: BN1, weights: tuple[float, float]) -> Batchnorm1d:
+    """``update_running``'s arithmetic with the weights (old, new) given, the count unchanged."""
+    if g.n < 2:
+        raise ValueRangeError(f"update_running: a batch of {g.n} sample(s) has no variance estimate; "
+                              "batch norm trains on batches of more than 1 sample")
+    old, new = weights
+    batch_var = scale(g.n / (g.n - 1), g.batch_var) if layer.unbiased else delay(g.batch_var)
+    mu, var = compute_all(scale(old, layer.mu) + scale(new, g.batch_mu), scale(old, layer.var) + scale(new, batch_var))
+    return replace(layer, mu=mu, var=var)
