@@ -6,9 +6,11 @@ cross-entropy gradient as the base case. ``dx`` is the gradient of the MEAN cros
 the batch with respect to ``inp``; ``grads`` has one :data:`Gradients` value per layer.
 
 Inference is a separate function, ``forward``, that uses the running statistics: there is no
-mode flag. The Batchnorm1d case of ``_pass`` is the derivation's forward steps 1-9 and its
-backward steps 9-1, unsimplified, each a delayed expression; ``compute`` appears only where a
-value is returned, and the fusion engine turns each half into one kernel.
+mode flag. The Batchnorm1d case of ``_pass`` calls the derivation's forward steps 1-9 and its
+backward steps 9-1, unsimplified, each a delayed expression (:mod:`lazybn.batchnorm`:
+``bn_forward``, ``bn_backward``); ``compute`` appears only where a value is returned, and the
+fusion engine turns each half into one kernel. Batch renormalisation and ghost batches have a
+case each.
 """
 
 from __future__ import annotations

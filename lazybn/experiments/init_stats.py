@@ -11,7 +11,7 @@ samples of 200 standard-normal inputs pass through 10 fully connected tanh layer
 
 each without and with batch norm before every tanh (``LinearNoBias, Batchnorm1d, Activation``).
 Nothing is trained: batch norm normalises with the batch's own statistics (the training-mode
-forward, :func:`lazybn.network.bn_forward`; gamma 1, beta 0, eps 1e-5), the plain layers run
+forward, :func:`lazybn.batchnorm.bn_forward`; gamma 1, beta 0, eps 1e-5), the plain layers run
 lazybn's forward. Both inits use the same N(0, 1) draws (only the scale differs) and every
 variant sees the same input. The article's numpy code, run on the same numbers, is the reference.
 """
