@@ -16,6 +16,7 @@ import pytest
 from numpy.typing import NDArray
 
 from lazybn.cli import main
+import lazybn as lb
 import lazybn.experiments.catalogue  # noqa: F401  (every experiment registers itself on import)
 from lazybn.experiments import registry
 from lazybn.experiments.common import synthetic_images
@@ -81,6 +82,12 @@ def test_unknown_experiment_is_an_error(capsys: pytest.CaptureFixture[str]) -> N
     (["train", "--epochs", "0"], "--epochs must be at least 1"),
     (["train", "--seeds", "0"], "--seeds must be at least 1"),
     (["train", "--seed", "-1"], "--seed must be >= 0"),
+    (["train", "--ghost-batch", "30"], "divide the batch size 100"),
+    (["train", "--ghost-batch", "1", "--batch-size", "4"], "at least 2"),
+    (["train", "--ghost-batch", "50", "--renorm", "3", "5"], "cannot be combined"),
+    (["train", "--renorm", "0.5", "5"], "rmax"),
+    (["train", "--bn-momentum", "fast"], "a number or 'none'"),
+    (["train", "--bn-momentum", "1.5"], "--bn-momentum must be in [0, 1]"),
     (["run", "population-stats", "--seed", "-1"], "--seed must be >= 0"),
 ])
 def test_settings_that_cannot_train_are_refused_before_anything_is_loaded_or_written(
@@ -245,3 +252,31 @@ def test_population_statistics_and_batch_statistics_inference_match_numpy() -> N
     out = batch_stat_logits(list(layers), lb.matrix(x))
     np.testing.assert_allclose(out.array, numpy_inference(list(layers), x, batch_stats=True)[0], rtol=1e-10,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", [["--bn-momentum", "none"], ["--renorm", "3", "5"], ["--ghost-batch", "25"]])
+def test_train_with_batch_norm_variants(variant: list[str], tmp_path: Path) -> None:
+    """The saved batch-norm network carries the variant: a cumulative count of every batch, the
+    renorm bounds, the ghost batch size."""
+    data = _csv_data(tmp_path)
+    out = tmp_path / "out"
+    assert main(["train", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--no-progress",
+                 *variant]) == 0
+    layers = [la for la in load(out / "batchnorm-seed0.npz").layers if isinstance(la, Batchnorm1d)]
+    assert layers
+    for layer in layers:
+        if variant[0] == "--bn-momentum":
+            assert layer.momentum is None and layer.tracked == 3  # 300 samples in batches of 100
+        elif variant[0] == "--renorm":
+            assert layer.renorm == lb.Renorm(3.0, 5.0)
+        else:
+            assert layer.ghost_batch == 25
+
+
+def test_train_refuses_a_ghost_batch_that_does_not_divide_the_last_batch(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = _csv_data(tmp_path)  # 300 training samples: batches of 80 leave a last batch of 60
+    out = tmp_path / "out"
+    assert main(["train", "--data-dir", str(data), "--batch-size", "80", "--ghost-batch", "40", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "does not divide every batch" in capsys.readouterr().err

@@ -36,11 +36,11 @@ from ..array import Comp, matrix
 from ..data import load_mnist
 from ..errors import ArgumentError
 from ..init import Init, mlp
-from ..layers import Layer
+from ..layers import Batchnorm1d, Layer, Renorm
 from ..optim import SGD, Adam, Momentum, Optimizer, RMSProp, init_state
 from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
-from ..train import Pixels, one_hot, prepare, train_step
+from ..train import Pixels, batches, one_hot, prepare, train_step
 from .common import curves, epoch_summary, out_dir
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
@@ -58,8 +58,10 @@ class Settings:
     init: Init = Init.small
     pixels: Pixels = Pixels.standard
     eps: float = 1e-5
-    momentum: float = 0.1  # batch norm running-statistics momentum (weight of the new batch)
+    momentum: float | None = 0.1  # batch norm running-statistics momentum (weight of the new batch); None: cumulative
     unbiased: bool = True
+    renorm: Renorm | None = None  # batch renormalisation's bounds
+    ghost_batch: int | None = None  # rows per ghost batch
     bn_lr_multiplier: float = 1.0
     shuffle: Literal["epoch", "once", "none"] = "epoch"
     dtype: Literal["float32", "float64"] = "float32"
@@ -99,11 +101,9 @@ def networks(s: Settings, seed: int) -> tuple[list[Layer], list[Layer]]:
     """The batch-norm and the plain network, with bit-identical initial weight matrices."""
     kw: dict[str, Any] = dict(init=s.init, seed=seed, dtype=np.dtype(s.dtype), eps=s.eps, momentum=s.momentum,
                               comp=s.comp)
-    bn = mlp(SIZES, batchnorm=True, **kw)
-    if not s.unbiased:
-        from ..layers import Batchnorm1d
-
-        bn = [replace(layer, unbiased=False) if isinstance(layer, Batchnorm1d) else layer for layer in bn]
+    bn = mlp(SIZES, batchnorm=True, renorm=s.renorm, **kw)
+    bn = [replace(layer, unbiased=s.unbiased, ghost_batch=s.ghost_batch) if isinstance(layer, Batchnorm1d) else layer
+          for layer in bn]
     return bn, mlp(SIZES, batchnorm=False, **kw)
 
 
@@ -131,6 +131,12 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "rmsprop"])
     p.add_argument("--init", choices=[i.value for i in Init], help="weight initialiser")
     p.add_argument("--bn-lr-multiplier", type=float, help="learning-rate factor for gamma and beta")
+    p.add_argument("--bn-momentum", help="batch norm's running-average momentum (weight of the new batch, default "
+                                         "0.1), or 'none' for a cumulative average of every batch")
+    p.add_argument("--renorm", nargs=2, type=float, metavar=("RMAX", "DMAX"),
+                   help="batch renormalisation: r clipped to [1/RMAX, RMAX], d to [-DMAX, DMAX]")
+    p.add_argument("--ghost-batch", type=int, metavar="G",
+                   help="ghost batch norm: normalise each group of G rows of a batch on its own")
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--comp", choices=["Seq", "Par"],
                    help="Par: kernels whose largest loop nest holds 4 MiB or more run on all cores (at MNIST's "
@@ -157,6 +163,15 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["init"] = Init(args.init)
     if args.comp is not None:
         changes["comp"] = Comp(args.comp)
+    if args.bn_momentum is not None:
+        try:
+            changes["momentum"] = None if args.bn_momentum.lower() == "none" else float(args.bn_momentum)
+        except ValueError:
+            raise ArgumentError(f"lazybn train: --bn-momentum takes a number or 'none', got {args.bn_momentum!r}") from None
+    if args.renorm is not None:
+        changes["renorm"] = Renorm(*args.renorm)
+    if args.ghost_batch is not None:
+        changes["ghost_batch"] = args.ghost_batch
     return replace(s, **changes)
 
 
@@ -182,6 +197,11 @@ def _check_args(s: Settings, args: argparse.Namespace) -> None:
                            f"batch), got {s.batch_size}"),
         (args.seeds < 1, f"--seeds must be at least 1, got {args.seeds}"),
         (args.seed < 0, f"--seed must be >= 0, got {args.seed}"),
+        (s.ghost_batch is not None and (s.ghost_batch < 2 or s.batch_size % s.ghost_batch != 0),
+         f"--ghost-batch must be at least 2 and divide the batch size {s.batch_size}, got {s.ghost_batch}"),
+        (s.ghost_batch is not None and s.renorm is not None, "--ghost-batch and --renorm cannot be combined"),
+        (s.momentum is not None and not 0.0 <= s.momentum <= 1.0,
+         f"--bn-momentum must be in [0, 1] (the weight of the new batch) or 'none', got {s.momentum}"),
     ) if bad]
     if problems:
         raise ArgumentError("lazybn train: " + "; ".join(problems))
@@ -199,6 +219,11 @@ def _train(args: argparse.Namespace) -> int:
     split, source = load_split(args.data_dir, s, progress)
     warm.join()
     print(f"data: {source} ({split.x_train.shape[0]} train, {split.x_test.shape[0]} test)")
+    sizes = {len(idx) for idx in batches(split.x_train.shape[0], s.batch_size, None)}
+    if s.ghost_batch is not None and any(n % s.ghost_batch for n in sizes):
+        raise ArgumentError(f"lazybn train: --ghost-batch {s.ghost_batch} does not divide every batch: "
+                            f"{split.x_train.shape[0]} training samples in batches of {s.batch_size} give batches of "
+                            f"{sorted(sizes)} rows")
     rows: list[dict[str, Any]] = []  # every seed's rows so far
     outcome = Outcome()
     header = f"{'seed':>4} {'epoch':>5} {'network':<12} {'loss':>8} {'train acc':>9} {'test acc':>8} {'seconds':>7}"
