@@ -22,7 +22,7 @@ from dataclasses import replace
 from functools import partial
 
 from .array import Delayed, Ix1, Matrix, Vector, compute, compute_all, delay, ones, zeros
-from .errors import ValueRangeError
+from .errors import ArgumentError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import BN1, Batchnorm1d
 from .ops import add_c, amap, br, cols, reshape, rows, scale, sum_rows
@@ -63,17 +63,26 @@ def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
     The forward quantities (xmu, ivar, xhat) are rebuilt as delayed expressions from the saved
     input and batch statistics: the kernel recomputes them instead of storing N x D arrays.
     """
+    return _backward(dz, inp, layer.gamma, layer.eps, batch_mu, batch_variance)
+
+
+def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vector,
+              batch_variance: Vector) -> tuple[Matrix, Vector, Vector]:
+    """``bn_backward``'s steps with the scale ``gamma`` given. Batch renormalisation passes γ·r,
+    which is not a layer's parameter: a layer built with it would reject an overflow as an invalid
+    parameter, where ``train_step`` refuses the step that made it (and a replay, which builds no
+    layer, would not reject it)."""
     b = partial(br, rows(inp))
     m = 1.0 / rows(inp)
     xmu = inp - b(batch_mu)
-    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, eps))
     ivar = amap(Fn.recip, sqrtvar)
     xhat = xmu * b(ivar)
     # Step 9
     dbeta = sum_rows(dz)
     # Step 8
     dgamma = sum_rows(dz * xhat)
-    dxhat = dz * b(layer.gamma)
+    dxhat = dz * b(gamma)
     # Step 7
     divar = sum_rows(dxhat * xmu)
     dxmu1 = dxhat * b(ivar)
@@ -117,7 +126,9 @@ def renorm_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vec
     mean, biased batch variance, r, d). Steps 1-7 are batch norm's; r and d correct the
     normalised batch towards the running statistics and are constants for the backward."""
     renorm = layer.renorm
-    assert renorm is not None
+    if renorm is None:
+        raise ArgumentError("renorm_forward: the layer has no renormalisation settings (renorm=None); bn_forward "
+                            "is its training forward")
     b = partial(br, rows(inp))
     m = 1.0 / rows(inp)
     batch_mu = scale(m, sum_rows(inp))
@@ -140,7 +151,7 @@ def renorm_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vecto
     """Batch renormalisation's backward: returns (dx, dgamma, dbeta). With r and d constant the
     output is batch norm with scale gamma·r and shift gamma·d + beta: its backward, whose dgamma
     is the sum of dz·xhat; then the chain rule for gamma."""
-    dx, dz_xhat, dbeta = bn_backward(dz, inp, replace(layer, gamma=compute(layer.gamma * r)), batch_mu, batch_variance)
+    dx, dz_xhat, dbeta = _backward(dz, inp, compute(layer.gamma * r), layer.eps, batch_mu, batch_variance)
     return dx, compute(r * dz_xhat + d * dbeta), dbeta
 
 
@@ -152,8 +163,13 @@ def _side_by_side(v: Vector, k: int) -> Vector:
 def _ghosts(inp: Matrix, layer: Batchnorm1d) -> tuple[int, int, Batchnorm1d]:
     """(rows per ghost batch, ghost batches, the layer's parameters once per ghost batch)."""
     size = layer.ghost_batch
-    assert size is not None
+    if size is None:
+        raise ArgumentError("ghost batch norm: the layer has no ghost batches (ghost_batch=None); bn_forward and "
+                            "bn_backward are its training pass")
     k = rows(inp) // size
+    if k * size != rows(inp) or k == 0:
+        raise ValueRangeError(f"ghost batch norm: ghost batches of {size} rows do not divide the batch of "
+                              f"{rows(inp)}")
     wide = replace(layer, mu=_side_by_side(layer.mu, k), var=_side_by_side(layer.var, k),
                    gamma=_side_by_side(layer.gamma, k), beta=_side_by_side(layer.beta, k), ghost_batch=None)
     return size, k, wide
@@ -190,7 +206,7 @@ def running_weights(layer: Batchnorm1d) -> tuple[float, float]:
     ``(1 - momentum, momentum)``, or ``(k/(k+1), 1/(k+1))`` in a cumulative average of k batches."""
     if layer.momentum is None:
         k = layer.tracked
-        return k / (k + 1), 1.0 / (k + 1)
+        return k / (k + 1), 1 / (k + 1)  # exact int division: any count, however large
     return 1.0 - layer.momentum, layer.momentum
 
 
@@ -210,7 +226,8 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
 
 def reset_running(layer: Batchnorm1d) -> Batchnorm1d:
     """The layer with its running statistics back at their start: mean 0, variance 1, count 0
-    (gamma, beta and the settings unchanged; training outputs do not depend on them)."""
+    (gamma, beta and the settings unchanged). Training outputs do not depend on the running
+    statistics, except with batch renormalisation, whose r and d are computed from them."""
     return replace(layer, mu=zeros(layer.features, layer.mu.dtype, layer.mu.comp),
                    var=ones(layer.features, layer.var.dtype, layer.var.comp), tracked=0)
 

@@ -104,6 +104,9 @@ def to_keras(layer: Batchnorm1d, batch_size: int, steps: int, initial_var: float
     Arguments:
         layer: the lazybn layer (PyTorch convention).
         batch_size: N of every training batch (>= 2). Exact for equal N; approximate otherwise.
+            A layer with ghost batches averages the ghost batches' variances, each made unbiased
+            with G/(G - 1): its ``ghost_batch`` G takes N's place (Keras's ``virtual_batch_size``
+            averages the same biased variances).
         steps: k, the number of running-statistics updates the layer has had.
         initial_var: the running variance before the first update (lazybn's default is 1).
 
@@ -122,6 +125,8 @@ def to_keras(layer: Batchnorm1d, batch_size: int, steps: int, initial_var: float
         raise ArgumentError("to_keras: the layer keeps a cumulative average (momentum None); Keras's moving "
                             "averages have a fixed momentum, so there is no Keras form")
     decay = momentum_to_keras(layer.momentum)
+    if layer.ghost_batch is not None:  # the variances were made unbiased per ghost batch
+        n = layer.ghost_batch
     var = layer.var.array.astype(np.float64)
     if layer.unbiased:
         c = decay**k * v0  # the share of the initial variance still in the running value
@@ -137,7 +142,8 @@ def from_keras(k: KerasBatchNorm, batch_size: int, steps: int, initial_var: floa
 
     Arguments:
         k: the Keras layer's weights and settings.
-        batch_size, steps, initial_var: the training history, as for :func:`to_keras`.
+        batch_size, steps, initial_var: the training history, as for :func:`to_keras` (a Keras
+            layer with a ``virtual_batch_size`` was trained on batches of that size).
         unbiased: make the running variance unbiased (lazybn's default); False keeps Keras's
             biased variance and converts the momentum only.
         dtype: float32 or float64; None = the dtype of ``k.gamma`` (float32 if it is neither).

@@ -101,17 +101,20 @@ class Renorm:
     towards the running statistics, ``x̂·r + d`` with ``r = σ_B/σ`` clipped to [1/rmax, rmax] and
     ``d = (μ_B - μ)/σ`` clipped to [-dmax, dmax] (σ_B, σ: square roots of the batch's and the
     running variance plus eps). r and d are constants for the gradient. None leaves a bound
-    off; the paper ramps rmax from 1 to 3 and dmax from 0 to 5 during training.
+    off (a bound is a finite number); the paper ramps rmax from 1 to 3 and dmax from 0 to 5
+    during training.
     """
 
     rmax: float | None = None
     dmax: float | None = None
 
     def __post_init__(self) -> None:
-        if self.rmax is not None and not _num("Renorm", "rmax", self.rmax) >= 1.0:
-            raise ValueRangeError(f"Renorm.rmax: must be >= 1 (r is clipped to [1/rmax, rmax]), got {self.rmax!r}")
-        if self.dmax is not None and not _num("Renorm", "dmax", self.dmax) >= 0.0:
-            raise ValueRangeError(f"Renorm.dmax: must be >= 0 (d is clipped to [-dmax, dmax]), got {self.dmax!r}")
+        if self.rmax is not None and not 1.0 <= _num("Renorm", "rmax", self.rmax) < math.inf:
+            raise ValueRangeError(f"Renorm.rmax: must be a finite number >= 1 (r is clipped to [1/rmax, rmax]; None "
+                                  f"leaves it unclipped), got {self.rmax!r}")
+        if self.dmax is not None and not 0.0 <= _num("Renorm", "dmax", self.dmax) < math.inf:
+            raise ValueRangeError(f"Renorm.dmax: must be a finite number >= 0 (d is clipped to [-dmax, dmax]; None "
+                                  f"leaves it unclipped), got {self.dmax!r}")
 
 
 @final

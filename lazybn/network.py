@@ -27,6 +27,7 @@ from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all,
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
 from .batchnorm import ghost_backward, ghost_forward, renorm_backward, renorm_forward
+from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
 from .errors import DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn

@@ -17,7 +17,8 @@ import numpy as np
 from . import fuse
 from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, Vector, expr, join
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
-from .fuse.graph import BinOp, Br, ColsLike, Const, Fn, Map, Node, Number, Reduce, RedOp, Scalar, Zip, scalar_value
+from .fuse.graph import (BinOp, Br, ColsLike, Const, FloatArray, Fn, Map, Node, Number, Reduce, RedOp, Scalar, Zip,
+                         scalar_value)
 
 
 def _vec(v: object, op: str) -> tuple[Node, Comp]:
@@ -151,19 +152,27 @@ def reshape(a: Manifest[Any], shape: int | tuple[int, int]) -> Vector | Matrix:
     = (rows, cols) (massiv's ``resize'``): a view of the same memory, no copy."""
     if not isinstance(a, Manifest):
         raise ArgumentError(f"reshape: expected a Manifest (compute it first), got {type(a).__name__}")
-    want = (shape,) if type(shape) is int else shape
-    if not (type(want) is tuple and len(want) in (1, 2) and all(type(n) is int and n >= 0 for n in want)):
+    want: object = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    if not (type(want) is tuple and len(want) in (1, 2)
+            and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in want)):
         raise ValueRangeError(f"reshape: the shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
+    want = tuple(int(n) for n in want)  # numpy integers (a size, a product of sizes) as Python ints
     arr = a._leaf.array
     if math.prod(want) != arr.size:
         raise ShapeError("reshape", arr.shape, want, f"{arr.size} elements cannot take another count")
-    if not arr.flags.c_contiguous:
-        raise ArgumentError(f"reshape: the {arr.shape} array is a strided view (a transpose); compute a copy first")
-    out = arr.reshape(want)
+    out = view(arr, want)
     rec = fuse.active()
     if rec is not None:
         rec.log.append(fuse.Reshape(arr, want, out))
     return Manifest(out, a.comp)
+
+
+def view(arr: FloatArray, shape: tuple[int, ...]) -> FloatArray:
+    """``arr`` reshaped without a copy (``reshape``, and its replays: a replay is given arrays of the
+    traced shapes, not necessarily of the traced layout)."""
+    if not arr.flags.c_contiguous:
+        raise ArgumentError(f"reshape: the {arr.shape} array is a strided view (a transpose); compute a copy first")
+    return arr.reshape(shape)
 
 
 def matmul(a: Matrix, b: Matrix) -> Matrix:

@@ -17,7 +17,7 @@ Loading never unpickles (``allow_pickle=False``), checks every array against the
 rejects a negative or NaN running variance. Arrays round-trip bit for bit. A batch-norm layer's
 ``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
 loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
-``"ghost_batch": 32`` ghost batches.
+``"ghost_batch": 32`` ghost batches (either absent or null: none).
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ def _describe(layer: Layer) -> dict[str, Any]:
             d.update(eps=float(eps), momentum=None if momentum is None else float(momentum), unbiased=bool(unbiased),
                      tracked=tracked)
             if renorm is not None:
-                d["renorm"] = {"rmax": renorm.rmax, "dmax": renorm.dmax}
+                d["renorm"] = {k: None if v is None else float(v) for k, v in (("rmax", renorm.rmax),
+                                                                               ("dmax", renorm.dmax))}
             if layer.ghost_batch is not None:
                 d["ghost_batch"] = layer.ghost_batch
         case Activation(f=f):
@@ -201,9 +202,18 @@ _KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "num": (int, float), "int"
 def _field(d: object, key: str, kind: str, where: str) -> Any:
     """``d[key]`` if ``d`` is a JSON object and the value is of ``kind`` (bool is not a number)."""
     v = d.get(key) if isinstance(d, dict) else None
-    if not isinstance(v, _KINDS[kind]) or (isinstance(v, bool) and kind != "bool"):
+    if not isinstance(v, _KINDS[kind]) or (isinstance(v, bool) and kind != "bool") or (kind == "num" and _huge(v)):
         raise PersistenceError(f"{where}: header field {key!r} is missing or invalid ({v!r})")
     return v
+
+
+def _huge(v: object) -> bool:
+    """An integer beyond float64's range (JSON integers have no bound; the layers take floats)."""
+    try:
+        float(v)  # type: ignore[arg-type]
+    except OverflowError:
+        return True
+    return False
 
 
 def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
@@ -232,7 +242,8 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
             renorm = Renorm(*(None if renorm.get(k) is None else _field(renorm, k, "num", where) for k in ("rmax", "dmax")))
         return Batchnorm1d(a("mu"), var, a("gamma"), a("beta"), eps=_field(d, "eps", "num", where),
                            momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked,
-                           renorm=renorm, ghost_batch=_field(d, "ghost_batch", "int", where) if "ghost_batch" in d else None)
+                           renorm=renorm, ghost_batch=None if d.get("ghost_batch") is None
+                           else _field(d, "ghost_batch", "int", where))
     if kind == "Activation":
         act = _field(d, "activation", "str", where)
         if act not in Act.__members__:

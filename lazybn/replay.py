@@ -22,6 +22,7 @@ import numpy as np
 from . import fuse
 from .array import Comp, Manifest
 from .fuse import cache
+from .ops import view
 
 STATIC = (int, float, bool, str, bytes, type(None), complex)  # plain values: kept as they are
 
@@ -158,7 +159,7 @@ class _Source:
     """The lines of a replay function, and the objects its global names stand for."""
 
     def __init__(self, n_args: int) -> None:
-        self.names: dict[str, object] = {"empty": np.empty, "matmul": np.matmul, "of": Manifest._of,
+        self.names: dict[str, object] = {"empty": np.empty, "matmul": np.matmul, "of": Manifest._of, "view": view,
                                          "threads": _threads, "empty_manifest": _empty,
                                          "count": functools.partial(cache.count, "launches")}
         self.slots = n_args  # value slots named so far
@@ -232,7 +233,7 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
                 lines.append(f"{produced(entry.result)} = {a}.T")
             case fuse.Reshape():
                 a = slot(entry.a)
-                lines.append(f"{produced(entry.result)} = {a}.reshape({entry.shape!r})")
+                lines.append(f"{produced(entry.result)} = view({a}, {entry.shape!r})")  # as ``reshape`` checks
             case fuse.HostCall():
                 if not (_plain(entry.args) and _stateless(entry.fn)):  # the replay would call it with
                     raise Opaque("a host call with a mutable argument or state")  # what this call held

@@ -21,7 +21,7 @@ from typing import Any, final
 
 import numpy as np
 
-from .array import Manifest, Matrix, Vector, compute_all, vector
+from .array import Manifest, Matrix, Vector, compute_all, matrix, vector
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .ops import amap, cols, rows, rows_like, scale, sum_rows
@@ -105,13 +105,16 @@ class Moments:
 def moments(x: Matrix) -> Moments:
     """The moments of the rows of ``x``: per column, the count, mean and sum of squared deviations.
 
-    One kernel computes both (the deviations' pass is fused with the mean's); its sums are float64
-    whatever the dtype, and float32 data gives statistics rounded to float32 once, then widened to
-    float64. A matrix of no rows gives ``Moments.empty(cols(x))``, without NaN.
+    One kernel computes both (the deviations' pass is fused with the mean's), in float64: float32
+    data is widened first (a copy), since a sum of squared deviations leaves float32's range (it
+    underflows to 0 or overflows) long before float64's. A matrix of no rows gives
+    ``Moments.empty(cols(x))``, without NaN.
     """
     n = rows(x)
     if n == 0:
         return Moments.empty(cols(x))
+    if x.dtype != _F64:
+        x = matrix(x.array, np.float64, x.comp)
     # Step 1: the mean of each column
     mean = scale(1.0 / n, sum_rows(x))
     # Step 2: the deviations from it
@@ -119,7 +122,7 @@ def moments(x: Matrix) -> Moments:
     # Step 3: their sum of squares
     m2 = sum_rows(amap(Fn.square, xmu))
     mean_m, m2_m = compute_all(mean, m2)
-    mean64, m2_64 = mean_m.array.astype(np.float64), m2_m.array.astype(np.float64)
+    mean64, m2_64 = mean_m.array.astype(np.float64, copy=False), m2_m.array.astype(np.float64, copy=False)
     if not (np.isfinite(mean64).all() and np.isfinite(m2_64).all()):
         raise ValueRangeError(f"moments: the statistics of the {x.shape} matrix are not finite "
                               "(it holds NaN or infinity, or its squared deviations overflow)")

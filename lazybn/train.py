@@ -89,16 +89,17 @@ def _check_finite(loss: float, grads: Sequence[object], layers: Sequence[Layer] 
     weights of ``layers`` and optimizer ``slots``, whose ``witnesses`` (see
     :func:`~lazybn.optim.step_all`) stand for them: one look at a few hundred numbers when all is
     well (batch-norm layers check their own arrays)."""
-    if not math.isfinite(loss):
-        return f"the loss is {loss}"
     stats = [(i, name, getattr(g, name).array) for i, g in enumerate(grads) if isinstance(g, BN1)
              for name in ("batch_mu", "batch_var", "dgamma", "dbeta")]
     looks = [a for *_, a in stats] + [w.array for w in witnesses]
-    if not looks or np.isfinite(np.concatenate(looks)).all():  # one check, every step
+    if math.isfinite(loss) and (not looks or np.isfinite(np.concatenate(looks)).all()):  # one check, every step
         return None
-    for i, name, a in stats:
-        if not np.isfinite(a).all():
-            return f"layer {i} (Batchnorm1d) has a non-finite {name}"
+    for first in (True, False):  # batch statistics before the loss: they can make it NaN (renormalisation)
+        for i, name, a in stats:
+            if (name in ("batch_mu", "batch_var")) == first and not np.isfinite(a).all():
+                return f"layer {i} (Batchnorm1d) has a non-finite {name}"
+        if first and not math.isfinite(loss):
+            return f"the loss is {loss}"
     for i, layer in enumerate(layers):
         if isinstance(layer, (Linear, LinearNoBias)):
             for name in ("w", "b") if isinstance(layer, Linear) else ("w",):

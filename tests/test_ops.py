@@ -264,3 +264,17 @@ def test_reshape_errors() -> None:
         lb.reshape(lb.transpose(m), 6)
     with pytest.raises(lb.ArgumentError, match="compute it first"):
         lb.reshape(m + m, 6)  # type: ignore[call-overload]
+
+
+def test_reshape_takes_numpy_integer_sizes_but_not_booleans() -> None:
+    """A size computed by numpy (``np.prod(shape)``, ``arr.size // k``) is a shape, as it is for
+    ``br`` and ``replicate``; True is not."""
+    m = lb.matrix(np.arange(6.0).reshape(2, 3))
+    v = lb.reshape(m, np.prod(m.shape))  # type: ignore[call-overload]
+    assert v.shape == (6,) and type(v.shape[0]) is int
+    back = lb.reshape(v, (np.int32(3), 2))  # type: ignore[arg-type]
+    assert back.shape == (3, 2) and all(type(n) is int for n in back.shape)
+    np.testing.assert_array_equal(back.array, np.arange(6.0).reshape(3, 2))
+    for bad in (True, (2, True), (np.int64(2), -3), np.bool_(True)):
+        with pytest.raises(lb.ValueRangeError, match="non-negative integers"):
+            lb.reshape(m, bad)  # type: ignore[arg-type]
