@@ -1,5 +1,6 @@
 # Networks built by hand, matched exhaustively, trained for one pass: mypy accepts it and it runs.
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import assert_never, assert_type
 
 import numpy as np
@@ -80,3 +81,19 @@ assert_type(trained, Batchnorm1d)
 probs = forward([*net[:1], trained, *net[2:]], x)
 assert np.allclose(probs.array.sum(axis=1), 1.0, atol=1e-6)
 assert cross_entropy(pred, tgt) > 0.0
+
+# The batch-norm variants are fields of the same layer: a cumulative average, renormalisation,
+# ghost batches. Each trains through the same _pass and gives the same kind of gradients.
+from lazybn.batchnorm import reset_running  # noqa: E402
+
+variants: list[Batchnorm1d] = [
+    replace(bn, momentum=None),
+    replace(bn, renorm=lb.Renorm(rmax=3.0, dmax=5.0)),
+    replace(bn, ghost_batch=5),
+]
+for layer in variants:
+    _, _, g = _pass(x, tgt, [LinearNoBias(w1), layer, Activation(Act.relu), Linear(w2, b2)])
+    gb = g[1]
+    assert isinstance(gb, BN1)
+    assert_type(update_running(layer, gb).tracked, int)
+    assert_type(reset_running(layer), Batchnorm1d)
