@@ -102,7 +102,8 @@ class Renorm:
     ``d = (μ_B - μ)/σ`` clipped to [-dmax, dmax] (σ_B, σ: square roots of the batch's and the
     running variance plus eps). r and d are constants for the gradient. None leaves a bound
     off (a bound is a finite number); the paper ramps rmax from 1 to 3 and dmax from 0 to 5
-    during training.
+    during training. The bounds are plain values of a replay's signature: each new pair traces
+    the training step once more, so ramp them in a few stages (per epoch, say), not every step.
     """
 
     rmax: float | None = None
@@ -133,7 +134,9 @@ class Batchnorm1d:
         unbiased: store the running variance unbiased (m/(m-1) correction; default True).
         tracked: the number of batches in the cumulative average (PyTorch's
             ``num_batches_tracked``); counted only when ``momentum`` is None. See
-            :func:`~lazybn.network.reset_running`.
+            :func:`~lazybn.network.reset_running`. ``train_step`` keeps the count out of its
+            replay's signature; a loop of your own that passes the layer to ``_pass`` traces it
+            once per count unless it hands over ``replace(layer, tracked=0)``.
         renorm: batch renormalisation's settings (:class:`Renorm`), or None for batch norm.
             Inference is the same either way.
         ghost_batch: ghost batch norm: training normalises each group of this many rows (>= 2,
