@@ -193,6 +193,17 @@ class Batchnorm1d:
     def features(self) -> int:
         return self.mu.shape[0]
 
+    def _counted(self, tracked: int) -> Batchnorm1d:
+        """The layer with another cumulative count. Only the count changes, so nothing else is
+        checked again (a training step sets it twice per step, see ``train_step``)."""
+        if type(tracked) is not int or tracked < 0:
+            raise ValueRangeError(f"Batchnorm1d.tracked: must be an int >= 0, got {tracked!r}")
+        new = object.__new__(Batchnorm1d)
+        for name in Batchnorm1d.__dataclass_fields__:
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "tracked", tracked)
+        return new
+
 
 @final
 @dataclass(frozen=True, slots=True)

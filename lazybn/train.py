@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, final
 
 import numpy as np
@@ -128,7 +128,7 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
 
 def _with_count(layer: Layer, count: int | None) -> Layer:
     """A batch-norm layer with its cumulative count set to ``count`` (others, or None: unchanged)."""
-    return replace(layer, tracked=count) if isinstance(layer, Batchnorm1d) and count is not None else layer
+    return layer._counted(count) if isinstance(layer, Batchnorm1d) and count is not None else layer
 
 
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,

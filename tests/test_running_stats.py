@@ -182,3 +182,13 @@ def test_matches_pytorch_momentum_none() -> None:
     assert layer.tracked == int(ref.num_batches_tracked)
     np.testing.assert_allclose(layer.mu.array, ref.running_mean.numpy(), rtol=1e-12)
     np.testing.assert_allclose(layer.var.array, ref.running_var.numpy(), rtol=1e-12)
+
+
+def test_a_new_count_keeps_every_other_field() -> None:
+    layer = replace(_layer(3, np.float32, tracked=2), renorm=lb.Renorm(2.0, None), eps=1e-3, unbiased=False)
+    new = layer._counted(9)
+    assert new.tracked == 9 and layer.tracked == 2
+    assert new == replace(layer, tracked=9)  # the dataclass's own equality: every field but the count is the same
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueRangeError, match="tracked"):
+            layer._counted(bad)  # type: ignore[arg-type]
