@@ -29,6 +29,7 @@ BENCHES = {  # name -> script arguments
     "bn": ["bench_bn.py"],
     "memory": ["bench_memory.py"],
     "epoch": ["bench_epoch.py"],
+    "variants": ["bench_variants.py"],
     "startup": ["bench_startup.py"],
 }
 
