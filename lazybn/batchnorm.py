@@ -219,8 +219,7 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     weighted mean of the batches' statistics), and the count goes up by one.
     """
     if layer.momentum is None:  # the count stays out of the replay's signature (see train_step)
-        new = _running(replace(layer, tracked=0), g, running_weights(layer))
-        return replace(new, tracked=layer.tracked + 1)
+        return _running(layer._counted(0), g, running_weights(layer))._counted(layer.tracked + 1)
     return _running(layer, g, running_weights(layer))
 
 

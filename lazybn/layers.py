@@ -195,9 +195,11 @@ class Batchnorm1d:
 
     def _counted(self, tracked: int) -> Batchnorm1d:
         """The layer with another cumulative count. Only the count changes, so nothing else is
-        checked again (a training step sets it twice per step, see ``train_step``)."""
-        if type(tracked) is not int or tracked < 0:
-            raise ValueRangeError(f"Batchnorm1d.tracked: must be an int >= 0, got {tracked!r}")
+        checked again (a training step sets it twice, see ``train_step``)."""
+        if type(tracked) is not int:
+            raise ArgumentError(f"Batchnorm1d.tracked: expected an int (batches averaged), got {tracked!r}")
+        if tracked < 0:
+            raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0, got {tracked}")
         new = object.__new__(Batchnorm1d)
         for name in Batchnorm1d.__dataclass_fields__:
             object.__setattr__(new, name, getattr(self, name))
