@@ -218,6 +218,10 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     weights are ``k/(k+1)`` and ``1/(k+1)`` after ``k = layer.tracked`` batches (an equally
     weighted mean of the batches' statistics), and the count goes up by one.
     """
+    given: tuple[object, object] = (layer, g)  # an untyped caller may pass any layer
+    if not (isinstance(given[0], Batchnorm1d) and isinstance(given[1], BN1)):
+        raise ArgumentError(f"update_running: expected a Batchnorm1d and its BN1 gradients, got "
+                            f"{type(layer).__name__} and {type(g).__name__}")
     if layer.momentum is None:  # the count stays out of the replay's signature (see train_step)
         return _running(layer._counted(0), g, running_weights(layer))._counted(layer.tracked + 1)
     return _running(layer, g, running_weights(layer))
@@ -227,6 +231,9 @@ def reset_running(layer: Batchnorm1d) -> Batchnorm1d:
     """The layer with its running statistics back at their start: mean 0, variance 1, count 0
     (gamma, beta and the settings unchanged). Training outputs do not depend on the running
     statistics, except with batch renormalisation, whose r and d are computed from them."""
+    given: object = layer  # an untyped caller may pass any layer
+    if not isinstance(given, Batchnorm1d):
+        raise ArgumentError(f"reset_running: expected a Batchnorm1d, got {type(layer).__name__}")
     return replace(layer, mu=zeros(layer.features, layer.mu.dtype, layer.mu.comp),
                    var=ones(layer.features, layer.var.dtype, layer.var.comp), tracked=0)
 

@@ -70,6 +70,8 @@ class Moments:
             raise ValueRangeError("Moments.m2: a sum of squared deviations is negative")
         if self.n == 0 and (np.any(mean._leaf.array) or np.any(dev)):
             raise ValueRangeError("Moments: the moments of 0 rows must have a zero mean and a zero m2")
+        if self.n == 1 and np.any(dev):
+            raise ValueRangeError("Moments: one row deviates from nothing: its m2 must be zero")
 
     @classmethod
     def empty(cls, features: int) -> Moments:

@@ -194,3 +194,12 @@ def test_a_new_count_keeps_every_other_field() -> None:
     for bad in (1.0, True):
         with pytest.raises(ArgumentError, match="tracked"):
             layer._counted(bad)  # type: ignore[arg-type]
+
+
+def test_running_updates_of_another_layer_are_argument_errors() -> None:
+    linear = lb.LinearNoBias(lb.matrix(np.ones((2, 2))))
+    g = BN1(lb.vector([0.0, 0.0]), lb.vector([1.0, 1.0]), lb.vector([0.0, 0.0]), lb.vector([0.0, 0.0]), 4)
+    with pytest.raises(ArgumentError, match="expected a Batchnorm1d and its BN1 gradients, got LinearNoBias"):
+        update_running(linear, g)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="got LinearNoBias"):
+        reset_running(linear)  # type: ignore[arg-type]

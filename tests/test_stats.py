@@ -229,6 +229,7 @@ INVALID: list[tuple[str, Any, type[Exception], str]] = [
      lb.ArgumentError, "Moments.m2: .* got ndarray"),
     ("no rows, a mean", lambda: Moments(0, _v([1.0]), _v([0.0])), lb.ValueRangeError, "0 rows must have a zero"),
     ("no rows, an m2", lambda: Moments(0, _v([0.0]), _v([1.0])), lb.ValueRangeError, "0 rows must have a zero"),
+    ("one row, an m2", lambda: Moments(1, _v([3.0]), _v([0.5])), lb.ValueRangeError, "one row .* m2 must be zero"),
     ("negative features", lambda: Moments.empty(-1), lb.ValueRangeError, "Moments.empty: .* >= 0"),
     ("NaN data", lambda: moments(lb.matrix(np.array([[1.0], [np.nan]]))), lb.ValueRangeError,
      r"moments: the statistics of the \(2, 1\) matrix are not finite"),
