@@ -132,6 +132,7 @@ OPS: dict[str, Op] = {
                lambda a, b: a @ b if a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0] and a.dtype == b.dtype
                else None),
     "transpose": (lambda a, b: lb.transpose(a), lambda a, b: a.T if a.ndim == 2 else None),
+    "reshape": (lambda a, b: lb.reshape(a, b.shape), lambda a, b: a.reshape(b.shape) if a.size == b.size else None),
     "scale": (lambda a, b: lb.compute(lb.scale(2.5, a)), lambda a, b: a.dtype.type(2.5) * a),
     "add_c": (lambda a, b: lb.compute(lb.add_c(a, -1.5)), lambda a, b: a + a.dtype.type(-1.5)),
     **{f"amap.{fn.value}": ((lambda fn: lambda a, b: lb.compute(lb.amap(fn, a)))(fn),
