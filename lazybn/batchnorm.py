@@ -103,21 +103,11 @@ def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vect
     return compute_all(dx, dgamma, dbeta)
 
 
-def _clip(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
-    """``v`` clipped to [1/bound, bound] (an r), unchanged for None. Values inside stay exact:
-    max(v, lo) = v + relu(lo - v), then min(w, hi) = w - relu(w - hi)."""
-    if bound is None:
-        return v
-    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), 1.0 / bound))
-    return w - amap(Fn.relu, add_c(w, -bound))
-
-
-def _clip_sym(v: Delayed[Ix1], bound: float | None) -> Delayed[Ix1]:
-    """``v`` clipped to [-bound, bound] (a d), unchanged for None."""
-    if bound is None:
-        return v
-    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), -bound))
-    return w - amap(Fn.relu, add_c(w, -bound))
+def _clip(v: Delayed[Ix1], lo: float, hi: float) -> Delayed[Ix1]:
+    """``v`` clipped to [lo, hi]. Values inside stay exact: max(v, lo) = v + relu(lo - v), then
+    min(w, hi) = w - relu(w - hi)."""
+    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), lo))
+    return w - amap(Fn.relu, add_c(w, -hi))
 
 
 @fused
@@ -138,8 +128,12 @@ def renorm_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vec
     xhat = xmu * b(amap(Fn.recip, sigma_b))
     # The running statistics' sigma, and the corrections
     sigma = amap(Fn.sqrt, add_c(layer.var, layer.eps))
-    r = _clip(sigma_b / sigma, renorm.rmax)
-    d = _clip_sym((batch_mu - layer.mu) / sigma, renorm.dmax)
+    r = sigma_b / sigma
+    d = (batch_mu - layer.mu) / sigma
+    if renorm.rmax is not None:
+        r = _clip(r, 1.0 / renorm.rmax, renorm.rmax)
+    if renorm.dmax is not None:
+        d = _clip(d, -renorm.dmax, renorm.dmax)
     # Rescale and translate the corrected batch
     out = b(layer.gamma) * (xhat * b(r) + b(d)) + b(layer.beta)
     return compute_all(out, batch_mu, batch_variance, r, d)
