@@ -22,25 +22,22 @@ from typing import Any, final
 import numpy as np
 
 from .array import Manifest, Matrix, Vector, compute_all, matrix, vector
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
+from .layers import _check, _finite
 from .ops import amap, cols, rows, rows_like, scale, sum_rows
 
 _F64 = np.dtype(np.float64)
 
 
 def _vec64(name: str, a: object) -> Manifest[Any]:
-    if not isinstance(a, Manifest):
-        raise ArgumentError(f"Moments.{name}: expected a lazybn Manifest vector, got {type(a).__name__}")
-    if len(a.shape) != 1:
-        raise RankError(f"Moments.{name}: expected a vector, got shape {a.shape}")
-    if a.dtype != _F64:
-        raise DTypeError(f"Moments.{name}: must be float64, got {a.dtype} "
+    """A finite float64 vector, checked as the layers check their parameters."""
+    v = _check("Moments", name, a, 1)
+    if v.dtype != _F64:
+        raise DTypeError(f"Moments.{name}: must be float64, got {v.dtype} "
                          f"(lb.vector(v, np.float64) makes a float64 copy)")
-    # values through ``_leaf`` (not ``.array``), as the layers do: validating is not reading
-    if not np.isfinite(a._leaf.array).all():
-        raise ValueRangeError(f"Moments.{name}: contains NaN or infinity")
-    return a
+    _finite("Moments", name, v)
+    return v
 
 
 @final
