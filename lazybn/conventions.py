@@ -110,6 +110,11 @@ def to_keras(layer: Batchnorm1d, batch_size: int, steps: int, initial_var: float
         steps: k, the number of running-statistics updates the layer has had.
         initial_var: the running variance before the first update (lazybn's default is 1).
 
+    A layer trained with batch renormalisation converts as any other: its inference is batch
+    norm's. Its ``renorm`` bounds are not carried over: Keras's ``renorm=True`` computes r and d
+    from moving averages of its own (of the standard deviation, with ``renorm_momentum``), so
+    training on in Keras would not continue lazybn's training.
+
     Returns:
         A :class:`KerasBatchNorm` with numpy arrays of the layer's dtype (computed in float64),
         momentum 1 - layer.momentum and epsilon = layer.eps (keep it: Keras's default 1e-3

@@ -121,7 +121,8 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
     Raises:
         ValueRangeError: invalid sizes, dropout or gain; invalid eps or momentum when the network
             has batch-norm layers (``batchnorm=True`` and at least one hidden layer).
-        ArgumentError: ``act`` is not an :class:`Act` or ``init`` not an :class:`Init`.
+        ArgumentError: ``act`` is not an :class:`Act` or ``init`` not an :class:`Init`; ``renorm``
+            without ``batchnorm=True`` (a network without batch-norm layers has nothing to renormalise).
     """
     sizes = list(sizes)
     if len(sizes) < 2:
@@ -129,6 +130,9 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
     sizes = [_count(f"mlp.sizes[{i}]", n) for i, n in enumerate(sizes)]
     if not isinstance(act, Act):
         raise ArgumentError(f"mlp.act: expected a member of lazybn.Act, got {act!r}")
+    if renorm is not None and not batchnorm:
+        raise ArgumentError("mlp.renorm: batch renormalisation needs batch-norm layers; pass batchnorm=True, or "
+                            "leave renorm at None")
     rng = np.random.default_rng(seed)
     pairs = list(zip(sizes[:-1], sizes[1:]))
     ws = [weights(init, nin, nout, rng, dtype, gain, comp) for nin, nout in pairs]

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lazybn as lb
-from lazybn.errors import DTypeError, ValueRangeError
+from lazybn.errors import ArgumentError, DTypeError, ValueRangeError
 from lazybn.init import Init, biases, mlp, weights
 from lazybn.layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 
@@ -132,3 +132,5 @@ def test_invalid_arguments() -> None:
         mlp([3, 2, 2], batchnorm=True, momentum=1.5)
     with pytest.raises(DTypeError):
         mlp([3, 2], batchnorm=True, dtype=np.int32)
+    with pytest.raises(ArgumentError, match="mlp.renorm: batch renormalisation needs batch-norm layers"):
+        mlp([3, 2, 2], batchnorm=False, renorm=lb.Renorm(3.0, 5.0))
