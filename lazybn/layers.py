@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 import numpy as np
 
@@ -102,8 +102,9 @@ class Renorm:
     ``d = (μ_B - μ)/σ`` clipped to [-dmax, dmax] (σ_B, σ: square roots of the batch's and the
     running variance plus eps). r and d are constants for the gradient. None leaves a bound
     off (a bound is a finite number); the paper ramps rmax from 1 to 3 and dmax from 0 to 5
-    during training. The bounds are plain values of a replay's signature: each new pair traces
-    the training step once more, so ramp them in a few stages (per epoch, say), not every step.
+    during training. ``train_step`` passes the bounds to its replay as dynamic values: a ramp
+    that changes them every step replays the step (only a bound going from None to a number, or
+    back, traces it again). A loop of your own around ``_pass`` traces once per new pair.
     """
 
     rmax: float | None = None
@@ -200,11 +201,19 @@ class Batchnorm1d:
             raise ArgumentError(f"Batchnorm1d.tracked: expected an int (batches averaged), got {tracked!r}")
         if tracked < 0:
             raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0, got {tracked}")
-        new = object.__new__(Batchnorm1d)
-        for name in Batchnorm1d.__dataclass_fields__:
-            object.__setattr__(new, name, getattr(self, name))
-        object.__setattr__(new, "tracked", tracked)
-        return new
+        return _unchecked(self, tracked=tracked)
+
+
+T = TypeVar("T", Batchnorm1d, Renorm)
+
+
+def _unchecked(obj: T, **changes: object) -> T:
+    """``obj`` with the fields ``changes``, made without its constructor's checks: for values taken
+    from checked objects, or a traced body's stand-ins (see ``train_step``)."""
+    new = object.__new__(type(obj))
+    for name in obj.__dataclass_fields__:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
+    return new
 
 
 @final

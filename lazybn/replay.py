@@ -22,6 +22,7 @@ import numpy as np
 from . import fuse
 from .array import Comp, Manifest
 from .fuse import cache
+from .fuse.graph import Derived, derive
 from .ops import view
 
 STATIC = (int, float, bool, str, bytes, type(None), complex)  # plain values: kept as they are
@@ -205,9 +206,12 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
         slots.append(r)
         return f"v{len(slots) - 1}"
 
-    def argument(x: object, dynamic: dict[int, int], k: int, convert: str = "") -> str:
-        """A plain argument, or this call's dynamic value (through ``convert``)."""
-        return f"{convert}(values[{dynamic[k]}])" if k in dynamic else src.const(x)
+    def argument(x: object, dynamic: dict[int, tuple[int, Derived]], k: int, convert: str = "") -> str:
+        """A plain argument, or what this call's dynamic value makes of it (through ``convert``)."""
+        if k not in dynamic:
+            return src.const(x)
+        index, ops = dynamic[k]
+        return f"{convert}({derive(f'values[{index}]', ops, src.const)})"
 
     lines: list[str] = []
     launches = 0
@@ -216,7 +220,7 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
             case fuse.Launch():
                 launches += 1
                 outs = [f"o{launches}_{k}" for k in range(len(entry.out_shapes))]
-                dtype, dyn = src.const(entry.dtype, "dtype"), dict(entry.dynamic)
+                dtype, dyn = src.const(entry.dtype, "dtype"), {k: (i, ops) for k, i, ops in entry.dynamic}
                 convert = src.const(entry.dtype.type, "as")  # a dynamic value becomes the kernel's scalar type
                 lines += [f"{o} = empty({shape!r}, {dtype})" for o, shape in zip(outs, entry.out_shapes)]
                 args = [slot(a) for a in entry.leaves]
@@ -237,7 +241,7 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
             case fuse.HostCall():
                 if not (_plain(entry.args) and _stateless(entry.fn)):  # the replay would call it with
                     raise Opaque("a host call with a mutable argument or state")  # what this call held
-                dyn = dict(entry.dynamic)
+                dyn = {k: (i, ops) for k, i, ops in entry.dynamic}
                 args = [argument(x, dyn, k) for k, x in enumerate(entry.args)]
                 out = produced(entry.result)
                 lines += [f"{out} = {src.const(entry.fn, 'host')}({', '.join(args)})", f"{out}.setflags(write=False)"]

@@ -21,7 +21,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
-from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias
+from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, _unchecked
 from .batchnorm import _running, running_weights, update_running
 from .network import _pass, log_likelihoods, logits, mean_loss
 from .optim import Optimizer, OptState, Slots, schedule, step_all, update
@@ -126,9 +126,34 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
     return None
 
 
-def _with_count(layer: Layer, count: int | None) -> Layer:
-    """A batch-norm layer with its cumulative count set to ``count`` (others, or None: unchanged)."""
-    return layer._counted(count) if isinstance(layer, Batchnorm1d) and count is not None else layer
+_PATTERNS: dict[tuple[bool, bool], Renorm] = {}
+
+
+def _pattern(renorm: Renorm | None) -> Renorm | None:
+    """What a replay's signature keeps of renormalisation bounds: which of them are set."""
+    if renorm is None:
+        return None
+    key = (renorm.rmax is not None, renorm.dmax is not None)
+    got = _PATTERNS.get(key)
+    if got is None:
+        got = _PATTERNS[key] = Renorm(1.0 if key[0] else None, 0.0 if key[1] else None)
+    return got
+
+
+def _restored(new: Layer, old: Layer) -> Layer:
+    """A layer of the replay's result with what ``train_step`` kept out of the replay put back: the
+    cumulative count (one more batch) and the renormalisation bounds of the layer it updates."""
+    if not isinstance(new, Batchnorm1d) or not isinstance(old, Batchnorm1d):
+        return new
+    return _unchecked(new, tracked=old.tracked + 1 if old.momentum is None else old.tracked, renorm=old.renorm)
+
+
+def _bounded(layers: tuple[Layer, ...], bounds: tuple[tuple[float | None, float | None], ...]) -> tuple[Layer, ...]:
+    """The renormalising layers with their bounds taken from ``bounds``, in order (in a trace, the
+    dynamic values' stand-ins: the checks of ``Renorm`` ran on the layers ``train_step`` was given)."""
+    given = iter(bounds)
+    return tuple(_unchecked(layer, renorm=_unchecked(layer.renorm, **dict(zip(("rmax", "dmax"), next(given)))))
+                 if isinstance(layer, Batchnorm1d) and layer.renorm is not None else layer for layer in layers)
 
 
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
@@ -146,23 +171,27 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         if not np.isfinite(a.array).all():
             raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
     t, s, correction = schedule(opt, opt_state, layers, lr_scale)
-    # A cumulative average's count changes every step: the replay sees it as 0 and the step's weights
-    # as dynamic values, and the count is set after.
-    counts: list[int | None] = [None] * len(layers)
+    # Values that change from step to step stay out of the replay's signature: a cumulative
+    # average's count (the replay sees 0, and the step's weights as dynamic values; the count is
+    # set after) and batch renormalisation's bounds (dynamic values: a ramp traces nothing new).
     weights: list[tuple[float, float]] = []
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Batchnorm1d) and layer.momentum is None:
-            counts[i] = layer.tracked
-            weights.append(running_weights(layer))
-    bare = tuple(_with_count(layer, None if c is None else 0) for layer, c in zip(layers, counts)) if weights \
-        else tuple(layers)
+    bounds: list[tuple[float | None, float | None]] = []
+    bare: list[Layer] = []
+    for layer in layers:
+        if isinstance(layer, Batchnorm1d) and (layer.momentum is None or layer.renorm is not None):
+            if layer.momentum is None:
+                weights.append(running_weights(layer))
+            if layer.renorm is not None:
+                bounds.append((layer.renorm.rmax, layer.renorm.dmax))
+            layer = _unchecked(layer, tracked=0, renorm=_pattern(layer.renorm))
+        bare.append(layer)
     try:
         # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
         # before the loss and the batch statistics are checked; they are dropped if the check fails.
-        pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, bare, opt_state.slots, x, tgt, key, s,
-                                                                   correction, tuple(weights))
-        if weights:
-            new_layers = [_with_count(layer, None if c is None else c + 1) for layer, c in zip(new_layers, counts)]
+        pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, tuple(bare), opt_state.slots, x, tgt, key, s,
+                                                                   correction, tuple(weights), tuple(bounds))
+        if weights or bounds:
+            new_layers = [_restored(new, old) for new, old in zip(new_layers, layers)]
         refused = None
     except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
         refused = exc
@@ -183,14 +212,16 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     return StepResult(new_layers, OptState(t, slots), loss, pred)
 
 
-@fused(dynamic=("key", "lr_scale", "correction", "weights"))
+@fused(dynamic=("key", "lr_scale", "correction", "weights", "bounds"))
 def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tgt: Matrix, key: int | None,
-          lr_scale: float, correction: tuple[float, ...], weights: tuple[tuple[float, float], ...]
+          lr_scale: float, correction: tuple[float, ...], weights: tuple[tuple[float, float], ...],
+          bounds: tuple[tuple[float | None, float | None], ...]
           ) -> tuple[Matrix, Vector, list[Gradients], list[Layer], Slots, tuple[Manifest[Any], ...]]:
     """The seed's ``sgd`` step: the pass, each sample's log-likelihood, the optimizer's step and
     every batch-norm layer's running statistics (one replay for all of it). ``weights`` holds the
-    :func:`running_weights` of the cumulative-average layers, in order."""
-    _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
+    :func:`running_weights` of the cumulative-average layers, ``bounds`` the (rmax, dmax) of the
+    renormalising layers, in order."""
+    _, pred, grads = _pass(x, tgt, _bounded(layers, bounds), key, input_grad=False)
     new_layers, new_slots, witnesses = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
     w = iter(weights)
     running = [_running(nl, g, running_weights(nl) if nl.momentum is not None else next(w))

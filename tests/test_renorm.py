@@ -19,6 +19,7 @@ from lazybn.network import _pass
 from lazybn.optim import init_state
 
 from .helpers import F
+from .net_helpers import assert_same_network
 
 
 def _layer(c: int, rng: np.random.Generator, dtype: Any = np.float64, renorm: Renorm | None = Renorm(),
@@ -141,6 +142,53 @@ def test_training_steps_replay_and_update_gamma_with_the_renorm_gradient() -> No
         layers, state = step.layers, step.opt_state
         np.testing.assert_allclose(layers[1].gamma.array, bn.gamma.array - 0.1 * want["dgamma"],  # type: ignore[union-attr]
                                    rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(bounds=st.lists(st.tuples(st.none() | st.floats(1.0, 1.3), st.none() | st.floats(0.0, 0.4)),
+                       min_size=2, max_size=5),
+       ramp=st.booleans())
+def test_bounds_that_change_every_step_take_effect_in_the_replay_without_a_new_trace(
+        bounds: list[tuple[float | None, float | None]], ramp: bool) -> None:
+    """The paper ramps rmax and dmax step by step: each step must clip with its own bounds (against
+    the oracle, with bounds tight enough that r and d are clipped), bit for bit as without the
+    replay, and only a new pattern of set and unset bounds traces the step again."""
+    if ramp:  # the paper's schedule, in miniature: rmax from 1 up, dmax from 0 up
+        bounds = [(1.0 + 0.1 * k, 0.1 * k) for k in range(len(bounds))]
+    rng = np.random.default_rng(7)
+    start = lb.mlp([4, 3, 3], batchnorm=True, seed=3, dtype=np.float64, renorm=Renorm())
+    opt = lb.SGD(0.1)
+    xs = [rng.normal(1.0, 2.0, (6, 4)) for _ in bounds]
+    tgts = [np.eye(3)[rng.integers(0, 3, 6)] for _ in bounds]
+
+    def train() -> tuple[list[lb.Layer], list[tuple[int, list[lb.Layer], F, F, F]]]:
+        layers, state = start, init_state(opt, start)
+        seen: list[tuple[int, list[lb.Layer], F, F, F]] = []
+        for k, ((rmax, dmax), x, tgt) in enumerate(zip(bounds, xs, tgts)):
+            layers = [replace(layer, renorm=Renorm(rmax, dmax)) if isinstance(layer, Batchnorm1d) else layer
+                      for layer in layers]
+            traces = lb.fuse.stats().traces
+            step = lb.train_step(layers, opt, state, lb.matrix(x, np.float64), lb.matrix(tgt, np.float64))
+            new = [bound is None for bound in bounds[k]] != [bound is None for bound in bounds[k - 1]]
+            seen.append((lb.fuse.stats().traces - traces if k and not new else 0, layers, x, tgt,
+                         step.layers[1].gamma.array))  # type: ignore[union-attr]
+            layers, state = step.layers, step.opt_state
+        return layers, seen
+
+    got, seen = train()
+    for traced, layers, x, tgt, gamma in seen:
+        assert traced == 0  # the same pattern of bounds: the step replays
+        w0, bn, w3 = layers[0].w.array, layers[1], layers[3].w.array  # type: ignore[union-attr]
+        assert isinstance(bn, Batchnorm1d)
+        h = x @ w0
+        out = _oracle(h, bn, np.zeros_like(h))
+        dy = (_softmax_grad(np.maximum(out["out"], 0) @ w3, tgt) @ w3.T) * (out["out"] > 0)
+        np.testing.assert_allclose(gamma, bn.gamma.array - 0.1 * _oracle(h, bn, dy)["dgamma"], rtol=1e-10, atol=1e-12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lb.trace, "REPLAY", False)
+        want, _ = train()
+    assert_same_network(got, want)
+    assert [layer.renorm for layer in got if isinstance(layer, Batchnorm1d)] == [Renorm(*bounds[-1])]
 
 
 def test_invalid_bounds_are_refused() -> None:

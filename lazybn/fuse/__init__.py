@@ -28,7 +28,7 @@ from .cache import KernelStats as KernelStats
 from .cache import clear_disk_cache as clear_disk_cache
 from .cache import reset_stats as reset_stats
 from .cache import stats as stats
-from .graph import FloatArray, Node, Scalar
+from .graph import Derived, FloatArray, Node, Scalar
 from .canon import Canon, canonicalize
 from .lower import Kernel, generate
 
@@ -59,7 +59,7 @@ class Launch:
     par: bool
     order: tuple[int, ...]
     results: tuple[FloatArray, ...]
-    dynamic: tuple[tuple[int, int], ...]  # (position in tail, Scalar index) of each runtime scalar
+    dynamic: tuple[tuple[int, int, Derived], ...]  # (position in tail, Scalar index, its ops) per runtime scalar
 
 
 @final
@@ -97,12 +97,13 @@ class HostCall:
     """One :func:`host_call` (an array made by Python from plain values), as :func:`recording` logs it.
 
     A replay calls ``fn(*args)`` again, with the current value of each dynamic argument at the
-    positions ``dynamic`` names: (argument position, index of the dynamic value).
+    positions ``dynamic`` names: (argument position, index of the dynamic value, the ops that
+    derive the argument from it: see :class:`~lazybn.fuse.graph.Scalar`).
     """
 
     fn: Callable[..., FloatArray]
     args: tuple[Any, ...]
-    dynamic: tuple[tuple[int, int], ...]
+    dynamic: tuple[tuple[int, int, Derived], ...]
     result: FloatArray
 
 
@@ -118,7 +119,7 @@ def host_call(fn: Callable[..., FloatArray], *args: Any) -> FloatArray:
     out.setflags(write=False)
     rec: Recording | None = getattr(_local, "rec", None)
     if rec is not None:
-        dynamic = tuple((k, a.index) for k, a in enumerate(args) if type(a) is Scalar)
+        dynamic = tuple((k, a.index, a.ops) for k, a in enumerate(args) if type(a) is Scalar)
         rec.log.append(HostCall(fn, plain, dynamic, out))
     return out
 
@@ -207,7 +208,7 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
     if rec is not None:
         n = len(canon.leaves)
         tail = tuple(args[n:n + len(canon.consts) + len(canon.sizes)])
-        dynamic = tuple((k, v.index) for k, v in enumerate(canon.consts) if type(v) is Scalar)
+        dynamic = tuple((k, v.index, v.ops) for k, v in enumerate(canon.consts) if type(v) is Scalar)
         rec.log.append(Launch(fn, tuple(canon.leaves), tail, tuple(o.shape for o in outs), dtype, use_par,
                               tuple(order), tuple(results), dynamic))
     return results

@@ -10,6 +10,7 @@ out once per ``compute`` in :mod:`lazybn.fuse.canon`, by object identity of the 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -57,29 +58,38 @@ class RedOp(enum.Enum):
     max_cols = "max_cols"  # max over columns: one value per row
 
 
+Derived = tuple[tuple[str, float], ...]
+"""How a :class:`Scalar` is made from its dynamic value: ("neg", 0.0) negates, ("rdiv", c) divides c by it."""
+
+
 class Scalar:
     """A number that reaches kernels as a runtime argument of a replay (see :mod:`lazybn.trace`).
 
     While a ``@fused`` function is traced, each of its *dynamic* arguments (a per-step scalar
     such as a schedule factor) is this stand-in: lazybn operations accept it where they accept
-    a number, and the replay passes each call's value to the kernels. Python arithmetic,
-    comparison or conversion of it raises ``TypeError``, because the replay would not repeat it.
+    a number, and the replay passes each call's value to the kernels. Two pieces of Python
+    arithmetic are repeated by the replay: negation (``-s``) and a number divided by it
+    (``1.0 / s``), each a new stand-in whose ``ops`` say how it is made from the dynamic value.
+    Any other arithmetic, comparison or conversion raises ``ArgumentError``, because the replay
+    would not repeat it.
     """
 
-    __slots__ = ("value", "index")
+    __slots__ = ("value", "index", "ops")
 
-    def __init__(self, value: float, index: int) -> None:
+    def __init__(self, value: float, index: int, ops: Derived = ()) -> None:
         self.value = value
         self.index = index
+        self.ops = ops  # applied in order
 
     def __repr__(self) -> str:
-        return f"Scalar({self.value!r}, #{self.index})"
+        return f"Scalar({self.value!r}, #{self.index}{''.join(f', {op} {c!r}' for op, c in self.ops)})"
 
     def _refuse(self, *_: object) -> Any:
         raise ArgumentError(
             f"{self!r} is a dynamic argument of a @fused function: pass it to lazybn operations "
-            "(scale, add_c, + - * / with arrays) only; Python arithmetic or tests on it would be "
-            "frozen into the replay. Compute such values outside, or make the argument static"
+            "(scale, add_c, + - * / with arrays) only, or negate it, or divide a number by it; other "
+            "Python arithmetic or tests on it would be frozen into the replay. Compute such values "
+            "outside, or make the argument static"
         )
 
     def _binary(self, other: object) -> Any:
@@ -87,12 +97,28 @@ class Scalar:
             return NotImplemented
         return self._refuse()
 
-    __bool__ = __float__ = __int__ = __index__ = __abs__ = __neg__ = __pos__ = _refuse
+    def __neg__(self) -> Scalar:
+        return Scalar(-self.value, self.index, (*self.ops, ("neg", 0.0)))
+
+    def __rtruediv__(self, other: object) -> Any:
+        if type(other) is float or type(other) is int:
+            return Scalar(other / self.value, self.index, (*self.ops, ("rdiv", float(other))))
+        return self._binary(other)
+
+    __bool__ = __float__ = __int__ = __index__ = __abs__ = __pos__ = _refuse
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _binary
-    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _binary
+    __truediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _binary
     __pow__ = __rpow__ = __lt__ = __le__ = __gt__ = __ge__ = _binary
     __eq__ = __ne__ = _refuse
     __hash__ = None  # type: ignore[assignment]
+
+
+def derive(x: str, ops: Derived, const: Callable[[float], str]) -> str:
+    """The Python expression that makes a derived :class:`Scalar` from expression ``x`` of its
+    dynamic value (``const`` names a number), as the trace computed it."""
+    for op, c in ops:
+        x = f"(-{x})" if op == "neg" else f"({const(c)} / {x})"
+    return x
 
 
 def scalar_value(x: object, op: str) -> float | Scalar:
