@@ -32,6 +32,11 @@ from .trace import fused
 @fused
 def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
     """Batch norm's training forward, steps 1-9: returns (out, batch mean, biased batch variance)."""
+    return _forward(inp, layer.gamma, layer.beta, layer.eps)
+
+
+def _forward(inp: Matrix, gamma: Vector, beta: Vector, eps: float) -> tuple[Matrix, Vector, Vector]:
+    """``bn_forward``'s steps with the parameters given (ghost batches pass them once per ghost batch)."""
     b = partial(br, rows(inp))  # broadcast a vector to every row of the batch
     m = 1.0 / rows(inp)
     # Step 1: mean, Equation (1)
@@ -43,15 +48,15 @@ def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]
     # Step 4: variance, Equation (2)
     batch_variance = scale(m, sum_rows(sq))
     # Step 5
-    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, layer.eps))
+    sqrtvar = amap(Fn.sqrt, add_c(batch_variance, eps))
     # Step 6
     ivar = amap(Fn.recip, sqrtvar)
     # Step 7: normalize, Equation (3)
     xhat = xmu * b(ivar)
     # Step 8: rescale
-    gammax = b(layer.gamma) * xhat
+    gammax = b(gamma) * xhat
     # Step 9: translate, Equation (4)
-    out0 = gammax + b(layer.beta)
+    out0 = gammax + b(beta)
     return compute_all(out0, batch_mu, batch_variance)
 
 
@@ -149,13 +154,8 @@ def renorm_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vecto
     return dx, compute(r * dz_xhat + d * dbeta), dbeta
 
 
-def _side_by_side(v: Vector, k: int) -> Vector:
-    """``v`` repeated ``k`` times end to end: one copy per ghost batch."""
-    return reshape(compute(br(k, v)), k * v.shape[0])
-
-
-def _ghosts(inp: Matrix, layer: Batchnorm1d) -> tuple[int, int, Batchnorm1d]:
-    """(rows per ghost batch, ghost batches, the layer's parameters once per ghost batch)."""
+def _ghosts(inp: Matrix, layer: Batchnorm1d) -> tuple[int, int]:
+    """(rows per ghost batch, ghost batches)."""
     size = layer.ghost_batch
     if size is None:
         raise ArgumentError("ghost batch norm: the layer has no ghost batches (ghost_batch=None); bn_forward and "
@@ -164,17 +164,21 @@ def _ghosts(inp: Matrix, layer: Batchnorm1d) -> tuple[int, int, Batchnorm1d]:
     if k * size != rows(inp) or k == 0:
         raise ValueRangeError(f"ghost batch norm: ghost batches of {size} rows do not divide the batch of "
                               f"{rows(inp)}")
-    wide = replace(layer, mu=_side_by_side(layer.mu, k), var=_side_by_side(layer.var, k),
-                   gamma=_side_by_side(layer.gamma, k), beta=_side_by_side(layer.beta, k), ghost_batch=None)
-    return size, k, wide
+    return size, k
+
+
+def _side_by_side(k: int, *vs: Vector) -> list[Vector]:
+    """Each of ``vs`` repeated ``k`` times end to end, one copy per ghost batch (one kernel)."""
+    return [reshape(w, k * v.shape[0]) for v, w in zip(vs, compute_all(*(br(k, v) for v in vs)))]
 
 
 @fused
 def ghost_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
     """Ghost batch norm's training forward: returns (out, and per ghost batch and feature, side by
     side, the batch means and biased variances)."""
-    size, k, wide = _ghosts(inp, layer)
-    out, mu, var = bn_forward(reshape(inp, (size, k * cols(inp))), wide)
+    size, k = _ghosts(inp, layer)
+    gamma, beta = _side_by_side(k, layer.gamma, layer.beta)
+    out, mu, var = _forward(reshape(inp, (size, k * cols(inp))), gamma, beta, layer.eps)
     return reshape(out, (rows(inp), cols(inp))), mu, var
 
 
@@ -183,9 +187,10 @@ def ghost_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, ghost_mu: Vector
                    ) -> tuple[Matrix, BN1]:
     """Ghost batch norm's backward: returns (dx, the gradients of gamma and beta summed over the
     ghost batches, with the mean of their means and biased variances for the running update)."""
-    size, k, wide = _ghosts(inp, layer)
+    size, k = _ghosts(inp, layer)
     shape = (size, k * cols(inp))
-    dx, dgamma, dbeta = bn_backward(reshape(dz, shape), reshape(inp, shape), wide, ghost_mu, ghost_var)
+    (gamma,) = _side_by_side(k, layer.gamma)
+    dx, dgamma, dbeta = _backward(reshape(dz, shape), reshape(inp, shape), gamma, layer.eps, ghost_mu, ghost_var)
 
     def per_ghost(v: Vector) -> Matrix:  # one row per ghost batch
         return reshape(v, (k, cols(inp)))
