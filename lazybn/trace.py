@@ -34,11 +34,13 @@ A plain value that changes on every call would make every call a trace. ``@fused
 ("lr_scale", "correction"))`` takes such parameters (a number or a tuple of numbers) out of the
 signature (each number's type stays in it): the trace runs with
 :class:`~lazybn.fuse.graph.Scalar` stand-ins, which lazybn operations accept as numbers and
-which become runtime arguments of the kernels, so a replay passes each call's values. Python
-arithmetic or tests on a stand-in raise ``ArgumentError`` (a ``TypeError``) at the first call (a
-replay could not repeat them); ``isinstance`` cannot be caught and sees a ``Scalar``, so a body
-must not branch on a dynamic value's type. The optimizer step uses this for the learning-rate
-schedule and Adam's bias correction.
+which become runtime arguments of the kernels, so a replay passes each call's values. A
+stand-in may be negated (``-s``) or divide a number (``1.0 / s``): the replay repeats that
+arithmetic on each call's value. Other Python arithmetic or tests on a stand-in raise
+``ArgumentError`` (a ``TypeError``) at the first call (a replay could not repeat them);
+``isinstance`` cannot be caught and sees a ``Scalar``, so a body must not branch on a dynamic
+value's type. The optimizer step uses this for the learning-rate schedule and Adam's bias
+correction, the training step for batch renormalisation's bounds.
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
 replay function as it is written. Calls inside another function's trace run their body (they
@@ -162,7 +164,8 @@ def fused(f: Callable[P, R] | None = None, /, *,
 
     ``dynamic`` names parameters whose values (a number, or a tuple of numbers) are not part of
     the signature: the replay passes each call's values to the kernels. In the body they may only
-    be handed to lazybn operations; anything else raises ``ArgumentError`` on the first call.
+    be handed to lazybn operations, negated, or divide a number; anything else raises
+    ``ArgumentError`` on the first call.
     """
     if f is None:
         return lambda g: _fuse(g, dynamic)
