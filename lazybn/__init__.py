@@ -68,6 +68,7 @@ from .layers import LinearNoBias as LinearNoBias
 from .layers import LinearNoBiasGradients as LinearNoBiasGradients
 from .layers import NoGrad as NoGrad
 from .layers import Renorm as Renorm
+from .layers import RenormRamp as RenormRamp
 from .network import forward as forward
 from .network import logits as logits
 from .optim import SGD as SGD

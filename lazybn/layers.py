@@ -121,6 +121,40 @@ class Renorm:
 
 @final
 @dataclass(frozen=True, slots=True)
+class RenormRamp:
+    """The batch-renormalisation paper's schedule of the bounds: batch norm (rmax 1, dmax 0, so
+    r = 1 and d = 0) for the first ``start`` steps, then rmax rises linearly to ``rmax`` over
+    ``rmax_steps`` steps and dmax to ``dmax`` over ``dmax_steps`` (the paper: 5000, then 40000
+    steps to 3 and 25000 to 5). ``train_epoch(..., renorm=ramp)`` sets ``ramp.at(step)`` on every
+    renormalising layer before each step; the bounds are dynamic values of the step's replay, so a
+    new pair every step traces nothing new.
+    """
+
+    rmax: float
+    dmax: float
+    start: int = 0
+    rmax_steps: int = 0
+    dmax_steps: int = 0
+
+    def __post_init__(self) -> None:
+        Renorm(_num("RenormRamp", "rmax", self.rmax), _num("RenormRamp", "dmax", self.dmax))  # valid final bounds
+        for name in ("start", "rmax_steps", "dmax_steps"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 0:
+                raise ValueRangeError(f"RenormRamp.{name}: must be an integer >= 0 (steps), got {v!r}")
+
+    def at(self, step: int) -> Renorm:
+        """The bounds after ``step`` optimizer steps (``OptState.step``)."""
+        done = step - self.start
+
+        def part(steps: int) -> float:  # how far the ramp has come: 0 until it starts, 1 from its end
+            return 0.0 if done < 0 else 1.0 if done >= steps else done / steps
+
+        return Renorm(1.0 + (float(self.rmax) - 1.0) * part(self.rmax_steps), float(self.dmax) * part(self.dmax_steps))
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class Batchnorm1d:
     """Batch normalisation over the batch (rows) for each feature (column).
 

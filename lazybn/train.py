@@ -21,7 +21,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
-from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, _unchecked
+from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, RenormRamp, _unchecked
 from .batchnorm import _running, running_weights, update_running
 from .network import _pass, log_likelihoods, logits, mean_loss
 from .optim import Optimizer, OptState, Slots, schedule, step_all, update
@@ -269,14 +269,23 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
                 key: int = 0, lr_scale: float = 1.0, comp: Comp = Comp.Seq,
                 on_nonfinite: Literal["raise", "skip"] = "raise",
                 progress: Callable[[float], None] | None = None,
-                max_steps: int | None = None) -> tuple[list[Layer], OptState, float]:
+                max_steps: int | None = None, renorm: RenormRamp | None = None) -> tuple[list[Layer], OptState, float]:
     """One pass over the training data (or its first ``max_steps`` batches): returns the new
-    layers, optimizer state and the mean batch loss."""
+    layers, optimizer state and the mean batch loss. With ``renorm``, every renormalising layer
+    trains step ``t`` (``opt_state.step``) with the bounds ``renorm.at(t)``."""
     current = list(layers)
+    if renorm is not None and not any(isinstance(layer, Batchnorm1d) and layer.renorm is not None
+                                      for layer in current):
+        raise ArgumentError("train_epoch.renorm: a ramp of renormalisation bounds needs a layer that renormalises "
+                            "(Batchnorm1d(renorm=Renorm(...)), or mlp(..., renorm=...))")
     losses = []
     for k, idx in enumerate(batches(x.shape[0], batch_size, rng)):
         if max_steps is not None and k >= max_steps:
             break
+        if renorm is not None:
+            bounds = renorm.at(opt_state.step)
+            current = [_unchecked(layer, renorm=bounds) if isinstance(layer, Batchnorm1d) and layer.renorm is not None
+                       else layer for layer in current]
         step = train_step(current, opt, opt_state, _rows(x, idx, comp), _rows(y, idx, comp),
                           key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
         current, opt_state = step.layers, step.opt_state

@@ -86,6 +86,8 @@ def test_unknown_experiment_is_an_error(capsys: pytest.CaptureFixture[str]) -> N
     (["train", "--ghost-batch", "1", "--batch-size", "4"], "at least 2"),
     (["train", "--ghost-batch", "50", "--renorm", "3", "5"], "cannot be combined"),
     (["train", "--renorm", "0.5", "5"], "rmax"),
+    (["train", "--renorm-ramp", "0", "10", "10"], "--renorm-ramp needs --renorm"),
+    (["train", "--renorm", "3", "5", "--renorm-ramp", "0", "-1", "10"], "step counts >= 0"),
     (["train", "--bn-momentum", "fast"], "a number or 'none'"),
     (["train", "--bn-momentum", "1.5"], "--bn-momentum must be in [0, 1]"),
     (["run", "population-stats", "--seed", "-1"], "--seed must be >= 0"),
@@ -254,10 +256,12 @@ def test_population_statistics_and_batch_statistics_inference_match_numpy() -> N
                                atol=1e-12)
 
 
-@pytest.mark.parametrize("variant", [["--bn-momentum", "none"], ["--renorm", "3", "5"], ["--ghost-batch", "25"]])
+@pytest.mark.parametrize("variant", [["--bn-momentum", "none"], ["--renorm", "3", "5"], ["--ghost-batch", "25"],
+                                     ["--renorm", "3", "5", "--renorm-ramp", "1", "1", "4"]])
 def test_train_with_batch_norm_variants(variant: list[str], tmp_path: Path) -> None:
     """The saved batch-norm network carries the variant: a cumulative count of every batch, the
-    renorm bounds, the ghost batch size."""
+    renorm bounds (with a ramp, those of the last step: the third, step 2, one step into a ramp that
+    reaches rmax in one step and dmax in four), the ghost batch size."""
     data = _csv_data(tmp_path)
     out = tmp_path / "out"
     assert main(["train", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--no-progress",
@@ -268,7 +272,7 @@ def test_train_with_batch_norm_variants(variant: list[str], tmp_path: Path) -> N
         if variant[0] == "--bn-momentum":
             assert layer.momentum is None and layer.tracked == 3  # 300 samples in batches of 100
         elif variant[0] == "--renorm":
-            assert layer.renorm == lb.Renorm(3.0, 5.0)
+            assert layer.renorm == (lb.Renorm(3.0, 5.0) if len(variant) == 3 else lb.Renorm(3.0, 5.0 * 1 / 4))
         else:
             assert layer.ghost_batch == 25
 

@@ -240,3 +240,53 @@ def test_par_and_seq_agree() -> None:
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
     want = _oracle(x, layer, dy)
     np.testing.assert_allclose(got[lb.Comp.Par][0], want["out"], rtol=1e-4, atol=1e-4)
+
+
+def _ramp_oracle(t: int, final: float, start: int, steps: int, first: float) -> float:
+    """A bound linear from ``first`` at step ``start`` to ``final`` at ``start + steps``, flat outside."""
+    if steps == 0:
+        return first if t < start else final
+    return float(np.interp(t, [start, start + steps], [first, final]))
+
+
+@given(rmax=st.floats(1.0, 10.0), dmax=st.floats(0.0, 10.0), start=st.integers(0, 50), rsteps=st.integers(0, 60),
+       dsteps=st.integers(0, 60), t=st.integers(0, 200))
+def test_a_ramp_is_batch_norm_until_it_starts_then_linear_to_its_bounds(rmax: float, dmax: float, start: int,
+                                                                         rsteps: int, dsteps: int, t: int) -> None:
+    got = lb.RenormRamp(rmax, dmax, start, rsteps, dsteps).at(t)
+    assert got.rmax == pytest.approx(_ramp_oracle(t, rmax, start, rsteps, 1.0), rel=1e-12, abs=1e-12)
+    assert got.dmax == pytest.approx(_ramp_oracle(t, dmax, start, dsteps, 0.0), rel=1e-12, abs=1e-12)
+    if t < start:
+        assert (got.rmax, got.dmax) == (1.0, 0.0)  # r = 1, d = 0: batch norm
+
+
+def test_invalid_ramps_are_refused() -> None:
+    for kw, match in ((dict(rmax=0.5), "rmax"), (dict(dmax=-1.0), "dmax"), (dict(start=-1), "start"),
+                      (dict(rmax_steps=2.5), "rmax_steps"), (dict(dmax_steps=True), "dmax_steps")):
+        with pytest.raises(ValueRangeError, match=match):
+            lb.RenormRamp(**{"rmax": 3.0, "dmax": 5.0, **kw})  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="RenormRamp.rmax"):
+        lb.RenormRamp(None, 5.0)  # type: ignore[arg-type]
+
+
+def test_train_epoch_ramps_the_bounds_step_by_step_as_a_loop_of_steps_would() -> None:
+    """``train_epoch(renorm=ramp)`` equals train_step with ``ramp.at(t)`` set by hand, bit for bit,
+    with one trace for the whole ramp; a network without renormalising layers refuses a ramp."""
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(0.5, 2.0, (60, 5)), np.eye(3, dtype=np.float64)[rng.integers(0, 3, 60)]
+    start = lb.mlp([5, 4, 4, 3], batchnorm=True, seed=4, dtype=np.float64, renorm=Renorm(3.0, 5.0))
+    ramp, opt = lb.RenormRamp(3.0, 5.0, start=2, rmax_steps=3, dmax_steps=2), lb.SGD(0.05)
+    traces = lb.fuse.stats().traces
+    got, state, _ = lb.train.train_epoch(start, opt, init_state(opt, start), x, y, 10, None, renorm=ramp)
+    assert lb.fuse.stats().traces - traces <= 1 and state.step == 6
+    layers, state = start, init_state(opt, start)
+    for k in range(6):
+        layers = [replace(layer, renorm=ramp.at(k)) if isinstance(layer, Batchnorm1d) else layer for layer in layers]
+        step = lb.train_step(layers, opt, state, lb.matrix(x[10 * k:10 * k + 10]), lb.matrix(y[10 * k:10 * k + 10]),
+                             key=k)
+        layers, state = step.layers, step.opt_state
+    assert_same_network(got, layers)
+    assert [layer.renorm for layer in got if isinstance(layer, Batchnorm1d)] == [ramp.at(5)] * 2
+    with pytest.raises(ArgumentError, match="needs a layer that renormalises"):
+        plain = lb.mlp([5, 4, 3], batchnorm=True, seed=4, dtype=np.float64)
+        lb.train.train_epoch(plain, opt, init_state(opt, plain), x, y, 10, None, renorm=ramp)

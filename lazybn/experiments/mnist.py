@@ -36,7 +36,7 @@ from ..array import Comp, matrix
 from ..data import load_mnist
 from ..errors import ArgumentError
 from ..init import Init, mlp
-from ..layers import Batchnorm1d, Layer, Renorm
+from ..layers import Batchnorm1d, Layer, Renorm, RenormRamp
 from ..optim import SGD, Adam, Momentum, Optimizer, RMSProp, init_state
 from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
@@ -61,6 +61,7 @@ class Settings:
     momentum: float | None = 0.1  # batch norm running-statistics momentum (weight of the new batch); None: cumulative
     unbiased: bool = True
     renorm: Renorm | None = None  # batch renormalisation's bounds
+    renorm_ramp: tuple[int, int, int] | None = None  # (start, rmax steps, dmax steps) of the bounds' ramp
     ghost_batch: int | None = None  # rows per ghost batch
     bn_lr_multiplier: float = 1.0
     shuffle: Literal["epoch", "once", "none"] = "epoch"
@@ -135,6 +136,9 @@ def add_train_parser(sub: Any) -> None:
                                          "0.1), or 'none' for a cumulative average of every batch")
     p.add_argument("--renorm", nargs=2, type=float, metavar=("RMAX", "DMAX"),
                    help="batch renormalisation: r clipped to [1/RMAX, RMAX], d to [-DMAX, DMAX]")
+    p.add_argument("--renorm-ramp", nargs=3, type=int, metavar=("START", "RSTEPS", "DSTEPS"),
+                   help="with --renorm: batch norm for START steps, then RMAX and DMAX reached linearly over "
+                        "RSTEPS and DSTEPS steps (the paper: 5000 40000 25000)")
     p.add_argument("--ghost-batch", type=int, metavar="G",
                    help="ghost batch norm: normalise each group of G rows of a batch on its own")
     p.add_argument("--dtype", choices=["float32", "float64"])
@@ -170,6 +174,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             raise ArgumentError(f"lazybn train: --bn-momentum takes a number or 'none', got {args.bn_momentum!r}") from None
     if args.renorm is not None:
         changes["renorm"] = Renorm(*args.renorm)
+    if args.renorm_ramp is not None:
+        changes["renorm_ramp"] = tuple(args.renorm_ramp)
     if args.ghost_batch is not None:
         changes["ghost_batch"] = args.ghost_batch
     return replace(s, **changes)
@@ -189,6 +195,13 @@ def _warm_up(s: Settings, seed: int) -> None:
         pass
 
 
+def _ramp(s: Settings) -> RenormRamp | None:
+    """The schedule of the renormalisation bounds, from ``--renorm`` and ``--renorm-ramp``."""
+    if s.renorm_ramp is None or s.renorm is None or s.renorm.rmax is None or s.renorm.dmax is None:
+        return None
+    return RenormRamp(s.renorm.rmax, s.renorm.dmax, *s.renorm_ramp)
+
+
 def _check_args(s: Settings, args: argparse.Namespace) -> None:
     """Refuse settings that cannot train, before anything is loaded or written."""
     problems = [msg for bad, msg in (
@@ -200,6 +213,10 @@ def _check_args(s: Settings, args: argparse.Namespace) -> None:
         (s.ghost_batch is not None and (s.ghost_batch < 2 or s.batch_size % s.ghost_batch != 0),
          f"--ghost-batch must be at least 2 and divide the batch size {s.batch_size}, got {s.ghost_batch}"),
         (s.ghost_batch is not None and s.renorm is not None, "--ghost-batch and --renorm cannot be combined"),
+        (s.renorm_ramp is not None and s.renorm is None, "--renorm-ramp needs --renorm RMAX DMAX (the bounds it "
+                                                         "ramps to)"),
+        (s.renorm_ramp is not None and min(s.renorm_ramp) < 0,
+         f"--renorm-ramp takes step counts >= 0, got {' '.join(map(str, s.renorm_ramp or ()))}"),
         (s.momentum is not None and not 0.0 <= s.momentum <= 1.0,
          f"--bn-momentum must be in [0, 1] (the weight of the new batch) or 'none', got {s.momentum}"),
     ) if bad]
@@ -253,7 +270,7 @@ def _train(args: argparse.Namespace) -> int:
         bn, plain = networks(s, seed)
         arms = [Arm("batchnorm", bn, make_optimizer(s, True)), Arm("plain", plain, make_optimizer(s, False))]
         plan = Plan(epochs=s.epochs, batch_size=s.batch_size, seed=seed, schedule=s.schedule, shuffle=s.shuffle,
-                    comp=s.comp)
+                    comp=s.comp, renorm_ramp=_ramp(s))
         outcome = run(arms, split, plan, progress=progress, on_epoch=show, on_error="stop")
         rows[done:] = outcome.rows  # with the rows of an epoch cut short (an arm that finished it)
         keep(seed, outcome.layers, {a.name: outcome.epochs(a.name) for a in arms})

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from ..array import Comp
 from ..errors import LazybnError
-from ..layers import Layer
+from ..layers import Batchnorm1d, Layer, RenormRamp
 from ..optim import Optimizer, OptState, init_state
 from ..train import accuracy, train_epoch
 
@@ -77,6 +77,7 @@ class Plan:
     train_accuracy: bool = True
     max_train_eval: int = 60000  # samples used for train accuracy
     steps_per_epoch: int | None = None  # an "epoch" of this many batches (iteration-based runs)
+    renorm_ramp: RenormRamp | None = None  # bounds step by step, for arms whose layers renormalise
 
 
 @final
@@ -136,6 +137,8 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
             lr_scale = plan.schedule.factor(epoch, plan.epochs)
             for arm in arms:
                 layers, state = states[arm.name]
+                ramp = plan.renorm_ramp if any(isinstance(layer, Batchnorm1d) and layer.renorm is not None
+                                               for layer in layers) else None
                 rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
                 per_pass = batches_per_pass(x_train.shape[0], plan.batch_size)
                 n_batches = per_pass if plan.steps_per_epoch is None else plan.steps_per_epoch
@@ -154,7 +157,8 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                         steps = min(per_pass, n_batches - sum(k for _, k in parts))
                         layers, state, loss = train_epoch(layers, arm.opt, state, x_train, y_train, plan.batch_size,
                                                           rng, key=plan.seed * 7919 + epoch, lr_scale=lr_scale,
-                                                          comp=plan.comp, progress=tick, max_steps=steps)
+                                                          comp=plan.comp, progress=tick, max_steps=steps,
+                                                          renorm=ramp)
                         parts.append((loss, steps))
                         if steps <= 0 or sum(k for _, k in parts) >= n_batches:
                             break
