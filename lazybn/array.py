@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeAlias, TypeVar, final, overload
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import fuse
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
-from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Number, Scalar, Zip, describe, is_number, scalar_value
+from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Number, Zip, describe, is_number, scalar_value
 
 
 @final

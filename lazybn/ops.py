@@ -17,7 +17,7 @@ import numpy as np
 from . import fuse
 from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, Vector, expr, join
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
-from .fuse.graph import (BinOp, Br, ColsLike, Const, FloatArray, Fn, Map, Node, Number, Reduce, RedOp, Scalar, Zip,
+from .fuse.graph import (BinOp, Br, ColsLike, Const, FloatArray, Fn, Map, Node, Number, Reduce, RedOp, Zip,
                          scalar_value)
 
 

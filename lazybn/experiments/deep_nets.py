@@ -38,7 +38,7 @@ from typing import Any, final
 
 import numpy as np
 
-from ..array import Matrix, matrix, ones, zeros
+from ..array import Matrix, ones, zeros
 from ..errors import DataError
 from ..init import Init, weights
 from ..layers import Act, Activation, Batchnorm1d, Layer, Linear, LinearNoBias
