@@ -2,8 +2,10 @@
 
 The MNIST batch-norm network (784-300-50-10, batch 100, SGD, float32) trained by ``train_step``
 with batch norm, with a cumulative average of the running statistics (``momentum=None``), with
-batch renormalisation (rmax 3, dmax 5) and with ghost batches of 25 rows. The four networks take
-turns, blocks of 50 steps on the same 50 batches for ``--rounds`` rounds, the order rotating;
+batch renormalisation (rmax 3, dmax 5; and with new bounds every step, ramped by ``RenormRamp``
+and set with ``dataclasses.replace`` as a loop of one's own would) and with ghost batches of 25
+rows. The networks take turns, blocks of 50 steps on the same 50 batches for ``--rounds`` rounds,
+the order rotating;
 each ratio is the median over rounds of that round's ratio to batch norm, so the machine's drift
 cancels.
 
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import machine_facts, markdown_table  # noqa: E402
 
 STEPS = 50
+RAMPED = "renormalisation, bounds ramped every step"
 
 
 def main() -> None:
@@ -47,7 +50,9 @@ def main() -> None:
         return [replace(layer, **kw) if isinstance(layer, Batchnorm1d) else layer for layer in base]
 
     nets = {"batch norm": base, "cumulative average": variant(momentum=None),
-            "renormalisation (3, 5)": variant(renorm=lb.Renorm(3.0, 5.0)), "ghost batches of 25": variant(ghost_batch=25)}
+            "renormalisation (3, 5)": variant(renorm=lb.Renorm(3.0, 5.0)),
+            RAMPED: variant(renorm=lb.Renorm(3.0, 5.0)), "ghost batches of 25": variant(ghost_batch=25)}
+    ramp = lb.RenormRamp(3.0, 5.0, start=0, rmax_steps=10**6, dmax_steps=10**6)  # new bounds at every step
     opt = lb.SGD(0.1)
     state: dict[str, tuple[list[Layer], OptState]] = {k: (v, init_state(opt, v)) for k, v in nets.items()}
 
@@ -55,6 +60,9 @@ def main() -> None:
         layers, st = state[name]
         t0 = time.perf_counter()
         for x, y in zip(xs, ys):
+            if name == RAMPED:
+                bounds = ramp.at(st.step)
+                layers = [replace(layer, renorm=bounds) if isinstance(layer, Batchnorm1d) else layer for layer in layers]
             step = lb.train_step(layers, opt, st, x, y)
             layers, st = step.layers, step.opt_state
         state[name] = (layers, st)
