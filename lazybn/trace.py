@@ -50,8 +50,9 @@ values to the replay, 3-6 times faster than building the signature. A call no gu
 builds its signature as before; a function keeps at most :data:`MAX_GUARDS` guards.
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
-replay function and guard as it is written. Calls inside another function's trace run their body (they
-are part of the outer trace). Each function keeps at most :data:`MAX_SIGNATURES` programs.
+replay function and guard as it is written. Calls inside another function's trace run their
+body (they are part of the outer trace). Each function keeps at most :data:`MAX_SIGNATURES`
+programs.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, final
+from typing import Any, Literal, TypeGuard, final
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -148,12 +148,16 @@ def _restored(new: Layer, old: Layer) -> Layer:
     return _unchecked(new, tracked=old.tracked + 1 if old.momentum is None else old.tracked, renorm=old.renorm)
 
 
+def _renormalises(layer: Layer) -> TypeGuard[Batchnorm1d]:
+    return isinstance(layer, Batchnorm1d) and layer.renorm is not None
+
+
 def _bounded(layers: tuple[Layer, ...], bounds: tuple[tuple[float | None, float | None], ...]) -> tuple[Layer, ...]:
     """The renormalising layers with their bounds taken from ``bounds``, in order (in a trace, the
     dynamic values' stand-ins: the checks of ``Renorm`` ran on the layers ``train_step`` was given)."""
     given = iter(bounds)
     return tuple(_unchecked(layer, renorm=_unchecked(layer.renorm, **dict(zip(("rmax", "dmax"), next(given)))))
-                 if isinstance(layer, Batchnorm1d) and layer.renorm is not None else layer for layer in layers)
+                 if _renormalises(layer) and layer.renorm is not None else layer for layer in layers)
 
 
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
@@ -274,8 +278,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     layers, optimizer state and the mean batch loss. With ``renorm``, every renormalising layer
     trains step ``t`` (``opt_state.step``) with the bounds ``renorm.at(t)``."""
     current = list(layers)
-    if renorm is not None and not any(isinstance(layer, Batchnorm1d) and layer.renorm is not None
-                                      for layer in current):
+    if renorm is not None and not any(_renormalises(layer) for layer in current):
         raise ArgumentError("train_epoch.renorm: a ramp of renormalisation bounds needs a layer that renormalises "
                             "(Batchnorm1d(renorm=Renorm(...)), or mlp(..., renorm=...))")
     losses = []
@@ -284,8 +287,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
             break
         if renorm is not None:
             bounds = renorm.at(opt_state.step)
-            current = [_unchecked(layer, renorm=bounds) if isinstance(layer, Batchnorm1d) and layer.renorm is not None
-                       else layer for layer in current]
+            current = [_unchecked(layer, renorm=bounds) if _renormalises(layer) else layer for layer in current]
         step = train_step(current, opt, opt_state, _rows(x, idx, comp), _rows(y, idx, comp),
                           key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
         current, opt_state = step.layers, step.opt_state
