@@ -132,7 +132,7 @@ def _check(first: tuple[object, ...], call: tuple[object, ...]) -> None:
     assert [repr(v) for v in got[1]] == [repr(v) for v in want[2]] and [type(v) for v in got[1]] == [type(v) for v in want[2]]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(a=_TREE, b=_TREE, s=_DYNAMIC, t=_DYNAMIC, k=st.integers(0, 2))
 def test_a_guard_accepts_exactly_the_calls_of_its_signature(a: object, b: object, s: object, t: object,
                                                             k: int) -> None:
