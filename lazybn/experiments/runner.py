@@ -21,9 +21,9 @@ from numpy.typing import NDArray
 
 from ..array import Comp
 from ..errors import LazybnError
-from ..layers import Batchnorm1d, Layer, RenormRamp
+from ..layers import Layer, RenormRamp
 from ..optim import Optimizer, OptState, init_state
-from ..train import accuracy, train_epoch
+from ..train import _renormalises, accuracy, train_epoch
 
 F = NDArray[np.floating[Any]]
 
@@ -137,8 +137,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
             lr_scale = plan.schedule.factor(epoch, plan.epochs)
             for arm in arms:
                 layers, state = states[arm.name]
-                ramp = plan.renorm_ramp if any(isinstance(layer, Batchnorm1d) and layer.renorm is not None
-                                               for layer in layers) else None
+                ramp = plan.renorm_ramp if any(_renormalises(layer) for layer in layers) else None
                 rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
                 per_pass = batches_per_pass(x_train.shape[0], plan.batch_size)
                 n_batches = per_pass if plan.steps_per_epoch is None else plan.steps_per_epoch
