@@ -78,10 +78,17 @@ from .optim import Optimizer as Optimizer
 from .optim import OptState as OptState
 from .optim import RMSProp as RMSProp
 from .optim import UpdateMismatchError as UpdateMismatchError
+from .optim import init_state as init_state
 from .persist import Saved as Saved
 from .persist import load as load
 from .persist import save as save
 from .train import NumericalError as NumericalError
 from .train import StepResult as StepResult
+from .train import Pixels as Pixels
+from .train import accuracy as accuracy
+from .train import batches as batches
+from .train import one_hot as one_hot
+from .train import prepare as prepare
+from .train import train_epoch as train_epoch
 from .train import train_step as train_step
 from .trace import fused as fused

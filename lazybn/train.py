@@ -272,11 +272,12 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
                 y: NDArray[np.floating[Any]], batch_size: int, rng: np.random.Generator | None, *,
                 key: int = 0, lr_scale: float = 1.0, comp: Comp = Comp.Seq,
                 on_nonfinite: Literal["raise", "skip"] = "raise",
-                progress: Callable[[float], None] | None = None,
+                progress: Callable[[float], object] | None = None,
                 max_steps: int | None = None, renorm: RenormRamp | None = None) -> tuple[list[Layer], OptState, float]:
     """One pass over the training data (or its first ``max_steps`` batches): returns the new
-    layers, optimizer state and the mean batch loss. With ``renorm``, every renormalising layer
-    trains step ``t`` (``opt_state.step``) with the bounds ``renorm.at(t)``."""
+    layers, optimizer state and the mean batch loss. ``progress(loss)`` is called after every
+    step. With ``renorm``, every renormalising layer trains step ``t`` (``opt_state.step``) with
+    the bounds ``renorm.at(t)``."""
     current = list(layers)
     if renorm is not None and not any(_renormalises(layer) for layer in current):
         raise ArgumentError("train_epoch.renorm: a ramp of renormalisation bounds needs a layer that renormalises "
