@@ -50,9 +50,11 @@ from .stats import moments as moments
 
 from .conventions import KerasBatchNorm as KerasBatchNorm
 from .conventions import from_keras as from_keras
+from .conventions import from_torch as from_torch
 from .conventions import momentum_from_keras as momentum_from_keras
 from .conventions import momentum_to_keras as momentum_to_keras
 from .conventions import to_keras as to_keras
+from .conventions import to_torch as to_torch
 from .init import Init as Init
 from .init import mlp as mlp
 from .layers import BN1 as BN1

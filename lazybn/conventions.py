@@ -1,4 +1,5 @@
-"""Converting batch norm's running statistics between lazybn's convention and Keras/Flax's.
+"""Converting batch norm's running statistics between lazybn's convention and Keras/Flax's, and
+whole networks to and from PyTorch state dicts (:func:`to_torch`, :func:`from_torch`).
 
 lazybn follows PyTorch: ``momentum`` m is the weight of the NEW batch,
 ``r <- (1 - m) r + m b``, and the running variance averages UNBIASED batch variances
@@ -20,15 +21,16 @@ variances, so only the momentum is converted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, assert_never, final
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .array import vector
-from .errors import ArgumentError, RankError, ShapeError, ValueRangeError
-from .layers import Batchnorm1d
+from .array import Vector, matrix, vector
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 
 FloatArray = NDArray[np.floating[Any]]
 
@@ -173,3 +175,104 @@ def from_keras(k: KerasBatchNorm, batch_size: int, steps: int, initial_var: floa
     return Batchnorm1d(vector(k.moving_mean, dtype), vector(var, dtype), vector(k.gamma, dtype),
                        vector(k.beta, dtype), eps=float(k.epsilon), momentum=momentum_from_keras(k.momentum),
                        unbiased=bool(unbiased))
+
+
+def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[Any]]:
+    """The state dict of the ``torch.nn.Sequential`` that has one module per layer, as numpy arrays.
+
+    Layer ``i`` maps to module ``i``: ``Linear`` to ``nn.Linear(n_in, n_out)``, ``LinearNoBias``
+    to ``nn.Linear(n_in, n_out, bias=False)`` (torch's weight is (outputs, inputs): ``w``
+    transposed), ``Batchnorm1d`` to ``nn.BatchNorm1d(features, eps=layer.eps,
+    momentum=layer.momentum)`` (the same conventions: momentum weights the new batch, the running
+    variance is unbiased; ``num_batches_tracked`` is the layer's ``tracked``), ``Activation`` to
+    ``nn.ReLU``/``nn.Sigmoid``/``nn.Tanh``/``nn.Identity`` and ``Dropout`` to ``nn.Dropout(p)``,
+    which have no state. ``model.load_state_dict({k: torch.from_numpy(v) for k, v in
+    to_torch(layers).items()})`` then loads it. A layer trained with batch renormalisation or
+    ghost batches converts as batch norm, whose inference it shares.
+
+    Raises:
+        ArgumentError: a batch-norm layer with ``unbiased=False`` (its running variance averages
+            biased variances; torch's averages unbiased ones, see :func:`to_keras` for the factor).
+    """
+    state: dict[str, NDArray[Any]] = {}
+    for i, layer in enumerate(layers):
+        match layer:
+            case Linear(w=w, b=b):
+                state[f"{i}.weight"], state[f"{i}.bias"] = w.array.T.copy(), b.array.copy()
+            case LinearNoBias(w=w):
+                state[f"{i}.weight"] = w.array.T.copy()
+            case Batchnorm1d():
+                if not layer.unbiased:
+                    raise ArgumentError(f"to_torch: layer {i} (Batchnorm1d) keeps a biased running variance "
+                                        "(unbiased=False); torch's running_var averages unbiased variances")
+                for key, a in (("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.mu),
+                               ("running_var", layer.var)):
+                    state[f"{i}.{key}"] = a.array.copy()
+                state[f"{i}.num_batches_tracked"] = np.array(layer.tracked, np.int64)
+            case Activation() | Dropout():
+                pass
+            case _:
+                assert_never(layer)
+    return state
+
+
+def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[Layer]:
+    """The network ``like`` with its parameters and running statistics taken from the state dict of
+    the matching ``torch.nn.Sequential`` (see :func:`to_torch` for the mapping), e.g.
+    ``from_torch(model.state_dict(), like=lb.mlp(sizes, batchnorm=True))``.
+
+    ``like`` gives what a state dict does not hold: the layer kinds, activations, dtype, ``eps``
+    and ``momentum`` (set them to the torch modules'). Every array is copied into ``like``'s
+    dtype. A batch-norm layer's ``tracked`` takes ``num_batches_tracked`` when it keeps a
+    cumulative average (``momentum=None``, torch's ``momentum=None``).
+
+    Raises:
+        ArgumentError: a key ``like`` needs is missing, or the state has keys it has no layer for.
+        ShapeError: an array's shape is not what ``like``'s layer needs.
+        DTypeError: an array is not numeric.
+        ValueRangeError: an array holds NaN or infinity (or a running variance is negative).
+    """
+    used: set[str] = set()
+
+    def take(i: int, layer: Layer, key: str, shape: tuple[int, ...]) -> NDArray[Any]:
+        name = f"{i}.{key}"
+        where = f"from_torch: layer {i} ({type(layer).__name__}) needs {name!r}"
+        if name not in state:
+            raise ArgumentError(f"{where}, which the state does not have (its keys: {sorted(state)[:8]})")
+        used.add(name)
+        a = np.asarray(state[name])
+        if a.dtype.kind not in "fiu":
+            raise DTypeError(f"{where} as numbers, got dtype {a.dtype}")
+        if a.shape != shape:
+            raise ShapeError("from_torch", a.shape, shape, f"{name!r} must have shape {shape}"
+                             + (" (torch stores a weight as (outputs, inputs))" if key == "weight" and len(shape) == 2
+                                else ""))
+        if not np.isfinite(a).all():
+            raise ValueRangeError(f"{where}: {name!r} contains NaN or infinity")
+        return a
+
+    out: list[Layer] = []
+    for i, layer in enumerate(like):
+        match layer:
+            case Linear(w=w, b=b):
+                out.append(Linear(matrix(take(i, layer, "weight", w.shape[::-1]).T, w.dtype, w.comp),
+                                  vector(take(i, layer, "bias", b.shape), b.dtype, b.comp)))
+            case LinearNoBias(w=w):
+                out.append(LinearNoBias(matrix(take(i, layer, "weight", w.shape[::-1]).T, w.dtype, w.comp)))
+            case Batchnorm1d():
+                def stat(key: str, v: Vector) -> Vector:
+                    return vector(take(i, layer, key, v.shape), v.dtype, v.comp)
+
+                tracked = int(take(i, layer, "num_batches_tracked", ()))
+                out.append(replace(layer, gamma=stat("weight", layer.gamma), beta=stat("bias", layer.beta),
+                                   mu=stat("running_mean", layer.mu), var=stat("running_var", layer.var),
+                                   tracked=tracked if layer.momentum is None else layer.tracked))
+            case Activation() | Dropout():
+                out.append(layer)
+            case _:
+                assert_never(layer)
+    extra = sorted(set(state) - used)
+    if extra:
+        raise ArgumentError(f"from_torch: the state has keys no layer of the template takes: {extra[:8]}; the "
+                            "template must have one layer per module of the torch Sequential")
+    return out

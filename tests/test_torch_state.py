@@ -1,0 +1,174 @@
+"""Networks to and from PyTorch state dicts (``lb.to_torch``, ``lb.from_torch``).
+
+The oracle without torch is torch's own definition of the modules, written in numpy from a state
+dict (``nn.Linear``: ``x @ weight.T + bias``; ``nn.BatchNorm1d`` in eval mode:
+``(x - running_mean) / sqrt(running_var + eps) * weight + bias``). With torch installed (an
+optional oracle), the state dict loads into the matching ``nn.Sequential`` and a training step in
+both libraries ends in the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn.layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+
+F = np.ndarray[Any, Any]
+
+networks = st.builds(
+    lambda sizes, bn, act, dropout, dtype, momentum: (sizes, dict(
+        batchnorm=bn, act=act, dropout=dropout, dtype=dtype, momentum=momentum)),
+    st.lists(st.integers(1, 6), min_size=2, max_size=4), st.booleans(), st.sampled_from(list(lb.Act)),
+    st.sampled_from([0.0, 0.25]), st.sampled_from([np.float32, np.float64]), st.sampled_from([0.1, None]),
+)
+
+
+def torch_eval_numpy(state: dict[str, F], like: list[Layer], x: F) -> F:
+    """Inference of the nn.Sequential whose state is ``state``, as torch defines each module."""
+    fs: dict[lb.Act, Callable[[F], F]] = {lb.Act.relu: lambda v: np.maximum(v, 0), lb.Act.tanh: np.tanh,
+                                          lb.Act.sigmoid: lambda v: 1 / (1 + np.exp(-v)),
+                                          lb.Act.identity: lambda v: v}
+    x = x.astype(np.float64)
+    for i, layer in enumerate(like):
+        s = {k.split(".", 1)[1]: v.astype(np.float64) for k, v in state.items() if k.split(".")[0] == str(i)}
+        match layer:
+            case Linear() | LinearNoBias():
+                x = x @ s["weight"].T + s.get("bias", 0.0)
+            case Batchnorm1d(eps=eps):
+                x = (x - s["running_mean"]) / np.sqrt(s["running_var"] + eps) * s["weight"] + s["bias"]
+            case Activation(f=f):
+                x = fs[f](x)
+            case Dropout():
+                pass
+    return x
+
+
+def _perturbed(layers: list[Layer], seed: int) -> list[Layer]:
+    """The same network with every array drawn afresh (running variances positive), and a count."""
+    rng = np.random.default_rng(seed)
+
+    def new(a: lb.Manifest[Any], low: float = -1.0) -> Any:
+        return lb.Manifest(np.array(rng.uniform(low, 1.0, a.shape), a.dtype))
+
+    out: list[Layer] = []
+    for layer in layers:
+        match layer:
+            case Linear(w=w, b=b):
+                out.append(Linear(new(w), new(b)))
+            case LinearNoBias(w=w):
+                out.append(LinearNoBias(new(w)))
+            case Batchnorm1d():
+                out.append(Batchnorm1d(new(layer.mu), new(layer.var, 0.1), new(layer.gamma), new(layer.beta),
+                                       momentum=layer.momentum, tracked=int(rng.integers(0, 50))))
+            case _:
+                out.append(layer)
+    return out
+
+
+def _same(a: list[Layer], b: list[Layer]) -> None:
+    assert [type(x) for x in a] == [type(y) for y in b]
+    for x, y in zip(a, b):
+        for name in ("w", "b", "mu", "var", "gamma", "beta"):
+            if hasattr(x, name):
+                ax, ay = getattr(x, name).array, getattr(y, name).array
+                assert ax.dtype == ay.dtype and np.array_equal(ax, ay), name
+        if isinstance(x, Batchnorm1d) and isinstance(y, Batchnorm1d):
+            assert (x.eps, x.momentum, x.tracked) == (y.eps, y.momentum, y.tracked)
+
+
+@given(networks, st.integers(0, 2**16))
+def test_round_trip_takes_every_array_from_the_state(net: tuple[list[int], dict[str, Any]], seed: int) -> None:
+    sizes, kw = net
+    template = lb.mlp(sizes, seed=0, **kw)
+    trained = _perturbed(template, seed)
+    back = lb.from_torch(lb.to_torch(trained), like=template)
+    expected = [layer if not isinstance(layer, Batchnorm1d) or layer.momentum is None else
+                Batchnorm1d(layer.mu, layer.var, layer.gamma, layer.beta, momentum=layer.momentum, tracked=0)
+                for layer in trained]  # a count only matters to (and is only taken by) a cumulative average
+    _same(back, expected)
+
+
+@given(networks, st.integers(0, 2**16))
+@settings(max_examples=30)
+def test_state_means_what_torch_modules_compute(net: tuple[list[int], dict[str, Any]], seed: int) -> None:
+    sizes, kw = net
+    layers = _perturbed(lb.mlp(sizes, seed=0, **kw), seed)
+    x = np.random.default_rng(seed).normal(size=(7, sizes[0])).astype(kw["dtype"])
+    state = lb.to_torch(layers)
+    want = torch_eval_numpy(state, layers, x)
+    got = lb.logits(layers, lb.matrix(x)).array
+    tol = 1e-4 if kw["dtype"] == np.float32 else 1e-10
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_state_keys_follow_sequential_indices() -> None:
+    layers = lb.mlp((4, 3, 2), batchnorm=True, seed=0)  # LinearNoBias, Batchnorm1d, ReLU, LinearNoBias
+    state = lb.to_torch(layers)
+    assert sorted(state) == ["0.weight", "1.bias", "1.num_batches_tracked", "1.running_mean", "1.running_var",
+                             "1.weight", "3.weight"]
+    w = layers[0]
+    assert isinstance(w, LinearNoBias)
+    assert state["0.weight"].shape == (3, 4) and np.array_equal(state["0.weight"], w.w.array.T)
+    assert state["1.num_batches_tracked"].dtype == np.int64
+
+
+def test_bad_states_are_refused_naming_the_key() -> None:
+    like = lb.mlp((4, 3, 2), batchnorm=False, seed=0)  # Linear, ReLU, Linear
+    good = lb.to_torch(like)
+    with pytest.raises(lb.ArgumentError, match="'2.bias'"):
+        lb.from_torch({k: v for k, v in good.items() if k != "2.bias"}, like=like)
+    with pytest.raises(lb.ArgumentError, match="5.weight"):
+        lb.from_torch({**good, "5.weight": np.zeros((2, 2))}, like=like)
+    with pytest.raises(lb.ShapeError, match=r"outputs, inputs"):
+        lb.from_torch({**good, "0.weight": good["0.weight"].T}, like=like)
+    with pytest.raises(lb.ValueRangeError, match="'2.weight' contains NaN"):
+        lb.from_torch({**good, "2.weight": np.full((2, 3), np.nan)}, like=like)
+    with pytest.raises(lb.DTypeError, match="'0.bias'"):
+        lb.from_torch({**good, "0.bias": np.array(["a", "b", "c"])}, like=like)
+    bn = lb.mlp((4, 3, 2), batchnorm=True, seed=0)
+    with pytest.raises(lb.ValueRangeError, match="var"):
+        lb.from_torch({**lb.to_torch(bn), "1.running_var": -np.ones(3, np.float32)}, like=bn)
+    biased = [lb.Batchnorm1d(layer.mu, layer.var, layer.gamma, layer.beta, unbiased=False)
+              if isinstance(layer, Batchnorm1d) else layer for layer in bn]
+    with pytest.raises(lb.ArgumentError, match="unbiased=False"):
+        lb.to_torch(biased)
+
+
+def test_torch_loads_the_state_and_trains_to_the_same_state() -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    nn = torch.nn
+    layers = _perturbed(lb.mlp((5, 4, 3), batchnorm=True, dtype=np.float64, seed=0), 1)
+    modules = [nn.Linear(5, 4, bias=False), nn.BatchNorm1d(4, eps=1e-5, momentum=0.1), nn.ReLU(),
+               nn.Linear(4, 3, bias=False)]
+    model = nn.Sequential(*modules).double()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()}, strict=True)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(8, 5))
+    labels = rng.integers(0, 3, 8)
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), lb.logits(layers, lb.matrix(x)).array,
+                                   rtol=1e-12, atol=1e-12)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(labels))
+    loss.backward()
+    opt.step()
+    sgd = lb.SGD(0.1)
+    step = lb.train_step(layers, sgd, lb.init_state(sgd, layers), lb.matrix(x), lb.matrix(lb.one_hot(labels, 3),
+                                                                                          np.float64))
+    assert step.loss == pytest.approx(loss.item(), rel=1e-12)
+    theirs = lb.from_torch(model.state_dict(), like=layers)
+    for mine, other in zip(step.layers, theirs):
+        for name in ("w", "mu", "var", "gamma", "beta"):
+            if hasattr(mine, name):
+                np.testing.assert_allclose(getattr(mine, name).array, getattr(other, name).array, rtol=1e-10,
+                                           atol=1e-12, err_msg=name)
