@@ -109,10 +109,14 @@ def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vect
 
 
 def _clip(v: Delayed[Ix1], lo: float, hi: float) -> Delayed[Ix1]:
-    """``v`` clipped to [lo, hi]. Values inside stay exact: max(v, lo) = v + relu(lo - v), then
-    min(w, hi) = w - relu(w - hi)."""
-    w = v + amap(Fn.relu, add_c(amap(Fn.negate, v), lo))
-    return w - amap(Fn.relu, add_c(w, -hi))
+    """``v`` clipped to [lo, hi], exactly: ``amap(Fn.drelu, t)`` is 1 where t > 0, else 0, so an
+    entry inside is itself times 1 plus the bound times 0, and one outside the bound times 1 plus
+    itself times 0. (Sums such as max(v, lo) = v + relu(lo - v) round lo - v: 1e8 clipped to
+    5 became 8 in float32.) An infinite entry becomes NaN; a step that makes one is refused."""
+    low = amap(Fn.drelu, add_c(amap(Fn.negate, v), lo))  # 1 where v < lo
+    w = v * add_c(amap(Fn.negate, low), 1.0) + scale(lo, low)
+    high = amap(Fn.drelu, add_c(w, -hi))  # 1 where w > hi
+    return w * add_c(amap(Fn.negate, high), 1.0) + scale(hi, high)
 
 
 @fused

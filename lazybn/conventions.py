@@ -177,7 +177,7 @@ def from_keras(k: KerasBatchNorm, batch_size: int, steps: int, initial_var: floa
                        unbiased=bool(unbiased))
 
 
-def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[Any]]:
+def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[np.generic]]:
     """The state dict of the ``torch.nn.Sequential`` that has one module per layer, as numpy arrays.
 
     Layer ``i`` maps to module ``i``: ``Linear`` to ``nn.Linear(n_in, n_out)``, ``LinearNoBias``
@@ -194,7 +194,7 @@ def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[Any]]:
         ArgumentError: a batch-norm layer with ``unbiased=False`` (its running variance averages
             biased variances; torch's averages unbiased ones, see :func:`to_keras` for the factor).
     """
-    state: dict[str, NDArray[Any]] = {}
+    state: dict[str, NDArray[np.generic]] = {}
     for i, layer in enumerate(layers):
         match layer:
             case Linear(w=w, b=b):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import lazybn as lb
 from lazybn.errors import ArgumentError, ValueRangeError
 from lazybn.layers import BN1, Batchnorm1d, Renorm
-from lazybn.batchnorm import renorm_forward
+from lazybn.batchnorm import _clip, renorm_forward
 from lazybn.network import _pass
 from lazybn.optim import init_state
 
@@ -95,6 +95,29 @@ def test_training_pass_matches_the_oracle(n: int, c: int, seed: int, rmax: float
     np.testing.assert_allclose(dx.array, want["dx"], rtol=1e-9, atol=1e-9 * scale)
     np.testing.assert_allclose(g.dgamma.array, want["dgamma"], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(g.dbeta.array, want["dbeta"], rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64]), lo=st.floats(-10.0, 10.0),
+       width=st.floats(0.0, 10.0))
+def test_clip_is_exact_at_every_magnitude(data: st.DataObject, dtype: Any, lo: float, width: float) -> None:
+    """r and d are clipped exactly as ``np.clip``, however far outside the bounds they are (a clip
+    built from sums rounded: 1e8 clipped to 5 gave 8 in float32)."""
+    finite = st.floats(width=32 if dtype == np.float32 else 64, allow_nan=False, allow_infinity=False)
+    values = np.array(data.draw(st.lists(finite | st.sampled_from([1e8, -1e8, 1.7e9, 1e17, -1e30]), min_size=1,
+                                         max_size=12)), dtype)
+    lo32, hi32 = dtype(lo), dtype(lo + width)
+    got = lb.compute(_clip(lb.delay(lb.vector(values, dtype)), float(lo32), float(hi32))).array
+    assert np.array_equal(got, np.clip(values, lo32, hi32)), (values, got)
+
+
+def test_a_large_offset_clips_d_to_dmax() -> None:
+    """A feature about 1e8 from its running mean (raw data, say) has d = 1e8: clipped to dmax exactly."""
+    rng = np.random.default_rng(0)
+    x = (1e8 + rng.normal(0.0, 1e3, (6, 2))).astype(np.float32)
+    layer = _layer(2, rng, np.float32, Renorm(3.0, 5.0))
+    _, _, _, r, d = renorm_forward(lb.matrix(x), layer)
+    assert d.array.tolist() == [5.0, 5.0] and r.array.tolist() == [3.0, 3.0]
 
 
 def test_running_statistics_equal_to_the_batch_give_batch_norm() -> None:
