@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
-from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, RankError, ShapeError, ValueRangeError
 from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, RenormRamp, _unchecked
 from .batchnorm import _running, running_weights, update_running
 from .network import _pass, log_likelihoods, logits, mean_loss
@@ -245,11 +245,30 @@ def _rows(data: NDArray[np.floating[Any]], idx: NDArray[np.intp], comp: Comp) ->
     return Manifest(rows, comp)
 
 
+def _check_data(where: str, x: object, other: object, name: str, rank: int) -> None:
+    """``x`` is a (samples x features) numpy array and ``other`` (``name``: targets or labels) a
+    numpy array of rank ``rank`` with one row per sample."""
+    for what, a in (("x", x), (name, other)):
+        if not isinstance(a, np.ndarray):
+            raise ArgumentError(f"{where}: {what} must be a numpy array, got {type(a).__name__}")
+    assert isinstance(x, np.ndarray) and isinstance(other, np.ndarray)
+    if x.ndim != 2:
+        raise RankError(f"{where}: x must be a matrix (samples x features), got shape {x.shape}")
+    if other.ndim != rank:
+        raise RankError(f"{where}: {name} must have rank {rank}, got shape {other.shape}")
+    if other.shape[0] != x.shape[0]:
+        raise ShapeError(where, x.shape, other.shape, f"x has {x.shape[0]} samples and {name} {other.shape[0]}; "
+                         "they need one row per sample")
+
+
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[NDArray[np.intp]]:
     """Index arrays of consecutive batches (shuffled when ``rng`` is given). A last batch of one
     sample is merged into the previous batch (batch norm cannot train on one sample)."""
     if batch_size < 1:
         raise ValueRangeError(f"batch_size must be >= 1, got {batch_size}")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise ArgumentError(f"batches: rng must be a numpy Generator (np.random.default_rng(seed)) or None, got "
+                            f"{type(rng).__name__}")
     order = rng.permutation(n) if rng is not None else np.arange(n)
     starts = list(range(0, n, batch_size))
     if len(starts) > 1 and n - starts[-1] == 1:
@@ -261,11 +280,14 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterato
 def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
              batch_size: int = 1000, comp: Comp = Comp.Seq) -> float:
     """Fraction of samples whose arg-max prediction (inference mode) equals the label."""
+    _check_data("accuracy", x, labels, "labels", 1)
+    if x.shape[0] == 0:
+        raise ValueRangeError("accuracy: no samples (x has 0 rows)")
     correct = 0
     for idx in batches(x.shape[0], batch_size, None):
         out = logits(layers, _rows(x, idx, comp))
         correct += int(np.sum(np.argmax(out.array, axis=1) == labels[idx]))
-    return correct / max(1, int(x.shape[0]))
+    return correct / int(x.shape[0])
 
 
 def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: NDArray[np.floating[Any]],
@@ -278,6 +300,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     layers, optimizer state and the mean batch loss. ``progress(loss)`` is called after every
     step. With ``renorm``, every renormalising layer trains step ``t`` (``opt_state.step``) with
     the bounds ``renorm.at(t)``."""
+    _check_data("train_epoch", x, y, "y (targets)", 2)
     current = list(layers)
     if renorm is not None and not any(_renormalises(layer) for layer in current):
         raise ArgumentError("train_epoch.renorm: a ramp of renormalisation bounds needs a layer that renormalises "

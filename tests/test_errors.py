@@ -78,6 +78,11 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      lb.DTypeError, "layer 0 (LinearNoBias) holds float32"),
     ("input with the wrong number of features", lambda: lb.forward(_net(), lb.matrix(np.ones((2, 5), F32))),
      lb.ShapeError, "takes 2 features, the input has 5"),
+    ("train_epoch with targets for fewer samples than x",
+     lambda: lb.train_epoch(_net(), SGD(0.1), init_state(SGD(0.1), _net()), np.ones((4, 2), F32),
+                            np.eye(3, dtype=F32)[:3], 2, None), lb.ShapeError, "one row per sample"),
+    ("accuracy with labels of another length", lambda: lb.accuracy(_net(), np.ones((4, 2), F32), np.zeros(3, int)),
+     lb.ShapeError, "x has 4 samples and labels 3"),
     ("target of another dtype than the input",
      lambda: _pass(lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(3)[:2], np.float64), _net()),
      lb.DTypeError, "the target is float64"),
@@ -99,3 +104,28 @@ if __name__ == "__main__":
             call()
         except lb.LazybnError as exc:
             print(f"| {name} | `{type(exc).__name__}`: {exc} |")
+
+
+def test_train_epoch_and_accuracy_check_their_data() -> None:
+    """The data of ``train_epoch`` and ``accuracy`` (numpy arrays, one target or label per sample)
+    is checked before any step: a mismatch never trains on part of it or fails inside numpy."""
+    opt = SGD(0.1)
+    x, y, labels = np.ones((4, 2), F32), np.eye(3, dtype=F32)[[0, 1, 2, 0]], np.array([0, 1, 2, 0])
+
+    def epoch(x: Any, y: Any, rng: Any = None) -> object:
+        return lb.train_epoch(_net(), opt, init_state(opt, _net()), x, y, 2, rng)
+
+    cases: list[tuple[Callable[[], object], type[Exception], str]] = [
+        (lambda: epoch(x.tolist(), y), lb.ArgumentError, "x must be a numpy array, got list"),
+        (lambda: epoch(x, y.tolist()), lb.ArgumentError, "y (targets) must be a numpy array"),
+        (lambda: epoch(x[:, 0], y), lb.RankError, "x must be a matrix"),
+        (lambda: epoch(x, labels), lb.RankError, "y (targets) must have rank 2"),
+        (lambda: epoch(x, np.concatenate([y, y])), lb.ShapeError, "x has 4 samples and y (targets) 8"),
+        (lambda: epoch(x, y, 3), lb.ArgumentError, "numpy Generator"),
+        (lambda: lb.accuracy(_net(), x, labels[:, None]), lb.RankError, "labels must have rank 1"),
+        (lambda: lb.accuracy(_net(), x[:0], labels[:0]), lb.ValueRangeError, "no samples"),
+    ]
+    for call, error, fragment in cases:
+        with pytest.raises(error) as info:
+            call()
+        assert fragment in str(info.value)
