@@ -301,6 +301,8 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     step. With ``renorm``, every renormalising layer trains step ``t`` (``opt_state.step``) with
     the bounds ``renorm.at(t)``."""
     _check_data("train_epoch", x, y, "y (targets)", 2)
+    if x.shape[0] == 0:
+        raise ValueRangeError("train_epoch: no samples (x has 0 rows)")
     current = list(layers)
     if renorm is not None and not any(_renormalises(layer) for layer in current):
         raise ArgumentError("train_epoch.renorm: a ramp of renormalisation bounds needs a layer that renormalises "

@@ -191,3 +191,44 @@ def test_public_api_gives_a_lazybn_error_or_the_numpy_answer(op: str, raw: Any, 
     OUTCOMES["computed: equal to numpy"] += 1
     if not np.isfinite(result).all():
         OUTCOMES["computed: equal to numpy, with NaN/inf propagated"] += 1
+
+
+_MATRICES = hnp.arrays(st.sampled_from([np.float32, np.float64]),
+                       hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6) | st.sampled_from([(0, 3), (3, 0)]),
+                       elements=st.floats(-1e3, 1e3, width=32))
+_DATA = st.one_of(
+    _MATRICES, _MATRICES, _MATRICES,
+    hnp.arrays(st.sampled_from([np.int64, np.uint8, np.bool_, np.float16, np.complex128]),
+               hnp.array_shapes(min_dims=1, max_dims=3, max_side=4)),
+    st.sampled_from([None, "text", 3.5, [[1.0, 2.0]]]),
+)
+
+
+@settings(max_examples=max(40, FUZZ_EXAMPLES // 6), deadline=None)
+@given(x=_DATA, y=_DATA, derive=st.sampled_from([True, True, True, False]),
+       poison=st.sampled_from([None, None, np.nan, -np.inf, 1e30]), batch=st.integers(2, 5) | st.integers(-1, 1), bn=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.none() | st.integers(0, 3))
+def test_training_gives_a_lazybn_error_or_a_finite_network(x: Any, y: Any, derive: bool, poison: float | None,
+                                                          batch: int, bn: bool, dtype: Any, seed: int | None) -> None:
+    """``train_epoch`` on any data: a lazybn error, or a network whose every array is finite (a
+    batch with NaN/inf, or one that overflows, is refused, never applied)."""
+    if derive and isinstance(x, np.ndarray) and x.ndim == 2:  # targets that fit, for some x
+        y = np.eye(2, dtype=x.dtype)[np.arange(x.shape[0]) % 2]
+    if poison is not None and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64) and x.size:
+        x = x.copy()
+        x.flat[x.size // 2] = poison
+    features = x.shape[1] if isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] else 3
+    layers = lb.mlp((features, 3, 2), batchnorm=bn, dtype=dtype, seed=0)
+    opt = lb.SGD(0.1)
+    rng = None if seed is None else np.random.default_rng(seed)
+    try:
+        with np.errstate(all="ignore"):
+            new, _, loss = lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, batch, rng)
+    except LazybnError as exc:
+        OUTCOMES[f"train_epoch rejected: {type(exc).__name__}"] += 1
+        return
+    arrays = [getattr(layer, f).array for layer in new for f in ("w", "b", "mu", "var", "gamma", "beta")
+              if hasattr(layer, f)]
+    assert all(np.isfinite(a).all() for a in arrays)
+    assert np.isfinite(loss)
+    OUTCOMES["train_epoch trained"] += 1
