@@ -234,11 +234,12 @@ def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tg
 
 
 def _rows(data: NDArray[np.floating[Any]], idx: NDArray[np.intp], comp: Comp) -> Matrix:
-    """The rows ``idx`` of a float32/float64 data matrix as a Matrix: one copy (the indexing),
-    which the Matrix then owns (``matrix()`` would copy it again)."""
+    """The rows ``idx`` of a float32/float64 data matrix as a Matrix: one copy (``np.take``, which
+    gathers MNIST's 10-column targets 2.5x faster than ``data[idx]``, its images as fast), which
+    the Matrix then owns (``matrix()`` would copy it again)."""
     if data.dtype not in (np.float32, np.float64) or data.ndim != 2:
         return matrix(data[idx], comp=comp)  # converts, or raises the usual error
-    rows = data[idx]
+    rows = np.take(data, idx, axis=0)
     if not (rows.flags.owndata and rows.flags.c_contiguous):  # a view of the caller's data: copy it
         rows = np.array(rows, order="C")
     rows.setflags(write=False)
