@@ -98,6 +98,12 @@ def assert_same_state(got: OptState | None, want: OptState | None) -> None:
             assert_bitwise(g, w, f"slot {i}.{j}")
 
 
+ACT_NUMPY: dict[Act, Callable[[F], F]] = {
+    Act.relu: lambda v: np.maximum(v, 0.0), Act.sigmoid: lambda v: 1.0 / (1.0 + np.exp(-v)), Act.tanh: np.tanh,
+    Act.identity: lambda v: v}
+"""Each activation in plain numpy."""
+
+
 def numpy_inference(layers: list[Layer], x: F, batch_stats: bool = False) -> tuple[F, F]:
     """(logits, probabilities) of the inference pass, in plain numpy: batch norm with the stored
     statistics, or (``batch_stats``) with the batch's own mean and biased variance."""
@@ -111,10 +117,7 @@ def numpy_inference(layers: list[Layer], x: F, batch_stats: bool = False) -> tup
                 m, v = (x.mean(axis=0), x.var(axis=0)) if batch_stats else (mu.array, var.array)
                 x = gamma.array * (x - m) / np.sqrt(v + eps) + beta.array
             case Activation(f=f):
-                fns: dict[Act, Callable[[F], F]] = {
-                    Act.relu: lambda v: np.maximum(v, 0.0), Act.sigmoid: lambda v: 1.0 / (1.0 + np.exp(-v)),
-                    Act.tanh: np.tanh, Act.identity: lambda v: v}
-                x = fns[f](x)
+                x = ACT_NUMPY[f](x)
             case Dropout():
                 pass
             case _:
