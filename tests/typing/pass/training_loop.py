@@ -1,0 +1,29 @@
+# A training loop through the top-level API, with the types mypy infers: it checks and it runs.
+from typing import assert_type
+
+import numpy as np
+from numpy.typing import NDArray
+
+import lazybn as lb
+
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (64, 12)).astype(np.uint8)
+labels = rng.integers(0, 3, 64)
+x = lb.prepare(images, lb.Pixels.unit)
+y = lb.one_hot(labels, 3)
+layers = lb.mlp((12, 8, 3), batchnorm=True, seed=0)
+opt = lb.SGD(0.1)
+state = lb.init_state(opt, layers)
+assert_type(state, lb.OptState)
+losses: list[float] = []
+layers, state, loss = lb.train_epoch(layers, opt, state, x, y, 16, rng, progress=losses.append)
+assert_type(layers, list[lb.Layer])
+assert_type(loss, float)
+acc = lb.accuracy(layers, x, labels)
+assert_type(acc, float)
+step = lb.train_step(layers, opt, state, lb.matrix(x[:16]), lb.matrix(y[:16]))
+assert_type(step, lb.StepResult)
+torch_state = lb.to_torch(step.layers)
+assert_type(torch_state, dict[str, NDArray[np.generic]])
+assert lb.accuracy(lb.from_torch(torch_state, like=layers), x, labels) == lb.accuracy(step.layers, x, labels)
+assert len(losses) == 4
