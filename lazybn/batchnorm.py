@@ -10,7 +10,9 @@ of :func:`lazybn.network._pass`. The variants reuse them:
   with its own statistics. The batch, viewed without a copy as a (G, N/G·D) matrix, has the
   ghost batches' features as its columns: batch norm of that matrix, with γ and β repeated N/G
   times, is ghost batch norm. Ghost batch ``v`` holds rows v, v + N/G, v + 2N/G, ... (the
-  grouping of Keras's ``virtual_batch_size``).
+  grouping of Keras's ``virtual_batch_size``);
+* a frozen layer (``Batchnorm1d(frozen=True)``, for fine-tuning) trains with inference's forward,
+  the running statistics in place of the batch's, and keeps them: its backward is steps 9-7.
 
 The running statistics are updated once per batch (``update_running``); with ghost batches, from
 the mean of the ghost batches' means and variances.
@@ -105,6 +107,38 @@ def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vect
     # Step 1
     dx2 = b(scale(m, dmu))
     dx = dx1 + dx2
+    return compute_all(dx, dgamma, dbeta)
+
+
+@fused
+def frozen_forward(inp: Matrix, layer: Batchnorm1d) -> Matrix:
+    """A frozen layer's training forward (``Batchnorm1d(frozen=True)``): steps 2 and 5-9 with the
+    running mean and variance in place of the batch's, which is inference's forward."""
+    b = partial(br, rows(inp))
+    # Step 2: subtract the running mean
+    xmu = inp - b(layer.mu)
+    # Steps 5-6 with the running variance
+    ivar = amap(Fn.recip, amap(Fn.sqrt, add_c(layer.var, layer.eps)))
+    # Step 7: normalize
+    xhat = xmu * b(ivar)
+    # Steps 8-9: rescale and translate
+    return compute(b(layer.gamma) * xhat + b(layer.beta))
+
+
+@fused
+def frozen_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
+    """A frozen layer's backward: returns (dx, dgamma, dbeta). The statistics are constants, so
+    steps 9-7 are all there is: no path runs through a mean or a variance of the batch."""
+    b = partial(br, rows(inp))
+    ivar = amap(Fn.recip, amap(Fn.sqrt, add_c(layer.var, layer.eps)))
+    xhat = (inp - b(layer.mu)) * b(ivar)
+    # Step 9
+    dbeta = sum_rows(dz)
+    # Step 8
+    dgamma = sum_rows(dz * xhat)
+    dxhat = dz * b(layer.gamma)
+    # Step 7
+    dx = dxhat * b(ivar)
     return compute_all(dx, dgamma, dbeta)
 
 
@@ -219,12 +253,15 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     ``mu <- (1 - momentum) mu + momentum batch_mu`` and the same for ``var`` with the batch
     variance made unbiased (times m/(m-1)) when ``layer.unbiased``. With ``momentum=None`` the
     weights are ``k/(k+1)`` and ``1/(k+1)`` after ``k = layer.tracked`` batches (an equally
-    weighted mean of the batches' statistics), and the count goes up by one.
+    weighted mean of the batches' statistics), and the count goes up by one. A frozen layer is
+    returned as it is.
     """
     given: tuple[object, object] = (layer, g)  # an untyped caller may pass any layer
     if not (isinstance(given[0], Batchnorm1d) and isinstance(given[1], BN1)):
         raise ArgumentError(f"update_running: expected a Batchnorm1d and its BN1 gradients, got "
                             f"{type(layer).__name__} and {type(g).__name__}")
+    if layer.frozen:
+        return layer
     if layer.momentum is None:  # the count stays out of the replay's signature (see train_step)
         return _running(layer._counted(0), g, running_weights(layer))._counted(layer.tracked + 1)
     return _running(layer, g, running_weights(layer))

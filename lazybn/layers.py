@@ -177,6 +177,11 @@ class Batchnorm1d:
         ghost_batch: ghost batch norm: training normalises each group of this many rows (>= 2,
             dividing the batch) with the group's own statistics; None: the whole batch. See
             :mod:`lazybn.batchnorm` for the grouping. Not together with ``renorm``.
+        frozen: train with the running statistics instead of the batch's and leave them as they
+            are (fine-tuning with batch norm frozen: PyTorch's ``bn.eval()`` inside a training
+            loop, Keras's ``trainable=False`` for the statistics). gamma and beta still learn;
+            the forward is inference's, so a batch of one trains. Not with ``renorm`` or
+            ``ghost_batch``.
     """
 
     mu: Vector
@@ -189,6 +194,7 @@ class Batchnorm1d:
     tracked: int = 0
     renorm: Renorm | None = None
     ghost_batch: int | None = None
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         arrays = [_check("Batchnorm1d", name, getattr(self, name), 1) for name in _BN_ARRAYS]
@@ -216,6 +222,11 @@ class Batchnorm1d:
                                       f"{self.ghost_batch}")
             if self.renorm is not None:
                 raise ArgumentError("Batchnorm1d: ghost batches and batch renormalisation cannot be combined")
+        if type(self.frozen) is not bool:
+            raise ArgumentError(f"Batchnorm1d.frozen: expected True or False, got {self.frozen!r}")
+        if self.frozen and (self.renorm is not None or self.ghost_batch is not None):
+            raise ArgumentError("Batchnorm1d: a frozen layer normalises with its running statistics; it cannot "
+                                "renormalise or use ghost batches, which need the batch's")
         # One pass over all four vectors (this runs on every training step); names the culprit on failure.
         if not np.isfinite(np.concatenate([a._leaf.array for a in arrays])).all():
             for name, a in zip(_BN_ARRAYS, arrays):
@@ -295,7 +306,9 @@ class LinearNoBiasGradients:
 class BN1:
     """What a batch-norm layer hands to the update: the batch statistics and the gradients.
 
-    ``batch_var`` is the biased batch variance that normalised the batch; ``n`` the batch size.
+    ``batch_var`` is the biased batch variance that normalised the batch; ``n`` the batch size. A
+    frozen layer normalised with its running statistics, so those are what it hands over (and
+    the update leaves them as they are).
     """
 
     batch_mu: Vector

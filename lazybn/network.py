@@ -9,8 +9,8 @@ Inference is a separate function, ``forward``, that uses the running statistics:
 mode flag. The Batchnorm1d case of ``_pass`` calls the derivation's forward steps 1-9 and its
 backward steps 9-1, unsimplified, each a delayed expression (:mod:`lazybn.batchnorm`:
 ``bn_forward``, ``bn_backward``); ``compute`` appears only where a value is returned, and the
-fusion engine turns each half into one kernel. Batch renormalisation and ghost batches have a
-case each.
+fusion engine turns each half into one kernel. Batch renormalisation, ghost batches and a layer
+frozen for fine-tuning have a case each.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from . import fuse
 from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, matrix
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
-from .batchnorm import ghost_backward, ghost_forward, renorm_backward, renorm_forward
+from .batchnorm import frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
 from .errors import DTypeError, RankError, ShapeError, ValueRangeError
@@ -94,7 +94,7 @@ def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
     if inp.shape[0] == 0:
         raise ValueRangeError("training pass: the batch is empty (0 samples); a training step needs at least one "
                               "sample")
-    if inp.shape[0] < 2 and any(isinstance(layer, Batchnorm1d) for layer in layers):
+    if inp.shape[0] < 2 and any(isinstance(layer, Batchnorm1d) and not layer.frozen for layer in layers):
         raise ValueRangeError(
             f"batch norm in training needs more than 1 sample per batch (got {inp.shape[0]}): the batch "
             "variance of one sample is undefined; use a larger batch, or forward() for inference"
@@ -167,6 +167,12 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, _depth=_depth + 1)
             dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
             return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
+        case Batchnorm1d(frozen=True):  # normalised with the running statistics, which stay as they are
+            _check_features(inp, layer)
+            out = frozen_forward(inp, layer)
+            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
+            dx, dgamma, dbeta = frozen_backward(dz, inp, layer)
+            return dx, pred, [BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), *t]
         case Batchnorm1d(renorm=None, ghost_batch=None):
             _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)

@@ -17,7 +17,8 @@ Loading never unpickles (``allow_pickle=False``), checks every array against the
 rejects a negative or NaN running variance. Arrays round-trip bit for bit. A batch-norm layer's
 ``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
 loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
-``"ghost_batch": 32`` ghost batches (either absent or null: none).
+``"ghost_batch": 32`` ghost batches (either absent or null: none); ``"frozen": true`` a layer
+that trains with its running statistics (absent: false).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def _describe(layer: Layer) -> dict[str, Any]:
                                                                                ("dmax", renorm.dmax))}
             if layer.ghost_batch is not None:
                 d["ghost_batch"] = layer.ghost_batch
+            if layer.frozen:
+                d["frozen"] = True
         case Activation(f=f):
             d["activation"] = f.value
         case Dropout(p=p):
@@ -243,7 +246,8 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
         return Batchnorm1d(a("mu"), var, a("gamma"), a("beta"), eps=_field(d, "eps", "num", where),
                            momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked,
                            renorm=renorm, ghost_batch=None if d.get("ghost_batch") is None
-                           else _field(d, "ghost_batch", "int", where))
+                           else _field(d, "ghost_batch", "int", where),
+                           frozen=_field(d, "frozen", "bool", where) if "frozen" in d else False)
     if kind == "Activation":
         act = _field(d, "activation", "str", where)
         if act not in Act.__members__:

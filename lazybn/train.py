@@ -145,7 +145,12 @@ def _restored(new: Layer, old: Layer) -> Layer:
     cumulative count (one more batch) and the renormalisation bounds of the layer it updates."""
     if not isinstance(new, Batchnorm1d) or not isinstance(old, Batchnorm1d):
         return new
-    return _unchecked(new, tracked=old.tracked + 1 if old.momentum is None else old.tracked, renorm=old.renorm)
+    return _unchecked(new, tracked=old.tracked + 1 if _cumulative(old) else old.tracked, renorm=old.renorm)
+
+
+def _cumulative(layer: Layer) -> TypeGuard[Batchnorm1d]:
+    """A layer whose running statistics are a cumulative average that a step extends."""
+    return isinstance(layer, Batchnorm1d) and layer.momentum is None and not layer.frozen
 
 
 def _renormalises(layer: Layer) -> TypeGuard[Batchnorm1d]:
@@ -182,8 +187,8 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     bounds: list[tuple[float | None, float | None]] = []
     bare: list[Layer] = []
     for layer in layers:
-        if isinstance(layer, Batchnorm1d) and (layer.momentum is None or layer.renorm is not None):
-            if layer.momentum is None:
+        if isinstance(layer, Batchnorm1d) and (_cumulative(layer) or layer.renorm is not None):
+            if _cumulative(layer):
                 weights.append(running_weights(layer))
             if layer.renorm is not None:
                 bounds.append((layer.renorm.rmax, layer.renorm.dmax))
@@ -229,7 +234,8 @@ def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tg
     new_layers, new_slots, witnesses = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
     w = iter(weights)
     running = [_running(nl, g, running_weights(nl) if nl.momentum is not None else next(w))
-               if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) else nl for nl, g in zip(new_layers, grads)]
+               if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) and not nl.frozen else nl
+               for nl, g in zip(new_layers, grads)]
     return pred, log_likelihoods(pred, tgt), grads, running, new_slots, witnesses
 
 

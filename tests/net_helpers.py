@@ -16,7 +16,8 @@ from .helpers import F
 
 ARRAY_FIELDS = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("mu", "var", "gamma", "beta"),
                 Activation: (), Dropout: ()}
-SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm", "ghost_batch"), Activation: ("f",), Dropout: ("p",)}
+SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm", "ghost_batch", "frozen"),
+                 Activation: ("f",), Dropout: ("p",)}
 
 
 def _vec(rng: np.random.Generator, n: int, dtype: np.dtype[Any], low: float = -2.0) -> lb.Vector:
@@ -38,7 +39,7 @@ def networks(draw: st.DrawFn, dtype: np.dtype[Any]) -> list[Layer]:
             width = out
         elif kind == "Batchnorm1d":
             variant: dict[str, Any] = draw(st.sampled_from([
-                {}, {"ghost_batch": draw(st.integers(2, 64))},
+                {}, {"ghost_batch": draw(st.integers(2, 64))}, {"frozen": True},
                 {"renorm": Renorm(draw(st.none() | st.floats(1.0, 1e6)), draw(st.none() | st.floats(0.0, 1e6)))}]))
             layers.append(Batchnorm1d(_vec(rng, width, dtype), _vec(rng, width, dtype, low=0.0),
                                       _vec(rng, width, dtype), _vec(rng, width, dtype),
