@@ -229,6 +229,14 @@ def test_tampered_header(tmp_path: Path) -> None:
     header["layers"][1]["eps"] = -1.0  # the layer's own validation, reported as a bad file
     with pytest.raises(PersistenceError, match="invalid.*Batchnorm1d.eps"):
         load(_write(tmp_path / "n.npz", d["arrays"], header))
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][1]["frozen"] = "yes"
+    with pytest.raises(PersistenceError, match="layer 1: header field 'frozen' is missing or invalid"):
+        load(_write(tmp_path / "fz.npz", d["arrays"], header))
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][1].update(frozen=True, ghost_batch=4)  # settings that cannot go together
+    with pytest.raises(PersistenceError, match="frozen layer"):
+        load(_write(tmp_path / "fg.npz", d["arrays"], header))
 
 
 def test_wrong_array_shape_dtype_missing_and_extra(tmp_path: Path) -> None:
