@@ -16,7 +16,8 @@ Conventions (fixed, documented, tested):
 * Learning rates: every parameter steps with ``lr * lr_scale``; gamma and beta with
   ``lr * lr_scale * bn_lr_multiplier``. ``lr_scale`` is a schedule factor (warm-up, decay);
   ``bn_lr_multiplier`` is a per-parameter-group learning rate, needed to reproduce a reference
-  run whose batch-norm parameters received batch-SUMMED gradients (see :class:`SGD`).
+  run whose batch-norm parameters received batch-SUMMED gradients (see :class:`SGD`); 0 keeps
+  gamma and beta as they are.
 * ``OptState.slots[i]`` holds layer i's moment arrays, parameter by parameter in the order
   above and, within a parameter, moment by moment: Adam on ``Linear`` is (m_w, v_w, m_b, v_b),
   Momentum (v_w, v_b), RMSProp (s_w, s_b), SGD (). Parameterless layers have ().
@@ -58,7 +59,8 @@ def _number(cls: str, name: str, x: object) -> float:
     return float(x)
 
 
-_POSITIVE = ("lr", "eps", "bn_lr_multiplier")  # finite and > 0
+_POSITIVE = ("lr", "eps")  # finite and > 0
+_NON_NEGATIVE = ("bn_lr_multiplier",)  # finite and >= 0
 _UNIT = ("beta", "beta1", "beta2", "rho")  # in [0, 1)
 
 
@@ -70,6 +72,9 @@ def _validate(opt: Optimizer) -> None:
         v = _number(cls, f.name, x)
         if f.name in _POSITIVE and not (math.isfinite(v) and v > 0):
             raise ValueRangeError(f"{cls}.{f.name}: must be a finite number > 0, got {x!r}")
+        if f.name in _NON_NEGATIVE and not (math.isfinite(v) and v >= 0):
+            raise ValueRangeError(f"{cls}.{f.name}: must be a finite number >= 0 (0 keeps gamma and beta as they "
+                                  f"are), got {x!r}")
         if f.name in _UNIT and not 0.0 <= v < 1.0:
             raise ValueRangeError(f"{cls}.{f.name}: must be in [0, 1), got {x!r}")
 
@@ -85,10 +90,13 @@ class SGD:
     batch-norm parameters stepped batch-size times further than lazybn's mean-loss gradients
     would; ``SGD(lr=0.1, bn_lr_multiplier=1000.0)`` with batches of 1000 reproduces that run
     (so does Momentum; Adam and RMSProp are invariant to a gradient's scale, so there the
-    multiplier just scales batch norm's step).
+    multiplier just scales batch norm's step). ``bn_lr_multiplier=0`` keeps gamma and beta as
+    they are: batch norm without a learned scale and shift (PyTorch's ``affine=False``, from
+    gamma 1 and beta 0), or with ``Batchnorm1d(frozen=True)`` the whole layer frozen (Keras's
+    ``trainable=False``).
 
     Raises:
-        ValueRangeError: ``lr`` or ``bn_lr_multiplier`` is not a finite number > 0.
+        ValueRangeError: ``lr`` is not a finite number > 0, or ``bn_lr_multiplier`` not >= 0.
     """
 
     lr: float
@@ -104,7 +112,8 @@ class Momentum:
     """Heavy-ball momentum, PyTorch's form: ``v <- beta * v + g; p <- p - lr * v`` (v starts at 0).
 
     Raises:
-        ValueRangeError: ``lr``/``bn_lr_multiplier`` not finite > 0, or ``beta`` outside [0, 1).
+        ValueRangeError: ``lr`` not finite > 0, ``bn_lr_multiplier`` not finite >= 0, or ``beta``
+            outside [0, 1).
     """
 
     lr: float
@@ -124,7 +133,8 @@ class Adam:
         p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
     Raises:
-        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0, or a beta outside [0, 1).
+        ValueRangeError: ``lr``/``eps`` not finite > 0, ``bn_lr_multiplier`` not finite >= 0, or a
+            beta outside [0, 1).
     """
 
     lr: float = 1e-3
@@ -145,7 +155,8 @@ class RMSProp:
         s <- rho s + (1 - rho) g^2;   p <- p - lr * g / (sqrt(s) + eps)
 
     Raises:
-        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0, or ``rho`` outside [0, 1).
+        ValueRangeError: ``lr``/``eps`` not finite > 0, ``bn_lr_multiplier`` not finite >= 0, or
+            ``rho`` outside [0, 1).
     """
 
     lr: float = 1e-3

@@ -175,6 +175,30 @@ def test_bn_lr_multiplier_scales_only_gamma_and_beta(make: Any) -> None:
             assert_same_network([b], [a])  # weights step the same, bit for bit
 
 
+@pytest.mark.parametrize("make", [SGD, Momentum, Adam, RMSProp])
+def test_a_zero_bn_lr_multiplier_keeps_gamma_and_beta(make: Any) -> None:
+    """Three training steps: gamma and beta bit for bit as they were, the weights move, and (with
+    a frozen layer) the batch-norm layer is as it was, whole."""
+    rng = np.random.default_rng(4)
+    for frozen in (False, True):
+        layers = [dataclasses.replace(layer, frozen=frozen) if isinstance(layer, Batchnorm1d) else layer
+                  for layer in lb.mlp((4, 3, 2), batchnorm=True, dtype=np.float64, seed=1)]
+        opt = make(0.1, bn_lr_multiplier=0.0)
+        state = init_state(opt, layers)
+        first = layers
+        for _ in range(3):
+            x = lb.matrix(rng.normal(size=(8, 4)))
+            step = lb.train_step(layers, opt, state, x, lb.matrix(np.eye(2)[rng.integers(0, 2, 8)]))
+            layers, state = step.layers, step.opt_state
+        bn_before, bn_after = first[1], layers[1]
+        assert isinstance(bn_before, Batchnorm1d) and isinstance(bn_after, Batchnorm1d)
+        for f in ("gamma", "beta") + (("mu", "var") if frozen else ()):
+            assert getattr(bn_after, f).array.tobytes() == getattr(bn_before, f).array.tobytes(), (frozen, f)
+        w_before, w_after = first[0], layers[0]
+        assert isinstance(w_before, LinearNoBias) and isinstance(w_after, LinearNoBias)
+        assert not np.array_equal(w_after.w.array, w_before.w.array)
+
+
 @pytest.mark.parametrize("opt", [SGD(0.5), Momentum(0.5), Adam(0.5), RMSProp(0.5)])
 def test_running_statistics_and_settings_are_untouched(opt: Optimizer) -> None:
     rng = np.random.default_rng(2)
@@ -264,7 +288,8 @@ def test_mismatched_layers_and_gradients_name_the_layer() -> None:
     (lambda: SGD(-1.0), "SGD.lr", "-1.0"),
     (lambda: SGD(float("nan")), "SGD.lr", "nan"),
     (lambda: SGD(float("inf")), "SGD.lr", "inf"),
-    (lambda: SGD(0.1, bn_lr_multiplier=0.0), "SGD.bn_lr_multiplier", "0.0"),
+    (lambda: SGD(0.1, bn_lr_multiplier=-1.0), "SGD.bn_lr_multiplier", "-1.0"),
+    (lambda: Adam(bn_lr_multiplier=float("inf")), "Adam.bn_lr_multiplier", "inf"),
     (lambda: Momentum(0.1, beta=1.0), "Momentum.beta", "1.0"),
     (lambda: Momentum(0.1, beta=-0.1), "Momentum.beta", "-0.1"),
     (lambda: Adam(beta1=1.0), "Adam.beta1", "1.0"),
