@@ -16,8 +16,7 @@ Conventions (fixed, documented, tested):
 * Learning rates: every parameter steps with ``lr * lr_scale``; gamma and beta with
   ``lr * lr_scale * bn_lr_multiplier``. ``lr_scale`` is a schedule factor (warm-up, decay);
   ``bn_lr_multiplier`` is a per-parameter-group learning rate, needed to reproduce a reference
-  run whose batch-norm parameters received batch-SUMMED gradients (see :class:`SGD`); 0 keeps
-  gamma and beta as they are.
+  run whose batch-norm parameters received batch-SUMMED gradients (see :class:`SGD`).
 * ``OptState.slots[i]`` holds layer i's moment arrays, parameter by parameter in the order
   above and, within a parameter, moment by moment: Adam on ``Linear`` is (m_w, v_w, m_b, v_b),
   Momentum (v_w, v_b), RMSProp (s_w, s_b), SGD (). Parameterless layers have ().
@@ -43,10 +42,8 @@ from .trace import fused
 
 
 class UpdateMismatchError(LazybnError, ValueError):
-    """Layers, gradients and optimizer state given to :func:`update` do not line up.
-
-    ``index`` is the offending layer's position (None when the sequences' lengths differ).
-    """
+    """Layers, gradients and optimizer state given to :func:`update` do not line up. ``index`` is
+    the offending layer's position (None when the sequences' lengths differ)."""
 
     def __init__(self, message: str, index: int | None = None) -> None:
         self.index = index
@@ -59,8 +56,7 @@ def _number(cls: str, name: str, x: object) -> float:
     return float(x)
 
 
-_POSITIVE = ("lr", "eps")  # finite and > 0
-_NON_NEGATIVE = ("bn_lr_multiplier",)  # finite and >= 0
+_LOWER = {"lr": ">", "eps": ">", "bn_lr_multiplier": ">="}  # finite and > 0 (>= 0)
 _UNIT = ("beta", "beta1", "beta2", "rho")  # in [0, 1)
 
 
@@ -70,11 +66,9 @@ def _validate(opt: Optimizer) -> None:
     for f in fields(opt):
         x = getattr(opt, f.name)
         v = _number(cls, f.name, x)
-        if f.name in _POSITIVE and not (math.isfinite(v) and v > 0):
-            raise ValueRangeError(f"{cls}.{f.name}: must be a finite number > 0, got {x!r}")
-        if f.name in _NON_NEGATIVE and not (math.isfinite(v) and v >= 0):
-            raise ValueRangeError(f"{cls}.{f.name}: must be a finite number >= 0 (0 keeps gamma and beta as they "
-                                  f"are), got {x!r}")
+        low = _LOWER.get(f.name)
+        if low is not None and not (math.isfinite(v) and (v > 0 or (low == ">=" and v == 0))):
+            raise ValueRangeError(f"{cls}.{f.name}: must be a finite number {low} 0, got {x!r}")
         if f.name in _UNIT and not 0.0 <= v < 1.0:
             raise ValueRangeError(f"{cls}.{f.name}: must be in [0, 1), got {x!r}")
 
@@ -90,13 +84,11 @@ class SGD:
     batch-norm parameters stepped batch-size times further than lazybn's mean-loss gradients
     would; ``SGD(lr=0.1, bn_lr_multiplier=1000.0)`` with batches of 1000 reproduces that run
     (so does Momentum; Adam and RMSProp are invariant to a gradient's scale, so there the
-    multiplier just scales batch norm's step). ``bn_lr_multiplier=0`` keeps gamma and beta as
-    they are: batch norm without a learned scale and shift (PyTorch's ``affine=False``, from
-    gamma 1 and beta 0), or with ``Batchnorm1d(frozen=True)`` the whole layer frozen (Keras's
-    ``trainable=False``).
+    multiplier just scales batch norm's step). 0 keeps gamma and beta: PyTorch's ``affine=False``
+    (from 1 and 0), or with ``Batchnorm1d(frozen=True)`` Keras's ``trainable=False``.
 
     Raises:
-        ValueRangeError: ``lr`` is not a finite number > 0, or ``bn_lr_multiplier`` not >= 0.
+        ValueRangeError: ``lr`` not finite > 0 or ``bn_lr_multiplier`` not finite >= 0.
     """
 
     lr: float
@@ -112,8 +104,7 @@ class Momentum:
     """Heavy-ball momentum, PyTorch's form: ``v <- beta * v + g; p <- p - lr * v`` (v starts at 0).
 
     Raises:
-        ValueRangeError: ``lr`` not finite > 0, ``bn_lr_multiplier`` not finite >= 0, or ``beta``
-            outside [0, 1).
+        ValueRangeError: ``lr``/``bn_lr_multiplier`` not finite > 0 (>= 0), or ``beta`` outside [0, 1).
     """
 
     lr: float
@@ -133,8 +124,7 @@ class Adam:
         p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
     Raises:
-        ValueRangeError: ``lr``/``eps`` not finite > 0, ``bn_lr_multiplier`` not finite >= 0, or a
-            beta outside [0, 1).
+        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0 (>= 0), or a beta outside [0, 1).
     """
 
     lr: float = 1e-3
@@ -155,8 +145,7 @@ class RMSProp:
         s <- rho s + (1 - rho) g^2;   p <- p - lr * g / (sqrt(s) + eps)
 
     Raises:
-        ValueRangeError: ``lr``/``eps`` not finite > 0, ``bn_lr_multiplier`` not finite >= 0, or
-            ``rho`` outside [0, 1).
+        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0 (>= 0), or ``rho`` outside [0, 1).
     """
 
     lr: float = 1e-3
