@@ -125,3 +125,24 @@ def numpy_inference(layers: list[Layer], x: F, batch_stats: bool = False) -> tup
                 assert_never(layer)
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return x, e / e.sum(axis=1, keepdims=True)
+
+
+def assert_torch_sgd_step_agrees(torch: Any, model: Any, layers: list[Layer], x: F, labels: np.ndarray[Any, Any],
+                                 lr: float = 0.1) -> None:
+    """One SGD step on the mean cross-entropy in torch (``model``, its modules in the train or eval
+    modes set) and in lazybn (``layers``, the same network): the same loss, then the same weights
+    and batch-norm statistics (float64)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    out = model(torch.from_numpy(x))
+    loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(labels))
+    loss.backward()
+    opt.step()
+    sgd = lb.SGD(lr)
+    step = lb.train_step(layers, sgd, lb.init_state(sgd, layers), lb.matrix(x),
+                         lb.matrix(np.eye(out.shape[1])[labels], np.float64))
+    np.testing.assert_allclose(step.loss, loss.item(), rtol=1e-12)
+    theirs = lb.from_torch(model.state_dict(), like=layers)
+    for mine, other in zip(step.layers, theirs):
+        for f in ARRAY_FIELDS[type(mine)]:
+            np.testing.assert_allclose(getattr(mine, f).array, getattr(other, f).array, rtol=1e-10, atol=1e-12,
+                                       err_msg=f)

@@ -19,7 +19,7 @@ from lazybn.batchnorm import frozen_backward, frozen_forward, update_running
 from lazybn.layers import BN1, Batchnorm1d, LinearNoBias
 from lazybn.network import _pass, logits
 
-from .net_helpers import assert_same_network
+from .net_helpers import assert_same_network, assert_torch_sgd_step_agrees
 
 F = np.ndarray[Any, Any]
 
@@ -141,15 +141,4 @@ def test_matches_torch_eval_mode_batch_norm_in_a_training_step() -> None:
     model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()})
     model.train()
     model[1].eval()  # the usual way to freeze batch norm for fine-tuning in torch
-    x, labels = rng.normal(size=(6, 5)), rng.integers(0, 3, 6)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(labels)).backward()
-    opt.step()
-    sgd = lb.SGD(0.1)
-    step = lb.train_step(layers, sgd, lb.init_state(sgd, layers), lb.matrix(x), lb.matrix(np.eye(3)[labels]))
-    theirs = lb.from_torch(model.state_dict(), like=layers)
-    for mine, other in zip(step.layers, theirs):
-        for name in ("w", "mu", "var", "gamma", "beta"):
-            if hasattr(mine, name):
-                np.testing.assert_allclose(getattr(mine, name).array, getattr(other, name).array, rtol=1e-10,
-                                           atol=1e-12, err_msg=name)
+    assert_torch_sgd_step_agrees(torch, model, layers, rng.normal(size=(6, 5)), rng.integers(0, 3, 6))

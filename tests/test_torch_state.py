@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import lazybn as lb
 from lazybn.layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 
-from .net_helpers import ACT_NUMPY, assert_same_network, networks
+from .net_helpers import ACT_NUMPY, assert_same_network, assert_torch_sgd_step_agrees, networks
 
 F = np.ndarray[Any, Any]
 
@@ -149,17 +149,4 @@ def test_torch_loads_the_state_and_trains_to_the_same_state() -> None:
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), lb.logits(layers, lb.matrix(x)).array,
                                    rtol=1e-12, atol=1e-12)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(labels))
-    loss.backward()
-    opt.step()
-    sgd = lb.SGD(0.1)
-    step = lb.train_step(layers, sgd, lb.init_state(sgd, layers), lb.matrix(x), lb.matrix(lb.one_hot(labels, 3),
-                                                                                          np.float64))
-    assert step.loss == pytest.approx(loss.item(), rel=1e-12)
-    theirs = lb.from_torch(model.state_dict(), like=layers)
-    for mine, other in zip(step.layers, theirs):
-        for name in ("w", "mu", "var", "gamma", "beta"):
-            if hasattr(mine, name):
-                np.testing.assert_allclose(getattr(mine, name).array, getattr(other, name).array, rtol=1e-10,
-                                           atol=1e-12, err_msg=name)
+    assert_torch_sgd_step_agrees(torch, model, layers, x, labels)
