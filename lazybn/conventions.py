@@ -188,7 +188,8 @@ def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[np.generic]]:
     ``nn.ReLU``/``nn.Sigmoid``/``nn.Tanh``/``nn.Identity`` and ``Dropout`` to ``nn.Dropout(p)``,
     which have no state. ``model.load_state_dict({k: torch.from_numpy(v) for k, v in
     to_torch(layers).items()})`` then loads it. A layer trained with batch renormalisation or
-    ghost batches converts as batch norm, whose inference it shares.
+    ghost batches converts as batch norm, whose inference it shares; a frozen layer is a
+    ``BatchNorm1d`` that a torch training loop keeps in eval mode.
 
     Raises:
         ArgumentError: a batch-norm layer with ``unbiased=False`` (its running variance averages
