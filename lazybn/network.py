@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 from typing import Any, assert_never
 
 import numpy as np
@@ -45,7 +44,7 @@ from .layers import (
     LinearNoBiasGradients,
     NoGrad,
 )
-from .ops import add_c, amap, br, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
+from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
 from .trace import fused
 
 _ACT: dict[Act, tuple[Fn, Fn] | None] = {
@@ -214,11 +213,9 @@ def _infer(x: Matrix, layer: Layer) -> Matrix:
             return compute(z + rows_like(bias, z))
         case LinearNoBias(w=w):
             return matmul(x, w)
-        case Batchnorm1d(mu=mu, var=var, gamma=gamma, beta=beta, eps=eps):
+        case Batchnorm1d():  # inference is a frozen layer's forward: the running statistics
             _check_features(x, layer)
-            b = partial(br, rows(x))
-            xhat = (x - b(mu)) * b(amap(Fn.recip, amap(Fn.sqrt, add_c(var, eps))))
-            return compute(b(gamma) * xhat + b(beta))
+            return frozen_forward(x, layer)
         case Activation(f=f):
             fns = _ACT[f]
             return x if fns is None else compute(amap(fns[0], x))
