@@ -17,6 +17,9 @@ Conventions (fixed, documented, tested):
   ``lr * lr_scale * bn_lr_multiplier``. ``lr_scale`` is a schedule factor (warm-up, decay);
   ``bn_lr_multiplier`` is a per-parameter-group learning rate, needed to reproduce a reference
   run whose batch-norm parameters received batch-SUMMED gradients (see :class:`SGD`).
+* Weight decay: ``weight_decay`` for the linear layers' parameters, ``bn_weight_decay`` for
+  gamma and beta, applied as :mod:`lazybn.optimizers` describes (PyTorch's rules). A zero
+  decay adds nothing to the kernel.
 * ``OptState.slots[i]`` holds layer i's moment arrays, parameter by parameter in the order
   above and, within a parameter, moment by moment: Adam on ``Linear`` is (m_w, v_w, m_b, v_b),
   Momentum (v_w, v_b), RMSProp (s_w, s_b), SGD (). Parameterless layers have ().
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, assert_never, final
 
 import numpy as np
@@ -38,6 +41,12 @@ from .fuse.graph import Fn
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad)
 from .ops import add_c, amap, scale, sum_rows
+from .optimizers import SGD as SGD  # the hyperparameters live there; re-exported: lazybn.optim.SGD
+from .optimizers import Adam as Adam
+from .optimizers import Momentum as Momentum
+from .optimizers import Optimizer as Optimizer
+from .optimizers import RMSProp as RMSProp
+from .optimizers import _number
 from .trace import fused
 
 
@@ -50,114 +59,6 @@ class UpdateMismatchError(LazybnError, ValueError):
         super().__init__(message)
 
 
-def _number(cls: str, name: str, x: object) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
-        raise ValueRangeError(f"{cls}.{name}: expected a number, got {x!r}")
-    return float(x)
-
-
-_LOWER = {"lr": ">", "eps": ">", "bn_lr_multiplier": ">="}  # finite and > 0 (>= 0)
-_UNIT = ("beta", "beta1", "beta2", "rho")  # in [0, 1)
-
-
-def _validate(opt: Optimizer) -> None:
-    """Check every hyperparameter of an optimizer by its field name."""
-    cls = type(opt).__name__
-    for f in fields(opt):
-        x = getattr(opt, f.name)
-        v = _number(cls, f.name, x)
-        low = _LOWER.get(f.name)
-        if low is not None and not (math.isfinite(v) and (v > 0 or (low == ">=" and v == 0))):
-            raise ValueRangeError(f"{cls}.{f.name}: must be a finite number {low} 0, got {x!r}")
-        if f.name in _UNIT and not 0.0 <= v < 1.0:
-            raise ValueRangeError(f"{cls}.{f.name}: must be in [0, 1), got {x!r}")
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class SGD:
-    """Plain gradient descent: ``p <- p - lr * g``.
-
-    ``bn_lr_multiplier`` (in every optimizer) multiplies the learning rate of batch norm's gamma
-    and beta only: it is lazybn's per-parameter-group learning rate. The seed's Haskell summed
-    dgamma and dbeta over the batch (no 1/m) while the weights got mean-loss gradients, so its
-    batch-norm parameters stepped batch-size times further than lazybn's mean-loss gradients
-    would; ``SGD(lr=0.1, bn_lr_multiplier=1000.0)`` with batches of 1000 reproduces that run
-    (so does Momentum; Adam and RMSProp are invariant to a gradient's scale, so there the
-    multiplier just scales batch norm's step). 0 keeps gamma and beta: PyTorch's ``affine=False``
-    (from 1 and 0), or with ``Batchnorm1d(frozen=True)`` Keras's ``trainable=False``.
-
-    Raises:
-        ValueRangeError: ``lr`` not finite > 0 or ``bn_lr_multiplier`` not finite >= 0.
-    """
-
-    lr: float
-    bn_lr_multiplier: float = 1.0
-
-    def __post_init__(self) -> None:
-        _validate(self)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Momentum:
-    """Heavy-ball momentum, PyTorch's form: ``v <- beta * v + g; p <- p - lr * v`` (v starts at 0).
-
-    Raises:
-        ValueRangeError: ``lr``/``bn_lr_multiplier`` not finite > 0 (>= 0), or ``beta`` outside [0, 1).
-    """
-
-    lr: float
-    beta: float = 0.9
-    bn_lr_multiplier: float = 1.0
-
-    def __post_init__(self) -> None:
-        _validate(self)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Adam:
-    """Adam with bias correction (Kingma & Ba, Algorithm 1), step t = state.step + 1::
-
-        m <- beta1 m + (1 - beta1) g;   v <- beta2 v + (1 - beta2) g^2
-        p <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
-
-    Raises:
-        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0 (>= 0), or a beta outside [0, 1).
-    """
-
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    bn_lr_multiplier: float = 1.0
-
-    def __post_init__(self) -> None:
-        _validate(self)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class RMSProp:
-    """RMSProp, PyTorch's form (eps added after the square root)::
-
-        s <- rho s + (1 - rho) g^2;   p <- p - lr * g / (sqrt(s) + eps)
-
-    Raises:
-        ValueRangeError: ``lr``/``eps``/``bn_lr_multiplier`` not finite > 0 (>= 0), or ``rho`` outside [0, 1).
-    """
-
-    lr: float = 1e-3
-    rho: float = 0.9
-    eps: float = 1e-8
-    bn_lr_multiplier: float = 1.0
-
-    def __post_init__(self) -> None:
-        _validate(self)
-
-
-Optimizer = SGD | Momentum | Adam | RMSProp
 Slots = tuple[tuple[Manifest[Any], ...], ...]  # per layer, its moment arrays
 
 
@@ -227,16 +128,22 @@ def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
     return OptState(0, tuple(tuple(_zeros_like(p) for _, p in _params(layer) for _ in range(k)) for layer in layers))
 
 
-def _step(opt: Optimizer, p: Manifest[Any], g: Manifest[Any], slots: tuple[Manifest[Any], ...], lr: float,
-          lr_scale: float, correction: tuple[float, ...]) -> tuple[Delayed[Any], ...]:
+def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Manifest[Any], ...], lr: float,
+          wd: float, lr_scale: float, correction: tuple[float, ...]) -> tuple[Delayed[Any], ...]:
     """One parameter's new value then its new moments, delayed (``update`` computes them all at once).
 
     The step is ``lr_scale * (lr * direction)``: ``lr_scale`` (the schedule) and ``correction``
     (Adam's bias correction at this step, 1 / (1 - beta1^t) and 1 / (1 - beta2^t)) change from
-    step to step, so they only ever meet arrays here; a replay passes them to the kernel.
+    step to step, so they only ever meet arrays here; a replay passes them to the kernel. ``wd``
+    is the parameter's weight decay: ``wd * p`` joins the gradient, or with decoupled weight
+    decay the direction.
     """
+    decoupled = isinstance(opt, Adam) and opt.decoupled_weight_decay
+    g: Delayed[Any] | Manifest[Any] = grad + scale(wd, p) if wd and not decoupled else grad
 
     def descend(direction: Delayed[Any] | Manifest[Any]) -> Delayed[Any]:
+        if wd and decoupled:
+            direction = direction + scale(wd, p)
         return p - scale(lr_scale, scale(lr, direction))
 
     match opt:
@@ -368,11 +275,13 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
         params, gs = _params(layer), _grads(i, layer, g)
         _check(i, layer, params, gs, layer_slots, k, opt)
-        lr = opt.lr * (opt.bn_lr_multiplier if isinstance(layer, Batchnorm1d) else 1.0)
+        bn = isinstance(layer, Batchnorm1d)
+        lr = opt.lr * (opt.bn_lr_multiplier if bn else 1.0)
+        wd = opt.bn_weight_decay if bn else opt.weight_decay
         places.append([])
         for j, ((_, p), dp) in enumerate(zip(params, gs)):
             group = pending.setdefault((p.dtype, p.comp), [])
-            outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, lr_scale, correction)
+            outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, wd, lr_scale, correction)
             start = len(group)
             places[-1].append(((p.dtype, p.comp), start, len(outs)))
             group.extend(outs)

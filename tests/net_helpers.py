@@ -127,22 +127,46 @@ def numpy_inference(layers: list[Layer], x: F, batch_stats: bool = False) -> tup
     return x, e / e.sum(axis=1, keepdims=True)
 
 
-def assert_torch_sgd_step_agrees(torch: Any, model: Any, layers: list[Layer], x: F, labels: np.ndarray[Any, Any],
-                                 lr: float = 0.1) -> None:
-    """One SGD step on the mean cross-entropy in torch (``model``, its modules in the train or eval
-    modes set) and in lazybn (``layers``, the same network): the same loss, then the same weights
-    and batch-norm statistics (float64)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    out = model(torch.from_numpy(x))
-    loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(labels))
-    loss.backward()
-    opt.step()
-    sgd = lb.SGD(lr)
-    step = lb.train_step(layers, sgd, lb.init_state(sgd, layers), lb.matrix(x),
-                         lb.matrix(np.eye(out.shape[1])[labels], np.float64))
-    np.testing.assert_allclose(step.loss, loss.item(), rtol=1e-12)
+def torch_optimizer(torch: Any, model: Any, opt: lb.Optimizer) -> Any:
+    """The torch optimizer that ``opt`` stands for: two parameter groups, the linear layers' (lr,
+    weight_decay) and batch norm's (lr * bn_lr_multiplier, bn_weight_decay)."""
+    nn = torch.nn
+    linear = [p for m in model for p in m.parameters() if isinstance(m, nn.Linear)]
+    bn = [p for m in model for p in m.parameters() if isinstance(m, nn.BatchNorm1d)]
+    groups = [{"params": ps, "lr": lr, "weight_decay": wd} for ps, lr, wd in (
+        (linear, opt.lr, opt.weight_decay), (bn, opt.lr * opt.bn_lr_multiplier, opt.bn_weight_decay)) if ps]
+    match opt:
+        case lb.SGD():
+            return torch.optim.SGD(groups, lr=opt.lr)
+        case lb.Momentum():
+            return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.beta)
+        case lb.Adam():
+            return torch.optim.Adam(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+                                    decoupled_weight_decay=opt.decoupled_weight_decay)
+        case lb.RMSProp():
+            return torch.optim.RMSprop(groups, lr=opt.lr, alpha=opt.rho, eps=opt.eps)
+        case _:
+            assert_never(opt)
+
+
+def assert_torch_steps_agree(torch: Any, model: Any, layers: list[Layer], x: F, labels: np.ndarray[Any, Any],
+                             opt: lb.Optimizer = lb.SGD(0.1), steps: int = 1) -> None:
+    """``steps`` steps of ``opt`` on the mean cross-entropy of one batch in torch (``model``, its
+    modules in the train or eval modes set; :func:`torch_optimizer`) and in lazybn (``layers``,
+    the same network): the same losses, then the same weights and batch-norm statistics (float64)."""
+    torch_opt = torch_optimizer(torch, model, opt)
+    state = lb.init_state(opt, layers)
+    for _ in range(steps):
+        torch_opt.zero_grad()
+        out = model(torch.from_numpy(x))
+        loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(labels))
+        loss.backward()
+        torch_opt.step()
+        step = lb.train_step(layers, opt, state, lb.matrix(x), lb.matrix(np.eye(out.shape[1])[labels], np.float64))
+        layers, state = step.layers, step.opt_state
+        np.testing.assert_allclose(step.loss, loss.item(), rtol=1e-12)
     theirs = lb.from_torch(model.state_dict(), like=layers)
-    for mine, other in zip(step.layers, theirs):
+    for mine, other in zip(layers, theirs):
         for f in ARRAY_FIELDS[type(mine)]:
             np.testing.assert_allclose(getattr(mine, f).array, getattr(other, f).array, rtol=1e-10, atol=1e-12,
                                        err_msg=f)

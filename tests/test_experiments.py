@@ -90,6 +90,9 @@ def test_unknown_experiment_is_an_error(capsys: pytest.CaptureFixture[str]) -> N
     (["train", "--renorm", "3", "5", "--renorm-ramp", "0", "-1", "10"], "step counts >= 0"),
     (["train", "--bn-momentum", "fast"], "a number or 'none'"),
     (["train", "--bn-momentum", "1.5"], "--bn-momentum must be in [0, 1]"),
+    (["train", "--weight-decay", "-0.1"], "--weight-decay SGD.weight_decay: must be a finite number >= 0"),
+    (["train", "--optimizer", "adamw", "--bn-weight-decay", "nan"], "--bn-weight-decay Adam.bn_weight_decay"),
+    (["train", "--lr", "0"], "--lr SGD.lr: must be a finite number > 0"),
     (["run", "population-stats", "--seed", "-1"], "--seed must be >= 0"),
 ])
 def test_settings_that_cannot_train_are_refused_before_anything_is_loaded_or_written(
@@ -284,3 +287,15 @@ def test_train_refuses_a_ghost_batch_that_does_not_divide_the_last_batch(tmp_pat
     assert main(["train", "--data-dir", str(data), "--batch-size", "80", "--ghost-batch", "40", "--out", str(out),
                  "--no-progress"]) == 2
     assert "does not divide every batch" in capsys.readouterr().err
+
+
+def test_weight_decay_options_reach_the_optimizers() -> None:
+    from lazybn.experiments.mnist import PRESETS, make_optimizer
+
+    s = replace(PRESETS["default"], optimizer="adamw", lr=1e-3, weight_decay=0.01, bn_weight_decay=0.001)
+    assert make_optimizer(s, bn=True) == lb.Adam(1e-3, weight_decay=0.01, bn_weight_decay=0.001,
+                                                 decoupled_weight_decay=True)
+    s = replace(s, optimizer="momentum", bn_lr_multiplier=3.0)
+    assert make_optimizer(s, bn=True) == lb.Momentum(1e-3, bn_lr_multiplier=3.0, weight_decay=0.01,
+                                                     bn_weight_decay=0.001)
+    assert make_optimizer(s, bn=False).bn_lr_multiplier == 1.0  # the plain network has no batch norm to scale

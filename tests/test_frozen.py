@@ -19,7 +19,7 @@ from lazybn.batchnorm import frozen_backward, frozen_forward, update_running
 from lazybn.layers import BN1, Batchnorm1d, LinearNoBias
 from lazybn.network import _pass, logits
 
-from .net_helpers import assert_same_network, assert_torch_sgd_step_agrees
+from .net_helpers import assert_same_network, assert_torch_steps_agree
 
 F = np.ndarray[Any, Any]
 
@@ -141,4 +141,4 @@ def test_matches_torch_eval_mode_batch_norm_in_a_training_step() -> None:
     model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()})
     model.train()
     model[1].eval()  # the usual way to freeze batch norm for fine-tuning in torch
-    assert_torch_sgd_step_agrees(torch, model, layers, rng.normal(size=(6, 5)), rng.integers(0, 3, 6))
+    assert_torch_steps_agree(torch, model, layers, rng.normal(size=(6, 5)), rng.integers(0, 3, 6))

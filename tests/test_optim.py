@@ -31,7 +31,7 @@ from lazybn.layers import (
 from lazybn.optim import SGD, Adam, Momentum, Optimizer, OptState, RMSProp, UpdateMismatchError, init_state, update
 
 from .helpers import DTYPES
-from .net_helpers import assert_same_network, assert_same_state
+from .net_helpers import assert_same_network, assert_same_state, assert_torch_steps_agree
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -66,13 +66,20 @@ def _grads(rng: np.random.Generator, layers: list[Layer], dtype: np.dtype[Any]) 
     return out
 
 
-def _oracle(opt: Optimizer, p: F64, g: F64, slots: list[F64], lr: float, t: int,
+def _oracle(opt: Optimizer, p: F64, g: F64, slots: list[F64], lr: float, wd: float, t: int,
             sign: float = -1.0) -> tuple[F64, list[F64]]:
-    """The textbook rule, in float64 numpy: ``p + sign * lr * direction``.
+    """The textbook rule, in float64 numpy: ``p + sign * lr * direction``, with weight decay
+    ``wd`` added to the gradient (L2) or, for AdamW, to the direction.
 
     Called with ``sign=+1`` on absolute values (|p|, |g|, the magnitude slots) it gives the
     magnitude each result's rounding error is relative to.
     """
+    if isinstance(opt, Adam) and opt.decoupled_weight_decay:
+        m = opt.beta1 * slots[0] + (1 - opt.beta1) * g
+        v = opt.beta2 * slots[1] + (1 - opt.beta2) * g**2
+        m_hat, v_hat = m / (1 - opt.beta1**t), v / (1 - opt.beta2**t)
+        return p + sign * lr * (m_hat / (np.sqrt(v_hat) + opt.eps) + wd * p), [m, v]
+    g = g + wd * p
     if isinstance(opt, SGD):
         return p + sign * lr * g, []
     if isinstance(opt, Momentum):
@@ -97,12 +104,13 @@ def _trainable(layer: Layer) -> list[str]:
 def optimizers() -> st.SearchStrategy[Optimizer]:
     lr, mult = st.floats(1e-3, 0.5), st.floats(0.5, 20.0)
     beta = st.floats(0.0, 0.99)
+    decay = {"weight_decay": st.just(0.0) | st.floats(1e-4, 0.5), "bn_weight_decay": st.just(0.0) | st.floats(1e-4, 0.5)}
     return st.one_of(
-        st.builds(SGD, lr=lr, bn_lr_multiplier=mult),
-        st.builds(Momentum, lr=lr, beta=beta, bn_lr_multiplier=mult),
+        st.builds(SGD, lr=lr, bn_lr_multiplier=mult, **decay),
+        st.builds(Momentum, lr=lr, beta=beta, bn_lr_multiplier=mult, **decay),
         st.builds(Adam, lr=lr, beta1=beta, beta2=st.floats(0.5, 0.9999), eps=st.floats(1e-8, 1e-3),
-                  bn_lr_multiplier=mult),
-        st.builds(RMSProp, lr=lr, rho=beta, eps=st.floats(1e-8, 1e-3), bn_lr_multiplier=mult),
+                  bn_lr_multiplier=mult, decoupled_weight_decay=st.booleans(), **decay),
+        st.builds(RMSProp, lr=lr, rho=beta, eps=st.floats(1e-8, 1e-3), bn_lr_multiplier=mult, **decay),
     )
 
 
@@ -130,11 +138,13 @@ def test_updates_match_numpy_over_several_steps(dtype: np.dtype[Any], opt: Optim
         for i, g in enumerate(grads):
             gs = [getattr(g, n) for n in {LinearGradients: ["dw", "db"], LinearNoBiasGradients: ["dw"],
                                           BN1: ["dgamma", "dbeta"]}.get(type(g), [])]
-            lr = opt.lr * lr_scale * (opt.bn_lr_multiplier if isinstance(layers[i], Batchnorm1d) else 1.0)
+            bn = isinstance(layers[i], Batchnorm1d)
+            lr = opt.lr * lr_scale * (opt.bn_lr_multiplier if bn else 1.0)
+            wd = opt.bn_weight_decay if bn else opt.weight_decay
             for f, dp in zip(_trainable(layers[i]), gs):
                 d = dp.array.astype(np.float64)
-                want[i][f] = _oracle(opt, want[i][f][0], d, want[i][f][1], lr, t)
-                mags[i][f] = _oracle(opt, mags[i][f][0], np.abs(d), mags[i][f][1], lr, t, sign=1.0)
+                want[i][f] = _oracle(opt, want[i][f][0], d, want[i][f][1], lr, wd, t)
+                mags[i][f] = _oracle(opt, mags[i][f][0], np.abs(d), mags[i][f][1], lr, wd, t, sign=1.0)
     tol = TOL[dtype]
     for i, layer in enumerate(layers):
         for j, f in enumerate(_trainable(layer)):
@@ -300,6 +310,11 @@ def test_mismatched_layers_and_gradients_name_the_layer() -> None:
     (lambda: RMSProp(eps=-1e-8), "RMSProp.eps", "-1e-08"),
     (lambda: RMSProp(bn_lr_multiplier=float("nan")), "RMSProp.bn_lr_multiplier", "nan"),
     (lambda: SGD(True), "SGD.lr", "True"),
+    (lambda: SGD(0.1, weight_decay=-1e-4), "SGD.weight_decay", "-0.0001"),
+    (lambda: Momentum(0.1, weight_decay=float("inf")), "Momentum.weight_decay", "inf"),
+    (lambda: RMSProp(bn_weight_decay=float("nan")), "RMSProp.bn_weight_decay", "nan"),
+    (lambda: Adam(bn_weight_decay=-0.5), "Adam.bn_weight_decay", "-0.5"),
+    (lambda: Adam(decoupled_weight_decay=1), "Adam.decoupled_weight_decay", "1"),  # type: ignore[arg-type]
 ])
 def test_invalid_hyperparameters_are_rejected(make: Any, field: str, value: str) -> None:
     with pytest.raises(ValueRangeError, match=re.escape(field) + ".*" + re.escape(value)):
@@ -311,3 +326,85 @@ def test_invalid_lr_scale_is_rejected(scale: float) -> None:
     layers: list[Layer] = [Activation(Act.relu)]
     with pytest.raises(ValueRangeError, match="lr_scale"):
         update(SGD(0.1), init_state(SGD(0.1), layers), layers, [NoGrad()], lr_scale=scale)
+
+
+@pytest.mark.parametrize("opt", [
+    SGD(0.1, bn_lr_multiplier=2.0, weight_decay=0.05, bn_weight_decay=0.02),
+    Momentum(0.1, beta=0.8, weight_decay=0.05),
+    Adam(0.01, weight_decay=0.1, bn_weight_decay=0.03),
+    Adam(0.01, bn_lr_multiplier=0.5, weight_decay=0.1, bn_weight_decay=0.03, decoupled_weight_decay=True),
+    RMSProp(0.01, weight_decay=0.05, bn_weight_decay=0.05),
+])
+def test_steps_with_weight_decay_equal_torchs_with_two_parameter_groups(opt: Optimizer) -> None:
+    # torch's optimizers as the oracle: the linear layers' weights and biases in one parameter
+    # group, batch norm's gamma and beta in another (its own lr and weight decay)
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    nn = torch.nn
+    rng = np.random.default_rng(3)
+    f64 = np.float64
+    layers: list[Layer] = [
+        Linear(lb.matrix(rng.normal(size=(5, 4)), f64), lb.vector(rng.normal(size=4), f64)),
+        Activation(Act.relu),  # before batch norm: a bias right in front of it gets a zero gradient,
+        Batchnorm1d(lb.vector(rng.normal(size=4), f64), lb.vector(rng.uniform(0.5, 2.0, 4), f64),  # rounding
+                    lb.vector(rng.uniform(0.5, 2.0, 4), f64), lb.vector(rng.normal(size=4), f64)),  # noise Adam
+        Linear(lb.matrix(rng.normal(size=(4, 3)), f64), lb.vector(rng.normal(size=3), f64))]  # would magnify
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 3)).double()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()}, strict=True)
+    assert_torch_steps_agree(torch, model, layers, rng.normal(size=(8, 5)), rng.integers(0, 3, 8), opt, steps=3)
+
+
+@pytest.mark.parametrize("make", [SGD, Momentum, Adam, RMSProp])
+def test_weight_decay_alone_shrinks_each_group_by_its_own_factor(make: Any) -> None:
+    # zero gradients: only the decay moves a parameter. SGD and Momentum's first step scale p by
+    # 1 - lr * wd exactly; Adam with decoupled decay does the same (its moments stay 0, so its
+    # Adam step is 0 / eps). Coupled Adam and RMSProp normalise wd * p: their first steps move
+    # each nonzero entry by lr / sqrt(1 - beta2) (Adam: lr) towards 0, whatever wd.
+    opt = make(0.1, weight_decay=0.5, bn_weight_decay=0.25)
+    f64 = np.float64
+    layers: list[Layer] = [LinearNoBias(lb.matrix([[1.0, -2.0], [4.0, 0.0]], f64)),
+                           Batchnorm1d(lb.vector([0.0, 0.0], f64), lb.vector([1.0, 1.0], f64),
+                                       lb.vector([2.0, -1.0], f64), lb.vector([0.5, 0.0], f64))]
+    zero: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.zeros((2, 2)), f64)),
+            BN1(lb.vector(np.zeros(2), f64), lb.vector(np.ones(2), f64), lb.vector(np.zeros(2), f64),
+                lb.vector(np.zeros(2), f64), 4)]
+    new, _ = update(opt, init_state(opt, layers), layers, zero)
+    assert isinstance(new[0], LinearNoBias) and isinstance(new[1], Batchnorm1d)
+    w, gamma, beta = layers[0].w.array, layers[1].gamma.array, layers[1].beta.array  # type: ignore[union-attr]
+    if isinstance(opt, (SGD, Momentum)):
+        np.testing.assert_allclose(new[0].w.array, w * (1 - 0.1 * 0.5), rtol=1e-15)
+        np.testing.assert_allclose(new[1].gamma.array, gamma * (1 - 0.1 * 0.25), rtol=1e-15)
+        np.testing.assert_allclose(new[1].beta.array, beta * (1 - 0.1 * 0.25), rtol=1e-15)
+    else:
+        step = 0.1 if isinstance(opt, Adam) else 0.1 / np.sqrt(1 - opt.rho)
+        for got, p in ((new[0].w, w), (new[1].gamma, gamma), (new[1].beta, beta)):
+            np.testing.assert_allclose(got.array, p - step * np.sign(p), rtol=1e-6)
+        decoupled = Adam(0.1, weight_decay=0.5, bn_weight_decay=0.25, decoupled_weight_decay=True)
+        new, _ = update(decoupled, init_state(decoupled, layers), layers, zero)
+        assert isinstance(new[0], LinearNoBias) and isinstance(new[1], Batchnorm1d)
+        np.testing.assert_allclose(new[0].w.array, w * (1 - 0.1 * 0.5), rtol=1e-15)
+        np.testing.assert_allclose(new[1].gamma.array, gamma * (1 - 0.1 * 0.25), rtol=1e-15)
+
+
+@given(seed=st.integers(0, 2**32 - 1), c=st.floats(0.1, 10.0))
+def test_weights_in_front_of_batch_norm_are_scale_invariant(seed: int, c: float) -> None:
+    # why bn_weight_decay is separate: batch norm after LinearNoBias makes the loss a function of
+    # w's direction only. Scaling w by c leaves the predictions as they are, divides dw by c, and
+    # dw is orthogonal to each column of w, so L2 decay there shrinks |w| without changing what
+    # the network computes (the effective learning rate grows instead)
+    from lazybn.network import _pass
+
+    rng = np.random.default_rng(seed)
+    f64 = np.float64
+    w = rng.normal(size=(4, 3))
+    x, tgt = lb.matrix(rng.normal(size=(8, 4)), f64), lb.matrix(np.eye(2)[rng.integers(0, 2, 8)], f64)
+    rest: list[Layer] = [Batchnorm1d(lb.vector(np.zeros(3), f64), lb.vector(np.ones(3), f64),
+                                     lb.vector(rng.uniform(0.5, 2.0, 3), f64), lb.vector(rng.normal(size=3), f64),
+                                     eps=1e-12),
+                         Activation(Act.relu), Linear(lb.matrix(rng.normal(size=(3, 2)), f64), lb.vector(np.zeros(2), f64))]
+    runs = [_pass(x, tgt, [LinearNoBias(lb.matrix(s * w, f64)), *rest]) for s in (1.0, c)]
+    (_, pred1, g1), (_, pred_c, g_c) = runs
+    dw1, dw_c = (g[0].dw.array for g in (g1, g_c))  # type: ignore[union-attr]
+    np.testing.assert_allclose(pred_c.array, pred1.array, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(c * dw_c, dw1, rtol=1e-6, atol=1e-12 * np.abs(dw1).max())
+    np.testing.assert_allclose((w * dw1).sum(axis=0), 0.0, atol=1e-9 * (np.abs(w) * np.abs(dw1)).sum())

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import lazybn as lb
 from lazybn.layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 
-from .net_helpers import ACT_NUMPY, assert_same_network, assert_torch_sgd_step_agrees, networks
+from .net_helpers import ACT_NUMPY, assert_same_network, assert_torch_steps_agree, networks
 
 F = np.ndarray[Any, Any]
 
@@ -149,4 +149,4 @@ def test_torch_loads_the_state_and_trains_to_the_same_state() -> None:
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), lb.logits(layers, lb.matrix(x)).array,
                                    rtol=1e-12, atol=1e-12)
     model.train()
-    assert_torch_sgd_step_agrees(torch, model, layers, x, labels)
+    assert_torch_steps_agree(torch, model, layers, x, labels)

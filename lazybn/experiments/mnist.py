@@ -26,7 +26,7 @@ import argparse
 import shlex
 import sys
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, final
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from ..array import Comp, matrix
 from ..data import load_mnist
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ValueRangeError
 from ..init import Init, mlp
 from ..layers import Batchnorm1d, Layer, Renorm, RenormRamp
 from ..optim import SGD, Adam, Momentum, Optimizer, RMSProp, init_state
@@ -53,7 +53,7 @@ class Settings:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 0.1
-    optimizer: Literal["sgd", "momentum", "adam", "rmsprop"] = "sgd"
+    optimizer: Literal["sgd", "momentum", "adam", "adamw", "rmsprop"] = "sgd"  # adamw: Adam, decoupled weight decay
     schedule: Schedule = Schedule.constant
     init: Init = Init.small
     pixels: Pixels = Pixels.standard
@@ -64,6 +64,8 @@ class Settings:
     renorm_ramp: tuple[int, int, int] | None = None  # (start, rmax steps, dmax steps) of the bounds' ramp
     ghost_batch: int | None = None  # rows per ghost batch
     bn_lr_multiplier: float = 1.0
+    weight_decay: float = 0.0  # L2 coefficient of the linear layers' weights and biases
+    bn_weight_decay: float = 0.0  # that of batch norm's gamma and beta
     shuffle: Literal["epoch", "once", "none"] = "epoch"
     dtype: Literal["float32", "float64"] = "float32"
     comp: Comp = Comp.Seq
@@ -87,15 +89,16 @@ REFERENCE = {
 
 def make_optimizer(s: Settings, bn: bool) -> Optimizer:
     mult = s.bn_lr_multiplier if bn else 1.0
+    decay = dict(weight_decay=s.weight_decay, bn_weight_decay=s.bn_weight_decay)
     match s.optimizer:
         case "sgd":
-            return SGD(s.lr, bn_lr_multiplier=mult)
+            return SGD(s.lr, bn_lr_multiplier=mult, **decay)
         case "momentum":
-            return Momentum(s.lr, bn_lr_multiplier=mult)
-        case "adam":
-            return Adam(s.lr, bn_lr_multiplier=mult)
+            return Momentum(s.lr, bn_lr_multiplier=mult, **decay)
+        case "adam" | "adamw":
+            return Adam(s.lr, bn_lr_multiplier=mult, decoupled_weight_decay=s.optimizer == "adamw", **decay)
         case "rmsprop":
-            return RMSProp(s.lr, bn_lr_multiplier=mult)
+            return RMSProp(s.lr, bn_lr_multiplier=mult, **decay)
 
 
 def networks(s: Settings, seed: int) -> tuple[list[Layer], list[Layer]]:
@@ -129,9 +132,14 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--schedule", choices=[s.value for s in Schedule], help="learning-rate schedule")
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "rmsprop"])
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
+                   help="adamw: Adam with decoupled weight decay")
     p.add_argument("--init", choices=[i.value for i in Init], help="weight initialiser")
     p.add_argument("--bn-lr-multiplier", type=float, help="learning-rate factor for gamma and beta")
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="L2 weight decay of the linear layers' weights and biases (default 0)")
+    p.add_argument("--bn-weight-decay", type=float, metavar="WD",
+                   help="L2 weight decay of batch norm's gamma and beta (default 0)")
     p.add_argument("--bn-momentum", help="batch norm's running-average momentum (weight of the new batch, default "
                                          "0.1), or 'none' for a cumulative average of every batch")
     p.add_argument("--renorm", nargs=2, type=float, metavar=("RMAX", "DMAX"),
@@ -158,7 +166,8 @@ def add_train_parser(sub: Any) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     s = PRESETS[args.preset]
     changes: dict[str, Any] = {}
-    for name in ("epochs", "batch_size", "lr", "optimizer", "bn_lr_multiplier", "dtype"):
+    for name in ("epochs", "batch_size", "lr", "optimizer", "bn_lr_multiplier", "weight_decay", "bn_weight_decay",
+                 "dtype"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.schedule is not None:
@@ -220,6 +229,11 @@ def _check_args(s: Settings, args: argparse.Namespace) -> None:
         (s.momentum is not None and not 0.0 <= s.momentum <= 1.0,
          f"--bn-momentum must be in [0, 1] (the weight of the new batch) or 'none', got {s.momentum}"),
     ) if bad]
+    try:
+        make_optimizer(s, bn=True)
+    except ValueRangeError as e:  # the optimizer's own check, naming the option
+        flag = next((f"--{f.name.replace('_', '-')}" for f in fields(s) if f".{f.name}:" in str(e)), "")
+        problems.append(f"{flag} {e}" if flag else str(e))
     if problems:
         raise ArgumentError("lazybn train: " + "; ".join(problems))
 
