@@ -223,7 +223,8 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
     ``from_torch(model.state_dict(), like=lb.mlp(sizes, batchnorm=True))``.
 
     ``like`` gives what a state dict does not hold: the layer kinds, activations, dtype, ``eps``
-    and ``momentum`` (set them to the torch modules'). Every array is copied into ``like``'s
+    and ``momentum`` (set them to the torch modules'), ``frozen`` and ``trainable`` (a module's
+    eval mode and its parameters' ``requires_grad``). Every array is copied into ``like``'s
     dtype. A batch-norm layer's ``tracked`` takes ``num_batches_tracked`` when it keeps a
     cumulative average (``momentum=None``, torch's ``momentum=None``).
 
@@ -256,10 +257,10 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
     for i, layer in enumerate(like):
         match layer:
             case Linear(w=w, b=b):
-                out.append(Linear(matrix(take(i, layer, "weight", w.shape[::-1]).T, w.dtype, w.comp),
-                                  vector(take(i, layer, "bias", b.shape), b.dtype, b.comp)))
+                out.append(replace(layer, w=matrix(take(i, layer, "weight", w.shape[::-1]).T, w.dtype, w.comp),
+                                   b=vector(take(i, layer, "bias", b.shape), b.dtype, b.comp)))
             case LinearNoBias(w=w):
-                out.append(LinearNoBias(matrix(take(i, layer, "weight", w.shape[::-1]).T, w.dtype, w.comp)))
+                out.append(replace(layer, w=matrix(take(i, layer, "weight", w.shape[::-1]).T, w.dtype, w.comp)))
             case Batchnorm1d():
                 def stat(key: str, v: Vector) -> Vector:
                     return vector(take(i, layer, key, v.shape), v.dtype, v.comp)

@@ -12,6 +12,11 @@ Conventions (fixed, documented, tested):
   training and in inference alike.
 * ``Dropout(p)`` is inverted dropout: in training each unit is kept with probability 1 - p and
   scaled by 1/(1 - p); at inference it is the identity.
+* ``trainable=False`` on a layer with parameters (``Linear``, ``LinearNoBias``, ``Batchnorm1d``)
+  makes the optimizers leave its parameters and their moments as they are (PyTorch's
+  ``requires_grad_(False)`` on the module's parameters, with no weight decay either). Its
+  gradients are still computed and returned. For batch norm it covers gamma and beta;
+  ``frozen`` is what keeps the running statistics (Keras's ``trainable=False`` is both).
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ def _same_dtype(layer: str, *arrays: Manifest[Any]) -> None:
 
 # Constructors validate values through ``_leaf`` (not ``.array``): a @fused function that returns a
 # layer rebuilds it on every replay, so this check runs again and need not spoil the trace.
+def _flag(layer: str, name: str, x: object) -> None:
+    if type(x) is not bool:
+        raise ArgumentError(f"{layer}.{name}: expected True or False, got {x!r}")
+
+
 def _finite(layer: str, name: str, a: Manifest[Any]) -> None:
     if not np.isfinite(a._leaf.array).all():
         raise ValueRangeError(f"{layer}.{name}: contains NaN or infinity")
@@ -67,12 +77,15 @@ def _finite(layer: str, name: str, a: Manifest[Any]) -> None:
 @final
 @dataclass(frozen=True, slots=True)
 class Linear:
-    """Affine layer ``x · w + b``; ``w`` is (inputs, outputs), ``b`` has one entry per output."""
+    """Affine layer ``x · w + b``; ``w`` is (inputs, outputs), ``b`` has one entry per output.
+    ``trainable=False``: the optimizers leave ``w`` and ``b`` as they are (see the module doc)."""
 
     w: Matrix
     b: Vector
+    trainable: bool = True
 
     def __post_init__(self) -> None:
+        _flag("Linear", "trainable", self.trainable)
         _check("Linear", "w", self.w, 2)
         _check("Linear", "b", self.b, 1)
         if self.b.shape[0] != self.w.shape[1]:
@@ -83,11 +96,14 @@ class Linear:
 @final
 @dataclass(frozen=True, slots=True)
 class LinearNoBias:
-    """Linear layer without bias (``Linear'`` in the seed): batch norm's beta takes the bias's role."""
+    """Linear layer without bias (``Linear'`` in the seed): batch norm's beta takes the bias's role.
+    ``trainable=False``: the optimizers leave ``w`` as it is."""
 
     w: Matrix
+    trainable: bool = True
 
     def __post_init__(self) -> None:
+        _flag("LinearNoBias", "trainable", self.trainable)
         _check("LinearNoBias", "w", self.w, 2)
 
 
@@ -182,6 +198,8 @@ class Batchnorm1d:
             loop, Keras's ``trainable=False`` for the statistics). gamma and beta still learn;
             the forward is inference's, so a batch of one trains. Not with ``renorm`` or
             ``ghost_batch``.
+        trainable: False: the optimizers leave gamma and beta as they are (with ``frozen=True``
+            the whole layer is fixed, Keras's ``trainable=False``).
     """
 
     mu: Vector
@@ -195,6 +213,7 @@ class Batchnorm1d:
     renorm: Renorm | None = None
     ghost_batch: int | None = None
     frozen: bool = False
+    trainable: bool = True
 
     def __post_init__(self) -> None:
         arrays = [_check("Batchnorm1d", name, getattr(self, name), 1) for name in _BN_ARRAYS]
@@ -222,8 +241,8 @@ class Batchnorm1d:
                                       f"{self.ghost_batch}")
             if self.renorm is not None:
                 raise ArgumentError("Batchnorm1d: ghost batches and batch renormalisation cannot be combined")
-        if type(self.frozen) is not bool:
-            raise ArgumentError(f"Batchnorm1d.frozen: expected True or False, got {self.frozen!r}")
+        _flag("Batchnorm1d", "frozen", self.frozen)
+        _flag("Batchnorm1d", "trainable", self.trainable)
         if self.frozen and (self.renorm is not None or self.ghost_batch is not None):
             raise ArgumentError("Batchnorm1d: a frozen layer normalises with its running statistics; it cannot "
                                 "renormalise or use ghost batches, which need the batch's")

@@ -12,7 +12,8 @@ Conventions (fixed, documented, tested):
   them; ``update`` applies no further 1/batch factor.
 * Parameters: ``Linear`` (w, b), ``LinearNoBias`` (w), ``Batchnorm1d`` (gamma, beta only: the
   running mean and variance are not touched here, see ``lazybn.network.update_running``),
-  ``Activation`` and ``Dropout`` none.
+  ``Activation`` and ``Dropout`` none. A layer with ``trainable=False`` keeps its parameters
+  and its moments (its state slots are still there, so the flag can change between steps).
 * Learning rates: every parameter steps with ``lr * lr_scale``; gamma and beta with
   ``lr * lr_scale * bn_lr_multiplier``. ``lr_scale`` is a schedule factor (warm-up, decay);
   ``bn_lr_multiplier`` is a per-parameter-group learning rate, needed to reproduce a reference
@@ -275,10 +276,12 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
         params, gs = _params(layer), _grads(i, layer, g)
         _check(i, layer, params, gs, layer_slots, k, opt)
+        places.append([])
+        if isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and not layer.trainable:
+            continue  # its parameters and moments stay as they are
         bn = isinstance(layer, Batchnorm1d)
         lr = opt.lr * (opt.bn_lr_multiplier if bn else 1.0)
         wd = opt.bn_weight_decay if bn else opt.weight_decay
-        places.append([])
         for j, ((_, p), dp) in enumerate(zip(params, gs)):
             group = pending.setdefault((p.dtype, p.comp), [])
             outs = _step(opt, p, dp, layer_slots[j * k:(j + 1) * k], lr, wd, lr_scale, correction)
@@ -291,7 +294,11 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     done = {key: compute_all(*ds) for key, ds in pending.items()}
     new_layers: list[Layer] = []
     new_slots: list[tuple[Manifest[Any], ...]] = []
-    for layer, where in zip(layers, places):
+    for layer, layer_slots, where in zip(layers, slots, places):
+        if not where:  # no parameters, or not trainable
+            new_layers.append(layer)
+            new_slots.append(layer_slots)
+            continue
         stepped = [done[key][start:start + n] for key, start, n in where]
         new = [outs[0] for outs in stepped]
         new_slots.append(tuple(m for outs in stepped for m in outs[1:]))
@@ -303,7 +310,7 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
             case Batchnorm1d():
                 new_layers.append(replace(layer, gamma=new[0], beta=new[1]))
             case Activation() | Dropout():
-                new_layers.append(layer)
+                raise AssertionError("a layer without parameters has nothing to step")
             case _:
                 assert_never(layer)
     return new_layers, tuple(new_slots), tuple(done[key][at] for key, at in witnesses)

@@ -18,7 +18,8 @@ rejects a negative or NaN running variance. Arrays round-trip bit for bit. A bat
 ``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
 loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
 ``"ghost_batch": 32`` ghost batches (either absent or null: none); ``"frozen": true`` a layer
-that trains with its running statistics (absent: false).
+that trains with its running statistics (absent: false); ``"trainable": false`` a layer whose
+parameters the optimizers leave as they are (absent: true).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def _describe(layer: Layer) -> dict[str, Any]:
             pass
         case _:
             assert_never(layer)
+    if isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and not layer.trainable:
+        d["trainable"] = False
     arrays = _arrays_of(layer)
     if arrays:
         d["arrays"] = {k: list(a.shape) for k, a in arrays.items()}
@@ -227,10 +230,11 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
     def a(name: str) -> Manifest[Any]:
         return r.get(f"layer{i}.{name}", shapes.get(name) if isinstance(shapes, dict) else None)
 
+    trainable = _field(d, "trainable", "bool", where) if "trainable" in d else True
     if kind == "Linear":
-        return Linear(a("w"), a("b"))
+        return Linear(a("w"), a("b"), trainable=trainable)
     if kind == "LinearNoBias":
-        return LinearNoBias(a("w"))
+        return LinearNoBias(a("w"), trainable=trainable)
     if kind == "Batchnorm1d":
         var = a("var")
         if np.isnan(var.array).any() or (var.array < 0).any():
@@ -247,7 +251,8 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
                            momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked,
                            renorm=renorm, ghost_batch=None if d.get("ghost_batch") is None
                            else _field(d, "ghost_batch", "int", where),
-                           frozen=_field(d, "frozen", "bool", where) if "frozen" in d else False)
+                           frozen=_field(d, "frozen", "bool", where) if "frozen" in d else False,
+                           trainable=trainable)
     if kind == "Activation":
         act = _field(d, "activation", "str", where)
         if act not in Act.__members__:

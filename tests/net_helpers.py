@@ -16,8 +16,8 @@ from .helpers import F
 
 ARRAY_FIELDS = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("mu", "var", "gamma", "beta"),
                 Activation: (), Dropout: ()}
-SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm", "ghost_batch", "frozen"),
-                 Activation: ("f",), Dropout: ("p",)}
+SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm", "ghost_batch", "frozen", "trainable"),
+                 Linear: ("trainable",), LinearNoBias: ("trainable",), Activation: ("f",), Dropout: ("p",)}
 
 
 def _vec(rng: np.random.Generator, n: int, dtype: np.dtype[Any], low: float = -2.0) -> lb.Vector:
@@ -35,7 +35,9 @@ def networks(draw: st.DrawFn, dtype: np.dtype[Any]) -> list[Layer]:
         if kind in ("Linear", "LinearNoBias"):
             out = draw(st.integers(1, 4))
             w = lb.matrix(rng.standard_normal((width, out)), dtype)
-            layers.append(Linear(w, _vec(rng, out, dtype)) if kind == "Linear" else LinearNoBias(w))
+            trainable = draw(st.booleans())
+            layers.append(Linear(w, _vec(rng, out, dtype), trainable) if kind == "Linear" else
+                          LinearNoBias(w, trainable))
             width = out
         elif kind == "Batchnorm1d":
             variant: dict[str, Any] = draw(st.sampled_from([
@@ -46,7 +48,7 @@ def networks(draw: st.DrawFn, dtype: np.dtype[Any]) -> list[Layer]:
                                       eps=draw(st.floats(1e-12, 1e-1)),
                                       momentum=draw(st.none() | st.floats(0.0, 1.0)),  # None: cumulative
                                       unbiased=draw(st.booleans()), tracked=draw(st.integers(0, 2**40)),
-                                      **variant))
+                                      trainable=draw(st.booleans()), **variant))
         elif kind == "Activation":
             layers.append(Activation(draw(st.sampled_from(list(Act)))))
         else:

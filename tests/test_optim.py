@@ -37,14 +37,15 @@ F64 = np.ndarray[Any, np.dtype[np.float64]]
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
-def _net(rng: np.random.Generator, n0: int, n1: int, n2: int, dtype: np.dtype[Any]) -> list[Layer]:
+def _net(rng: np.random.Generator, n0: int, n1: int, n2: int, dtype: np.dtype[Any],
+         trainable: tuple[bool, bool, bool] = (True, True, True)) -> list[Layer]:
     def u(*shape: int) -> F64:
         return rng.uniform(-1.0, 1.0, shape)
 
-    return [Linear(lb.matrix(u(n0, n1), dtype), lb.vector(u(n1), dtype)), Activation(Act.relu),
+    return [Linear(lb.matrix(u(n0, n1), dtype), lb.vector(u(n1), dtype), trainable[0]), Activation(Act.relu),
             Batchnorm1d(lb.vector(u(n1), dtype), lb.vector(u(n1) + 1.5, dtype), lb.vector(u(n1), dtype),
-                        lb.vector(u(n1), dtype)),
-            LinearNoBias(lb.matrix(u(n1, n2), dtype)), Dropout(0.5)]
+                        lb.vector(u(n1), dtype), trainable=trainable[1]),
+            LinearNoBias(lb.matrix(u(n1, n2), dtype), trainable[2]), Dropout(0.5)]
 
 
 def _grads(rng: np.random.Generator, layers: list[Layer], dtype: np.dtype[Any]) -> list[Gradients]:
@@ -119,7 +120,8 @@ def optimizers() -> st.SearchStrategy[Optimizer]:
 def test_updates_match_numpy_over_several_steps(dtype: np.dtype[Any], opt: Optimizer, data: st.DataObject) -> None:
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     n0, n1, n2 = (data.draw(st.integers(1, 5)) for _ in range(3))
-    layers = _net(rng, n0, n1, n2, dtype)
+    trainable = data.draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))
+    layers = _net(rng, n0, n1, n2, dtype, trainable)
     state = init_state(opt, layers)
     k = MOMENTS[type(opt)]
     # the oracle's state, per layer and trainable field: (param, moments) for the values and,
@@ -136,6 +138,8 @@ def test_updates_match_numpy_over_several_steps(dtype: np.dtype[Any], opt: Optim
         layers, state = update(opt, state, layers, grads, lr_scale=lr_scale)
         assert state.step == t
         for i, g in enumerate(grads):
+            if not getattr(layers[i], "trainable", True):
+                continue  # the oracle's parameter and moments stay as they are
             gs = [getattr(g, n) for n in {LinearGradients: ["dw", "db"], LinearNoBiasGradients: ["dw"],
                                           BN1: ["dgamma", "dbeta"]}.get(type(g), [])]
             bn = isinstance(layers[i], Batchnorm1d)
@@ -408,3 +412,51 @@ def test_weights_in_front_of_batch_norm_are_scale_invariant(seed: int, c: float)
     np.testing.assert_allclose(pred_c.array, pred1.array, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(c * dw_c, dw1, rtol=1e-6, atol=1e-12 * np.abs(dw1).max())
     np.testing.assert_allclose((w * dw1).sum(axis=0), 0.0, atol=1e-9 * (np.abs(w) * np.abs(dw1)).sum())
+
+
+@pytest.mark.parametrize("opt", [SGD(0.1, weight_decay=0.1, bn_weight_decay=0.1), Momentum(0.1, weight_decay=0.1),
+                                 Adam(0.1, weight_decay=0.1, decoupled_weight_decay=True), RMSProp(0.1)])
+def test_a_layer_that_is_not_trainable_keeps_its_parameters_and_moments(opt: Optimizer) -> None:
+    rng = np.random.default_rng(4)
+    f64 = np.dtype(np.float64)
+    layers = _net(rng, 3, 4, 2, f64)
+    layers, state = update(opt, init_state(opt, layers), layers, _grads(rng, layers, f64))  # moments not 0
+    net = [dataclasses.replace(layer, trainable=False) if isinstance(layer, (Linear, Batchnorm1d)) else layer
+           for layer in layers]
+    before, layers = state, net
+    for _ in range(3):
+        layers, state = update(opt, state, layers, _grads(rng, layers, f64))
+    for i in (0, 2):  # the Linear and batch norm's gamma and beta: bit for bit, and their moments
+        assert_same_network([layers[i]], [net[i]])
+        assert_same_state(OptState(0, state.slots[i:i + 1]), OptState(0, before.slots[i:i + 1]))
+    new_w, old_w = (n.w.array for n in (layers[3], net[3]) if isinstance(n, LinearNoBias))
+    assert not np.array_equal(new_w, old_w)  # the trainable layer moved
+    if MOMENTS[type(opt)]:  # and so did its moments
+        assert state.slots[3][0].array.tobytes() != before.slots[3][0].array.tobytes()
+    # the flag may change between steps: the state still fits, and the layer trains again
+    thawed = [dataclasses.replace(layer, trainable=True) if isinstance(layer, (Linear, Batchnorm1d)) else layer
+              for layer in layers]
+    moved, _ = update(opt, state, thawed, _grads(rng, thawed, f64))
+    assert isinstance(moved[0], Linear) and isinstance(net[0], Linear)
+    assert not np.array_equal(moved[0].w.array, net[0].w.array)
+
+
+@pytest.mark.parametrize("opt", [SGD(0.1, weight_decay=0.05, bn_weight_decay=0.05),
+                                 Adam(0.01, weight_decay=0.1, bn_weight_decay=0.1, decoupled_weight_decay=True)])
+def test_parameters_that_are_not_trainable_match_torchs_requires_grad_false(opt: Optimizer) -> None:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    nn = torch.nn
+    rng = np.random.default_rng(5)
+    f64 = np.float64
+    layers: list[Layer] = [
+        Linear(lb.matrix(rng.normal(size=(5, 4)), f64), lb.vector(rng.normal(size=4), f64), trainable=False),
+        Activation(Act.relu),
+        Batchnorm1d(lb.vector(rng.normal(size=4), f64), lb.vector(rng.uniform(0.5, 2.0, 4), f64),
+                    lb.vector(rng.uniform(0.5, 2.0, 4), f64), lb.vector(rng.normal(size=4), f64), trainable=False),
+        Linear(lb.matrix(rng.normal(size=(4, 3)), f64), lb.vector(rng.normal(size=3), f64))]
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 3)).double()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()}, strict=True)
+    model[0].requires_grad_(False)
+    model[2].requires_grad_(False)
+    assert_torch_steps_agree(torch, model, layers, rng.normal(size=(8, 5)), rng.integers(0, 3, 8), opt, steps=3)

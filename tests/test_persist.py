@@ -237,6 +237,12 @@ def test_tampered_header(tmp_path: Path) -> None:
     header["layers"][1].update(frozen=True, ghost_batch=4)  # settings that cannot go together
     with pytest.raises(PersistenceError, match="frozen layer"):
         load(_write(tmp_path / "fg.npz", d["arrays"], header))
+    header = json.loads(json.dumps(d["header"]))
+    header["layers"][0]["trainable"] = 0  # a number is not a flag
+    with pytest.raises(PersistenceError, match="layer 0: header field 'trainable' is missing or invalid"):
+        load(_write(tmp_path / "tr.npz", d["arrays"], header))
+    header["layers"][0]["trainable"] = False  # written by hand: the flag a saved layer would carry
+    assert not load(_write(tmp_path / "tf.npz", d["arrays"], header)).layers[0].trainable  # type: ignore[union-attr]
 
 
 def test_wrong_array_shape_dtype_missing_and_extra(tmp_path: Path) -> None:

@@ -61,9 +61,9 @@ def _perturbed(layers: list[Layer], seed: int) -> list[Layer]:
     for layer in layers:
         match layer:
             case Linear(w=w, b=b):
-                out.append(Linear(new(w), new(b)))
+                out.append(replace(layer, w=new(w), b=new(b)))
             case LinearNoBias(w=w):
-                out.append(LinearNoBias(new(w)))
+                out.append(replace(layer, w=new(w)))
             case Batchnorm1d():
                 out.append(replace(layer, mu=new(layer.mu), var=new(layer.var, 0.1), gamma=new(layer.gamma),
                                    beta=new(layer.beta), tracked=int(rng.integers(0, 50))))
