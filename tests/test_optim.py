@@ -332,6 +332,26 @@ def test_invalid_lr_scale_is_rejected(scale: float) -> None:
         update(SGD(0.1), init_state(SGD(0.1), layers), layers, [NoGrad()], lr_scale=scale)
 
 
+def _torch_twin(torch: Any, seed: int, trainable: bool = True) -> tuple[list[Layer], Any]:
+    """Linear, ReLU, batch norm, Linear in float64, and the torch Sequential holding the same state
+    (batch norm after the ReLU: a bias right in front of it gets a zero gradient, whose rounding
+    noise Adam would magnify). ``trainable`` applies to the first Linear and the batch norm."""
+    nn = torch.nn
+    rng = np.random.default_rng(seed)
+    f64 = np.float64
+    layers: list[Layer] = [
+        Linear(lb.matrix(rng.normal(size=(5, 4)), f64), lb.vector(rng.normal(size=4), f64), trainable),
+        Activation(Act.relu),
+        Batchnorm1d(lb.vector(rng.normal(size=4), f64), lb.vector(rng.uniform(0.5, 2.0, 4), f64),
+                    lb.vector(rng.uniform(0.5, 2.0, 4), f64), lb.vector(rng.normal(size=4), f64), trainable=trainable),
+        Linear(lb.matrix(rng.normal(size=(4, 3)), f64), lb.vector(rng.normal(size=3), f64))]
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 3)).double()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()}, strict=True)
+    model[0].requires_grad_(trainable)
+    model[2].requires_grad_(trainable)
+    return layers, model
+
+
 @pytest.mark.parametrize("opt", [
     SGD(0.1, bn_lr_multiplier=2.0, weight_decay=0.05, bn_weight_decay=0.02),
     Momentum(0.1, beta=0.8, weight_decay=0.05),
@@ -344,17 +364,8 @@ def test_steps_with_weight_decay_equal_torchs_with_two_parameter_groups(opt: Opt
     # group, batch norm's gamma and beta in another (its own lr and weight decay)
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    nn = torch.nn
-    rng = np.random.default_rng(3)
-    f64 = np.float64
-    layers: list[Layer] = [
-        Linear(lb.matrix(rng.normal(size=(5, 4)), f64), lb.vector(rng.normal(size=4), f64)),
-        Activation(Act.relu),  # before batch norm: a bias right in front of it gets a zero gradient,
-        Batchnorm1d(lb.vector(rng.normal(size=4), f64), lb.vector(rng.uniform(0.5, 2.0, 4), f64),  # rounding
-                    lb.vector(rng.uniform(0.5, 2.0, 4), f64), lb.vector(rng.normal(size=4), f64)),  # noise Adam
-        Linear(lb.matrix(rng.normal(size=(4, 3)), f64), lb.vector(rng.normal(size=3), f64))]  # would magnify
-    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 3)).double()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()}, strict=True)
+    layers, model = _torch_twin(torch, 3)
+    rng = np.random.default_rng(30)
     assert_torch_steps_agree(torch, model, layers, rng.normal(size=(8, 5)), rng.integers(0, 3, 8), opt, steps=3)
 
 
@@ -446,17 +457,6 @@ def test_a_layer_that_is_not_trainable_keeps_its_parameters_and_moments(opt: Opt
 def test_parameters_that_are_not_trainable_match_torchs_requires_grad_false(opt: Optimizer) -> None:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    nn = torch.nn
-    rng = np.random.default_rng(5)
-    f64 = np.float64
-    layers: list[Layer] = [
-        Linear(lb.matrix(rng.normal(size=(5, 4)), f64), lb.vector(rng.normal(size=4), f64), trainable=False),
-        Activation(Act.relu),
-        Batchnorm1d(lb.vector(rng.normal(size=4), f64), lb.vector(rng.uniform(0.5, 2.0, 4), f64),
-                    lb.vector(rng.uniform(0.5, 2.0, 4), f64), lb.vector(rng.normal(size=4), f64), trainable=False),
-        Linear(lb.matrix(rng.normal(size=(4, 3)), f64), lb.vector(rng.normal(size=3), f64))]
-    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.Linear(4, 3)).double()
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in lb.to_torch(layers).items()}, strict=True)
-    model[0].requires_grad_(False)
-    model[2].requires_grad_(False)
+    layers, model = _torch_twin(torch, 5, trainable=False)
+    rng = np.random.default_rng(50)
     assert_torch_steps_agree(torch, model, layers, rng.normal(size=(8, 5)), rng.integers(0, 3, 8), opt, steps=3)
