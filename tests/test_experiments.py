@@ -299,3 +299,44 @@ def test_weight_decay_options_reach_the_optimizers() -> None:
     assert make_optimizer(s, bn=True) == lb.Momentum(1e-3, bn_lr_multiplier=3.0, weight_decay=0.01,
                                                      bn_weight_decay=0.001)
     assert make_optimizer(s, bn=False).bn_lr_multiplier == 1.0  # the plain network has no batch norm to scale
+
+
+def test_fine_tune_tasks_and_arms() -> None:
+    from lazybn.experiments.common import synthetic_split
+    from lazybn.experiments.fine_tune import ARMS, fine_tune_arms, tasks
+    from lazybn.experiments.runner import Plan, run
+    from lazybn.layers import Batchnorm1d, LinearNoBias
+
+    data = synthetic_split()
+    src, tgt = tasks(data, 7)
+    assert set(src.labels_train) == set(src.labels_test) == {0, 1, 2, 3, 4}
+    assert (src.labels_train.size, src.labels_test.size) == ((data.labels_train < 5).sum(), (data.labels_test < 5).sum())
+    assert sorted(np.bincount(tgt.labels_train, minlength=10)) == [0] * 5 + [7] * 5
+    assert set(tgt.labels_test) == {5, 6, 7, 8, 9} and tgt.labels_test.size == (data.labels_test >= 5).sum()
+    rows = np.flatnonzero(np.isin(data.labels_train, tgt.labels_train))  # the picked rows are the data's own
+    assert all((data.x_train[rows] == x).all(axis=1).any() for x in tgt.x_train)
+    assert np.array_equal(tasks(data, 7)[1].x_train, tgt.x_train)  # the same images every time
+
+    pretrained = lb.mlp((784, 16, 8, 10), batchnorm=True, seed=0)
+    head = lb.mlp((784, 16, 8, 10), batchnorm=True, seed=1)[-1]
+    assert isinstance(head, LinearNoBias)
+    arms = fine_tune_arms(pretrained, head, lb.SGD(0.1))
+    assert [a.name for a in arms] == list(ARMS)
+    flags = {a.name: {(type(x).__name__, getattr(x, "trainable", None), getattr(x, "frozen", None))
+                      for x in a.layers[:-1] if not isinstance(x, lb.Activation)} for a in arms}
+    assert flags == {"all": {("LinearNoBias", True, None), ("Batchnorm1d", True, False)},
+                     "head, bn drift": {("LinearNoBias", False, None), ("Batchnorm1d", False, False)},
+                     "head, bn frozen": {("LinearNoBias", False, None), ("Batchnorm1d", False, True)},
+                     "all, bn frozen": {("LinearNoBias", True, None), ("Batchnorm1d", True, True)}}
+    assert all(a.layers[-1] is head for a in arms)
+    # trained: only the frozen-features arm keeps every feature array, running statistics included
+    done = run(arms, tgt, Plan(2, 20), progress=False)
+    for name, layers in done.layers.items():
+        same = all(np.array_equal(getattr(x, f).array, getattr(p, f).array)
+                   for x, p in zip(layers[:-1], pretrained[:-1]) if isinstance(x, (LinearNoBias, Batchnorm1d))
+                   for f in (("w",) if isinstance(x, LinearNoBias) else ("mu", "var", "gamma", "beta")))
+        assert same == (name == "head, bn frozen"), name
+        drift = [(x, p) for x, p in zip(layers, pretrained) if isinstance(x, Batchnorm1d) and isinstance(p, Batchnorm1d)]
+        if name == "head, bn drift":  # weights, gamma and beta fixed; the running statistics moved
+            assert all(np.array_equal(x.gamma.array, p.gamma.array) and not np.array_equal(x.mu.array, p.mu.array)
+                       for x, p in drift)
