@@ -16,7 +16,8 @@ from .helpers import F
 
 ARRAY_FIELDS = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("mu", "var", "gamma", "beta"),
                 Activation: (), Dropout: ()}
-SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm", "ghost_batch", "frozen", "trainable"),
+SCALAR_FIELDS = {Batchnorm1d: ("eps", "momentum", "unbiased", "tracked", "renorm", "ghost_batch", "frozen",
+                               "trainable"),
                  Linear: ("trainable",), LinearNoBias: ("trainable",), Activation: ("f",), Dropout: ("p",)}
 
 

@@ -310,7 +310,8 @@ def test_fine_tune_tasks_and_arms() -> None:
     data = synthetic_split()
     src, tgt = tasks(data, 7)
     assert set(src.labels_train) == set(src.labels_test) == {0, 1, 2, 3, 4}
-    assert (src.labels_train.size, src.labels_test.size) == ((data.labels_train < 5).sum(), (data.labels_test < 5).sum())
+    assert src.labels_train.size == (data.labels_train < 5).sum()
+    assert src.labels_test.size == (data.labels_test < 5).sum()
     assert sorted(np.bincount(tgt.labels_train, minlength=10)) == [0] * 5 + [7] * 5
     assert set(tgt.labels_test) == {5, 6, 7, 8, 9} and tgt.labels_test.size == (data.labels_test >= 5).sum()
     rows = np.flatnonzero(np.isin(data.labels_train, tgt.labels_train))  # the picked rows are the data's own
@@ -336,7 +337,8 @@ def test_fine_tune_tasks_and_arms() -> None:
                    for x, p in zip(layers[:-1], pretrained[:-1]) if isinstance(x, (LinearNoBias, Batchnorm1d))
                    for f in (("w",) if isinstance(x, LinearNoBias) else ("mu", "var", "gamma", "beta")))
         assert same == (name == "head, bn frozen"), name
-        drift = [(x, p) for x, p in zip(layers, pretrained) if isinstance(x, Batchnorm1d) and isinstance(p, Batchnorm1d)]
+        drift = [(x, p) for x, p in zip(layers, pretrained)
+                 if isinstance(x, Batchnorm1d) and isinstance(p, Batchnorm1d)]
         if name == "head, bn drift":  # weights, gamma and beta fixed; the running statistics moved
             assert all(np.array_equal(x.gamma.array, p.gamma.array) and not np.array_equal(x.mu.array, p.mu.array)
                        for x, p in drift)

@@ -105,7 +105,8 @@ def _trainable(layer: Layer) -> list[str]:
 def optimizers() -> st.SearchStrategy[Optimizer]:
     lr, mult = st.floats(1e-3, 0.5), st.floats(0.5, 20.0)
     beta = st.floats(0.0, 0.99)
-    decay = {"weight_decay": st.just(0.0) | st.floats(1e-4, 0.5), "bn_weight_decay": st.just(0.0) | st.floats(1e-4, 0.5)}
+    wd = st.just(0.0) | st.floats(1e-4, 0.5)
+    decay = {"weight_decay": wd, "bn_weight_decay": wd}
     return st.one_of(
         st.builds(SGD, lr=lr, bn_lr_multiplier=mult, **decay),
         st.builds(Momentum, lr=lr, beta=beta, bn_lr_multiplier=mult, **decay),
@@ -416,7 +417,8 @@ def test_weights_in_front_of_batch_norm_are_scale_invariant(seed: int, c: float)
     rest: list[Layer] = [Batchnorm1d(lb.vector(np.zeros(3), f64), lb.vector(np.ones(3), f64),
                                      lb.vector(rng.uniform(0.5, 2.0, 3), f64), lb.vector(rng.normal(size=3), f64),
                                      eps=1e-12),
-                         Activation(Act.relu), Linear(lb.matrix(rng.normal(size=(3, 2)), f64), lb.vector(np.zeros(2), f64))]
+                         Activation(Act.relu),
+                         Linear(lb.matrix(rng.normal(size=(3, 2)), f64), lb.vector(np.zeros(2), f64))]
     runs = [_pass(x, tgt, [LinearNoBias(lb.matrix(s * w, f64)), *rest]) for s in (1.0, c)]
     (_, pred1, g1), (_, pred_c, g_c) = runs
     dw1, dw_c = (g[0].dw.array for g in (g1, g_c))  # type: ignore[union-attr]

@@ -34,10 +34,10 @@ import numpy as np
 from ..init import mlp
 from ..layers import Batchnorm1d, Layer, LinearNoBias
 from ..optim import SGD
-from ..report import markdown_table, write_metrics
+from ..report import markdown_table, plot_lines, write_metrics
 from ..train import accuracy
 from . import registry
-from .common import command_line, load_split, mean_std, out_dir, progress, run_seeds, standard_report
+from .common import command_line, epoch_summary, load_split, mean_std, out_dir, progress, run_seeds, standard_report
 from .mnist import SIZES
 from .runner import Arm, Plan, Split, run
 
@@ -141,8 +141,21 @@ def run_fine_tune(args: argparse.Namespace) -> int:
                 "runs (seeds)": s.runs, "first seed": args.seed}
     sections = [("Result after the last epoch (mean ± std over runs)", markdown_table(table)),
                 ("Exact retention", check)]
+    summary = epoch_summary(res.rows)
+
+    def series(key: str) -> dict[str, tuple[list[float], list[float]]]:
+        return {arm: ([float(r["epoch"]) for r in summary if r["arm"] == arm],
+                      [100.0 * r[key] for r in summary if r["arm"] == arm]) for arm in ARMS}
+
+    retained = series("source_acc")
+    if summary:
+        retained["pretrained"] = ([float(r["epoch"]) for r in summary if r["arm"] == ARMS[0]],
+                                  [100.0 * r["source_ref"] for r in summary if r["arm"] == ARMS[0]])
+    drawn = plot_lines(out / "retention.png", [("target task: test accuracy (5-9)", "%", series("test_acc")),
+                                               ("source task with the pretrained head (0-4)", "%", retained)],
+                       title="Fine-tuning a batch-norm network (mean over runs)")
     path = standard_report(out, "Fine-tuning a batch-norm network: what to freeze", command_line(args), settings,
-                           res.rows, sections, stopped=res.stopped)
+                           res.rows, sections, ["retention.png"] if drawn else [], stopped=res.stopped)
     print(markdown_table(table))
     print(check, end="")
     print(f"report: {path}")
