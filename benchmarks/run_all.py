@@ -31,6 +31,7 @@ BENCHES = {  # name -> script arguments
     "epoch": ["bench_epoch.py"],
     "variants": ["bench_variants.py"],
     "startup": ["bench_startup.py"],
+    "blas-threads": ["bench_blas_threads.py"],
 }
 
 
