@@ -62,13 +62,13 @@ def _same_dtype(layer: str, *arrays: Manifest[Any]) -> None:
         raise DTypeError(f"{layer}: parameters mix dtypes {sorted(map(str, dtypes))}")
 
 
-# Constructors validate values through ``_leaf`` (not ``.array``): a @fused function that returns a
-# layer rebuilds it on every replay, so this check runs again and need not spoil the trace.
 def _flag(layer: str, name: str, x: object) -> None:
     if type(x) is not bool:
         raise ArgumentError(f"{layer}.{name}: expected True or False, got {x!r}")
 
 
+# Constructors validate values through ``_leaf`` (not ``.array``): a @fused function that returns a
+# layer rebuilds it on every replay, so this check runs again and need not spoil the trace.
 def _finite(layer: str, name: str, a: Manifest[Any]) -> None:
     if not np.isfinite(a._leaf.array).all():
         raise ValueRangeError(f"{layer}.{name}: contains NaN or infinity")
