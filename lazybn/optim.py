@@ -47,7 +47,7 @@ from .optimizers import Adam as Adam
 from .optimizers import Momentum as Momentum
 from .optimizers import Optimizer as Optimizer
 from .optimizers import RMSProp as RMSProp
-from .optimizers import _number
+from .optimizers import as_number
 from .trace import fused
 
 
@@ -248,7 +248,7 @@ def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
     """The step's numbers: the step number t, the schedule factor and Adam's bias correction at t,
     (1 / (1 - beta1^t), 1 / (1 - beta2^t)) (empty for the others); checks ``lr_scale`` and that the
     state has one entry per layer."""
-    s = _number("update", "lr_scale", lr_scale)
+    s = as_number("update", "lr_scale", lr_scale)
     if not (math.isfinite(s) and s >= 0):
         raise ValueRangeError(f"update.lr_scale: must be a finite number >= 0, got {lr_scale!r}")
     if len(state.slots) != len(layers):

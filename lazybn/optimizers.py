@@ -28,7 +28,8 @@ import numpy as np
 from .errors import ValueRangeError
 
 
-def _number(cls: str, name: str, x: object) -> float:
+def as_number(cls: str, name: str, x: object) -> float:
+    """``x`` as a float if it is a number (not a bool), else a ``ValueRangeError`` naming ``cls.name``."""
     if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
         raise ValueRangeError(f"{cls}.{name}: expected a number, got {x!r}")
     return float(x)
@@ -49,7 +50,7 @@ def _validate(opt: Optimizer) -> None:
             if not isinstance(x, bool):
                 raise ValueRangeError(f"{cls}.{f.name}: expected True or False, got {x!r}")
             continue
-        v = _number(cls, f.name, x)
+        v = as_number(cls, f.name, x)
         low = _LOWER.get(f.name)
         if low is not None and not (math.isfinite(v) and (v > 0 or (low == ">=" and v == 0))):
             raise ValueRangeError(f"{cls}.{f.name}: must be a finite number {low} 0, got {x!r}")
