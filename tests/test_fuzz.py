@@ -10,6 +10,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -207,11 +208,17 @@ _DATA = st.one_of(
 @settings(max_examples=max(40, FUZZ_EXAMPLES // 6), deadline=None)
 @given(x=_DATA, y=_DATA, derive=st.sampled_from([True, True, True, False]),
        poison=st.sampled_from([None, None, np.nan, -np.inf, 1e30]), batch=st.integers(2, 5) | st.integers(-1, 1), bn=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
-       seed=st.none() | st.integers(0, 3))
+       seed=st.none() | st.integers(0, 3),
+       opt=st.sampled_from([lb.SGD(0.1), lb.SGD(0.1, weight_decay=0.5, bn_weight_decay=0.5),
+                            lb.Momentum(50.0, weight_decay=1e3), lb.Adam(1.0, weight_decay=1e4, decoupled_weight_decay=True),
+                            lb.RMSProp(0.1, weight_decay=1e30)]),
+       fixed=st.booleans())
 def test_training_gives_a_lazybn_error_or_a_finite_network(x: Any, y: Any, derive: bool, poison: float | None,
-                                                          batch: int, bn: bool, dtype: Any, seed: int | None) -> None:
-    """``train_epoch`` on any data: a lazybn error, or a network whose every array is finite (a
-    batch with NaN/inf, or one that overflows, is refused, never applied)."""
+                                                          batch: int, bn: bool, dtype: Any, seed: int | None,
+                                                          opt: lb.Optimizer, fixed: bool) -> None:
+    """``train_epoch`` on any data, with optimizers whose weight decay may blow the weights up and
+    with the first layer trainable or not: a lazybn error, or a network whose every array is
+    finite (a batch with NaN/inf, or a step that overflows, is refused, never applied)."""
     if derive and isinstance(x, np.ndarray) and x.ndim == 2:  # targets that fit, for some x
         y = np.eye(2, dtype=x.dtype)[np.arange(x.shape[0]) % 2]
     if poison is not None and isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64) and x.size:
@@ -219,7 +226,9 @@ def test_training_gives_a_lazybn_error_or_a_finite_network(x: Any, y: Any, deriv
         x.flat[x.size // 2] = poison
     features = x.shape[1] if isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] else 3
     layers = lb.mlp((features, 3, 2), batchnorm=bn, dtype=dtype, seed=0)
-    opt = lb.SGD(0.1)
+    first = layers[0]
+    if fixed and isinstance(first, (lb.Linear, lb.LinearNoBias)):
+        layers[0] = replace(first, trainable=False)
     rng = None if seed is None else np.random.default_rng(seed)
     try:
         with np.errstate(all="ignore"):
