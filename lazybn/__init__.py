@@ -55,6 +55,7 @@ from .conventions import momentum_from_keras as momentum_from_keras
 from .conventions import momentum_to_keras as momentum_to_keras
 from .conventions import to_keras as to_keras
 from .conventions import to_torch as to_torch
+from .init import summary as summary
 from .init import Init as Init
 from .init import mlp as mlp
 from .layers import BN1 as BN1

@@ -1,4 +1,4 @@
-"""Weight initialisers and the multilayer-perceptron builder.
+"""Weight initialisers, the multilayer-perceptron builder, and a network's summary.
 
 Every draw is made in float64 from a ``numpy.random.Generator`` and then cast to the requested
 dtype, so a network is a deterministic function of its seed, and float32 and float64 networks
@@ -17,6 +17,7 @@ from numpy.typing import DTypeLike
 from .array import Comp, Matrix, Vector, matrix, ones, vector, zeros
 from .errors import ArgumentError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm
+from .report import markdown_table
 
 
 class Init(enum.Enum):
@@ -153,3 +154,44 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
                                       zeros(n, dtype, comp), eps=eps, momentum=momentum, renorm=renorm))
         layers.extend(hidden)
     return layers
+
+
+def summary(layers: Sequence[Layer]) -> str:
+    """A network as a markdown table, one row per layer: its kind, output width, parameter
+    count, whether the optimizers train it, and its settings; then the totals (parameters, and
+    batch norm's running statistics, which are state, not parameters).
+
+    Raises:
+        ArgumentError: an element is not a lazybn layer.
+    """
+    rows: list[dict[str, object]] = []
+    width: object = "?"  # the input's width is unknown until a layer with weights fixes it
+    total = trainable = stats = 0
+    for i, layer in enumerate(layers):
+        match layer:
+            case Linear(w=w, b=b):
+                width, n, notes = w.shape[1], math.prod(w.shape) + b.shape[0], f"w {w.shape[0]}x{w.shape[1]}, bias"
+            case LinearNoBias(w=w):
+                width, n, notes = w.shape[1], math.prod(w.shape), f"w {w.shape[0]}x{w.shape[1]}, no bias"
+            case Batchnorm1d():
+                width, n = layer.features, 2 * layer.features
+                stats += 2 * layer.features
+                variant = ("frozen (running statistics)" if layer.frozen else
+                           f"renorm rmax {layer.renorm.rmax}, dmax {layer.renorm.dmax}" if layer.renorm else
+                           f"ghost batches of {layer.ghost_batch}" if layer.ghost_batch else "batch statistics")
+                momentum = "cumulative" if layer.momentum is None else f"momentum {layer.momentum:g}"
+                notes = f"eps {layer.eps:g}, {momentum}, {variant}"
+            case Activation(f=f):
+                n, notes = 0, f.value
+            case Dropout(p=p):
+                n, notes = 0, f"p {p:g}"
+            case _:
+                raise ArgumentError(f"summary: layers[{i}] is a {type(layer).__name__}, not a lazybn layer")
+        trains = getattr(layer, "trainable", None)
+        total += n
+        trainable += n if trains else 0
+        rows.append({"#": i, "layer": type(layer).__name__, "outputs": width, "parameters": n,
+                     "trainable": "" if trains is None else "yes" if trains else "no", "settings": notes})
+    table = markdown_table(rows) if rows else "(no layers)\n"
+    return (f"{table}\nparameters: {total} ({trainable} trainable, {total - trainable} not); "
+            f"batch norm's running statistics: {stats} values\n")

@@ -16,6 +16,7 @@ from lazybn.init import Init, biases, mlp, weights
 from lazybn.layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 
 from .helpers import DTYPES
+from .net_helpers import networks
 
 STD = {Init.haskell: lambda i, o: 0.01, Init.small: lambda i, o: 0.01, Init.normal: lambda i, o: 1.0,
        Init.xavier: lambda i, o: math.sqrt(2 / (i + o)), Init.he: lambda i, o: math.sqrt(2 / i)}
@@ -134,3 +135,32 @@ def test_invalid_arguments() -> None:
         mlp([3, 2], batchnorm=True, dtype=np.int32)
     with pytest.raises(ArgumentError, match="mlp.renorm: batch renormalisation needs batch-norm layers"):
         mlp([3, 2, 2], batchnorm=False, renorm=lb.Renorm(3.0, 5.0))
+
+
+@given(net=st.sampled_from([np.float32, np.float64]).flatmap(lambda dt: networks(np.dtype(dt))))
+def test_summary_counts_every_parameter_and_says_what_trains(net: list[Layer]) -> None:
+    # the oracle: numpy's sizes of the trainable fields; running statistics are state, not parameters
+    fields = {Linear: ("w", "b"), LinearNoBias: ("w",), Batchnorm1d: ("gamma", "beta")}
+    sizes = [sum(getattr(layer, f).array.size for f in fields.get(type(layer), ())) for layer in net]
+    trains = [getattr(layer, "trainable", False) for layer in net]
+    text = lb.summary(net)
+    lines = text.splitlines()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:2 + len(net)]] if net else []
+    assert [int(r[0]) for r in rows] == list(range(len(net)))
+    assert [r[1] for r in rows] == [type(layer).__name__ for layer in net]
+    assert [int(r[3]) for r in rows] == sizes
+    assert [r[4] for r in rows] == ["" if not hasattr(layer, "trainable") else "yes" if t else "no"
+                                    for layer, t in zip(net, trains)]
+    stats = sum(2 * layer.features for layer in net if isinstance(layer, Batchnorm1d))
+    total, trainable = sum(sizes), sum(n for n, t in zip(sizes, trains) if t)
+    assert lines[-1] == (f"parameters: {total} ({trainable} trainable, {total - trainable} not); "
+                         f"batch norm's running statistics: {stats} values")
+
+
+def test_summary_of_the_mnist_network_and_bad_input() -> None:
+    text = lb.summary(mlp((784, 300, 50, 10), batchnorm=True, dropout=0.1))
+    assert "| 1 | Batchnorm1d | 300 | 600 | yes | eps 1e-05, momentum 0.1, batch statistics |" in text
+    assert "| 3 | Dropout | 300 | 0 |  | p 0.1 |" in text
+    assert text.endswith("parameters: 251400 (251400 trainable, 0 not); batch norm's running statistics: 700 values\n")
+    with pytest.raises(ArgumentError, match=r"layers\[1\] is a str"):
+        lb.summary([Activation(Act.relu), "relu"])  # type: ignore[list-item]
