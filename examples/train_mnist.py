@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     x_test = lb.prepare(mnist.test.images, lb.Pixels.standard)
     for name, bn in (("batch norm", True), ("no batch norm", False)):
         layers = lb.mlp(SIZES, batchnorm=bn, init=lb.Init.small, seed=0)  # the same weight matrices
+        print(f"{name}:\n{lb.summary(layers)}")
         layers = train(layers, x, mnist.train.labels, args.epochs, desc=name)
         print(f"{name}: test accuracy {lb.accuracy(layers, x_test, mnist.test.labels):.2%}")
 
