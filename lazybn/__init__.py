@@ -55,6 +55,8 @@ from .conventions import momentum_from_keras as momentum_from_keras
 from .conventions import momentum_to_keras as momentum_to_keras
 from .conventions import to_keras as to_keras
 from .conventions import to_torch as to_torch
+from .gradcheck import GradError as GradError
+from .gradcheck import gradcheck as gradcheck
 from .init import summary as summary
 from .init import Init as Init
 from .init import mlp as mlp
