@@ -56,7 +56,7 @@ def _fields(layer: Layer, g: object) -> list[tuple[str, Manifest[Any], Manifest[
 def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int = 0, step: float = 1e-6,
               entries: int = 20, seed: int = 0) -> list[GradError]:
     """The gradient errors of every parameter of ``layers`` and of the input ``x``, one per array,
-    in layer order (the input last).
+    in layer order (the input last). A layer with ``trainable=False`` has no gradient to check.
 
     Arguments:
         layers, x, targets: a float64 network, a batch and its one-hot targets (as for ``train_step``).
@@ -100,6 +100,8 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
     out = []
     for i, (layer, g) in enumerate(zip(layers, grads)):
         for name, p, dp in _fields(layer, g):
+            if dp.array.size == 0 and p.array.size:  # trainable=False: no gradient is computed
+                continue
             def at_value(v: np.ndarray[Any, Any], i: int = i, name: str = name) -> float:
                 new: dict[str, Any] = {name: matrix(v, np.float64) if v.ndim == 2 else vector(v, np.float64)}
                 return loss([replace(lay, **new) if k == i else lay for k, lay in enumerate(layers)], x)

@@ -15,7 +15,8 @@ Conventions (fixed, documented, tested):
 * ``trainable=False`` on a layer with parameters (``Linear``, ``LinearNoBias``, ``Batchnorm1d``)
   makes the optimizers leave its parameters and their moments as they are (PyTorch's
   ``requires_grad_(False)`` on the module's parameters, with no weight decay either). Its
-  gradients are still computed and returned. For batch norm it covers gamma and beta;
+  gradients are not computed (the training pass hands over empty arrays), nor is any input
+  gradient below the first layer that trains. For batch norm it covers gamma and beta;
   ``frozen`` is what keeps the running statistics (Keras's ``trainable=False`` is both).
 """
 

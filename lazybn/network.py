@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, assert_never
 
 import numpy as np
 
 from . import fuse
-from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, matrix
+from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, matrix, vector
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
 from .batchnorm import frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward
@@ -131,7 +132,14 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
     return Manifest(fuse.host_call(_mask_values, shape, p, key, index, dtype))
 
 
-_SKIPPED = matrix(np.zeros((0, 0), np.float32))
+_SKIPPED = matrix(np.zeros((0, 0), np.float32))  # a gradient no one needs (see _pass)
+_SKIPPED_VECTOR = vector(np.zeros(0, np.float32))
+_NO_BN_GRADIENT = (_SKIPPED, _SKIPPED_VECTOR, _SKIPPED_VECTOR)
+
+
+def _own(g: BN1, trains: bool) -> BN1:
+    """What a batch-norm layer hands to the update: without dgamma and dbeta when it does not train."""
+    return g if trains else replace(g, dgamma=_SKIPPED_VECTOR, dbeta=_SKIPPED_VECTOR)
 
 
 @fused(dynamic=("key",))
@@ -139,8 +147,11 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
           input_grad: bool = True, _depth: int = 0) -> tuple[Matrix, Matrix, list[Gradients]]:
     """One training pass: returns (dx, pred, grads). ``key`` seeds the dropout masks.
 
-    With ``input_grad=False`` the first layer's input gradient is not computed (a training step
-    does not need it; Haskell's laziness never forces it) and ``dx`` is an empty (0, 0) matrix.
+    With ``input_grad=False`` the input gradient is not computed (a training step does not need
+    it; Haskell's laziness never forces it) and ``dx`` is an empty (0, 0) matrix. Nor is what no
+    one needs: a layer with ``trainable=False`` gets empty gradients (its optimizer step leaves it
+    as it is), and below the first layer that trains (or the input, with ``input_grad``) no
+    layer computes its input gradient.
     """
     if _depth == 0:
         _check_batch(inp, tgt, layers)
@@ -153,55 +164,58 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
         pred0, loss_grad = compute_all(probs, scale(1.0 / rows(inp), probs - tgt))
         return loss_grad, pred0, []
     layer, rest = layers[0], layers[1:]
+    trains = isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and layer.trainable
+    below = input_grad or trains  # whether this layer needs the gradient of its output
     match layer:
         case Linear(w=w, b=bias):
             z = matmul(inp, w)
             lin = compute(z + rows_like(bias, z))
-            dz, pred, t = _pass(lin, tgt, rest, key, _depth=_depth + 1)
-            dw = matmul(transpose(inp), dz)
-            db = compute(sum_rows(dz))
-            dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
+            dz, pred, t = _pass(lin, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dw = matmul(transpose(inp), dz) if trains else _SKIPPED
+            db = compute(sum_rows(dz)) if trains else _SKIPPED_VECTOR
+            dx = matmul(dz, transpose(w)) if input_grad else _SKIPPED
             return dx, pred, [LinearGradients(dw, db), *t]
         case LinearNoBias(w=w):
-            dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, _depth=_depth + 1)
-            dx = matmul(dz, transpose(w)) if input_grad or _depth else _SKIPPED
-            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz)), *t]
+            dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dx = matmul(dz, transpose(w)) if input_grad else _SKIPPED
+            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz) if trains else _SKIPPED), *t]
         case Batchnorm1d(frozen=True):  # normalised with the running statistics, which stay as they are
             _check_features(inp, layer)
             out = frozen_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
-            dx, dgamma, dbeta = frozen_backward(dz, inp, layer)
-            return dx, pred, [BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), *t]
+            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dx, dgamma, dbeta = frozen_backward(dz, inp, layer) if below else _NO_BN_GRADIENT
+            return dx, pred, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), trains), *t]
         case Batchnorm1d(renorm=None, ghost_batch=None):
             _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
-            dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance)
-            return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
+            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance) if below else _NO_BN_GRADIENT
+            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), trains), *t]
         case Batchnorm1d(ghost_batch=None):  # batch renormalisation
             _check_features(inp, layer)
             out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
-            dx, dgamma, dbeta = renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d)
-            return dx, pred, [BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), *t]
-        case Batchnorm1d():  # ghost batches
+            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dx, dgamma, dbeta = (renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d) if below
+                                 else _NO_BN_GRADIENT)
+            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), trains), *t]
+        case Batchnorm1d():  # ghost batches: the statistics come with the gradients
             _check_features(inp, layer)
             out, ghost_mu, ghost_var = ghost_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, _depth=_depth + 1)
+            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, g = ghost_backward(dz, inp, layer, ghost_mu, ghost_var)
-            return dx, pred, [g, *t]
+            return dx, pred, [_own(g, trains), *t]
         case Activation(f=f):
             fns = _ACT[f]
             if fns is None:
-                dz, pred, t = _pass(inp, tgt, rest, key, _depth=_depth + 1)
+                dz, pred, t = _pass(inp, tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
                 return dz, pred, [NoGrad(), *t]
             fn, dfn = fns
-            dz, pred, t = _pass(compute(amap(fn, inp)), tgt, rest, key, _depth=_depth + 1)
-            return compute(dz * amap(dfn, inp)), pred, [NoGrad(), *t]
+            dz, pred, t = _pass(compute(amap(fn, inp)), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
+            return compute(dz * amap(dfn, inp)) if input_grad else _SKIPPED, pred, [NoGrad(), *t]
         case Dropout(p=p):
             mask = _dropout_mask(inp.shape, p, key, _depth, inp.dtype)
-            dz, pred, t = _pass(compute(inp * mask), tgt, rest, key, _depth=_depth + 1)
-            return compute(dz * mask), pred, [NoGrad(), *t]
+            dz, pred, t = _pass(compute(inp * mask), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
+            return compute(dz * mask) if input_grad else _SKIPPED, pred, [NoGrad(), *t]
         case _:
             assert_never(layer)
 

@@ -275,10 +275,11 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     witnesses: list[tuple[tuple[np.dtype[Any], Comp], int]] = []  # (group, index)
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
         params, gs = _params(layer), _grads(i, layer, g)
-        _check(i, layer, params, gs, layer_slots, k, opt)
         places.append([])
         if isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and not layer.trainable:
+            _check(i, layer, params, (), layer_slots, k, opt)  # its gradients are empty (see network._pass)
             continue  # its parameters and moments stay as they are
+        _check(i, layer, params, gs, layer_slots, k, opt)
         bn = isinstance(layer, Batchnorm1d)
         lr = opt.lr * (opt.bn_lr_multiplier if bn else 1.0)
         wd = opt.bn_weight_decay if bn else opt.weight_decay

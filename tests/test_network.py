@@ -444,3 +444,27 @@ def test_batches_cover_every_sample_once_and_never_leave_a_last_batch_of_one(n: 
         assert sizes[-1] >= 2, "a trailing sample must join the batch before it"
     if n % batch_size == 1 and n > 1:
         assert sizes[-1] == batch_size + 1
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_layers_that_do_not_train_get_no_gradient_and_change_no_other(name: str) -> None:
+    # trainable=False: the layer's gradients are empty and nothing else changes, bit for bit; with
+    # no input gradient asked for, no layer before the first that trains computes one either
+    rng = np.random.default_rng(3)
+    layers = NETS[name](rng)
+    x, tgt = batch(rng)
+    dx, pred, grads = _pass(lb.matrix(x), tgt, layers, 5)
+    for frozen in ([0], [0, 1], [i for i, layer in enumerate(layers) if hasattr(layer, "trainable")][:-1]):
+        fixed = [replace(layer, trainable=False) if i in frozen and isinstance(layer, (Linear, LinearNoBias, Batchnorm1d))
+                 else layer for i, layer in enumerate(layers)]
+        dx2, pred2, grads2 = _pass(lb.matrix(x), tgt, fixed, 5)
+        assert pred2.array.tobytes() == pred.array.tobytes() and dx2.array.tobytes() == dx.array.tobytes()
+        for i, (g, g2) in enumerate(zip(grads, grads2)):
+            for f, a in param_grads(g).items():
+                b = param_grads(g2)[f]
+                assert b.size == 0 if i in frozen and hasattr(layers[i], "trainable") else b.tobytes() == a.tobytes()
+        _, _, grads3 = _pass(lb.matrix(x), tgt, fixed, 5, input_grad=False)
+        first = min(i for i, layer in enumerate(fixed) if getattr(layer, "trainable", False))
+        for i, (g, g3) in enumerate(zip(grads, grads3)):
+            for f, a in param_grads(g).items():
+                assert param_grads(g3)[f].size == 0 if i < first else param_grads(g3)[f].tobytes() == a.tobytes()
