@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -105,4 +106,15 @@ def test_entries_beyond_an_arrays_size_check_all_of_it() -> None:
     t = lb.matrix(np.eye(2)[rng.integers(0, 2, 6)], F64)
     errors = lb.gradcheck(layers, x, t, entries=1000)
     assert [e.checked for e in errors] == [6, 3, 3, 6, 2, 12]
+    assert max(e.error for e in errors) < 1e-6
+
+
+def test_layers_that_do_not_train_have_nothing_to_check() -> None:
+    rng = np.random.default_rng(5)
+    layers = _net({}, rng)
+    fixed = [replace(layer, trainable=False) if i in (0, 1) and isinstance(layer, (Linear, Batchnorm1d)) else layer
+             for i, layer in enumerate(layers)]
+    x, t = _batch(rng)
+    errors = lb.gradcheck(fixed, x, t, entries=8)
+    assert [(e.layer, e.name) for e in errors] == [(4, "w"), (5, "gamma"), (5, "beta"), (7, "w"), (7, "b"), (None, "x")]
     assert max(e.error for e in errors) < 1e-6
