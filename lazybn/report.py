@@ -43,6 +43,7 @@ def environment() -> dict[str, str]:
         "lazybn": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
         "numba": numba.__version__, "platform": platform.platform(), "cpu": cpu,
         "cores": str(os.cpu_count()), "numba threads": str(numba.get_num_threads()),
+        "BLAS threads": os.environ.get("OPENBLAS_NUM_THREADS") or "one per core (OPENBLAS_NUM_THREADS unset)",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

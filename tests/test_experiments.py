@@ -342,3 +342,13 @@ def test_fine_tune_tasks_and_arms() -> None:
         if name == "head, bn drift":  # weights, gamma and beta fixed; the running statistics moved
             assert all(np.array_equal(x.gamma.array, p.gamma.array) and not np.array_equal(x.mu.array, p.mu.array)
                        for x, p in drift)
+
+
+def test_reports_say_how_many_blas_threads_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an epoch's seconds depend on it several times over on a busy machine (bench_blas_threads.py)
+    from lazybn.report import environment
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert environment()["BLAS threads"] == "1"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    assert environment()["BLAS threads"] == "one per core (OPENBLAS_NUM_THREADS unset)"
