@@ -189,7 +189,9 @@ def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[np.generic]]:
     which have no state. ``model.load_state_dict({k: torch.from_numpy(v) for k, v in
     to_torch(layers).items()})`` then loads it. A layer trained with batch renormalisation or
     ghost batches converts as batch norm, whose inference it shares; a frozen layer is a
-    ``BatchNorm1d`` that a torch training loop keeps in eval mode.
+    ``BatchNorm1d`` that a torch training loop keeps in eval mode, and a layer with
+    ``trainable=False`` a module whose parameters have ``requires_grad_(False)`` (neither is in a
+    state dict).
 
     Raises:
         ArgumentError: a batch-norm layer with ``unbiased=False`` (its running variance averages
