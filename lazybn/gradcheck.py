@@ -23,10 +23,11 @@ from typing import Any, final
 
 import numpy as np
 
-from .array import Manifest, Matrix, matrix, vector
+from .array import Matrix, matrix, vector
 from .errors import DTypeError, ValueRangeError
-from .layers import BN1, Batchnorm1d, Layer, Linear, LinearGradients, LinearNoBias, LinearNoBiasGradients
+from .layers import Layer, trains
 from .network import _pass, cross_entropy
+from .optim import gradients, parameters
 
 
 @final
@@ -39,18 +40,6 @@ class GradError:
     name: str
     error: float
     checked: int
-
-
-def _fields(layer: Layer, g: object) -> list[tuple[str, Manifest[Any], Manifest[Any]]]:
-    """(field, parameter, its gradient) for each parameter of ``layer``."""
-    match layer, g:
-        case Linear(w=w, b=b), LinearGradients(dw=dw, db=db):
-            return [("w", w, dw), ("b", b, db)]
-        case LinearNoBias(w=w), LinearNoBiasGradients(dw=dw):
-            return [("w", w, dw)]
-        case Batchnorm1d(gamma=gamma, beta=beta), BN1(dgamma=dgamma, dbeta=dbeta):
-            return [("gamma", gamma, dgamma), ("beta", beta, dbeta)]
-    return []
 
 
 def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int = 0, step: float = 1e-6,
@@ -99,9 +88,9 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
 
     out = []
     for i, (layer, g) in enumerate(zip(layers, grads)):
-        for name, p, dp in _fields(layer, g):
-            if dp.array.size == 0 and p.array.size:  # trainable=False: no gradient is computed
-                continue
+        if not trains(layer):  # no parameters, or trainable=False: no gradient is computed
+            continue
+        for (name, p), dp in zip(parameters(layer), gradients(i, layer, g)):
             def at_value(v: np.ndarray[Any, Any], i: int = i, name: str = name) -> float:
                 new: dict[str, Any] = {name: matrix(v, np.float64) if v.ndim == 2 else vector(v, np.float64)}
                 return loss([replace(lay, **new) if k == i else lay for k, lay in enumerate(layers)], x)

@@ -308,6 +308,11 @@ class Dropout:
 Layer = Linear | LinearNoBias | Batchnorm1d | Activation | Dropout
 
 
+def trains(layer: Layer) -> bool:
+    """Whether the optimizers step ``layer``: it has parameters and ``trainable`` is set."""
+    return isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and layer.trainable
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class LinearGradients:

@@ -44,6 +44,7 @@ from .layers import (
     LinearNoBias,
     LinearNoBiasGradients,
     NoGrad,
+    trains,
 )
 from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
 from .trace import fused
@@ -137,9 +138,9 @@ _SKIPPED_VECTOR = vector(np.zeros(0, np.float32))
 _NO_BN_GRADIENT = (_SKIPPED, _SKIPPED_VECTOR, _SKIPPED_VECTOR)
 
 
-def _own(g: BN1, trains: bool) -> BN1:
+def _own(g: BN1, steps: bool) -> BN1:
     """What a batch-norm layer hands to the update: without dgamma and dbeta when it does not train."""
-    return g if trains else replace(g, dgamma=_SKIPPED_VECTOR, dbeta=_SKIPPED_VECTOR)
+    return g if steps else replace(g, dgamma=_SKIPPED_VECTOR, dbeta=_SKIPPED_VECTOR)
 
 
 @fused(dynamic=("key",))
@@ -164,46 +165,46 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
         pred0, loss_grad = compute_all(probs, scale(1.0 / rows(inp), probs - tgt))
         return loss_grad, pred0, []
     layer, rest = layers[0], layers[1:]
-    trains = isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and layer.trainable
-    below = input_grad or trains  # whether this layer needs the gradient of its output
+    steps = trains(layer)
+    below = input_grad or steps  # whether this layer needs the gradient of its output
     match layer:
         case Linear(w=w, b=bias):
             z = matmul(inp, w)
             lin = compute(z + rows_like(bias, z))
             dz, pred, t = _pass(lin, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dw = matmul(transpose(inp), dz) if trains else _SKIPPED
-            db = compute(sum_rows(dz)) if trains else _SKIPPED_VECTOR
+            dw = matmul(transpose(inp), dz) if steps else _SKIPPED
+            db = compute(sum_rows(dz)) if steps else _SKIPPED_VECTOR
             dx = matmul(dz, transpose(w)) if input_grad else _SKIPPED
             return dx, pred, [LinearGradients(dw, db), *t]
         case LinearNoBias(w=w):
             dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx = matmul(dz, transpose(w)) if input_grad else _SKIPPED
-            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz) if trains else _SKIPPED), *t]
+            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else _SKIPPED), *t]
         case Batchnorm1d(frozen=True):  # normalised with the running statistics, which stay as they are
             _check_features(inp, layer)
             out = frozen_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = frozen_backward(dz, inp, layer) if below else _NO_BN_GRADIENT
-            return dx, pred, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), trains), *t]
+            return dx, pred, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(renorm=None, ghost_batch=None):
             _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance) if below else _NO_BN_GRADIENT
-            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), trains), *t]
+            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(ghost_batch=None):  # batch renormalisation
             _check_features(inp, layer)
             out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = (renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d) if below
                                  else _NO_BN_GRADIENT)
-            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), trains), *t]
+            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d():  # ghost batches: the statistics come with the gradients
             _check_features(inp, layer)
             out, ghost_mu, ghost_var = ghost_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, g = ghost_backward(dz, inp, layer, ghost_mu, ghost_var)
-            return dx, pred, [_own(g, trains), *t]
+            return dx, pred, [_own(g, steps), *t]
         case Activation(f=f):
             fns = _ACT[f]
             if fns is None:

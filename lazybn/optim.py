@@ -40,7 +40,7 @@ from .array import Comp, Delayed, Manifest, compute_all
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
-                     LinearNoBiasGradients, NoGrad)
+                     LinearNoBiasGradients, NoGrad, trains)
 from .ops import add_c, amap, scale, sum_rows
 from .optimizers import SGD as SGD  # the hyperparameters live there; re-exported: lazybn.optim.SGD
 from .optimizers import Adam as Adam
@@ -98,7 +98,7 @@ def _moments(opt: Optimizer) -> tuple[int, tuple[int, ...]]:
             assert_never(opt)
 
 
-def _params(layer: Layer) -> tuple[tuple[str, Manifest[Any]], ...]:
+def parameters(layer: Layer) -> tuple[tuple[str, Manifest[Any]], ...]:
     """The layer's trainable parameters, named, in the slot order."""
     match layer:
         case Linear(w=w, b=b):
@@ -126,7 +126,7 @@ def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
         An :class:`OptState` whose slots follow the module's ordering convention.
     """
     k, _ = _moments(opt)
-    return OptState(0, tuple(tuple(_zeros_like(p) for _, p in _params(layer) for _ in range(k)) for layer in layers))
+    return OptState(0, tuple(tuple(_zeros_like(p) for _, p in parameters(layer) for _ in range(k)) for layer in layers))
 
 
 def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Manifest[Any], ...], lr: float,
@@ -172,8 +172,8 @@ def _mismatch(i: int, layer: Layer, g: Gradients) -> UpdateMismatchError:
         f"grads must come from a pass through these same layers, in order", i)
 
 
-def _grads(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]:
-    """The gradients of ``_params(layer)``, in the same order; raises on a mismatched pair."""
+def gradients(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]:
+    """The gradients of ``parameters(layer)``, in the same order; raises on a mismatched pair."""
     match layer:
         case Linear():
             if isinstance(g, LinearGradients):
@@ -274,9 +274,9 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     places: list[list[tuple[tuple[np.dtype[Any], Comp], int, int]]] = []  # per layer: (group, start, count)
     witnesses: list[tuple[tuple[np.dtype[Any], Comp], int]] = []  # (group, index)
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
-        params, gs = _params(layer), _grads(i, layer, g)
+        params, gs = parameters(layer), gradients(i, layer, g)
         places.append([])
-        if isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and not layer.trainable:
+        if not trains(layer):
             _check(i, layer, params, (), layer_slots, k, opt)  # its gradients are empty (see network._pass)
             continue  # its parameters and moments stay as they are
         _check(i, layer, params, gs, layer_slots, k, opt)
