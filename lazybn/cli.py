@@ -17,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .experiments import registry
+    from .experiments.common import release_unused
     from .experiments.mnist import add_train_parser
 
     add_train_parser(sub)
@@ -31,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # before training started (training itself stops cleanly and reports)
         print("lazybn: interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_unused()
     return code
 
 

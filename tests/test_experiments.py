@@ -123,6 +123,42 @@ def test_a_run_that_fails_before_measuring_anything_leaves_no_directory(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+    import time
+
+    from lazybn.experiments.common import out_dir, release_unused
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20260101-000000")
+    args = argparse.Namespace(out=None)
+    first, second, third = (out_dir(args, "train-default") for _ in range(3))
+    assert [p.name for p in (first, second, third)] == ["train-default-20260101-000000",
+                                                       "train-default-20260101-000000-2",
+                                                       "train-default-20260101-000000-3"]
+    assert all(p.is_dir() for p in (first, second, third))  # claimed: a fourth run cannot take them
+    (second / "metrics.csv").write_text("kept")
+    release_unused()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [second.name]  # only what holds files stays
+    assert (second / "metrics.csv").read_text() == "kept"
+
+
+def test_an_output_directory_holding_files_is_refused_and_left_alone(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "earlier-run"
+    out.mkdir()
+    (out / "metrics.csv").write_text("an earlier run's rows")
+    assert main(["train", "--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"the output directory {out} already holds files" in err
+    assert [p.name for p in out.iterdir()] == ["metrics.csv"] and (out / "metrics.csv").read_text() == "an earlier run's rows"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty directory given with --out is used, and kept after a failed run
+    assert main(["train", "--data-dir", str(tmp_path / "no-data"), "--out", str(empty), "--no-progress"]) == 2
+    assert empty.is_dir() and "no-data" in capsys.readouterr().err
+
+
 def _fail_on_call(monkeypatch: pytest.MonkeyPatch, call: int, exc: BaseException) -> list[object]:
     """Make the runner's ``train_epoch`` raise ``exc`` on its ``call``-th call (from 1); returns the
     list of layers each earlier call returned."""

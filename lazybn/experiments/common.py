@@ -6,8 +6,9 @@ The API (kept stable; experiment modules import it):
   prepared as a :class:`~lazybn.experiments.runner.Split` (from ``args.data_dir``, else the
   cache, else fetched), or with ``quick`` a small deterministic synthetic 10-class data set
   (600 train, 200 test, 784 uint8 "pixels") that needs neither MNIST nor a network.
-* ``out_dir(args, name) -> Path``: ``args.out`` or ``runs/NAME-TIMESTAMP``, checked writable (made by
-  the first file written into it).
+* ``out_dir(args, name) -> Path``: ``args.out`` (empty) or a new ``runs/NAME-TIMESTAMP``, made and
+  checked writable; ``release_unused()`` (the ``lazybn`` command calls it) removes it again if
+  the run wrote nothing into it.
 * ``command_line(args) -> str``: the ``lazybn run ...`` command that reproduces the run.
 * ``progress(args) -> bool``: whether to show progress bars.
 * ``mean_std(values) -> (mean, std)``: population standard deviation (``np.std``, ddof 0),
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import shlex
 import sys
 import tempfile
@@ -91,22 +93,51 @@ def load_split(args: argparse.Namespace, quick: bool, pixels: Pixels = Pixels.st
     return split, f"MNIST from {mnist.source}"
 
 
+_MADE: list[Path] = []  # directories out_dir created, outermost first
+
+
 def out_dir(args: argparse.Namespace, name: str) -> Path:
-    """``args.out`` or ``runs/NAME-YYYYmmdd-HHMMSS``, checked writable before any work is done
-    (:class:`ArgumentError` naming it otherwise). It is created by the first file written into
-    it, so a run that fails before measuring anything leaves no empty directory behind."""
+    """``args.out`` or ``runs/NAME-YYYYmmdd-HHMMSS`` (``-2``, ``-3``, ... when another run started
+    in the same second), created now so that no other run writes into it. A given ``--out`` must
+    be empty: a run never mixes its files with an earlier run's. :class:`ArgumentError` naming the
+    directory otherwise. :func:`release_unused` removes what this made if the run wrote nothing
+    into it, so a run that fails before measuring anything leaves no empty directory behind."""
     given = getattr(args, "out", None)
-    out = Path(given) if given else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    base = Path(given) if given else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = base
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
-        with tempfile.TemporaryFile(dir=existing):
+        if given and base.is_dir() and any(base.iterdir()):
+            raise ArgumentError(f"the output directory {base} already holds files (from another run?); choose a "
+                                "new one with --out, or empty it")
+        missing = [p for p in base.parents if not p.exists()]
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _MADE.extend(reversed(missing))
+        existed = bool(given) and base.is_dir()
+        for k in itertools.count(2):
+            try:
+                out.mkdir(exist_ok=existed)
+                break
+            except FileExistsError:
+                if given:
+                    raise
+                out = base.with_name(f"{base.name}-{k}")  # another run took this name: the next one
+        if not existed:
+            _MADE.append(out)
+        with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
         raise ArgumentError(f"cannot write to the output directory {out} ({exc.strerror or exc}); "
                             "choose another with --out") from exc
     return out
+
+
+def release_unused() -> None:
+    """Remove the directories :func:`out_dir` made that are still empty (the run wrote nothing)."""
+    while _MADE:
+        try:
+            _MADE.pop().rmdir()
+        except OSError:  # it holds the run's files (or is gone)
+            pass
 
 
 def progress(args: argparse.Namespace) -> bool:
