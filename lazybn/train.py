@@ -194,18 +194,19 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
                 bounds.append((layer.renorm.rmax, layer.renorm.dmax))
             layer = _unchecked(layer, tracked=0, renorm=_pattern(layer.renorm))
         bare.append(layer)
-    try:
-        # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
-        # before the loss and the batch statistics are checked; they are dropped if the check fails.
-        pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, tuple(bare), opt_state.slots, x, tgt, key, s,
-                                                                   correction, tuple(weights), tuple(bounds))
-        if weights or bounds:
-            new_layers = [_restored(new, old) for new, old in zip(new_layers, layers)]
-        refused = None
-    except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
-        refused = exc
-        _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
-        log_lik = log_likelihoods(pred, tgt)
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below, as an error
+        try:
+            # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
+            # before the loss and the batch statistics are checked; they are dropped if the check fails.
+            pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, tuple(bare), opt_state.slots, x, tgt, key, s,
+                                                                       correction, tuple(weights), tuple(bounds))
+            if weights or bounds:
+                new_layers = [_restored(new, old) for new, old in zip(new_layers, layers)]
+            refused = None
+        except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
+            refused = exc
+            _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
+            log_lik = log_likelihoods(pred, tgt)
     loss = mean_loss(log_lik)
     if refused is None:
         problem = _check_finite(loss, grads, new_layers, slots, witnesses)
@@ -286,14 +287,30 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterato
 
 def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
              batch_size: int = 1000, comp: Comp = Comp.Seq) -> float:
-    """Fraction of samples whose arg-max prediction (inference mode) equals the label."""
+    """Fraction of samples whose arg-max prediction (inference mode) equals the label.
+
+    Raises (never a silently wrong score): the labels are not integers, or not classes of the
+    network's output; ``x`` holds NaN or infinity; the network's outputs overflow.
+    """
     _check_data("accuracy", x, labels, "labels", 1)
     if x.shape[0] == 0:
         raise ValueRangeError("accuracy: no samples (x has 0 rows)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DTypeError(f"accuracy: labels must be integer class indices, got {labels.dtype}")
+    if not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise NumericalError(f"accuracy: x contains NaN or infinity (first in row {row})")
     correct = 0
     for idx in batches(x.shape[0], batch_size, None):
-        out = logits(layers, _rows(x, idx, comp))
-        correct += int(np.sum(np.argmax(out.array, axis=1) == labels[idx]))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as an error
+            out = logits(layers, _rows(x, idx, comp)).array
+        if idx[0] == 0 and (labels.min() < 0 or labels.max() >= out.shape[1]):
+            raise ValueRangeError(f"accuracy: labels must be classes of the network's {out.shape[1]} outputs, in "
+                                  f"[0, {out.shape[1]}); got values from {labels.min()} to {labels.max()}")
+        if not np.isfinite(out).all():
+            raise NumericalError(f"accuracy: the network's outputs for rows {idx[0]}..{idx[-1]} are not finite "
+                                 "(they overflow)")
+        correct += int(np.sum(np.argmax(out, axis=1) == labels[idx]))
     return correct / int(x.shape[0])
 
 

@@ -124,6 +124,16 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: epoch(x, y, 3), lb.ArgumentError, "numpy Generator"),
         (lambda: lb.accuracy(_net(), x, labels[:, None]), lb.RankError, "labels must have rank 1"),
         (lambda: lb.accuracy(_net(), x[:0], labels[:0]), lb.ValueRangeError, "no samples"),
+        # never a silently wrong score: NaN rows would count as class 0, label 7 as a miss
+        (lambda: lb.accuracy(_net(), x, labels.astype(F32)), lb.DTypeError, "labels must be integer class indices"),
+        (lambda: lb.accuracy(_net(), x, np.array([0, 1, 7, 0])), lb.ValueRangeError,
+         "labels must be classes of the network's 3 outputs, in [0, 3); got values from 0 to 7"),
+        (lambda: lb.accuracy(_net(), x, np.array([0, -1, 2, 0])), lb.ValueRangeError, "from -1 to 2"),
+        (lambda: lb.accuracy(_net(), np.where(np.arange(8).reshape(4, 2) == 5, np.nan, x), labels), NumericalError,
+         "x contains NaN or infinity (first in row 2)"),
+        (lambda: lb.accuracy(_net(), np.full((4, 2), np.inf, F32), labels), NumericalError, "first in row 0"),
+        (lambda: lb.accuracy([Linear(lb.matrix(np.full((2, 3), 3e38, F32)), lb.vector(np.zeros(3, F32)))], x, labels),
+         NumericalError, "outputs for rows 0..3 are not finite"),
     ]
     for call, error, fragment in cases:
         with pytest.raises(error) as info:

@@ -414,6 +414,24 @@ def test_a_step_with_non_finite_batch_statistics_names_the_layer_and_applies_not
                 np.testing.assert_array_equal(getattr(la, f).array, getattr(lw, f).array)
 
 
+def test_a_product_that_overflows_is_one_clear_error_without_numpy_warnings() -> None:
+    import warnings
+
+    from lazybn.optim import init_state
+    from lazybn.train import NumericalError, train_step
+
+    f32 = np.float32
+    net: list[Layer] = [Linear(lb.matrix(np.full((2, 3), 3e38, f32)), lb.vector(np.zeros(3, f32)))]
+    x, y = lb.matrix(np.ones((4, 2), f32)), lb.matrix(np.eye(3, dtype=f32)[[0, 1, 2, 0]])
+    opt = lb.SGD(0.1)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(NumericalError, match="training step 0: the loss is nan"):
+            train_step(net, opt, init_state(opt, net), x, y)
+        assert train_step(net, opt, init_state(opt, net), x, y, on_nonfinite="skip").skipped
+    assert [str(w.message) for w in seen] == []  # not "overflow encountered in matmul" before the error
+
+
 def test_the_step_loss_is_the_cross_entropy_of_its_prediction() -> None:
     from lazybn.optim import init_state
     from lazybn.train import train_step
