@@ -248,6 +248,9 @@ def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
     """The step's numbers: the step number t, the schedule factor and Adam's bias correction at t,
     (1 / (1 - beta1^t), 1 / (1 - beta2^t)) (empty for the others); checks ``lr_scale`` and that the
     state has one entry per layer."""
+    if not isinstance(state, OptState):  # e.g. the None of a network saved without its optimizer state
+        raise ArgumentError(f"update: the optimizer state must be an OptState (lb.init_state(opt, layers) makes a "
+                            f"fresh one), got {type(state).__name__}")
     s = as_number("update", "lr_scale", lr_scale)
     if not (math.isfinite(s) and s >= 0):
         raise ValueRangeError(f"update.lr_scale: must be a finite number >= 0, got {lr_scale!r}")

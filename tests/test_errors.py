@@ -135,6 +135,10 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: lb.accuracy([Linear(lb.matrix(np.full((2, 3), 3e38, F32)), lb.vector(np.zeros(3, F32)))], x, labels),
          NumericalError, "outputs for rows 0..3 are not finite"),
     ]
+    saved_without_state = None  # what lb.load gives for a network saved without its optimizer state
+    cases.append((lambda: train_step(_net(), opt, saved_without_state, lb.matrix(x), lb.matrix(y)),  # type: ignore[arg-type]
+                  lb.ArgumentError, "the optimizer state must be an OptState (lb.init_state(opt, layers) makes a "
+                  "fresh one), got NoneType"))
     for call, error, fragment in cases:
         with pytest.raises(error) as info:
             call()
