@@ -388,3 +388,16 @@ def test_reports_say_how_many_blas_threads_ran(monkeypatch: pytest.MonkeyPatch) 
     assert environment()["BLAS threads"] == "1"
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     assert environment()["BLAS threads"] == "one per core (OPENBLAS_NUM_THREADS unset)"
+
+
+def test_no_progress_bar_is_drawn_into_a_log(capsys: pytest.CaptureFixture[str]) -> None:
+    """With progress on and stderr not a terminal (a log file; here pytest's capture), no bar is
+    drawn, so the result rows do not end up on a bar's line."""
+    from lazybn.experiments.common import synthetic_split
+    from lazybn.experiments.runner import Arm, Plan, run
+
+    arms = [Arm("plain", lb.mlp((784, 16, 10), batchnorm=False, seed=0), lb.SGD(0.1))]
+    done = run(arms, synthetic_split(), Plan(epochs=1, batch_size=100), progress=True)
+    assert len(done.rows) == 1
+    err = capsys.readouterr().err
+    assert "epoch 1/1" not in err and "\r" not in err, err

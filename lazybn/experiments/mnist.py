@@ -159,7 +159,8 @@ def add_train_parser(sub: Any) -> None:
                    help="directory with MNIST: the four IDX files (optionally .gz) or mnist_train.csv/mnist_test.csv "
                         "(default: $LAZYBN_DATA_DIR, else the cache, else fetched and verified)")
     p.add_argument("--out", default=None, help="output directory (default runs/train-PRESET-TIMESTAMP)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none when stderr is not a terminal)")
     p.set_defaults(func=_train)
 
 

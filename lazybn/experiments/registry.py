@@ -57,5 +57,6 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--out", default=None, help="output directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--data-dir", default=None, help="directory with MNIST (IDX files or the CSV pair)")
     r.add_argument("--seed", type=int, default=0, help="first random seed")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none when stderr is not a terminal)")
     r.set_defaults(func=_run)

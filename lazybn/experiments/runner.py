@@ -142,7 +142,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 per_pass = batches_per_pass(x_train.shape[0], plan.batch_size)
                 n_batches = per_pass if plan.steps_per_epoch is None else plan.steps_per_epoch
                 bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{plan.epochs} {arm.name}", leave=False,
-                           disable=not progress, unit="batch")
+                           disable=None if progress else True, unit="batch")  # None: no bar unless a terminal
 
                 def tick(loss: float, bar: Any = bar) -> None:
                     bar.update(1)
