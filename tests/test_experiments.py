@@ -316,6 +316,15 @@ def test_train_with_batch_norm_variants(variant: list[str], tmp_path: Path) -> N
             assert layer.ghost_batch == 25
 
 
+def test_train_refuses_a_batch_larger_than_the_training_set(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    data = _csv_data(tmp_path)  # 300 training samples
+    out = tmp_path / "out"
+    assert main(["train", "--data-dir", str(data), "--batch-size", "301", "--out", str(out), "--no-progress"]) == 2
+    assert "--batch-size 301 is more than the 300 training samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_train_refuses_a_ghost_batch_that_does_not_divide_the_last_batch(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     data = _csv_data(tmp_path)  # 300 training samples: batches of 80 leave a last batch of 60

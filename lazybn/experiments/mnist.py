@@ -251,6 +251,9 @@ def _train(args: argparse.Namespace) -> int:
     split, source = load_split(args.data_dir, s, progress)
     warm.join()
     print(f"data: {source} ({split.x_train.shape[0]} train, {split.x_test.shape[0]} test)")
+    if s.batch_size > split.x_train.shape[0]:
+        raise ArgumentError(f"lazybn train: --batch-size {s.batch_size} is more than the {split.x_train.shape[0]} "
+                            "training samples")
     sizes = {len(idx) for idx in batches(split.x_train.shape[0], s.batch_size, None)}
     if s.ghost_batch is not None and any(n % s.ghost_batch for n in sizes):
         raise ArgumentError(f"lazybn train: --ghost-batch {s.ghost_batch} does not divide every batch: "
