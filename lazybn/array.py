@@ -55,6 +55,9 @@ class _Arith(Generic[Ix]):
     __slots__ = ()
     __array_ufunc__ = None  # numpy defers to these methods: np.float32(2) * x is a Delayed, not an ndarray
 
+    def __bool__(self) -> bool:
+        raise ArgumentError("the truth value of a lazybn array is ambiguous")
+
     def _expr(self) -> tuple[Node, Comp]:
         raise NotImplementedError
 
@@ -151,9 +154,6 @@ class Manifest(_Arith[Ix]):
         body = np.array2string(self.array, threshold=20, edgeitems=2)
         return f"Manifest[{rank}] {self._comp.value} {self.shape} {self.dtype}\n{body}"
 
-    def __bool__(self) -> bool:
-        raise ArgumentError("the truth value of a lazybn array is ambiguous")
-
     def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> FloatArray:
         return np.asarray(self.array, dtype=dtype)
 
@@ -174,9 +174,6 @@ class Delayed(_Arith[Ix]):
     def __repr__(self) -> str:
         rank = "Ix1" if len(self.shape) == 1 else "Ix2"
         return f"Delayed[{rank}] {self._comp.value} {self.shape} {self.dtype} = {describe(self.node)}"
-
-    def __bool__(self) -> bool:
-        raise ArgumentError("the truth value of a lazybn array is ambiguous")
 
 
 Vector: TypeAlias = Manifest[Ix1]
@@ -237,12 +234,15 @@ def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatA
         arr = np.array(xs, order="C", copy=True)
         arr.setflags(write=False)
         return arr
+    try:
+        src = xs.dtype if isinstance(xs, np.ndarray) else np.asarray(xs).dtype
+    except ValueError:  # numpy: "inhomogeneous shape"
+        raise RankError(f"{what}: the nested lists are ragged (rows of different lengths)") from None
     if dtype is not None:
         dt = np.dtype(dtype)
         if dt not in _FLOATS:
             raise DTypeError(f"{what}: dtype must be float32 or float64, not {dt}")
     else:
-        src = xs.dtype if isinstance(xs, np.ndarray) else np.asarray(xs).dtype
         if isinstance(xs, np.ndarray) and src in _FLOATS:
             dt = src
         elif src.kind in "iubf" and src.itemsize <= 8 and (src.kind != "f" or not isinstance(xs, np.ndarray)):

@@ -44,6 +44,9 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("float16 data", lambda: lb.matrix(np.ones((2, 2), np.float16)), lb.DTypeError, "dtype=np.float32"),
     ("a list value beyond float32's range", lambda: lb.vector([1e39]), lb.ValueRangeError, "dtype=np.float64"),
     ("rank-3 data", lambda: lb.matrix(np.ones((2, 2, 2))), lb.RankError, "(2, 2, 2)"),
+    ("ragged nested lists", lambda: lb.matrix([[1.0, 2.0], [3.0]]), lb.RankError, "matrix: the nested lists are ragged"),
+    ("ragged lists, dtype given", lambda: lb.vector([[1.0], []], np.float64), lb.RankError,
+     "vector: the nested lists are ragged"),
     ("a numpy array where a lazybn array is needed", lambda: lb.sum_rows(np.ones((2, 2))),  # type: ignore[arg-type]
      lb.ArgumentError, "ndarray"),
     ("a shape that is not n or (rows, cols)", lambda: lb.zeros(3.0),  # type: ignore[call-overload]
