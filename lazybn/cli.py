@@ -4,8 +4,11 @@ and ``lazybn run NAME`` (the experiments)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from .errors import LazybnError
 
@@ -24,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry.add_parsers(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the "Command" line of reports
+    before = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():  # a job scheduler's or `timeout`'s stop: as Ctrl-C
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         code: int = args.func(args)
     except LazybnError as exc:
@@ -34,7 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         release_unused()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
     return code
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM stops a run as Ctrl-C does: the epoch under way leaves no trace, the report is written."""
+    raise KeyboardInterrupt("terminated (SIGTERM)")
 
 
 if __name__ == "__main__":

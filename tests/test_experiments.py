@@ -211,6 +211,40 @@ def test_train_stopped_by_an_error_keeps_the_measured_epochs_and_networks(
         assert load(out / f"{arm}-seed0.npz").meta["epoch"] == 1
 
 
+def test_train_stopped_by_sigterm_mid_epoch_reports_like_ctrl_c(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM (a job scheduler, `timeout`) during epoch 2 of the second network: the first
+    network's epoch 2 is printed and kept, the report is written, and the printed result says
+    which epoch each network reached."""
+    import os
+    import signal
+
+    from lazybn.experiments import runner
+    from lazybn.train import train_epoch as real
+
+    calls = []
+
+    def train_epoch(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_epoch", train_epoch)
+    data, out = _csv_data(tmp_path), tmp_path / "out"
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--data-dir", str(data), "--epochs", "3", "--out", str(out), "--no-progress"]) == 130
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+    printed = capsys.readouterr().out
+    assert re.search(r"^ +0 +2 batchnorm ", printed, re.M), printed  # measured before the stop: shown
+    assert re.search(r"\| batchnorm +\| +2 \|", printed) and re.search(r"\| plain +\| +1 \|", printed), printed
+    assert "interrupted: the networks reached different epochs; compare them in metrics.csv at epoch 1" in printed
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["arm"], r["epoch"]) for r in rows] == [("batchnorm", 1), ("plain", 1), ("batchnorm", 2)]
+    assert "Result (interrupted)" in (out / "report.md").read_text()
+    assert load(out / "batchnorm-seed0.npz").meta["epoch"] == 2 and load(out / "plain-seed0.npz").meta["epoch"] == 1
+
+
 def write_csv(path: Path, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> None:
     header = "label," + ",".join(f"p{i}" for i in range(images.shape[1]))
     rows = [f"{lab}," + ",".join(map(str, img)) for img, lab in zip(images.tolist(), labels.tolist())]

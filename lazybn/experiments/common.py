@@ -200,22 +200,27 @@ def run_seeds(arms_for_seed: Callable[[int], Sequence[Arm]], data: Split, plan: 
     lazybn error (a NaN loss, for instance); what was measured until then is returned.
     """
     result = SeedRuns()
-    header = False
+    shown = 0  # rows printed so far
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        nonlocal shown
+        if echo and rows:
+            if not shown:
+                print(f"{'seed':>4} {'epoch':>5} {'arm':<16} {'loss':>8} {'test acc':>8} {'seconds':>7}")
+            for r in rows:
+                print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<16} {r['loss']:>8.4f} "
+                      f"{100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
+        shown += len(rows)
+
     for seed in seeds:
         def hook(rows: list[dict[str, Any]], layers: dict[str, list[Layer]], seed: int = seed) -> None:
-            nonlocal header
             if on_epoch is not None:
                 on_epoch(seed, rows, layers)
-            if echo:
-                if not header:
-                    print(f"{'seed':>4} {'epoch':>5} {'arm':<16} {'loss':>8} {'test acc':>8} {'seconds':>7}")
-                    header = True
-                for r in rows:
-                    print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<16} {r['loss']:>8.4f} "
-                          f"{100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
+            show(rows)
 
         outcome = run(arms_for_seed(seed), data, replace(plan, seed=seed), progress=progress, on_epoch=hook,
                       on_error="stop")
+        show(outcome.rows[shown - len(result.rows):])  # an arm that finished the epoch that was cut short
         result.rows += outcome.rows
         result.layers[seed] = outcome.layers
         result.interrupted, result.error = outcome.interrupted, outcome.error

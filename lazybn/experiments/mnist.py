@@ -278,9 +278,7 @@ def _train(args: argparse.Namespace) -> int:
         done = len(rows)
 
         def show(epoch_rows: list[dict[str, Any]], layers: dict[str, list[Layer]], seed: int = seed) -> None:
-            for r in epoch_rows:
-                print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<12} {r['loss']:>8.4f} "
-                      f"{100 * r['train_acc']:>8.2f}% {100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
+            _print_rows(epoch_rows)
             rows.extend(epoch_rows)
             write_metrics(out, "metrics", rows)  # after every epoch: a killed run keeps its rows and networks
             keep(seed, layers, {r["arm"]: r["epoch"] for r in epoch_rows})
@@ -290,7 +288,8 @@ def _train(args: argparse.Namespace) -> int:
         plan = Plan(epochs=s.epochs, batch_size=s.batch_size, seed=seed, schedule=s.schedule, shuffle=s.shuffle,
                     comp=s.comp, renorm_ramp=_ramp(s))
         outcome = run(arms, split, plan, progress=progress, on_epoch=show, on_error="stop")
-        rows[done:] = outcome.rows  # with the rows of an epoch cut short (an arm that finished it)
+        _print_rows(outcome.rows[len(rows) - done:])  # an arm that finished the epoch that was cut short
+        rows[done:] = outcome.rows
         keep(seed, outcome.layers, {a.name: outcome.epochs(a.name) for a in arms})
         if outcome.interrupted or outcome.error is not None:
             break
@@ -304,6 +303,12 @@ def _train(args: argparse.Namespace) -> int:
         print(f"interrupted: kept what was measured in {out}")
         return 130
     return 0
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        print(f"{r['seed']:>4} {r['epoch']:>5} {r['arm']:<12} {r['loss']:>8.4f} "
+              f"{100 * r['train_acc']:>8.2f}% {100 * r['test_acc']:>7.2f}% {r['seconds']:>7.2f}", flush=True)
 
 
 def _write(out: Path, args: argparse.Namespace, s: Settings, command: str, rows: list[dict[str, Any]],
@@ -326,6 +331,9 @@ def _write(out: Path, args: argparse.Namespace, s: Settings, command: str, rows:
     settings = {k: getattr(s, k) for k in Settings.__slots__} | {"data": source, "seeds": args.seeds}
     path = write_report(out, f"lazybn train — preset {args.preset}", command, settings, sections,
                         ["curves.png"], ok)
-    print(markdown_table([{"network": r["arm"], "test acc %": f"{100 * r['test_acc']:.2f}",
+    print(markdown_table([{"network": r["arm"], "epoch": r["epoch"], "test acc %": f"{100 * r['test_acc']:.2f}",
                            "train acc %": f"{100 * r['train_acc']:.2f}", "loss": f"{r['loss']:.4f}"} for r in final]))
+    if len({r["epoch"] for r in final}) > 1:
+        print(f"({stopped}: the networks reached different epochs; compare them in metrics.csv at epoch "
+              f"{min(r['epoch'] for r in final)})")
     print(f"report: {path}")
