@@ -10,7 +10,9 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .errors import LazybnError
+from threadpoolctl import threadpool_limits
+
+from .errors import ArgumentError, LazybnError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,8 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     before = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():  # a job scheduler's or `timeout`'s stop: as Ctrl-C
         signal.signal(signal.SIGTERM, _terminated)
+    threads = getattr(args, "blas_threads", None)  # None: `lazybn list`
     try:
-        code: int = args.func(args)
+        if threads is not None and threads < 1:
+            raise ArgumentError(f"--blas-threads must be at least 1, got {threads}")
+        with threadpool_limits(limits=threads, user_api="blas"):
+            code: int = args.func(args)
     except LazybnError as exc:
         print(f"lazybn: error: {exc}", file=sys.stderr)
         return 2

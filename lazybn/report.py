@@ -28,6 +28,7 @@ def environment() -> dict[str, str]:
     """Versions and machine facts for the report."""
     import numba
     import numpy as np
+    from threadpoolctl import threadpool_info
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -39,11 +40,14 @@ def environment() -> dict[str, str]:
         pass
     from . import __version__
 
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]  # numpy's (numba may load SciPy's too)
+    blas = [i for i in blas if str(i["filepath"]).startswith(str(Path(np.__file__).parent))] or blas
+
     return {
         "lazybn": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
         "numba": numba.__version__, "platform": platform.platform(), "cpu": cpu,
         "cores": str(os.cpu_count()), "numba threads": str(numba.get_num_threads()),
-        "BLAS threads": os.environ.get("OPENBLAS_NUM_THREADS") or "one per core (OPENBLAS_NUM_THREADS unset)",
+        "BLAS threads": ", ".join(f"{i['num_threads']} ({i['internal_api']})" for i in blas) or "unknown",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

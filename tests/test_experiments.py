@@ -94,6 +94,8 @@ def test_unknown_experiment_is_an_error(capsys: pytest.CaptureFixture[str]) -> N
     (["train", "--optimizer", "adamw", "--bn-weight-decay", "nan"], "--bn-weight-decay Adam.bn_weight_decay"),
     (["train", "--lr", "0"], "--lr SGD.lr: must be a finite number > 0"),
     (["run", "population-stats", "--seed", "-1"], "--seed must be >= 0"),
+    (["train", "--blas-threads", "0"], "--blas-threads must be at least 1, got 0"),
+    (["run", "population-stats", "--blas-threads", "-2"], "--blas-threads must be at least 1, got -2"),
 ])
 def test_settings_that_cannot_train_are_refused_before_anything_is_loaded_or_written(
         argv: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -423,14 +425,28 @@ def test_fine_tune_tasks_and_arms() -> None:
                        for x, p in drift)
 
 
-def test_reports_say_how_many_blas_threads_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    # an epoch's seconds depend on it several times over on a busy machine (bench_blas_threads.py)
+def test_runs_use_the_blas_threads_they_are_given_and_their_reports_say_so(tmp_path: Path) -> None:
+    # an epoch's seconds depend on it several times over on a busy machine (bench_blas_threads.py),
+    # and the products' roundings on it
+    from threadpoolctl import threadpool_info, threadpool_limits
+
     from lazybn.report import environment
 
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert environment()["BLAS threads"] == "1"
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
-    assert environment()["BLAS threads"] == "one per core (OPENBLAS_NUM_THREADS unset)"
+    def blas() -> dict[str, int]:
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas()
+    assert before, "numpy's BLAS is not visible to threadpoolctl"
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert environment()["BLAS threads"].startswith("1 (")
+    data = _csv_data(tmp_path)
+    for given, want in ((None, 1), ("2", min(2, max(before.values())))):
+        out = tmp_path / f"out-{given}"
+        extra = ["--blas-threads", given] if given else []
+        assert main(["train", "--data-dir", str(data), "--epochs", "1", "--out", str(out), "--no-progress",
+                     *extra]) == 0
+        assert f"| BLAS threads | {want} (" in (out / "report.md").read_text()
+        assert {k: v for k, v in blas().items() if k in before} == before  # the limit ends with the command
 
 
 def test_no_progress_bar_is_drawn_into_a_log(capsys: pytest.CaptureFixture[str]) -> None:

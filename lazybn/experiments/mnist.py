@@ -41,7 +41,7 @@ from ..optim import SGD, Adam, Momentum, Optimizer, RMSProp, init_state
 from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, batches, one_hot, prepare, train_step
-from .common import curves, epoch_summary, out_dir
+from .common import add_blas_threads, curves, epoch_summary, out_dir
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
 SIZES = (784, 300, 50, 10)
@@ -161,6 +161,7 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/train-PRESET-TIMESTAMP)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (there are none when stderr is not a terminal)")
+    add_blas_threads(p)
     p.set_defaults(func=_train)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from ..errors import ArgumentError
+from .common import add_blas_threads
 
 
 @final
@@ -59,4 +60,5 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--seed", type=int, default=0, help="first random seed")
     r.add_argument("--no-progress", action="store_true",
                    help="no progress bars (there are none when stderr is not a terminal)")
+    add_blas_threads(r)
     r.set_defaults(func=_run)

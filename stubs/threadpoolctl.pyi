@@ -1,0 +1,13 @@
+"""The part of threadpoolctl that lazybn uses (the package ships no type information)."""
+
+from types import TracebackType
+from typing import Any, Literal
+
+def threadpool_info() -> list[dict[str, Any]]: ...
+
+class threadpool_limits:
+    def __init__(self, limits: int | dict[str, int] | str | None = None,
+                 user_api: Literal["blas", "openmp"] | None = None) -> None: ...
+    def __enter__(self) -> threadpool_limits: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
