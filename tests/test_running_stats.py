@@ -85,6 +85,30 @@ def test_a_momentum_layer_does_not_count() -> None:
     np.testing.assert_allclose(new.mu.array, 0.1 * x.mean(axis=0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 1.0])
+def test_momentum_zero_keeps_the_running_statistics_and_one_replaces_them(momentum: float) -> None:
+    """The two ends of the momentum range (the weight of the new batch), through a whole training
+    step: 0 leaves the running statistics bit for bit (it is not the cumulative average of
+    ``momentum=None``), 1 makes them the batch's mean and unbiased variance (numpy oracle)."""
+    rng = np.random.default_rng(4)
+    layers = lb.mlp([6, 5, 3], batchnorm=True, seed=1, dtype=np.float64, momentum=momentum)
+    bn = layers[1]
+    assert isinstance(bn, Batchnorm1d) and bn.momentum == momentum
+    start = replace(bn, mu=lb.vector(rng.standard_normal(5)), var=lb.vector(rng.uniform(0.5, 2.0, 5)))
+    layers = [layers[0], start, *layers[2:]]
+    x, tgt = rng.standard_normal((8, 6)), np.eye(3)[rng.integers(0, 3, 8)]
+    h = x @ layers[0].w.array  # type: ignore[union-attr]  # the batch-norm layer's input
+    step = lb.train_step(layers, lb.SGD(0.05), init_state(lb.SGD(0.05), layers), lb.matrix(x), lb.matrix(tgt))
+    new = step.layers[1]
+    assert isinstance(new, Batchnorm1d) and new.tracked == 0
+    if momentum == 0.0:
+        np.testing.assert_array_equal(new.mu.array, start.mu.array)
+        np.testing.assert_array_equal(new.var.array, start.var.array)
+    else:
+        np.testing.assert_allclose(new.mu.array, h.mean(axis=0), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(new.var.array, h.var(axis=0, ddof=1), rtol=1e-12)
+
+
 def test_training_steps_keep_the_count_and_one_replay() -> None:
     """``train_step`` on a cumulative network: after k steps each batch-norm layer's running mean
     is the mean of the k batch means of its input (numpy oracle from the weights of each step),

@@ -110,6 +110,17 @@ def test_state_keys_follow_sequential_indices() -> None:
     assert state["1.num_batches_tracked"].dtype == np.int64
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_num_batches_tracked_is_the_count_of_a_cumulative_average_only(momentum: float | None) -> None:
+    """torch counts batches in every layer; a lazybn layer with a momentum keeps no count (its
+    ``tracked`` stays the template's), one with a cumulative average takes torch's."""
+    like = lb.mlp((4, 3, 2), batchnorm=True, seed=0, momentum=momentum)
+    state = dict(lb.to_torch(like))
+    state["1.num_batches_tracked"] = np.array(7, np.int64)
+    bn = lb.from_torch(state, like=like)[1]
+    assert isinstance(bn, Batchnorm1d) and bn.tracked == (7 if momentum is None else 0)
+
+
 def test_bad_states_are_refused_naming_the_key() -> None:
     like = lb.mlp((4, 3, 2), batchnorm=False, seed=0)  # Linear, ReLU, Linear
     good = lb.to_torch(like)
