@@ -213,6 +213,19 @@ def test_train_stopped_by_an_error_keeps_the_measured_epochs_and_networks(
         assert load(out / f"{arm}-seed0.npz").meta["epoch"] == 1
 
 
+def test_train_stopped_before_its_first_epoch_leaves_no_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # e.g. a kernel cache that cannot be written: the first step fails; no report of no rows
+    data = _csv_data(tmp_path)
+    _fail_on_call(monkeypatch, 1, lb.LazybnError("cannot write the kernel cache"))
+    out = tmp_path / "runs" / "out"
+    assert main(["train", "--data-dir", str(data), "--out", str(out), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "lazybn: error: cannot write the kernel cache" in captured.err
+    assert "stopped: nothing was measured" in captured.out
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_stopped_by_sigterm_mid_epoch_reports_like_ctrl_c(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM (a job scheduler, `timeout`) during epoch 2 of the second network: the first

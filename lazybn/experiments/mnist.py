@@ -295,13 +295,15 @@ def _train(args: argparse.Namespace) -> int:
         if outcome.interrupted or outcome.error is not None:
             break
     stopped = "interrupted" if outcome.interrupted else "stopped by an error" if outcome.error is not None else ""
-    _write(out, args, s, command, rows, stopped, source)
+    if rows:  # else nothing was measured: no report, and the empty directory goes (release_unused)
+        _write(out, args, s, command, rows, stopped, source)
+    kept = f"kept what was measured in {out}" if rows else "nothing was measured"
     if outcome.error is not None:
         print(f"lazybn: error: {outcome.error}", file=sys.stderr)
-        print(f"stopped: kept what was measured in {out}")
+        print(f"stopped: {kept}")
         return 2
     if outcome.interrupted:
-        print(f"interrupted: kept what was measured in {out}")
+        print(f"interrupted: {kept}")
         return 130
     return 0
 
