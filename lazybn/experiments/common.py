@@ -29,7 +29,6 @@ The API (kept stable; experiment modules import it):
 from __future__ import annotations
 
 import argparse
-import errno
 import itertools
 import shlex
 import sys
