@@ -219,6 +219,14 @@ def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[np.generic]]:
     return state
 
 
+_BN_MODULES = {  # what a batch-norm key missing from a torch state says about the module
+    "weight": "; a BatchNorm1d(affine=False) has no weight and bias: lazybn's Batchnorm1d always has gamma and "
+              "beta (add weight 1 and bias 0 to the state and keep them fixed with trainable=False)",
+    "running_mean": "; a BatchNorm1d(track_running_stats=False) normalises with batch statistics in eval mode "
+                    "too, which lazybn's inference (running statistics) cannot represent",
+}
+
+
 def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[Layer]:
     """The network ``like`` with its parameters and running statistics taken from the state dict of
     the matching ``torch.nn.Sequential`` (see :func:`to_torch` for the mapping), e.g.
@@ -228,10 +236,13 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
     and ``momentum`` (set them to the torch modules'), ``frozen`` and ``trainable`` (a module's
     eval mode and its parameters' ``requires_grad``). Every array is copied into ``like``'s
     dtype. A batch-norm layer's ``tracked`` takes ``num_batches_tracked`` when it keeps a
-    cumulative average (``momentum=None``, torch's ``momentum=None``).
+    cumulative average (``momentum=None``, torch's ``momentum=None``); with a momentum the count
+    is unused and may be absent.
 
     Raises:
-        ArgumentError: a key ``like`` needs is missing, or the state has keys it has no layer for.
+        ArgumentError: a key ``like`` needs is missing (the message says which torch modules have no
+            such key: ``affine=False``, ``track_running_stats=False``), the state has keys it has no
+            layer for, or a batch-norm layer of ``like`` has ``unbiased=False``.
         ShapeError: an array's shape is not what ``like``'s layer needs.
         DTypeError: an array is not numeric.
         ValueRangeError: an array holds NaN or infinity (or a running variance is negative).
@@ -242,9 +253,14 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
         name = f"{i}.{key}"
         where = f"from_torch: layer {i} ({type(layer).__name__}) needs {name!r}"
         if name not in state:
-            raise ArgumentError(f"{where}, which the state does not have (its keys: {sorted(state)[:8]})")
+            raise ArgumentError(f"{where}, which the state does not have (its keys: {sorted(state)[:8]})"
+                                + (_BN_MODULES.get(key, "") if isinstance(layer, Batchnorm1d) else ""))
         used.add(name)
-        a = np.asarray(state[name])
+        try:
+            a = np.asarray(state[name])
+        except (TypeError, RuntimeError) as exc:  # e.g. a bfloat16 tensor, or one that requires grad
+            raise DTypeError(f"{where} as numbers ({exc}); convert the state first, e.g. "
+                             "{k: v.detach().double() for k, v in model.state_dict().items()}") from None
         if a.dtype.kind not in "fiu":
             raise DTypeError(f"{where} as numbers, got dtype {a.dtype}")
         if a.shape != shape:
@@ -267,10 +283,15 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
                 def stat(key: str, v: Vector) -> Vector:
                     return vector(take(i, layer, key, v.shape), v.dtype, v.comp)
 
-                tracked = int(take(i, layer, "num_batches_tracked", ()))
+                if not layer.unbiased:
+                    raise ArgumentError(f"from_torch: layer {i} (Batchnorm1d) keeps a biased running variance "
+                                        "(unbiased=False); torch's running_var averages unbiased variances")
+                cumulative = layer.momentum is None  # else the count is torch's only (pre-0.4.1 states lack it)
+                tracked = int(take(i, layer, "num_batches_tracked", ())) if cumulative else layer.tracked
+                used.add(f"{i}.num_batches_tracked")
                 out.append(replace(layer, gamma=stat("weight", layer.gamma), beta=stat("bias", layer.beta),
                                    mu=stat("running_mean", layer.mu), var=stat("running_var", layer.var),
-                                   tracked=tracked if layer.momentum is None else layer.tracked))
+                                   tracked=tracked))
             case Activation() | Dropout():
                 out.append(layer)
             case _:

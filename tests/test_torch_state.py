@@ -141,6 +141,35 @@ def test_bad_states_are_refused_naming_the_key() -> None:
               if isinstance(layer, Batchnorm1d) else layer for layer in bn]
     with pytest.raises(lb.ArgumentError, match="unbiased=False"):
         lb.to_torch(biased)
+    with pytest.raises(lb.ArgumentError, match=r"from_torch: layer 1 \(Batchnorm1d\) keeps a biased running variance"):
+        lb.from_torch(lb.to_torch(bn), like=biased)  # it would mix torch's unbiased average with biased batches
+    # what the modules lazybn cannot represent leave out, named
+    with pytest.raises(lb.ArgumentError, match=r"needs '1.weight'.*BatchNorm1d\(affine=False\).*trainable=False"):
+        lb.from_torch({k: v for k, v in lb.to_torch(bn).items() if k not in ("1.weight", "1.bias")}, like=bn)
+    with pytest.raises(lb.ArgumentError, match=r"needs '1.running_mean'.*track_running_stats=False"):
+        lb.from_torch({k: v for k, v in lb.to_torch(bn).items() if "running" not in k and "tracked" not in k},
+                      like=bn)
+    with pytest.raises(lb.ArgumentError, match=r"'2.bias', which the state does not have \(its keys: \[[^]]*\]\)$"):
+        lb.from_torch({k: v for k, v in good.items() if k != "2.bias"}, like=like)  # no batch-norm advice there
+    # a checkpoint older than num_batches_tracked loads where the count is unused (a momentum layer)
+    old = {k: v for k, v in lb.to_torch(bn).items() if "tracked" not in k}
+    back, want = lb.to_torch(lb.from_torch(old, like=bn)), lb.to_torch(bn)
+    assert sorted(back) == sorted(want) and all(np.array_equal(back[k], want[k]) for k in want)
+    cumulative = lb.mlp((4, 3, 2), batchnorm=True, seed=0, momentum=None)
+    with pytest.raises(lb.ArgumentError, match="num_batches_tracked"):
+        lb.from_torch({k: v for k, v in lb.to_torch(cumulative).items() if "tracked" not in k}, like=cumulative)
+
+
+def test_tensors_numpy_cannot_read_are_a_dtype_error() -> None:
+    torch = pytest.importorskip("torch")
+    like = lb.mlp((4, 3, 2), batchnorm=False, seed=0)
+    state: dict[str, Any] = {k: torch.from_numpy(np.array(v)) for k, v in lb.to_torch(like).items()}
+    state["0.weight"] = state["0.weight"].to(torch.bfloat16)
+    with pytest.raises(lb.DTypeError, match=r"needs '0.weight' as numbers .*convert the state first"):
+        lb.from_torch(state, like=like)
+    state["0.weight"] = state["0.weight"].float().requires_grad_()  # named_parameters(), not state_dict()
+    with pytest.raises(lb.DTypeError, match="convert the state first"):
+        lb.from_torch(state, like=like)
 
 
 def test_torch_loads_the_state_and_trains_to_the_same_state() -> None:
