@@ -230,7 +230,9 @@ _BN_MODULES = {  # what a batch-norm key missing from a torch state says about t
 def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[Layer]:
     """The network ``like`` with its parameters and running statistics taken from the state dict of
     the matching ``torch.nn.Sequential`` (see :func:`to_torch` for the mapping), e.g.
-    ``from_torch(model.state_dict(), like=lb.mlp(sizes, batchnorm=True))``.
+    ``from_torch(model.state_dict(), like=lb.mlp(sizes, batchnorm=True))`` for a model whose linear
+    layers in front of batch norm have ``bias=False`` (``mlp`` makes them ``LinearNoBias``; for
+    torch's default ``bias=True`` build the template with ``Linear`` layers).
 
     ``like`` gives what a state dict does not hold: the layer kinds, activations, dtype, ``eps``
     and ``momentum`` (set them to the torch modules'), ``frozen`` and ``trainable`` (a module's
