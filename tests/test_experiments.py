@@ -199,6 +199,24 @@ def test_a_run_stopped_mid_epoch_returns_each_arms_rows_with_the_layers_they_mea
         run(arms, synthetic_split(), Plan(epochs=1, batch_size=100), progress=False)
 
 
+def test_run_seeds_prints_every_row_it_returns(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Stopped in epoch 2 of the second arm: the first arm's epoch 2 (measured, returned) is
+    printed too, after the epoch-1 rows and once."""
+    from lazybn import SGD, mlp
+    from lazybn.experiments.common import run_seeds, synthetic_split
+    from lazybn.experiments.runner import Arm, Plan
+
+    def arms(seed: int) -> list[Arm]:
+        return [Arm(name, mlp((784, 16, 10), batchnorm=name == "bn", seed=seed), SGD(0.1)) for name in ("bn", "plain")]
+
+    _fail_on_call(monkeypatch, 4, KeyboardInterrupt())
+    done = run_seeds(arms, synthetic_split(), Plan(epochs=3, batch_size=100), [0, 1], progress=False)
+    assert done.interrupted and [(r["arm"], r["epoch"]) for r in done.rows] == [("bn", 1), ("plain", 1), ("bn", 2)]
+    printed = [line.split()[:3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert printed == [["0", "1", "bn"], ["0", "1", "plain"], ["0", "2", "bn"]]
+
+
 def test_train_stopped_by_an_error_keeps_the_measured_epochs_and_networks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     data = _csv_data(tmp_path)
