@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the "Command" line of reports
     before = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():  # a job scheduler's or `timeout`'s stop: as Ctrl-C
+    handles = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    if handles:  # a job scheduler's or `timeout`'s stop: as Ctrl-C
         signal.signal(signal.SIGTERM, _terminated)
     threads = getattr(args, "blas_threads", None)  # None: `lazybn list`
     try:
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         release_unused()
-        if threading.current_thread() is threading.main_thread():
+        if handles:
             signal.signal(signal.SIGTERM, before)
     return code
 
