@@ -29,7 +29,8 @@ from .trace import fused
 
 
 class NumericalError(LazybnError, FloatingPointError):
-    """A training step produced NaN or infinity (the batch is not applied)."""
+    """A training step produced NaN or infinity (the batch is not applied). ``train_step`` and
+    ``train_epoch`` skip such a batch instead with ``on_nonfinite="skip"``."""
 
 
 class Pixels(enum.Enum):
@@ -215,8 +216,8 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     if problem is not None:
         if on_nonfinite == "skip":
             return StepResult(list(layers), opt_state, loss, pred, skipped=True)
-        raise NumericalError(f"training step {opt_state.step}: {problem}; lower the learning rate, check "
-                             "the input for NaN/inf, or pass on_nonfinite='skip'")
+        raise NumericalError(f"training step {opt_state.step}: {problem}; lower the learning rate or check "
+                             "the input for NaN/inf")
     if refused is not None:
         raise refused
     return StepResult(new_layers, OptState(t, slots), loss, pred)

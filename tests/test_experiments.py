@@ -231,6 +231,17 @@ def test_train_stopped_by_an_error_keeps_the_measured_epochs_and_networks(
         assert load(out / f"{arm}-seed0.npz").meta["epoch"] == 1
 
 
+def test_a_diverging_train_names_the_problem_and_a_fix_the_command_offers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _csv_data(tmp_path)
+    out = tmp_path / "runs" / "out"
+    assert main(["train", "--data-dir", str(data), "--lr", "1e30", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "lazybn: error: training step 1: layer 1 (Batchnorm1d) has a non-finite" in err
+    assert "lower the learning rate" in err and "on_nonfinite" not in err  # a Python argument: no CLI flag
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_stopped_before_its_first_epoch_leaves_no_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # e.g. a kernel cache that cannot be written: the first step fails; no report of no rows
