@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import runpy
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -317,7 +318,8 @@ def test_an_empty_batch_is_a_clear_error_or_an_empty_result() -> None:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_runs(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_example_runs(path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", [str(path)])  # as `python examples/NAME.py` (not pytest's arguments)
     runpy.run_path(str(path), run_name="__main__")
     assert capsys.readouterr().out  # every example shows its result
 
