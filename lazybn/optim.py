@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, assert_never, final
+from typing import Any, Literal, assert_never, final, get_args
 
 import numpy as np
 
@@ -61,24 +61,49 @@ class UpdateMismatchError(LazybnError, ValueError):
 
 
 Slots = tuple[tuple[Manifest[Any], ...], ...]  # per layer, its moment arrays
+OptimizerKind = Literal["SGD", "Momentum", "RMSProp", "Adam"]  # the class that made an OptState
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class OptState:
-    """An optimizer's state: the number of updates made and, per layer, its moment arrays."""
+    """An optimizer's state: the number of updates made and, per layer, its moment arrays.
+
+    ``optimizer`` names the optimizer whose moments the slots hold (:func:`init_state` records it;
+    None: not recorded). :func:`update` and ``train_step`` refuse a state another optimizer made:
+    Momentum's velocities and RMSProp's averages of squared gradients have the same shapes.
+    """
 
     step: int
     slots: Slots
+    optimizer: OptimizerKind | None = None
 
     def __post_init__(self) -> None:
         step: object = self.step
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueRangeError(f"OptState.step: must be an integer >= 0, got {step!r}")
+        if self.optimizer is not None and self.optimizer not in get_args(OptimizerKind):
+            raise ArgumentError(f"OptState.optimizer: one of {', '.join(get_args(OptimizerKind))} or None, "
+                                f"got {self.optimizer!r}")
         for i, layer_slots in enumerate(self.slots):
             ls: object = layer_slots
             if not isinstance(ls, tuple) or not all(isinstance(a, Manifest) for a in ls):
                 raise ArgumentError(f"OptState.slots[{i}]: expected a tuple of lazybn Manifest arrays")
+
+
+def kind(opt: Optimizer) -> OptimizerKind:
+    """The name :class:`OptState` records for ``opt`` (AdamW is ``Adam``: the same moments)."""
+    match opt:
+        case SGD():
+            return "SGD"
+        case Momentum():
+            return "Momentum"
+        case RMSProp():
+            return "RMSProp"
+        case Adam():
+            return "Adam"
+        case _:
+            assert_never(opt)
 
 
 def _moments(opt: Optimizer) -> tuple[int, tuple[int, ...]]:
@@ -126,7 +151,8 @@ def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
         An :class:`OptState` whose slots follow the module's ordering convention.
     """
     k, _ = _moments(opt)
-    return OptState(0, tuple(tuple(_zeros_like(p) for _, p in parameters(layer) for _ in range(k)) for layer in layers))
+    return OptState(0, tuple(tuple(_zeros_like(p) for _, p in parameters(layer) for _ in range(k)) for layer in layers),
+                    kind(opt))
 
 
 def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Manifest[Any], ...], lr: float,
@@ -231,7 +257,7 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
     """
     t, s, correction = prepare_update(opt, state, layers, grads, lr_scale)
     new_layers, new_slots, _ = step_all(opt, tuple(layers), tuple(grads), state.slots, s, correction)
-    return new_layers, OptState(t, new_slots)
+    return new_layers, OptState(t, new_slots, kind(opt))
 
 
 def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequence[Gradients],
@@ -251,6 +277,9 @@ def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
     if not isinstance(state, OptState):  # e.g. the None of a network saved without its optimizer state
         raise ArgumentError(f"update: the optimizer state must be an OptState (lb.init_state(opt, layers) makes a "
                             f"fresh one), got {type(state).__name__}")
+    if state.optimizer is not None and state.optimizer != kind(opt):
+        raise UpdateMismatchError(f"update: the optimizer state was made by {state.optimizer}, not {kind(opt)}; make "
+                                  f"a fresh one with lb.init_state(opt, layers), or step with a {state.optimizer}")
     s = as_number("update", "lr_scale", lr_scale)
     if not (math.isfinite(s) and s >= 0):
         raise ValueRangeError(f"update.lr_scale: must be a finite number >= 0, got {lr_scale!r}")

@@ -9,7 +9,7 @@ a uint8 array ``header.json``::
                 {"kind": "Batchnorm1d", "eps": 1e-05, "momentum": 0.1, "unbiased": true, "tracked": 0,
                  "arrays": {"mu": [300], "var": [300], "gamma": [300], "beta": [300]}},
                 {"kind": "Activation", "activation": "relu"}, {"kind": "Dropout", "p": 0.2}, ...],
-     "optimizer": {"step": 12, "slots": [[[784, 300], [784, 300]], [], ...]} or null,
+     "optimizer": {"step": 12, "slots": [[[784, 300], [784, 300]], [], ...], "made_by": "Momentum"} or null,
      "meta": {"epoch": 3, "note": "..."}}
 
 Writing is atomic (temporary file, then rename): a crash mid-write leaves the old file intact.
@@ -19,7 +19,8 @@ rejects a negative or NaN running variance. Arrays round-trip bit for bit. A bat
 loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
 ``"ghost_batch": 32`` ghost batches (either absent or null: none); ``"frozen": true`` a layer
 that trains with its running statistics (absent: false); ``"trainable": false`` a layer whose
-parameters the optimizers leave as they are (absent: true).
+parameters the optimizers leave as they are (absent: true). The optimizer state's ``made_by`` is
+:attr:`~lazybn.optim.OptState.optimizer` (absent or null: not recorded).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, assert_never, final
+from typing import Any, assert_never, final, get_args
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from ._files import atomic_writer
 from .array import Comp, Manifest
 from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm
-from .optim import OptState
+from .optim import OptimizerKind, OptState
 
 FORMAT = "lazybn-network"
 VERSION = 1
@@ -155,8 +156,8 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
                               "layers": [_describe(layer) for layer in layers], "optimizer": None,
                               "meta": _check_meta(meta)}
     if opt_state is not None:
-        header["optimizer"] = {"step": opt_state.step,
-                               "slots": [[list(a.shape) for a in s] for s in opt_state.slots]}
+        header["optimizer"] = {"step": opt_state.step, "slots": [[list(a.shape) for a in s] for s in opt_state.slots],
+                               "made_by": opt_state.optimizer}
         for i, s in enumerate(opt_state.slots):
             arrays.update({f"opt.slot.{i}.{j}": a for j, a in enumerate(s)})
     dtypes = sorted({str(a.dtype) for a in arrays.values()})
@@ -334,8 +335,11 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
         shapes = _field(opt, "slots", "list", f"{path}: optimizer")
         if len(shapes) != len(layers) or not all(isinstance(s, list) for s in shapes):
             raise PersistenceError(f"{path}: the optimizer state has {len(shapes)} entries for {len(layers)} layers")
+        made_by = opt.get("made_by")
+        if made_by is not None and made_by not in get_args(OptimizerKind):
+            raise PersistenceError(f"{path}: header field 'made_by' of the optimizer is invalid ({made_by!r})")
         state = OptState(step, tuple(tuple(r.get(f"opt.slot.{i}.{j}", s) for j, s in enumerate(ss))
-                                     for i, ss in enumerate(shapes)))
+                                     for i, ss in enumerate(shapes)), made_by)
     extra = sorted(set(z.files) - r.used)
     if extra:
         raise PersistenceError(f"{path}: arrays not described by the header: {extra[:5]}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeGuard, final
 
 import numpy as np
@@ -24,7 +24,7 @@ from .errors import ArgumentError, DTypeError, LazybnError, RankError, ShapeErro
 from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, RenormRamp, _unchecked
 from .batchnorm import _running, running_weights, update_running
 from .network import _pass, log_likelihoods, logits, mean_loss
-from .optim import Optimizer, OptState, Slots, schedule, step_all, update
+from .optim import Optimizer, OptState, Slots, kind, schedule, step_all, update
 from .trace import fused
 
 
@@ -119,7 +119,7 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
     the layers one at a time (this runs only after a refused step)."""
     for i, (layer, g) in enumerate(zip(layers, grads)):
         try:
-            new, _ = update(opt, OptState(opt_state.step, (opt_state.slots[i],)), [layer], [g], lr_scale)
+            new, _ = update(opt, replace(opt_state, slots=(opt_state.slots[i],)), [layer], [g], lr_scale)
             if isinstance(new[0], Batchnorm1d) and isinstance(g, BN1):
                 update_running(new[0], g)
         except ValueRangeError as exc:
@@ -220,7 +220,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
                              "the input for NaN/inf")
     if refused is not None:
         raise refused
-    return StepResult(new_layers, OptState(t, slots), loss, pred)
+    return StepResult(new_layers, OptState(t, slots, kind(opt)), loss, pred)
 
 
 @fused(dynamic=("key", "lr_scale", "correction", "weights", "bounds"))

@@ -289,13 +289,33 @@ def test_mismatched_layers_and_gradients_name_the_layer() -> None:
     with pytest.raises(UpdateMismatchError, match="5 layers, 4 gradients"):
         update(Adam(), state, layers, grads[:4])
     with pytest.raises(UpdateMismatchError, match=r"layer 0 \(Linear\) but SGD needs 0"):
-        update(SGD(0.1), state, layers, grads)
+        update(SGD(0.1), OptState(0, state.slots), layers, grads)  # a state that does not say who made it
     bad = [LinearGradients(lb.matrix(np.ones((3, 2)), dt), lb.vector(np.ones(3), dt)), *grads[1:]]
     with pytest.raises(ShapeError, match=re.escape("update: layer 0 (Linear.w): shapes (2, 3) and (3, 2)")):
         update(Adam(), state, layers, bad)
     bad = [grads[0], grads[1], grads[2], LinearNoBiasGradients(lb.matrix(np.ones((3, 2)), np.float64)), grads[4]]
     with pytest.raises(DTypeError, match=re.escape("layer 3 (LinearNoBias.w): the gradient is float64")):
         update(Adam(), state, layers, bad)
+
+
+def test_a_state_made_by_another_optimizer_is_refused_even_when_its_arrays_fit() -> None:
+    rng = np.random.default_rng(8)
+    dt = np.dtype(np.float32)
+    layers = _net(rng, 2, 3, 2, dt)
+    grads = _grads(rng, layers, dt)
+    for made, used in ((RMSProp(), Momentum(0.1)), (Momentum(0.1), RMSProp()), (SGD(0.1), Momentum(0.1))):
+        state = init_state(made, layers)
+        assert state.optimizer == type(made).__name__
+        with pytest.raises(UpdateMismatchError, match=f"made by {type(made).__name__}, not {type(used).__name__}"):
+            update(used, state, layers, grads)
+        _, later = update(made, state, layers, grads)
+        assert later.optimizer == type(made).__name__  # a step keeps the record
+    adam, adamw = init_state(Adam(), layers), Adam(weight_decay=1e-2, decoupled_weight_decay=True)
+    assert update(adamw, adam, layers, grads)[1].optimizer == "Adam"  # AdamW keeps Adam's moments
+    unrecorded = OptState(0, init_state(RMSProp(), layers).slots)  # built by hand: nothing to compare
+    assert update(Momentum(0.1), unrecorded, layers, grads)[1].optimizer == "Momentum"
+    with pytest.raises(lb.ArgumentError, match="OptState.optimizer: one of SGD, Momentum, RMSProp, Adam or None"):
+        OptState(0, (), "Nadam")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("make,field,value", [

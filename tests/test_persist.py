@@ -245,6 +245,20 @@ def test_tampered_header(tmp_path: Path) -> None:
     assert not load(_write(tmp_path / "tf.npz", d["arrays"], header)).layers[0].trainable  # type: ignore[union-attr]
 
 
+def test_the_optimizer_that_made_a_saved_state_is_kept(tmp_path: Path) -> None:
+    path, d = _saved(tmp_path)  # Adam's state
+    assert d["header"]["optimizer"]["made_by"] == "Adam"
+    saved = load(path)
+    assert saved.opt_state is not None and saved.opt_state.optimizer == "Adam"
+    header = json.loads(json.dumps(d["header"]))
+    del header["optimizer"]["made_by"]  # a file written before the record: loads, unrecorded
+    old = load(_write(tmp_path / "old.npz", d["arrays"], header)).opt_state
+    assert old is not None and old.optimizer is None
+    header["optimizer"]["made_by"] = "Nadam"
+    with pytest.raises(PersistenceError, match="'made_by' of the optimizer is invalid"):
+        load(_write(tmp_path / "bad.npz", d["arrays"], header))
+
+
 def test_wrong_array_shape_dtype_missing_and_extra(tmp_path: Path) -> None:
     _, d = _saved(tmp_path)
     a, h = d["arrays"], d["header"]
