@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from .errors import ArgumentError
+
 
 def cache_dir() -> Path:
     """The user cache directory of lazybn.
@@ -29,6 +31,8 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
 
     A crash or an exception in the ``with`` body leaves any old ``path`` untouched.
     """
+    if path.is_dir():
+        raise ArgumentError(f"cannot write {path}: it is a directory (give a file name)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -64,25 +64,25 @@ class _Arith(Generic[Ix]):
     def __add__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.add, self, other)
 
-    def __radd__(self, other: float) -> Delayed[Ix]:
+    def __radd__(self, other: Number) -> Delayed[Ix]:
         return _zip(BinOp.add, other, self)
 
     def __sub__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.sub, self, other)
 
-    def __rsub__(self, other: float) -> Delayed[Ix]:
+    def __rsub__(self, other: Number) -> Delayed[Ix]:
         return _zip(BinOp.sub, other, self)
 
     def __mul__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.mul, self, other)
 
-    def __rmul__(self, other: float) -> Delayed[Ix]:
+    def __rmul__(self, other: Number) -> Delayed[Ix]:
         return _zip(BinOp.mul, other, self)
 
     def __truediv__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
         return _zip(BinOp.div, self, other)
 
-    def __rtruediv__(self, other: float) -> Delayed[Ix]:
+    def __rtruediv__(self, other: Number) -> Delayed[Ix]:
         return _zip(BinOp.div, other, self)
 
     def __neg__(self) -> Delayed[Ix]:
@@ -105,11 +105,15 @@ class _Arith(Generic[Ix]):
 
 @final
 class Manifest(_Arith[Ix]):
-    """An array in memory (massiv's ``Array U``). Read-only; build with ``vector``/``matrix``."""
+    """An array in memory (massiv's ``Array U``), read-only. ``vector``/``matrix`` check its rank."""
 
     __slots__ = ("_leaf", "_comp")
 
     def __init__(self, array: FloatArray, comp: Comp = Comp.Seq) -> None:
+        given: object = array  # untyped callers
+        if not isinstance(given, np.ndarray) or given.ndim not in (1, 2):
+            got = f"shape {given.shape}" if isinstance(given, np.ndarray) else f"a {type(given).__name__}"
+            raise RankError(f"Manifest holds a 1-d or 2-d numpy array, got {got}")
         if array.dtype not in _FLOATS:
             raise DTypeError(f"Manifest holds float32 or float64, not {array.dtype}")
         if array.flags.writeable:
@@ -122,8 +126,7 @@ class Manifest(_Arith[Ix]):
     def _of(cls, array: FloatArray, comp: Comp) -> Manifest[Any]:
         """Wrap a read-only float32/float64 array the engine made (skips the checks)."""
         m: Manifest[Any] = object.__new__(cls)
-        m._leaf = Leaf(array, array.shape, array.dtype)
-        m._comp = comp
+        m._leaf, m._comp = Leaf(array, array.shape, array.dtype), comp
         return m
 
     def _expr(self) -> tuple[Node, Comp]:
@@ -203,13 +206,11 @@ def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
     if is_number(a):
         nb, comp = expr(b, name)
         na: Node = Const(scalar_value(a, name))
-        dt = nb.dtype
-        shape = nb.shape
+        dt, shape = nb.dtype, nb.shape
     elif is_number(b):
         na, comp = expr(a, name)
         nb = Const(scalar_value(b, name))
-        dt = na.dtype
-        shape = na.shape
+        dt, shape = na.dtype, na.shape
     else:
         na, ca = expr(a, name)
         nb, cb = expr(b, name)
@@ -223,8 +224,7 @@ def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
             raise ShapeError(name, na.shape, nb.shape)
         if na.dtype != nb.dtype:
             raise DTypeError(f"{name}: dtypes {na.dtype} and {nb.dtype} differ; convert one explicitly")
-        dt = na.dtype
-        shape = na.shape
+        dt, shape = na.dtype, na.shape
     assert dt is not None
     return Delayed(Zip(op, na, nb, shape, dt), comp)
 

@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .array import Vector, matrix, vector
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
-from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
+from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 
 FloatArray = NDArray[np.floating[Any]]
 
@@ -197,6 +197,7 @@ def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[np.generic]]:
         ArgumentError: a batch-norm layer with ``unbiased=False`` (its running variance averages
             biased variances; torch's averages unbiased ones, see :func:`to_keras` for the factor).
     """
+    check_layers("to_torch", layers)
     state: dict[str, NDArray[np.generic]] = {}
     for i, layer in enumerate(layers):
         match layer:

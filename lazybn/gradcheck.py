@@ -25,7 +25,7 @@ import numpy as np
 
 from .array import Matrix, matrix, vector
 from .errors import DTypeError, ValueRangeError
-from .layers import Layer, trains
+from .layers import Layer, check_layers, trains
 from .network import _pass, cross_entropy
 from .optim import gradients, parameters
 
@@ -59,6 +59,7 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
         ValueRangeError: ``step`` not finite > 0 or ``entries`` < 1.
         The training pass's errors for a batch that does not fit the network.
     """
+    check_layers("gradcheck", layers)
     if x.dtype != np.float64:
         raise DTypeError(f"gradcheck: finite differences need float64, got a {x.dtype} batch; build the network "
                          "with dtype=np.float64 and pass lb.matrix(x, np.float64)")

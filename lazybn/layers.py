@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, TypeVar, final
 
 import numpy as np
@@ -306,6 +307,16 @@ class Dropout:
 
 
 Layer = Linear | LinearNoBias | Batchnorm1d | Activation | Dropout
+
+
+def check_layers(op: str, layers: object) -> None:
+    """For untyped callers: ``layers`` is a sequence of lazybn layers (a typo'd network, or None,
+    gets an error that says so instead of failing deep inside ``op``)."""
+    if not isinstance(layers, Sequence) or isinstance(layers, str):
+        raise ArgumentError(f"{op}: layers must be a list of lazybn layers, got {type(layers).__name__}")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, (Linear, LinearNoBias, Batchnorm1d, Activation, Dropout)):
+            raise ArgumentError(f"{op}: layers[{i}] is a {type(layer).__name__}, not a lazybn layer")
 
 
 def trains(layer: Layer) -> bool:

@@ -29,7 +29,7 @@ from .batchnorm import bn_forward as bn_forward
 from .batchnorm import frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
-from .errors import DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
 from .layers import (
     BN1,
@@ -44,6 +44,7 @@ from .layers import (
     LinearNoBias,
     LinearNoBiasGradients,
     NoGrad,
+    check_layers,
     trains,
 )
 from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
@@ -65,6 +66,10 @@ def softmax(x: Matrix) -> Delayed[Ix2]:
 
 def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
     """The input is a matrix with the dtype and the number of features of the first layer holding parameters."""
+    check_layers(op, layers)
+    if not isinstance(x, Manifest):
+        raise ArgumentError(f"{op}: the input must be a lazybn Matrix (lb.matrix(array) makes one), got "
+                            f"{type(x).__name__}")
     if len(x.shape) != 2:
         raise RankError(f"{op}: the input must be a matrix (samples x features), got shape {x.shape}")
     for i, layer in enumerate(layers):

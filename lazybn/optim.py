@@ -40,7 +40,7 @@ from .array import Comp, Delayed, Manifest, compute_all
 from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
-                     LinearNoBiasGradients, NoGrad, trains)
+                     LinearNoBiasGradients, NoGrad, check_layers, trains)
 from .ops import add_c, amap, scale, sum_rows
 from .optimizers import SGD as SGD  # the hyperparameters live there; re-exported: lazybn.optim.SGD
 from .optimizers import Adam as Adam
@@ -150,6 +150,8 @@ def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
     Returns:
         An :class:`OptState` whose slots follow the module's ordering convention.
     """
+    check_layers("init_state", layers)
+    require_optimizer("init_state", opt)
     k, _ = _moments(opt)
     return OptState(0, tuple(tuple(_zeros_like(p) for _, p in parameters(layer) for _ in range(k)) for layer in layers),
                     kind(opt))
@@ -263,10 +265,24 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
 def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequence[Gradients],
                    lr_scale: float) -> tuple[int, float, tuple[float, ...]]:
     """Check :func:`update`'s arguments; returns :func:`schedule`'s (t, lr_scale, correction)."""
+    check_layers("update", layers)
     if len(grads) != len(layers):
         raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients; there must be one "
                                   "gradient per layer")
     return schedule(opt, state, layers, lr_scale)
+
+
+def require_optimizer(op: str, opt: object) -> None:
+    """Refuse what is not an optimizer (untyped callers: a name such as "sgd")."""
+    if not isinstance(opt, get_args(Optimizer)):
+        raise ArgumentError(f"{op}: the optimizer must be an lb.SGD, Momentum, RMSProp or Adam, got {opt!r}")
+
+
+def require_state(op: str, state: object) -> None:
+    """Refuse what is not an :class:`OptState`, e.g. the None of a network saved without one."""
+    if not isinstance(state, OptState):
+        raise ArgumentError(f"{op}: the optimizer state must be an OptState (lb.init_state(opt, layers) makes a "
+                            f"fresh one), got {type(state).__name__}")
 
 
 def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
@@ -274,12 +290,11 @@ def schedule(opt: Optimizer, state: OptState, layers: Sequence[Layer],
     """The step's numbers: the step number t, the schedule factor and Adam's bias correction at t,
     (1 / (1 - beta1^t), 1 / (1 - beta2^t)) (empty for the others); checks ``lr_scale`` and that the
     state has one entry per layer."""
-    if not isinstance(state, OptState):  # e.g. the None of a network saved without its optimizer state
-        raise ArgumentError(f"update: the optimizer state must be an OptState (lb.init_state(opt, layers) makes a "
-                            f"fresh one), got {type(state).__name__}")
+    require_state("update", state)
+    require_optimizer("update", opt)
     if state.optimizer is not None and state.optimizer != kind(opt):
         raise UpdateMismatchError(f"update: the optimizer state was made by {state.optimizer}, not {kind(opt)}; make "
-                                  f"a fresh one with lb.init_state(opt, layers), or step with a {state.optimizer}")
+                                  f"a fresh one with lb.init_state(opt, layers), or step with lb.{state.optimizer}(...)")
     s = as_number("update", "lr_scale", lr_scale)
     if not (math.isfinite(s) and s >= 0):
         raise ValueRangeError(f"update.lr_scale: must be a finite number >= 0, got {lr_scale!r}")

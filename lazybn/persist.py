@@ -14,7 +14,7 @@ a uint8 array ``header.json``::
 
 Writing is atomic (temporary file, then rename): a crash mid-write leaves the old file intact.
 Loading never unpickles (``allow_pickle=False``), checks every array against the header, and
-rejects a negative or NaN running variance. Arrays round-trip bit for bit. A batch-norm layer's
+rejects NaN/inf values (``save`` writes none) and a negative running variance. Arrays round-trip bit for bit. A batch-norm layer's
 ``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
 loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
 ``"ghost_batch": 32`` ghost batches (either absent or null: none); ``"frozen": true`` a layer
@@ -38,7 +38,7 @@ import numpy as np
 from ._files import atomic_writer
 from .array import Comp, Manifest
 from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
-from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm
+from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
 from .optim import OptimizerKind, OptState
 
 FORMAT = "lazybn-network"
@@ -145,7 +145,10 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
         DTypeError: the arrays mix float32 and float64.
         ShapeError: consecutive layers do not fit together (the network could not run).
         TypeError, ValueRangeError: ``meta`` holds something JSON cannot store exactly.
+        ValueRangeError: an array holds NaN or infinity.
+        ArgumentError: ``path`` is a directory, or ``layers`` is not a list of lazybn layers.
     """
+    check_layers("save", layers)
     misfit = _misfit(layers)
     if misfit is not None:
         raise ShapeError("save", (misfit[1],), (misfit[2],), f"{misfit[0]}; the network could not run")
@@ -160,6 +163,9 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
                                "made_by": opt_state.optimizer}
         for i, s in enumerate(opt_state.slots):
             arrays.update({f"opt.slot.{i}.{j}": a for j, a in enumerate(s)})
+    for name, a in arrays.items():
+        if not np.isfinite(a.array).all():
+            raise ValueRangeError(f"save: array {name!r} holds NaN or infinity (a training step never makes one)")
     dtypes = sorted({str(a.dtype) for a in arrays.values()})
     if len(dtypes) > 1:
         raise DTypeError(f"save: the arrays mix dtypes {dtypes}; convert the network to one dtype first")
@@ -196,6 +202,8 @@ class _Reader:
             raise PersistenceError(f"{self.path}: array {name!r} has shape {arr.shape}, the header says {shape}")
         if self.dtype is None or arr.dtype != self.dtype:
             raise PersistenceError(f"{self.path}: array {name!r} is {arr.dtype}, the header says {self.dtype}")
+        if not np.isfinite(arr).all():  # save writes none (a training step never makes one)
+            raise PersistenceError(f"{self.path}: array {name!r} holds NaN or infinity; the file is corrupt")
         self.used.add(name)
         arr = np.ascontiguousarray(arr)
         arr.flags.writeable = False
@@ -238,9 +246,9 @@ def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
         return LinearNoBias(a("w"), trainable=trainable)
     if kind == "Batchnorm1d":
         var = a("var")
-        if np.isnan(var.array).any() or (var.array < 0).any():
-            raise PersistenceError(f"{where} (Batchnorm1d): the running variance has negative or NaN "
-                                   f"entries {var.array[~(var.array >= 0)][:3]}; the file is corrupt")
+        if (var.array < 0).any():
+            raise PersistenceError(f"{where} (Batchnorm1d): the running variance has negative entries "
+                                   f"{var.array[var.array < 0][:3]}; the file is corrupt")
         momentum = None if d.get("momentum", 0) is None else _field(d, "momentum", "num", where)
         tracked = _field(d, "tracked", "int", where) if "tracked" in d else 0
         renorm = d.get("renorm")  # absent or null: batch norm
@@ -278,7 +286,8 @@ def load(path: Path | str, comp: Comp | None = None) -> Saved:
         FileNotFoundError: there is no file at ``path``.
         PersistenceError: the file is not a zip archive or truncated, has no lazybn
             header, is of another format or version, an array is missing, extra, of the wrong
-            shape or dtype, an object (pickled) array, or a running variance is negative or NaN.
+            shape or dtype, an object (pickled) array, holds NaN or infinity, or a running variance is
+            negative.
     """
     path = Path(path)
     if path.is_dir():
@@ -315,12 +324,14 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
         raise PersistenceError(f"{path}: the header is not a JSON object")
     if header.get("format") != FORMAT:
         raise PersistenceError(f"{path}: format {header.get('format')!r}, not {FORMAT!r}")
-    if header.get("version") != VERSION:
+    if type(header.get("version")) is not int or header.get("version") != VERSION:
         raise PersistenceError(f"{path}: file format version {header.get('version')!r}; this lazybn reads "
                                f"version {VERSION} only")
     dt = header.get("dtype")
     if dt not in ("float32", "float64", None):
         raise PersistenceError(f"{path}: header dtype {dt!r} is not float32 or float64")
+    if header.get("comp") not in ("Seq", "Par"):
+        raise PersistenceError(f"{path}: header comp {header.get('comp')!r} is not Seq or Par")
     saved_comp = Comp.Par if header.get("comp") == "Par" else Comp.Seq
     r = _Reader(path, z, None if dt is None else np.dtype(dt), comp or saved_comp)
     layer_ds = _field(header, "layers", "list", str(path))

@@ -21,10 +21,11 @@ from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, DTypeError, LazybnError, RankError, ShapeError, ValueRangeError
-from .layers import BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, RenormRamp, _unchecked
+from .layers import (BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, RenormRamp, _unchecked,
+                     check_layers)
 from .batchnorm import _running, running_weights, update_running
 from .network import _pass, log_likelihoods, logits, mean_loss
-from .optim import Optimizer, OptState, Slots, kind, schedule, step_all, update
+from .optim import Optimizer, OptState, Slots, kind, require_state, schedule, step_all, update
 from .trace import fused
 
 
@@ -49,6 +50,8 @@ def prepare(images: NDArray[np.uint8], pixels: Pixels, dtype: DTypeLike = np.flo
     pixel in float64 would give, in one pass and without a float64 copy of the data (MNIST's
     training set: 0.15 s instead of 1.4 s).
     """
+    if not isinstance(pixels, Pixels):
+        raise ArgumentError(f"prepare: pixels must be a member of lb.Pixels (unit, centered, standard), got {pixels!r}")
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise DTypeError(f"prepare: expected uint8 pixels (0-255), got {images.dtype}")
@@ -66,6 +69,8 @@ def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = n
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ShapeError("one_hot", labels.shape, (classes,), "labels must be a 1-d array")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DTypeError(f"one_hot: labels must be integer class indices, got {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ValueRangeError(f"one_hot: labels must be in [0, {classes}), got values from {labels.min()} "
                               f"to {labels.max()}")
@@ -263,6 +268,9 @@ def _check_data(where: str, x: object, other: object, name: str, rank: int) -> N
     assert isinstance(x, np.ndarray) and isinstance(other, np.ndarray)
     if x.ndim != 2:
         raise RankError(f"{where}: x must be a matrix (samples x features), got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"{where}: x must hold float32 or float64 inputs, got {x.dtype} (lb.prepare(images, pixels) "
+                         "scales uint8 pixels)")
     if other.ndim != rank:
         raise RankError(f"{where}: {name} must have rank {rank}, got shape {other.shape}")
     if other.shape[0] != x.shape[0]:
@@ -273,8 +281,9 @@ def _check_data(where: str, x: object, other: object, name: str, rank: int) -> N
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[NDArray[np.intp]]:
     """Index arrays of consecutive batches (shuffled when ``rng`` is given). A last batch of one
     sample is merged into the previous batch (batch norm cannot train on one sample)."""
-    if batch_size < 1:
-        raise ValueRangeError(f"batch_size must be >= 1, got {batch_size}")
+    size: object = batch_size  # untyped callers: True is not a size
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueRangeError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise ArgumentError(f"batches: rng must be a numpy Generator (np.random.default_rng(seed)) or None, got "
                             f"{type(rng).__name__}")
@@ -293,6 +302,7 @@ def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDAr
     Raises (never a silently wrong score): the labels are not integers, or not classes of the
     network's output; ``x`` holds NaN or infinity; the network's outputs overflow.
     """
+    check_layers("accuracy", layers)
     _check_data("accuracy", x, labels, "labels", 1)
     if x.shape[0] == 0:
         raise ValueRangeError("accuracy: no samples (x has 0 rows)")
@@ -328,7 +338,14 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     _check_data("train_epoch", x, y, "y (targets)", 2)
     if x.shape[0] == 0:
         raise ValueRangeError("train_epoch: no samples (x has 0 rows)")
+    require_state("train_epoch", opt_state)
     current = list(layers)
+    sizes = sorted({len(idx) for idx in batches(x.shape[0], batch_size, None)})
+    for i, layer in enumerate(current):
+        if isinstance(layer, Batchnorm1d) and layer.ghost_batch is not None and any(n % layer.ghost_batch for n in sizes):
+            raise ValueRangeError(f"train_epoch: layer {i} (Batchnorm1d) normalises ghost batches of {layer.ghost_batch} "
+                                  f"rows, which do not divide every batch: {x.shape[0]} samples in batches of "
+                                  f"{batch_size} give batches of {sizes} rows")
     if renorm is not None and not any(_renormalises(layer) for layer in current):
         raise ArgumentError("train_epoch.renorm: a ramp of renormalisation bounds needs a layer that renormalises "
                             "(Batchnorm1d(renorm=Renorm(...)), or mlp(..., renorm=...))")

@@ -14,7 +14,7 @@ import pytest
 import lazybn as lb
 from lazybn.layers import Batchnorm1d, Dropout, Linear, LinearNoBias
 from lazybn.network import _pass
-from lazybn.optim import SGD, init_state
+from lazybn.optim import SGD, Momentum, RMSProp, UpdateMismatchError, init_state
 from lazybn.train import NumericalError, one_hot, train_step
 
 M = lb.matrix(np.ones((3, 2)))
@@ -86,6 +86,34 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
                             np.eye(3, dtype=F32)[:3], 2, None), lb.ShapeError, "one row per sample"),
     ("accuracy with labels of another length", lambda: lb.accuracy(_net(), np.ones((4, 2), F32), np.zeros(3, int)),
      lb.ShapeError, "x has 4 samples and labels 3"),
+    ("an array of rank 3 made a Manifest", lambda: lb.Manifest(np.ones((2, 2, 2), F32)), lb.RankError,
+     "shape (2, 2, 2)"),
+    ("an optimizer state another optimizer made",
+     lambda: train_step(_net(), Momentum(0.1), init_state(RMSProp(), _net()), lb.matrix(np.ones((2, 2), F32)),
+                        lb.matrix(np.eye(3, dtype=F32)[:2])), UpdateMismatchError, "made by RMSProp, not Momentum"),
+    ("an optimizer given by name", lambda: init_state("sgd", _net()), lb.ArgumentError,  # type: ignore[arg-type]
+     "must be an lb.SGD"),
+    ("a missing optimizer state (a network saved without one)",
+     lambda: lb.train_epoch(_net(), SGD(0.1), None, np.ones((4, 2), F32),  # type: ignore[arg-type]
+                            np.eye(3, dtype=F32)[[0, 1, 2, 0]], 2, None), lb.ArgumentError, "lb.init_state(opt, layers)"),
+    ("a numpy array as the network's input", lambda: lb.forward(_net(), np.ones((2, 2), F32)),  # type: ignore[arg-type]
+     lb.ArgumentError, "forward: the input must be a lazybn Matrix"),
+    ("something in the layers that is not a layer",
+     lambda: lb.forward([*_net(), "softmax"], lb.matrix(np.ones((2, 2), F32))),  # type: ignore[list-item]
+     lb.ArgumentError, "layers[2] is a str, not a lazybn layer"),
+    ("uint8 pixels where inputs are needed", lambda: lb.accuracy(_net(), np.ones((2, 2), np.uint8), np.zeros(2, int)),
+     lb.DTypeError, "lb.prepare(images, pixels)"),
+    ("a string where an enum member is needed",
+     lambda: lb.prepare(np.zeros((1, 2), np.uint8), "standard"),  # type: ignore[arg-type]
+     lb.ArgumentError, "member of lb.Pixels"),
+    ("labels that are not integers", lambda: one_hot(np.array([0.5, 1.0]), 2), lb.DTypeError,
+     "integer class indices"),
+    ("ghost batches that do not divide every batch of an epoch",
+     lambda: lb.train_epoch([LinearNoBias(lb.matrix(np.ones((2, 3), F32))), _bn(ghost_batch=2)], SGD(0.1),
+                            init_state(SGD(0.1), _net()), np.ones((5, 2), F32), np.eye(3, dtype=F32)[[0, 1, 2, 0, 1]],
+                            2, None), lb.ValueRangeError, "give batches of [2, 3] rows"),
+    ("saving onto a directory", lambda: lb.save(".", _net()), lb.ArgumentError,
+     "is a directory"),
     ("target of another dtype than the input",
      lambda: _pass(lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(3)[:2], np.float64), _net()),
      lb.DTypeError, "the target is float64"),

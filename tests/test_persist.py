@@ -209,6 +209,10 @@ def test_other_format_and_version(tmp_path: Path) -> None:
         load(_write(tmp_path / "f.npz", d["arrays"], {**d["header"], "format": "keras-weights"}))
     with pytest.raises(PersistenceError, match="version 2; this lazybn reads version 1"):
         load(_write(tmp_path / "v.npz", d["arrays"], {**d["header"], "version": 2}))
+    with pytest.raises(PersistenceError, match="version 1.0; this lazybn reads version 1"):  # JSON has no 1.0 == 1
+        load(_write(tmp_path / "w.npz", d["arrays"], {**d["header"], "version": 1.0}))
+    with pytest.raises(PersistenceError, match="header comp 'GPU' is not Seq or Par"):
+        load(_write(tmp_path / "c.npz", d["arrays"], {**d["header"], "comp": "GPU"}))
 
 
 def test_tampered_header(tmp_path: Path) -> None:
@@ -272,13 +276,33 @@ def test_wrong_array_shape_dtype_missing_and_extra(tmp_path: Path) -> None:
         load(_write(tmp_path / "x.npz", {**a, "layer9.w": np.ones((2, 2), np.float32)}, h))
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan")])
-def test_negative_or_nan_running_variance_is_rejected(tmp_path: Path, bad: float) -> None:
+@pytest.mark.parametrize("name,bad,message", [
+    ("layer1.var", -1.0, "layer 1 \\(Batchnorm1d\\): the running variance has negative entries \\[-1.\\]"),
+    ("layer1.var", float("nan"), "array 'layer1.var' holds NaN or infinity"),
+    ("layer0.w", float("nan"), "array 'layer0.w' holds NaN or infinity"),
+    ("layer3.w", float("-inf"), "array 'layer3.w' holds NaN or infinity"),
+    ("opt.slot.0.1", float("inf"), "array 'opt.slot.0.1' holds NaN or infinity"),
+])
+def test_negative_variances_and_non_finite_values_are_refused(tmp_path: Path, name: str, bad: float,
+                                                               message: str) -> None:
     _, d = _saved(tmp_path)
-    var = d["arrays"]["layer1.var"].copy()
-    var[1] = bad
-    with pytest.raises(PersistenceError, match="layer 1 \\(Batchnorm1d\\): the running variance has negative or NaN"):
-        load(_write(tmp_path / "v.npz", {**d["arrays"], "layer1.var": var}, d["header"]))
+    a = d["arrays"][name].copy()
+    a.flat[1] = bad
+    with pytest.raises(PersistenceError, match=message):
+        load(_write(tmp_path / "v.npz", {**d["arrays"], name: a}, d["header"]))
+
+
+def test_save_refuses_non_finite_weights_and_directories(tmp_path: Path) -> None:
+    w = np.ones((2, 3), np.float32)
+    w[1, 2] = np.nan  # a Linear layer does not look at its weights; save does
+    with pytest.raises(ValueRangeError, match="save: array 'layer0.w' holds NaN or infinity"):
+        save(tmp_path / "n.npz", [LinearNoBias(lb.matrix(w))])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(lb.ArgumentError, match="it is a directory"):
+        save(tmp_path, mlp([2, 2], batchnorm=False))
+    assert list(tmp_path.iterdir()) == []  # no temporary file left beside it
+    with pytest.raises(lb.ArgumentError, match=r"save: layers\[1\] is a str, not a lazybn layer"):
+        save(tmp_path / "s.npz", [*mlp([2, 2], batchnorm=False), "relu"])  # type: ignore[list-item]
 
 
 def test_object_arrays_are_never_unpickled(tmp_path: Path) -> None:
