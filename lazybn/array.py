@@ -8,7 +8,7 @@ whole expression into one generated numba kernel.
 
 The computation strategy travels with the arrays, as in massiv: an array built with ``comp=Comp.Par``
 (or given one by ``set_comp``) makes every expression that reads it run on all cores once its largest
-loop nest holds 4 MiB or more (below that, threads cost more than they save); ``Comp.Seq`` on one.
+matrix loop nest holds 4 MiB or more (below that, threads cost more than they save); ``Comp.Seq`` on one.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ Ix = TypeVar("Ix", Ix1, Ix2)
 
 class Comp(enum.Enum):
     """Computation strategy: ``Seq`` runs a kernel on one core, ``Par`` on all of them (from 4 MiB
-    in its largest loop nest; smaller kernels run serially)."""
+    in its largest matrix loop nest; smaller and vector-only kernels run serially)."""
 
     Seq = "Seq"
     Par = "Par"

@@ -63,6 +63,7 @@ import inspect
 import math
 import os
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import is_dataclass
 from typing import Any, ParamSpec, TypeVar, overload
@@ -232,6 +233,18 @@ def _write_guard(where: tuple[tuple[int, str], ...], args: tuple[object, ...], k
     return g.names["guard"]  # type: ignore[return-value]
 
 
+_FUSED: weakref.WeakSet[Any] = weakref.WeakSet()  # every @fused function
+
+
+def _forget_replays() -> None:
+    """In a child forked after a Par kernel ran (see :data:`lazybn.fuse.after_fork`): a replay may call one."""
+    for run in list(_FUSED):
+        run.programs.clear()
+        run.guards.clear()
+
+
+fuse.after_fork.append(_forget_replays)
+
 _OPAQUE = None  # a signature the replay cannot serve: run the body every time
 _UNSEEN = Program(lambda arrays, values: None, "", 0)  # a signature not traced yet
 
@@ -372,6 +385,7 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
                 return f(*args, **kwargs)
         return out
 
+    _FUSED.add(run)
     run.programs = programs  # type: ignore[attr-defined]
     run.guards = guards  # type: ignore[attr-defined]
     return run

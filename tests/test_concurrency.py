@@ -1,5 +1,6 @@
 """Two processes filling the same kernel cache or the same data cache at once: neither crashes,
-neither corrupts what the other reads."""
+neither corrupts what the other reads. A process forked after a ``Comp.Par`` kernel ran computes
+the same results."""
 
 from __future__ import annotations
 
@@ -42,6 +43,35 @@ for _ in range(15):
 print("ok")
 """
 
+FORK = """
+import multiprocessing as mp, queue, sys, numpy as np, lazybn as lb
+from lazybn.batchnorm import bn_forward
+x = lb.matrix(np.random.default_rng(0).normal(size=(1024, 1024)), np.float32, comp=lb.Comp.Par)  # 4 MiB: Par
+def step():
+    y = lb.compute(lb.amap(lb.Fn.tanh, x) * 2.0)
+    layer = lb.Batchnorm1d(*(lb.replicate(1024, v, np.float32, lb.Comp.Par) for v in (0.0, 1.0, 1.0, 0.0)))
+    return [np.asarray(a) for a in (y, *bn_forward(x, layer))]
+parent = [step(), step()]  # the second call replays the first's trace
+def child(q):
+    q.put([step(), step()])
+ctx = mp.get_context("fork")  # Linux's default start method
+q = ctx.Queue()
+proc = ctx.Process(target=child, args=(q,))
+proc.start()
+got = None
+while got is None:
+    try:
+        got = q.get(timeout=1)
+    except queue.Empty:
+        if not proc.is_alive():
+            sys.exit(f"the forked child died (exit code {proc.exitcode})")
+proc.join(60)
+assert proc.exitcode == 0, proc.exitcode
+for a, b in zip(parent[0] + parent[1], got[0] + got[1]):
+    assert a.dtype == b.dtype and np.array_equal(a, b), "the child's results differ"
+print("ok")
+"""
+
 
 def _spawn(code: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     full = {**os.environ, **env, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -72,3 +102,9 @@ def test_two_processes_write_and_read_one_data_cache(tmp_path: Path) -> None:
         assert p.returncode == 0, err
         assert out.strip() == "ok"
     assert not list(path.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_a_process_forked_after_a_parallel_kernel_computes_the_same_results(tmp_path: Path) -> None:
+    p = _spawn(FORK, env={"LAZYBN_CACHE_DIR": str(tmp_path)})
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and out.strip().endswith("ok"), err

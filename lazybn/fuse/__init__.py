@@ -40,6 +40,32 @@ PAR_THRESHOLD_BYTES = 1 << 22
 
 _kernels: dict[tuple[Any, ...], Kernel] = {}
 
+# A process forked after a Comp.Par kernel ran cannot start that kernel's thread pool again:
+# numba's OpenMP layer terminates such a child ("fork() called from a process already using GNU
+# OpenMP"), as with multiprocessing's default start method on Linux or a server's forked
+# workers. The child runs every kernel serially instead (results as Comp.Seq's: the same to
+# float64 reassociation) and forgets the replays that call Par kernels (``after_fork`` holds
+# the forgetting functions).
+_par_used = False
+_serial_only = False
+after_fork: list[Callable[[], None]] = []
+
+
+def _forked() -> None:
+    global _serial_only
+    if _par_used:
+        _serial_only = True
+        for forget in after_fork:
+            forget()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def _started_par() -> None:
+    global _par_used
+    _par_used = True
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -155,7 +181,7 @@ def active() -> Recording | None:
 
 
 def _choose_par(canon: Canon, dtype: np.dtype[Any], par: bool) -> bool:
-    if not par:
+    if not par or _serial_only:
         return False
     biggest = max((canon.sizes[d[0]] * canon.sizes[d[1]] for *_, d in canon.nodes if len(d) == 2), default=0)
     return biggest > 0 and biggest * dtype.itemsize >= PAR_THRESHOLD_BYTES  # no matrix loop: serial
@@ -192,6 +218,7 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
     if use_par:
         import numba  # imported on first use: `import lazybn` stays fast
 
+        _started_par()
         args.append(np.uint64(numba.get_num_threads()))
     fn = cache._loaded.get(kernel.key)
     if fn is None:
