@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,13 @@ def test_list_names_every_experiment(capsys: pytest.CaptureFixture[str]) -> None
     lines = capsys.readouterr().out.splitlines()
     for name in NAMES:
         assert any(line.split()[:1] == [name] for line in lines), f"{name} missing from `lazybn list`"
+
+
+def test_python_dash_m_lazybn_is_the_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "lazybn", "list"], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert all(any(line.split()[:1] == [name] for line in done.stdout.splitlines()) for name in NAMES)
 
 
 def test_unknown_experiment_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -131,10 +131,12 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="samples per batch")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--schedule", choices=[s.value for s in Schedule], help="learning-rate schedule")
+    p.add_argument("--schedule", choices=[s.value for s in Schedule], help="learning-rate schedule, a factor per epoch: constant 1; step 0.1 from half of the "
+                        "epochs and 0.01 from three quarters; cosine half a cosine from 1 to 0.01 at the last epoch")
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
                    help="adamw: Adam with decoupled weight decay")
-    p.add_argument("--init", choices=[i.value for i in Init], help="weight initialiser")
+    p.add_argument("--init", choices=[i.value for i in Init], help="weight initialiser: haskell 0.01·N(0,1) weights and N(0,1) biases; small 0.01·N(0,1) "
+                        "weights; normal N(0,1); xavier N(0, 2/(in+out)); he N(0, 2/in) (biases zero but for haskell)")
     p.add_argument("--bn-lr-multiplier", type=float, help="learning-rate factor for gamma and beta")
     p.add_argument("--weight-decay", type=float, metavar="WD",
                    help="L2 weight decay of the linear layers' weights and biases (default 0)")
@@ -149,7 +151,7 @@ def add_train_parser(sub: Any) -> None:
                         "RSTEPS and DSTEPS steps (the paper: 5000 40000 25000)")
     p.add_argument("--ghost-batch", type=int, metavar="G",
                    help="ghost batch norm: normalise each group of G rows of a batch on its own")
-    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--dtype", choices=["float32", "float64"], help="the networks' and inputs' dtype (default float32)")
     p.add_argument("--comp", choices=["Seq", "Par"],
                    help="Par: kernels whose largest loop nest holds 4 MiB or more run on all cores (at MNIST's "
                         "batch sizes every kernel is below that and runs serially); Seq: one core")

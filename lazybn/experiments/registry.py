@@ -53,7 +53,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("list", help="list the experiments with a description and expected runtime")
     p.set_defaults(func=_list)
     r = sub.add_parser("run", help="run one experiment by name (see `lazybn list`)")
-    r.add_argument("name", help="experiment name")
+    r.add_argument("name", help="experiment name (`lazybn list` shows each with what it does and its runtime)")
     r.add_argument("--quick", action="store_true", help="a seconds-long version on small data (for tests)")
     r.add_argument("--out", default=None, help="output directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--data-dir", default=None, help="directory with MNIST (IDX files or the CSV pair)")

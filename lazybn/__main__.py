@@ -1,0 +1,7 @@
+"""``python -m lazybn``: the ``lazybn`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
