@@ -53,7 +53,7 @@ def br(n_rows: int, v: Vec) -> Delayed[Ix2]:
     [[1.0, 2.0], [1.0, 2.0]]
     """
     node, comp = _vec(v, "br")
-    if not isinstance(n_rows, (int, np.integer)) or n_rows < 0:  # type: ignore[redundant-expr]
+    if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 0:  # type: ignore[redundant-expr]
         raise ShapeError("br", (n_rows,), node.shape, "the number of rows must be a non-negative integer")
     assert node.dtype is not None
     return Delayed(Br(node, (int(n_rows), node.shape[0]), node.dtype), comp)

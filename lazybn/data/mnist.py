@@ -317,7 +317,7 @@ def read_cache(path: Path, spec: OfficialSpec | None = None) -> Mnist:
 def load_mnist(
     data_dir: Path | str | None = None,
     *,
-    cache: Path | None = None,
+    cache: Path | str | None = None,
     fetch: bool = True,
     progress: bool = False,
 ) -> Mnist:
