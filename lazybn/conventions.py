@@ -208,7 +208,10 @@ def to_torch(layers: Sequence[Layer]) -> dict[str, NDArray[np.generic]]:
             case Batchnorm1d():
                 if not layer.unbiased:
                     raise ArgumentError(f"to_torch: layer {i} (Batchnorm1d) keeps a biased running variance "
-                                        "(unbiased=False); torch's running_var averages unbiased variances")
+                                        "(unbiased=False); torch's running_var averages unbiased variances. For "
+                                        "inference alone the values serve as they are: convert "
+                                        "dataclasses.replace(layer, unbiased=True); to train on in torch, the batch "
+                                        "variances' share needs the factor N/(N-1) first (this module's docstring)")
                 for key, a in (("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.mu),
                                ("running_var", layer.var)):
                     state[f"{i}.{key}"] = a.array.copy()
