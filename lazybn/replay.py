@@ -221,7 +221,7 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
                 launches += 1
                 outs = [f"o{launches}_{k}" for k in range(len(entry.out_shapes))]
                 dtype, dyn = src.const(entry.dtype, "dtype"), {k: (i, ops) for k, i, ops in entry.dynamic}
-                convert = src.const(entry.dtype.type, "as")  # a dynamic value becomes the kernel's scalar type
+                convert = src.const(np.float64, "as")  # a dynamic value becomes a kernel's constant, float64
                 lines += [f"{o} = empty({shape!r}, {dtype})" for o, shape in zip(outs, entry.out_shapes)]
                 args = [slot(a) for a in entry.leaves]
                 args += [argument(x, dyn, k, convert) for k, x in enumerate(entry.tail)]

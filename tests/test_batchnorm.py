@@ -500,6 +500,29 @@ def test_train_inference_gap_with_momentum_one(unbiased: bool) -> None:
 # Degenerate batches, validation (items 11, 24)
 
 
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.sampled_from([2, 3, 7, 100, 1000, 4099]),
+       c=st.sampled_from([0.1, -0.3, 1.0 / 3.0, 100.0, 12345.678, 3e7, -2.5e9, 1e-30]), comp=st.sampled_from(list(lb.Comp)))
+def test_a_constant_channel_comes_out_as_beta(dtype: type, n: int, c: float, comp: lb.Comp) -> None:
+    """Bug class 4: a channel whose every value is the same normalises to beta. In float32 exactly
+    (batch mean the constant, variance 0), whatever the constant and the batch size: the mean is
+    the float64 sum times 1/n in float64, rounded once (rounding the sum, or 1/n, to float32
+    first puts the mean an ulp off, and that ulp's square became the variance: a constant 3e7
+    gave beta - 1). In float64 the sum of n copies rounds, so the mean may be an ulp off, and
+    the output moves from beta by at most gamma * ulp(c) / sqrt(eps)."""
+    x: F = np.full((n, 3), dtype(c), dtype)
+    x[:, 1] = np.linspace(-1.0, 1.0, n, dtype=dtype)  # a varying neighbour
+    gamma: F = np.array([2.0, 1.0, 0.5], dtype)
+    beta: F = np.array([0.25, -1.0, 3.0], dtype)
+    out, mu, var = bn_forward(lb.matrix(x, comp=comp), bn_layer(gamma, beta))
+    ulp = float(np.spacing(abs(dtype(c))))
+    off = 0.0 if dtype is np.float32 else ulp
+    for j in (0, 2):
+        assert abs(float(mu.array[j]) - float(dtype(c))) <= off
+        assert float(var.array[j]) <= off * off
+        assert np.abs(out.array[:, j] - beta[j]).max() <= 1.01 * gamma[j] * off / np.sqrt(1e-5) + (2 * float(np.spacing(beta[j])) if off else 0.0)
+
+
 def test_constant_feature_and_batch_of_two_give_finite_gradients() -> None:
     """Item 24: zero variance in a feature, and N=2, train without NaN and match finite differences."""
     rng = np.random.default_rng(24)

@@ -124,7 +124,7 @@ def test_rewritten_sums_are_rounded_once_not_part_by_part() -> None:
     xs = (1e4 + np.random.default_rng(3).standard_normal((1000, 4))).astype(np.float32)
     x = lb.matrix(xs)
     dev = lb.sum_rows(x - lb.rows_like(lb.scale(1e-3, lb.sum_rows(x)), x))  # the mean in the same kernel
-    mean32 = (xs.astype(np.float64).sum(0).astype(np.float32) * np.float32(1e-3)).astype(np.float64)
+    mean32 = (xs.astype(np.float64).sum(0) * 1e-3).astype(np.float32).astype(np.float64)  # scaled, then rounded
     want = (xs.astype(np.float64) - mean32).sum(0)  # |want| < 1, from two sums near 1e7
     np.testing.assert_allclose(lb.compute(dev).array, want, atol=1e-2)
 

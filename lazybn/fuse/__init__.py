@@ -23,14 +23,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import numpy as np
 
 from . import cache
-from .cache import KernelFn
+from .cache import Kernel, KernelFn
 from .cache import KernelStats as KernelStats
 from .cache import clear_disk_cache as clear_disk_cache
 from .cache import reset_stats as reset_stats
 from .cache import stats as stats
 from .graph import Derived, FloatArray, Node, Scalar
 from .canon import Canon, canonicalize
-from .lower import Kernel, generate
+from .lower import generate
 
 # Below this many bytes in the largest loop nest, a Par computation runs the serial kernel:
 # starting threads costs more than the work. Measured on 2 cores (batch-norm forward + backward,
@@ -212,8 +212,7 @@ def evaluate(roots: Sequence[Node], dtype: np.dtype[Any], par: bool) -> list[Flo
     use_par = _choose_par(canon, dtype, par)
     kernel = _kernel(canon, dtype, use_par)
     outs = [np.empty(tuple(canon.sizes[s] for s in dims), dtype) for dims in kernel.outputs]
-    ty = dtype.type
-    consts = [ty(v) if type(v) is not Scalar else ty(v.value) for v in canon.consts]
+    consts = [np.float64(v if type(v) is not Scalar else v.value) for v in canon.consts]  # float64: see lower
     args: list[Any] = [*canon.leaves, *consts, *(np.uint64(n) for n in canon.sizes), *outs]
     if use_par:
         import numba  # imported on first use: `import lazybn` stays fast

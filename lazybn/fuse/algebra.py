@@ -73,8 +73,21 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
             if kind == "R" and arg in ("sum_rows", "sum_cols"):  # float64 partial sums, rounded once
                 memo[cid] = add(("M", "round", (total(kids[0], "B" if arg == "sum_rows" else "K", arg, dims),), dims))
             else:
-                memo[cid] = add((kind, arg, tuple(rebuild(k) for k in kids), dims))
+                memo[cid] = scaled(add((kind, arg, tuple(rebuild(k) for k in kids), dims)))
         return memo[cid]
+
+    def scaled(cid: int) -> int:
+        """``c * round(s)`` as ``round(c * s)`` (also ``round(s) / c``): a mean, ``scale(1 / n, sum)``,
+        is the float64 sum times 1 / n in float64, rounded once (a constant column's mean is exact)."""
+        kind, arg, kids, dims = out[cid]
+        if kind != "Z" or arg not in "*/":
+            return cid
+        ops = [out[k] for k in kids]
+        for r, c in ((0, 1), (1, 0)) if arg == "*" else ((0, 1),):
+            if ops[r][:2] == ("M", "round") and ops[c][0] == "C":
+                inner = (ops[r][2][0], kids[c]) if r == 0 else (kids[c], ops[r][2][0])
+                return add(("M", "round", (add(("Z", arg, inner, dims)),), dims))
+        return cid
 
     def total(cid: int, bcast: str, op: str, dims: tuple[int, ...]) -> int:
         """A vector expression equal to ``op`` (a sum) of the matrix expression ``cid``. A scalar

@@ -20,9 +20,25 @@ from typing import Any, final
 
 from .._files import atomic_write_bytes, cache_dir
 from ..errors import CompileError
-from .lower import CODEGEN_VERSION, Kernel
 
 KernelFn = Callable[..., None]
+CODEGEN_VERSION = 12  # of lazybn.fuse.lower's kernels: part of their keys and of the cache's folder
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Kernel:
+    """A generated kernel: exactly the source written to the kernel cache, and its calling shape."""
+
+    key: str
+    source: str
+    n_leaves: int
+    n_consts: int
+    n_sizes: int
+    outputs: tuple[tuple[int, ...], ...]  # size slots of each output's shape
+    temporaries: tuple[tuple[int, ...], ...]  # size slots of each temporary array
+    passes: int  # loop nests over a matrix domain
+    par: bool
 
 
 @final

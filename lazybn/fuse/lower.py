@@ -14,33 +14,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, final
+from typing import Any
 
 import numpy as np
 
 from .algebra import CNode, distribute_sums, levels
+from .cache import CODEGEN_VERSION, Kernel
 from .canon import Canon
 from .scalar import FN, HELPER, tanh_helper
 
-CODEGEN_VERSION = 11
 BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the matrix (half an L2)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Kernel:
-    """A generated kernel: exactly the source written to the kernel cache, and its calling shape."""
-
-    key: str
-    source: str
-    n_leaves: int
-    n_consts: int
-    n_sizes: int
-    outputs: tuple[tuple[int, ...], ...]  # size slots of each output's shape
-    temporaries: tuple[tuple[int, ...], ...]  # size slots of each temporary array
-    passes: int  # loop nests over a matrix domain
-    par: bool
 
 
 def kernel_key(nodes: Sequence[CNode], roots: Sequence[int], dtype: str, par: bool) -> str:
@@ -100,8 +83,10 @@ class _Emitter:
                 s = f"u{cid}{self.sfx}"
                 self.lines.append(f"{s} = {FN[HELPER[arg]].format(a=a)}")
             expr = FN[arg].format(a=a, s=s)
-        else:  # "Z"
-            expr = f"{self.value(kids[0])} {arg} {self.value(kids[1])}"
+        else:  # "Z"; a constant meets a float64 combination of sums as its float64 value C
+            wide = g.wide(cid)
+            a, b = (f"C{g.nodes[k][1]}" if wide and g.nodes[k][0] == "C" else self.value(k) for k in kids)
+            expr = f"{a} {arg} {b}"
         name = f"t{cid}{self.sfx}"
         self.lines.append(f"{name} = {expr}")
         self.done[cid] = name
@@ -130,6 +115,12 @@ class _Gen:
         self.body: list[str] = []
         self.passes = 0
         self.rowsum = False  # whether the kernel calls the rowsum helper
+
+    def wide(self, cid: int) -> bool:
+        """Whether a node's value is float64: a sum, or a sum and constants combined (under a round)."""
+        kind, arg, kids, _ = self.nodes[cid]
+        return kind == "R" and arg in ("sum_rows", "sum_cols") or (
+            kind == "Z" or (kind, arg) == ("M", "negate")) and any(self.wide(k) for k in kids)
 
     def emit(self, lines: list[str], indent: int) -> None:
         self.body.extend("    " * indent + ln for ln in lines)
@@ -356,7 +347,7 @@ def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
             g.matrix_passes(level)
         g.vector_loops(level)
     n_out = len(canon.roots)
-    args = ([f"L{k}" for k in range(len(canon.leaves))] + [f"c{k}" for k in range(len(canon.consts))]
+    args = ([f"L{k}" for k in range(len(canon.leaves))] + [f"C{k}" for k in range(len(canon.consts))]
             + [f"n{k}" for k in range(len(canon.sizes))] + [f"O{k}" for k in range(n_out)])
     if par:
         args.append("unch")
@@ -382,6 +373,7 @@ def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
     ]
     if par:
         src.append("    nch = np.int64(unch)")
+    src += [f"    c{k} = dt(C{k})" for k in range(len(canon.consts))]  # constants come in float64
     for k, r in enumerate(roots):  # an output equal to an earlier one (after the sum rewrite)
         first = roots.index(r)
         if first != k:
