@@ -457,6 +457,18 @@ def test_inference_uses_the_stored_statistics_and_mutates_nothing(c: Case) -> No
         np.testing.assert_array_equal(getattr(layer, name).array, arr)
 
 
+def test_inference_leaves_every_field_of_a_layer_as_it_was() -> None:
+    """Item 15 for the other fields: a cumulative average's count, momentum, eps and flags."""
+    layer = replace(bn_layer(np.ones(3), np.zeros(3), momentum=0.1), momentum=None, tracked=5)
+    fields = {k: getattr(layer, k) for k in layer.__dataclass_fields__}
+    x = lb.matrix(np.random.default_rng(15).standard_normal((4, 3)))
+    for _ in range(3):
+        logits([layer], x)
+        lb.forward([layer], x)
+    assert {k: getattr(layer, k) for k in layer.__dataclass_fields__} == fields
+    assert layer.tracked == 5
+
+
 def test_inference_path_gradient_is_elementwise() -> None:
     """Item 23, torch's deterministic case: channel 0 has running variance 0, eps=1e-4."""
     n, k = 5, 4

@@ -52,6 +52,23 @@ def test_forward_is_inference_and_backward_is_its_elementwise_gradient(n: int, c
     np.testing.assert_allclose(dbeta.array, dy.sum(axis=0), rtol=tol, atol=tol * n)
 
 
+def test_the_training_pass_normalises_a_frozen_layer_with_its_running_statistics() -> None:
+    """``_pass`` itself, not only the frozen step functions: its predictions are inference's
+    (running statistics) and the gradient reaching the layer below is dy·gamma/sigma."""
+    rng = np.random.default_rng(11)
+    w = lb.matrix(rng.normal(size=(4, 3)))
+    layers: list[lb.Layer] = [LinearNoBias(w), _layer(3, rng, eps=1e-3)]
+    x = rng.normal(0.0, 2.0, (6, 4))
+    tgt = np.eye(3)[rng.integers(0, 3, 6)]
+    _, pred, grads = _pass(lb.matrix(x), lb.matrix(tgt), layers)
+    np.testing.assert_allclose(pred.array, lb.forward(layers, lb.matrix(x)).array, rtol=1e-13, atol=1e-15)
+    bn = layers[1]
+    assert isinstance(bn, Batchnorm1d) and isinstance(grads[0], lb.LinearNoBiasGradients)
+    dy = (pred.array - tgt) / 6  # the mean cross-entropy's gradient at the softmax's input
+    dz = dy * bn.gamma.array / np.sqrt(bn.var.array + 1e-3)
+    np.testing.assert_allclose(grads[0].dw.array, x.T @ dz, rtol=1e-12, atol=1e-14)
+
+
 def test_backward_matches_central_finite_differences() -> None:
     """The loss sum(dy * y) through a training pass's frozen layer: x, gamma and beta."""
     rng = np.random.default_rng(7)

@@ -278,3 +278,18 @@ def test_reshape_takes_numpy_integer_sizes_but_not_booleans() -> None:
     for bad in (True, (2, True), (np.int64(2), -3), np.bool_(True)):
         with pytest.raises(lb.ValueRangeError, match="non-negative integers"):
             lb.reshape(m, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("make", [lambda a: lb.matrix(a), lambda a: lb.Manifest(a), lambda a: lb.matrix(a.tolist()),
+                                  lambda a: lb.matrix(np.asfortranarray(a)), lambda a: lb.matrix(a[::-1][::-1])])
+def test_constructors_own_their_data(make: Callable[[F], lb.Matrix]) -> None:
+    """Item 25: an array made from numpy data is a read-only copy: changing the source later, or
+    trying to write through the array, changes nothing the engine reads."""
+    src: F = np.arange(6.0).reshape(2, 3)
+    m = make(src)
+    src[:] = -1.0
+    np.testing.assert_array_equal(m.array, np.arange(6.0).reshape(2, 3))
+    assert not m.array.flags.writeable
+    with pytest.raises(ValueError):
+        m.array[0, 0] = 5.0
+    np.testing.assert_array_equal(lb.compute(m * 2.0).array, np.arange(6.0).reshape(2, 3) * 2)
