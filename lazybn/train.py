@@ -340,7 +340,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
         raise ValueRangeError("train_epoch: no samples (x has 0 rows)")
     require_state("train_epoch", opt_state)
     current = list(layers)
-    sizes = sorted({len(idx) for idx in batches(x.shape[0], batch_size, None)})
+    sizes = sorted({len(idx) for idx in list(batches(x.shape[0], batch_size, None))[:max_steps]})  # those that run
     for i, layer in enumerate(current):
         if isinstance(layer, Batchnorm1d) and layer.ghost_batch is not None and any(n % layer.ghost_batch for n in sizes):
             raise ValueRangeError(f"train_epoch: layer {i} (Batchnorm1d) normalises ghost batches of {layer.ghost_batch} "

@@ -180,6 +180,31 @@ def _run(cache: Path, **env: str) -> dict[str, Any]:
     return result
 
 
+def test_planning_a_deep_dag_with_shared_subexpressions_takes_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated squaring reaches each node twice from above: a walk of the DAG without a memo
+    takes 2^depth steps (8 s at depth 22 in one version). Counted: the code generator asks
+    whether a node is a float64 combination of sums a few times per node, not 2^20 times."""
+    from lazybn.fuse import lower
+
+    calls = 0
+    wide = lower._Gen.wide
+
+    def counted(self: Any, cid: int) -> bool:
+        nonlocal calls
+        calls += 1
+        return wide(self, cid)
+
+    monkeypatch.setattr(lower._Gen, "wide", counted)
+    x = lb.matrix(np.ones((3, 3)))
+    y: lb.Delayed[lb.Ix2] = x * 1.0
+    for _ in range(20):
+        y = y * y
+    mean = lb.scale(1 / 3, lb.sum_rows(y))
+    k = fuse.plan([mean.node], x.dtype, False)
+    assert k.source.count("*") >= 20 and calls < 200
+    np.testing.assert_array_equal(lb.compute(mean).array, [1.0, 1.0, 1.0])
+
+
 def test_a_second_process_compiles_nothing(tmp_path: Path) -> None:
     first, second = _run(tmp_path), _run(tmp_path)
     assert first["compiled"] == 1 and first["disk_hits"] == 0

@@ -135,6 +135,21 @@ def test_training_steps_replay_bitwise() -> None:
     assert_same_network(got, want)
 
 
+def test_train_epoch_checks_the_ghost_batches_of_the_steps_it_takes() -> None:
+    """22 samples in batches of 8 are batches of 8, 8 and 6: ghost batches of 4 cannot split
+    the third, which train_epoch refuses before its first step, unless max_steps stops it first."""
+    rng = np.random.default_rng(5)
+    layers = [replace(layer, ghost_batch=4) if isinstance(layer, Batchnorm1d) else layer
+              for layer in lb.mlp((6, 8, 3), batchnorm=True, seed=1)]
+    x = rng.normal(size=(22, 6)).astype(np.float32)
+    y = lb.one_hot(np.arange(22) % 3, 3)
+    opt = lb.SGD(lr=0.1)
+    with pytest.raises(lb.ValueRangeError, match=r"give batches of \[6, 8\] rows"):
+        lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, 8, None)
+    trained, state, loss = lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, 8, None, max_steps=2)
+    assert state.step == 2 and np.isfinite(loss)
+
+
 def test_errors_name_the_problem() -> None:
     rng = np.random.default_rng(5)
     with pytest.raises(ValueRangeError, match="at least 2 rows"):

@@ -115,12 +115,15 @@ class _Gen:
         self.body: list[str] = []
         self.passes = 0
         self.rowsum = False  # whether the kernel calls the rowsum helper
+        self.wides: dict[int, bool] = {}
 
     def wide(self, cid: int) -> bool:
         """Whether a node's value is float64: a sum, or a sum and constants combined (under a round)."""
-        kind, arg, kids, _ = self.nodes[cid]
-        return kind == "R" and arg in ("sum_rows", "sum_cols") or (
-            kind == "Z" or (kind, arg) == ("M", "negate")) and any(self.wide(k) for k in kids)
+        if cid not in self.wides:
+            kind, arg, kids, _ = self.nodes[cid]
+            self.wides[cid] = kind == "R" and arg in ("sum_rows", "sum_cols") or (
+                kind == "Z" or (kind, arg) == ("M", "negate")) and any(self.wide(k) for k in kids)
+        return self.wides[cid]
 
     def emit(self, lines: list[str], indent: int) -> None:
         self.body.extend("    " * indent + ln for ln in lines)
