@@ -62,6 +62,8 @@ class UpdateMismatchError(LazybnError, ValueError):
 
 Slots = tuple[tuple[Manifest[Any], ...], ...]  # per layer, its moment arrays
 OptimizerKind = Literal["SGD", "Momentum", "RMSProp", "Adam"]  # the class that made an OptState
+KINDS: tuple[str, ...] = get_args(OptimizerKind)
+_OPTIMIZERS: tuple[type, ...] = get_args(Optimizer)  # looked up once: every training step checks
 
 
 @final
@@ -82,8 +84,8 @@ class OptState:
         step: object = self.step
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueRangeError(f"OptState.step: must be an integer >= 0, got {step!r}")
-        if self.optimizer is not None and self.optimizer not in get_args(OptimizerKind):
-            raise ArgumentError(f"OptState.optimizer: one of {', '.join(get_args(OptimizerKind))} or None, "
+        if self.optimizer is not None and self.optimizer not in KINDS:
+            raise ArgumentError(f"OptState.optimizer: one of {', '.join(KINDS)} or None, "
                                 f"got {self.optimizer!r}")
         for i, layer_slots in enumerate(self.slots):
             ls: object = layer_slots
@@ -274,7 +276,7 @@ def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], gra
 
 def require_optimizer(op: str, opt: object) -> None:
     """Refuse what is not an optimizer (untyped callers: a name such as "sgd")."""
-    if not isinstance(opt, get_args(Optimizer)):
+    if not isinstance(opt, _OPTIMIZERS):
         raise ArgumentError(f"{op}: the optimizer must be an lb.SGD, Momentum, RMSProp or Adam, got {opt!r}")
 
 

@@ -31,7 +31,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, assert_never, final, get_args
+from typing import Any, assert_never, final
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from ._files import atomic_writer
 from .array import Comp, Manifest
 from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
-from .optim import OptimizerKind, OptState
+from .optim import KINDS, OptState
 
 FORMAT = "lazybn-network"
 VERSION = 1
@@ -347,7 +347,7 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
         if len(shapes) != len(layers) or not all(isinstance(s, list) for s in shapes):
             raise PersistenceError(f"{path}: the optimizer state has {len(shapes)} entries for {len(layers)} layers")
         made_by = opt.get("made_by")
-        if made_by is not None and made_by not in get_args(OptimizerKind):
+        if made_by is not None and made_by not in KINDS:
             raise PersistenceError(f"{path}: header field 'made_by' of the optimizer is invalid ({made_by!r})")
         state = OptState(step, tuple(tuple(r.get(f"opt.slot.{i}.{j}", s) for j, s in enumerate(ss))
                                      for i, ss in enumerate(shapes)), made_by)
