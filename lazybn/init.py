@@ -10,13 +10,14 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
+from typing import assert_never
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from .array import Comp, Matrix, Vector, matrix, ones, vector, zeros
 from .errors import ArgumentError, ValueRangeError
-from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm
+from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
 from .report import markdown_table
 
 
@@ -164,6 +165,7 @@ def summary(layers: Sequence[Layer]) -> str:
     Raises:
         ArgumentError: an element is not a lazybn layer.
     """
+    check_layers("summary", layers)
     rows: list[dict[str, object]] = []
     width: object = "?"  # the input's width is unknown until a layer with weights fixes it
     total = trainable = stats = 0
@@ -186,7 +188,7 @@ def summary(layers: Sequence[Layer]) -> str:
             case Dropout(p=p):
                 n, notes = 0, f"p {p:g}"
             case _:
-                raise ArgumentError(f"summary: layers[{i}] is a {type(layer).__name__}, not a lazybn layer")
+                assert_never(layer)
         trains = getattr(layer, "trainable", None)
         total += n
         trainable += n if trains else 0
