@@ -28,7 +28,6 @@ from lazybn.layers import (
     LinearNoBiasGradients,
     NoGrad,
 )
-from lazybn.network import _pass, cross_entropy
 
 I, H1, H2, O = 784, 300, 50, 10
 
@@ -83,9 +82,10 @@ def main() -> None:
     x = lb.matrix(rng.random((100, I)), np.float32)  # pixels in [0, 1)
     tgt = lb.matrix(np.eye(O)[rng.integers(0, O, 100)], np.float32)  # one-hot labels
     for name, net in zip(("with batch norm", "without batch norm"), networks(), strict=True):
-        dx, pred, grads = _pass(x, tgt, net)
-        print(f"{name}: loss {cross_entropy(pred, tgt):.4f}, dx {dx.shape}")
-        for g in grads:
+        p = lb.gradients(net, x, tgt, input_grad=True)
+        assert p.dx is not None
+        print(f"{name}: loss {p.loss:.4f}, dx {p.dx.shape}")
+        for g in p.grads:
             print("   ", describe(g))
 
 

@@ -24,6 +24,7 @@ from .errors import CompileError as CompileError
 from .errors import DataError as DataError
 from .errors import DTypeError as DTypeError
 from .errors import LazybnError as LazybnError
+from .errors import NumericalError as NumericalError
 from .errors import PersistenceError as PersistenceError
 from .errors import RankError as RankError
 from .errors import ShapeError as ShapeError
@@ -74,11 +75,16 @@ from .layers import LinearNoBiasGradients as LinearNoBiasGradients
 from .layers import NoGrad as NoGrad
 from .layers import Renorm as Renorm
 from .layers import RenormRamp as RenormRamp
+from .batchnorm import reset_running as reset_running
+from .batchnorm import update_running as update_running
+from .network import PassResult as PassResult
 from .network import forward as forward
+from .network import gradients as gradients
 from .network import logits as logits
 from .optim import init_state as init_state
 from .optim import OptState as OptState
 from .optim import UpdateMismatchError as UpdateMismatchError
+from .optim import update as update
 from .optimizers import Adam as Adam
 from .optimizers import Momentum as Momentum
 from .optimizers import Optimizer as Optimizer
@@ -87,7 +93,6 @@ from .optimizers import SGD as SGD
 from .persist import Saved as Saved
 from .persist import load as load
 from .persist import save as save
-from .train import NumericalError as NumericalError
 from .train import StepResult as StepResult
 from .train import Pixels as Pixels
 from .train import accuracy as accuracy

@@ -44,5 +44,10 @@ class DataError(LazybnError, ValueError):
     """A data set or data file is missing, truncated, corrupt or inconsistent."""
 
 
+class NumericalError(LazybnError, FloatingPointError):
+    """A training step or pass produced NaN or infinity (a step's batch is not applied).
+    ``train_step`` and ``train_epoch`` skip such a batch instead with ``on_nonfinite="skip"``."""
+
+
 class PersistenceError(LazybnError, ValueError):
     """A saved network file is unreadable, from another version, or does not match."""

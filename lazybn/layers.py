@@ -122,7 +122,7 @@ class Renorm:
     off (a bound is a finite number); the paper ramps rmax from 1 to 3 and dmax from 0 to 5
     during training. ``train_step`` passes the bounds to its replay as dynamic values: a ramp
     that changes them every step replays the step (only a bound going from None to a number, or
-    back, traces it again). A loop of your own around ``_pass`` traces once per new pair.
+    back, traces it again); so does :func:`~lazybn.network.gradients`.
     """
 
     rmax: float | None = None
@@ -188,8 +188,7 @@ class Batchnorm1d:
         tracked: the number of batches in the cumulative average (PyTorch's
             ``num_batches_tracked``); counted only when ``momentum`` is None. See
             :func:`~lazybn.network.reset_running`. ``train_step`` keeps the count out of its
-            replay's signature; a loop of your own that passes the layer to ``_pass`` traces it
-            once per count unless it hands over ``replace(layer, tracked=0)``.
+            replay's signature, and so does :func:`~lazybn.network.gradients`.
         renorm: batch renormalisation's settings (:class:`Renorm`), or None for batch norm.
             Inference is the same either way.
         ghost_batch: ghost batch norm: training normalises each group of this many rows (>= 2,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, assert_never
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeGuard, assert_never, final
 
 import numpy as np
 
@@ -28,8 +28,9 @@ from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
 from .batchnorm import frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward
 from .batchnorm import reset_running as reset_running
+from .batchnorm import running_weights
 from .batchnorm import update_running as update_running
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
 from .layers import (
     BN1,
@@ -44,11 +45,15 @@ from .layers import (
     LinearNoBias,
     LinearNoBiasGradients,
     NoGrad,
+    Renorm,
+    _unchecked,
     check_layers,
     trains,
 )
 from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
 from .trace import fused
+
+Bounds = tuple[tuple[float | None, float | None], ...]  # (rmax, dmax) of each renormalising layer, in order
 
 _ACT: dict[Act, tuple[Fn, Fn] | None] = {
     Act.relu: (Fn.relu, Fn.drelu),
@@ -134,7 +139,7 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
     Made through ``fuse.host_call``, so a replay of ``_pass`` draws the mask of its own key.
     """
     if key is None:
-        raise ValueRangeError("Dropout in training needs a key: pass key=<int> to _pass / train_step")
+        raise ValueRangeError("Dropout in training needs a key: pass key=<int> to gradients / train_step")
     return Manifest(fuse.host_call(_mask_values, shape, p, key, index, dtype))
 
 
@@ -224,6 +229,111 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             return compute(dz * mask) if input_grad else _SKIPPED, pred, [NoGrad(), *t]
         case _:
             assert_never(layer)
+
+
+_PATTERNS: dict[tuple[bool, bool], Renorm] = {}
+
+
+def _pattern(renorm: Renorm | None) -> Renorm | None:
+    """What a replay's signature keeps of renormalisation bounds: which of them are set."""
+    if renorm is None:
+        return None
+    key = (renorm.rmax is not None, renorm.dmax is not None)
+    got = _PATTERNS.get(key)
+    if got is None:
+        got = _PATTERNS[key] = Renorm(1.0 if key[0] else None, 0.0 if key[1] else None)
+    return got
+
+
+def _cumulative(layer: Layer) -> TypeGuard[Batchnorm1d]:
+    """A layer whose running statistics are a cumulative average that a step extends."""
+    return isinstance(layer, Batchnorm1d) and layer.momentum is None and not layer.frozen
+
+
+def _renormalises(layer: Layer) -> TypeGuard[Batchnorm1d]:
+    return isinstance(layer, Batchnorm1d) and layer.renorm is not None
+
+
+def _bounded(layers: tuple[Layer, ...], bounds: Bounds) -> tuple[Layer, ...]:
+    """The renormalising layers with their bounds taken from ``bounds``, in order (in a trace, the
+    dynamic values' stand-ins: the checks of ``Renorm`` ran on the layers the caller was given)."""
+    given = iter(bounds)
+    return tuple(_unchecked(layer, renorm=_unchecked(layer.renorm, **dict(zip(("rmax", "dmax"), next(given)))))
+                 if _renormalises(layer) and layer.renorm is not None else layer for layer in layers)
+
+
+def steady(layers: Sequence[Layer]) -> tuple[tuple[Layer, ...], tuple[tuple[float, float], ...], Bounds]:
+    """The layers as a replay's signature sees them, without the values that change from step to
+    step: a cumulative average's count (0, with its :func:`running_weights` returned in order) and
+    batch renormalisation's bounds (which of them are set, with the bounds returned in order: they
+    reach the replay as dynamic values, so a ramp traces nothing new)."""
+    weights: list[tuple[float, float]] = []
+    bounds: list[tuple[float | None, float | None]] = []
+    bare: list[Layer] = []
+    for layer in layers:
+        if isinstance(layer, Batchnorm1d) and (_cumulative(layer) or layer.renorm is not None):
+            if _cumulative(layer):
+                weights.append(running_weights(layer))
+            if layer.renorm is not None:
+                bounds.append((layer.renorm.rmax, layer.renorm.dmax))
+            layer = _unchecked(layer, tracked=0, renorm=_pattern(layer.renorm))
+        bare.append(layer)
+    return tuple(bare), tuple(weights), tuple(bounds)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """One training pass over a batch (:func:`gradients`)."""
+
+    loss: float  # the batch's mean cross-entropy
+    pred: Matrix  # the predicted class probabilities, one row per sample
+    grads: list[Gradients]  # grads[i] belongs to layers[i]; a BN1 also carries its batch statistics
+    dx: Matrix | None  # the gradient of the loss with respect to the input, if asked for
+
+
+def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | None = None,
+              input_grad: bool = False) -> PassResult:
+    """The training pass without the update: a batch's loss, predictions and gradients.
+
+    For loops of your own (gradient clipping, another optimizer, gradient statistics): apply the
+    gradients with :func:`~lazybn.optim.update` and each ``BN1``'s batch statistics with
+    :func:`~lazybn.batchnorm.update_running`, which is what :func:`~lazybn.train.train_step`
+    does, in one replay. Batch norm normalises with the batch's statistics; ``key`` seeds the
+    dropout masks; ``input_grad=True`` also computes ``dx`` (one more matrix product).
+
+    Raises:
+        NumericalError: the batch, a batch statistic, the loss, a gradient or ``dx`` is NaN/inf
+            (the message names which).
+    """
+    for name, a in (("input", x), ("target", tgt)):
+        if not isinstance(a, Manifest):
+            raise ArgumentError(f"gradients: the {name} must be a lazybn Matrix (lb.matrix(array) makes one), got "
+                                f"{type(a).__name__}")
+        if not np.isfinite(a.array).all():
+            raise NumericalError(f"gradients: the {name} batch contains NaN or infinity")
+    bare, _, bounds = steady(layers)  # a cumulative count or renormalisation bounds trace nothing new
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below
+        dx, pred, grads = _bounded_pass(x, tgt, bare, key, bounds, input_grad)
+        loss = cross_entropy(pred, tgt)
+    found = [(i, f.name) for i, g in enumerate(grads) for f in fields(g)
+             if isinstance(v := getattr(g, f.name), Manifest) and not np.isfinite(v.array).all()]
+    for statistics in (True, False):  # a batch statistic first: it makes the loss NaN
+        for i, name in found:
+            if (name in ("batch_mu", "batch_var")) == statistics:
+                raise NumericalError(f"gradients: layer {i} ({type(layers[i]).__name__}) has a non-finite {name}")
+        if statistics and not math.isfinite(loss):
+            raise NumericalError(f"gradients: the loss is {loss}")
+    if input_grad and not np.isfinite(dx.array).all():
+        raise NumericalError("gradients: the input gradient dx is not finite")
+    return PassResult(loss, pred, grads, dx if input_grad else None)
+
+
+@fused(dynamic=("key", "bounds"))
+def _bounded_pass(x: Matrix, tgt: Matrix, layers: tuple[Layer, ...], key: int | None, bounds: Bounds,
+                  input_grad: bool) -> tuple[Matrix, Matrix, list[Gradients]]:
+    """:func:`_pass` over the layers of :func:`steady`, with the renormalisation bounds put back."""
+    return _pass(x, tgt, _bounded(layers, bounds), key, input_grad=input_grad)
 
 
 def _infer(x: Matrix, layer: Layer) -> Matrix:

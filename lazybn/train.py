@@ -14,24 +14,19 @@ import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeGuard, final
+from typing import Any, Literal, final
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
-from .errors import ArgumentError, DTypeError, LazybnError, RankError, ShapeError, ValueRangeError
-from .layers import (BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, Renorm, RenormRamp, _unchecked,
+from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
+from .layers import (BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, RenormRamp, _unchecked,
                      check_layers)
 from .batchnorm import _running, running_weights, update_running
-from .network import _pass, log_likelihoods, logits, mean_loss
+from .network import Bounds, _bounded, _cumulative, _pass, _renormalises, log_likelihoods, logits, mean_loss, steady
 from .optim import Optimizer, OptState, Slots, kind, require_state, schedule, step_all, update
 from .trace import fused
-
-
-class NumericalError(LazybnError, FloatingPointError):
-    """A training step produced NaN or infinity (the batch is not applied). ``train_step`` and
-    ``train_epoch`` skip such a batch instead with ``on_nonfinite="skip"``."""
 
 
 class Pixels(enum.Enum):
@@ -132,43 +127,12 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
     return None
 
 
-_PATTERNS: dict[tuple[bool, bool], Renorm] = {}
-
-
-def _pattern(renorm: Renorm | None) -> Renorm | None:
-    """What a replay's signature keeps of renormalisation bounds: which of them are set."""
-    if renorm is None:
-        return None
-    key = (renorm.rmax is not None, renorm.dmax is not None)
-    got = _PATTERNS.get(key)
-    if got is None:
-        got = _PATTERNS[key] = Renorm(1.0 if key[0] else None, 0.0 if key[1] else None)
-    return got
-
-
 def _restored(new: Layer, old: Layer) -> Layer:
     """A layer of the replay's result with what ``train_step`` kept out of the replay put back: the
     cumulative count (one more batch) and the renormalisation bounds of the layer it updates."""
     if not isinstance(new, Batchnorm1d) or not isinstance(old, Batchnorm1d):
         return new
     return _unchecked(new, tracked=old.tracked + 1 if _cumulative(old) else old.tracked, renorm=old.renorm)
-
-
-def _cumulative(layer: Layer) -> TypeGuard[Batchnorm1d]:
-    """A layer whose running statistics are a cumulative average that a step extends."""
-    return isinstance(layer, Batchnorm1d) and layer.momentum is None and not layer.frozen
-
-
-def _renormalises(layer: Layer) -> TypeGuard[Batchnorm1d]:
-    return isinstance(layer, Batchnorm1d) and layer.renorm is not None
-
-
-def _bounded(layers: tuple[Layer, ...], bounds: tuple[tuple[float | None, float | None], ...]) -> tuple[Layer, ...]:
-    """The renormalising layers with their bounds taken from ``bounds``, in order (in a trace, the
-    dynamic values' stand-ins: the checks of ``Renorm`` ran on the layers ``train_step`` was given)."""
-    given = iter(bounds)
-    return tuple(_unchecked(layer, renorm=_unchecked(layer.renorm, **dict(zip(("rmax", "dmax"), next(given)))))
-                 if _renormalises(layer) and layer.renorm is not None else layer for layer in layers)
 
 
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
@@ -186,26 +150,15 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         if not np.isfinite(a.array).all():
             raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
     t, s, correction = schedule(opt, opt_state, layers, lr_scale)
-    # Values that change from step to step stay out of the replay's signature: a cumulative
-    # average's count (the replay sees 0, and the step's weights as dynamic values; the count is
-    # set after) and batch renormalisation's bounds (dynamic values: a ramp traces nothing new).
-    weights: list[tuple[float, float]] = []
-    bounds: list[tuple[float | None, float | None]] = []
-    bare: list[Layer] = []
-    for layer in layers:
-        if isinstance(layer, Batchnorm1d) and (_cumulative(layer) or layer.renorm is not None):
-            if _cumulative(layer):
-                weights.append(running_weights(layer))
-            if layer.renorm is not None:
-                bounds.append((layer.renorm.rmax, layer.renorm.dmax))
-            layer = _unchecked(layer, tracked=0, renorm=_pattern(layer.renorm))
-        bare.append(layer)
+    # Values that change from step to step stay out of the replay's signature (see steady); a
+    # cumulative average's count is set after.
+    bare, weights, bounds = steady(layers)
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below, as an error
         try:
             # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
             # before the loss and the batch statistics are checked; they are dropped if the check fails.
-            pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, tuple(bare), opt_state.slots, x, tgt, key, s,
-                                                                       correction, tuple(weights), tuple(bounds))
+            pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, bare, opt_state.slots, x, tgt, key, s,
+                                                                       correction, weights, bounds)
             if weights or bounds:
                 new_layers = [_restored(new, old) for new, old in zip(new_layers, layers)]
             refused = None
@@ -231,7 +184,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
 @fused(dynamic=("key", "lr_scale", "correction", "weights", "bounds"))
 def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tgt: Matrix, key: int | None,
           lr_scale: float, correction: tuple[float, ...], weights: tuple[tuple[float, float], ...],
-          bounds: tuple[tuple[float | None, float | None], ...]
+          bounds: Bounds
           ) -> tuple[Matrix, Vector, list[Gradients], list[Layer], Slots, tuple[Manifest[Any], ...]]:
     """The seed's ``sgd`` step: the pass, each sample's log-likelihood, the optimizer's step and
     every batch-norm layer's running statistics (one replay for all of it). ``weights`` holds the

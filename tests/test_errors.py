@@ -13,9 +13,9 @@ import pytest
 
 import lazybn as lb
 from lazybn.layers import Batchnorm1d, Dropout, Linear, LinearNoBias
-from lazybn.network import _pass
 from lazybn.optim import SGD, Momentum, RMSProp, UpdateMismatchError, init_state
-from lazybn.train import NumericalError, one_hot, train_step
+from lazybn.errors import NumericalError
+from lazybn.train import one_hot, train_step
 
 M = lb.matrix(np.ones((3, 2)))
 V = lb.vector(np.ones(3))
@@ -70,12 +70,12 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("Dropout p outside [0, 1)", lambda: Dropout(1.0), lb.ValueRangeError, "Dropout.p"),
     ("learning rate <= 0", lambda: SGD(0.0), lb.ValueRangeError, "SGD.lr"),
     ("learning rate NaN", lambda: SGD(float("nan")), lb.ValueRangeError, "nan"),
-    ("batch of one in training", lambda: _pass(lb.matrix(np.ones((1, 2), F32)), lb.matrix(np.eye(3, dtype=F32)[:1]),
-                                               _net()), lb.ValueRangeError, "more than 1 sample"),
+    ("batch of one in training", lambda: lb.gradients(_net(), lb.matrix(np.ones((1, 2), F32)),
+                                                        lb.matrix(np.eye(3, dtype=F32)[:1])), lb.ValueRangeError, "more than 1 sample"),
     ("labels out of range", lambda: one_hot(np.array([0, 12]), 10), lb.ValueRangeError, "[0, 10)"),
     ("NaN in a training batch", _nan_step, NumericalError, "NaN or infinity"),
     ("target with the wrong number of classes",
-     lambda: _pass(lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.ones((2, 4), F32)), _net()),
+     lambda: lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.ones((2, 4), F32))),
      lb.ShapeError, "one column per class"),
     ("input of another dtype than the network", lambda: lb.forward(_net(), lb.matrix(np.ones((2, 2)), np.float64)),
      lb.DTypeError, "layer 0 (LinearNoBias) holds float32"),
@@ -115,7 +115,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("saving onto a directory", lambda: lb.save(".", _net()), lb.ArgumentError,
      "is a directory"),
     ("target of another dtype than the input",
-     lambda: _pass(lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(3)[:2], np.float64), _net()),
+     lambda: lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(3)[:2], np.float64)),
      lb.DTypeError, "the target is float64"),
 ]
 

@@ -24,7 +24,7 @@ from lazybn.experiments import registry
 from lazybn.experiments.common import synthetic_images
 from lazybn.layers import Batchnorm1d
 from lazybn.persist import load
-from lazybn.train import NumericalError
+from lazybn.errors import NumericalError
 
 from .net_helpers import numpy_inference
 

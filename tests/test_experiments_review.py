@@ -19,7 +19,7 @@ import lazybn as lb
 from lazybn.cli import main
 from lazybn.experiments.common import synthetic_images
 from lazybn.layers import Batchnorm1d
-from lazybn.train import NumericalError
+from lazybn.errors import NumericalError
 
 from .test_experiments import _fail_on_call, check_figures, write_csv
 

@@ -389,7 +389,8 @@ def _overflowing_batch() -> tuple[list[Layer], lb.Matrix, lb.Matrix]:
 
 def test_a_step_with_non_finite_batch_statistics_names_the_layer_and_applies_nothing() -> None:
     from lazybn.optim import init_state
-    from lazybn.train import NumericalError, train_step
+    from lazybn.errors import NumericalError
+    from lazybn.train import train_step
 
     net, x, y = _overflowing_batch()
     bn = next(i for i, layer in enumerate(net) if isinstance(layer, Batchnorm1d))
@@ -420,7 +421,8 @@ def test_a_product_that_overflows_is_one_clear_error_without_numpy_warnings() ->
     import warnings
 
     from lazybn.optim import init_state
-    from lazybn.train import NumericalError, train_step
+    from lazybn.errors import NumericalError
+    from lazybn.train import train_step
 
     f32 = np.float32
     net: list[Layer] = [Linear(lb.matrix(np.full((2, 3), 3e38, f32)), lb.vector(np.zeros(3, f32)))]

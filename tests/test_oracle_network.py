@@ -14,7 +14,8 @@ import lazybn as lb
 from lazybn.layers import Batchnorm1d, Dropout, Layer, Linear, LinearNoBias
 from lazybn.network import _pass
 from lazybn.optim import SGD, Adam, Momentum, RMSProp, init_state
-from lazybn.train import NumericalError, train_step
+from lazybn.errors import NumericalError
+from lazybn.train import train_step
 
 from .helpers import DTYPES
 

@@ -18,7 +18,7 @@ from lazybn.batchnorm import ghost_forward, renorm_backward, renorm_forward
 from lazybn.layers import BN1, Batchnorm1d, Renorm
 from lazybn.network import _pass
 from lazybn.optim import init_state
-from lazybn.train import NumericalError
+from lazybn.errors import NumericalError
 
 from .net_helpers import assert_same_network
 

@@ -39,12 +39,12 @@ from typing import Any, final
 import numpy as np
 
 from ..array import Matrix, ones, zeros
-from ..errors import DataError
+from ..errors import DataError, NumericalError
 from ..init import Init, weights
 from ..layers import Act, Activation, Batchnorm1d, Layer, Linear, LinearNoBias
 from ..optim import SGD
 from ..report import markdown_table, write_metrics, write_report
-from ..train import NumericalError, Pixels, accuracy
+from ..train import Pixels, accuracy
 from . import registry
 from .activations import pyplot, save_figure
 from .common import command_line, load_split, out_dir, progress

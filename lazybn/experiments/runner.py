@@ -23,7 +23,8 @@ from ..array import Comp
 from ..errors import LazybnError
 from ..layers import Layer, RenormRamp
 from ..optim import Optimizer, OptState, init_state
-from ..train import _renormalises, accuracy, train_epoch
+from ..network import _renormalises
+from ..train import accuracy, train_epoch
 
 F = NDArray[np.floating[Any]]
 
@@ -117,7 +118,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
     current layers (to print a table, record activations, save checkpoints...).
     With ``plan.steps_per_epoch`` an epoch is that many batches, drawn from a fresh shuffle (and
     from further fresh shuffles when one pass over the training data has fewer batches).
-    A lazybn error in training (a NaN loss raises :class:`~lazybn.train.NumericalError`)
+    A lazybn error in training (a NaN loss raises :class:`~lazybn.errors.NumericalError`)
     propagates, or with ``on_error="stop"`` ends the run like Ctrl-C and is returned in
     ``Outcome.error``.
     """

@@ -27,3 +27,15 @@ torch_state = lb.to_torch(step.layers)
 assert_type(torch_state, dict[str, NDArray[np.generic]])
 assert lb.accuracy(lb.from_torch(torch_state, like=layers), x, labels) == lb.accuracy(step.layers, x, labels)
 assert len(losses) == 4
+# The same step taken apart: the training pass, the optimizer, the running statistics.
+p = lb.gradients(layers, lb.matrix(x[:16]), lb.matrix(y[:16]))
+assert_type(p, lb.PassResult)
+assert_type(p.loss, float)
+assert_type(p.grads, list[lb.Gradients])
+assert_type(p.dx, lb.Matrix | None)
+new, new_state = lb.update(opt, state, layers, p.grads)
+assert_type(new, list[lb.Layer])
+running = [lb.update_running(la, g) if isinstance(la, lb.Batchnorm1d) and isinstance(g, lb.BN1) else la
+           for la, g in zip(new, p.grads)]
+assert all(np.array_equal(a.gamma.array, b.gamma.array) for a, b in zip(running, step.layers)
+           if isinstance(a, lb.Batchnorm1d) and isinstance(b, lb.Batchnorm1d))

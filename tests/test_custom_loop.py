@@ -1,0 +1,181 @@
+"""Loops of your own: ``lb.gradients`` (the training pass without the update) against numpy and
+central finite differences, its NaN/inf errors, and a loop of ``gradients``, ``update`` and
+``update_running`` that reproduces ``train_step`` bit for bit for every optimizer and batch-norm
+variant."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn.layers import BN1, Batchnorm1d, Layer
+
+from .test_network import FD_RTOL, NETS, TRAINABLE, batch, fd, param_grads, with_param
+
+
+def rel_err(got: Any, want: Any) -> float:
+    """The largest difference relative to the largest entry, or to 1e-3 for a gradient that is 0
+    in exact arithmetic (a bias in front of batch norm), where central differences leave ~1e-10."""
+    assert got.shape == want.shape
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-3))
+
+
+def _numpy_loss(pred: Any, tgt: Any) -> float:
+    return float(-np.mean(np.sum(tgt * np.log(pred), axis=1)))
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_gradients_match_finite_differences_and_the_loss_numpy_computes(name: str) -> None:
+    rng = np.random.default_rng(5)
+    layers = NETS[name](rng)
+    x, tgt = batch(rng)
+    key = 11
+
+    def loss(net: list[Layer], at: Any) -> float:
+        return lb.gradients(net, lb.matrix(at), tgt, key=key).loss
+
+    p = lb.gradients(layers, lb.matrix(x), tgt, key=key, input_grad=True)
+    assert p.dx is not None and len(p.grads) == len(layers)
+    assert math.isclose(p.loss, _numpy_loss(p.pred.array, tgt.array), rel_tol=1e-12)
+    np.testing.assert_allclose(p.pred.array.sum(axis=1), 1.0, rtol=1e-12)
+    assert rel_err(p.dx.array, fd(lambda v: loss(layers, v), x)) < FD_RTOL
+    for i, (layer, g) in enumerate(zip(layers, p.grads)):
+        got = param_grads(g)
+        assert set(got) == set(TRAINABLE.get(type(layer), ()))
+        for field, grad in got.items():
+            want = fd(lambda v: loss(with_param(layers, i, field, v), x), np.asarray(getattr(layer, field).array))
+            assert rel_err(grad, want) < FD_RTOL, f"layer {i} {type(layer).__name__}.{field}"
+    assert lb.gradients(layers, lb.matrix(x), tgt, key=key).dx is None  # not computed unless asked for
+
+
+def _variant(which: str, n: int, dtype: Any) -> Batchnorm1d:
+    bn = Batchnorm1d(lb.vector(np.linspace(-0.5, 0.5, n), dtype), lb.vector(np.linspace(0.5, 2.0, n), dtype),
+                     lb.ones(n, dtype), lb.zeros(n, dtype))
+    match which:
+        case "momentum":
+            return bn
+        case "cumulative":
+            return replace(bn, momentum=None, tracked=3)
+        case "frozen":
+            return replace(bn, frozen=True)
+        case "renorm":
+            return replace(bn, renorm=lb.Renorm(1.5, 0.5))
+        case "ghost":
+            return replace(bn, ghost_batch=4)
+        case "fixed":
+            return replace(bn, trainable=False)
+    raise AssertionError(which)
+
+
+def _step_by_hand(layers: list[Layer], opt: lb.Optimizer, state: lb.OptState, x: lb.Matrix, tgt: lb.Matrix,
+                  key: int) -> tuple[list[Layer], lb.OptState, float]:
+    p = lb.gradients(layers, x, tgt, key=key)
+    new, state = lb.update(opt, state, layers, p.grads)
+    new = [lb.update_running(layer, g) if isinstance(layer, Batchnorm1d) and isinstance(g, BN1) else layer
+           for layer, g in zip(new, p.grads)]
+    return new, state, p.loss
+
+
+OPTIMIZERS = [lb.SGD(0.1), lb.Momentum(0.05, weight_decay=1e-3), lb.Adam(1e-2), lb.RMSProp(1e-2)]
+
+
+@settings(max_examples=12, deadline=None)
+@given(which=st.sampled_from(["momentum", "cumulative", "frozen", "renorm", "ghost", "fixed"]),
+       opt=st.sampled_from(OPTIMIZERS), dtype=st.sampled_from([np.float32, np.float64]),
+       dropout=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_a_loop_of_gradients_update_and_update_running_is_train_step(which: str, opt: lb.Optimizer, dtype: Any,
+                                                                      dropout: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    layers: list[Layer] = [lb.LinearNoBias(lb.matrix(rng.normal(size=(5, 6)) / 2, dtype)),
+                           _variant(which, 6, dtype), lb.Activation(lb.Act.relu),
+                           *([lb.Dropout(0.25)] if dropout else []), lb.Linear(lb.matrix(rng.normal(size=(6, 3)), dtype),
+                                                                             lb.zeros(3, dtype))]
+    mine, theirs = list(layers), list(layers)
+    state_mine = state_theirs = lb.init_state(opt, layers)
+    for step in range(3):
+        x = lb.matrix(rng.normal(size=(8, 5)), dtype)
+        tgt = lb.matrix(np.eye(3)[rng.integers(0, 3, 8)], dtype)
+        mine, state_mine, loss = _step_by_hand(mine, opt, state_mine, x, tgt, key=step)
+        r = lb.train_step(theirs, opt, state_theirs, x, tgt, key=step)
+        theirs, state_theirs = r.layers, r.opt_state
+        assert loss == r.loss
+        assert state_mine.step == state_theirs.step
+        for mine_slots, their_slots in zip(state_mine.slots, state_theirs.slots):
+            for u, v in zip(mine_slots, their_slots):
+                np.testing.assert_array_equal(u.array, v.array)
+        for a, b in zip(mine, theirs):
+            assert type(a) is type(b)
+            for field in ("w", "b", "gamma", "beta", "mu", "var", "tracked"):
+                if hasattr(a, field):
+                    u, v = getattr(a, field), getattr(b, field)
+                    np.testing.assert_array_equal(getattr(u, "array", u), getattr(v, "array", v), err_msg=field)
+
+
+def test_gradients_refuse_non_finite_batches_naming_what() -> None:
+    layers = lb.mlp((4, 5, 3), batchnorm=True, seed=0)
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    tgt = lb.matrix(lb.one_hot(np.arange(6) % 3, 3))
+    bad = x.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(lb.NumericalError, match="gradients: the input batch contains NaN or infinity"):
+        lb.gradients(layers, lb.matrix(bad), tgt)
+    with pytest.raises(lb.NumericalError, match="gradients: the target batch contains NaN or infinity"):
+        lb.gradients(layers, lb.matrix(x), lb.matrix(np.full((6, 3), np.inf, np.float32)))
+    with pytest.raises(lb.ArgumentError, match="gradients: the input must be a lazybn Matrix"):
+        lb.gradients(layers, x, tgt)  # type: ignore[arg-type]
+
+
+def test_a_batch_statistic_that_overflows_is_named_before_the_loss_it_makes_nan() -> None:
+    # numpy: the squared deviations of +-1e30 overflow float32, so the batch variance is inf
+    x = np.zeros((4, 4), np.float32)
+    x[:, 0] = [1e30, -1e30, 1e30, -1e30]
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.var(x[:, 0], dtype=np.float32))
+    layers: list[Layer] = [lb.Batchnorm1d(lb.zeros(4), lb.ones(4), lb.ones(4), lb.zeros(4)),
+                           lb.LinearNoBias(lb.ones((4, 2)))]
+    with pytest.raises(lb.NumericalError, match=r"gradients: layer 0 \(Batchnorm1d\) has a non-finite batch_var"):
+        lb.gradients(layers, lb.matrix(x), lb.matrix(np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]))
+
+
+def test_logits_that_overflow_make_a_nan_loss_which_is_named() -> None:
+    # numpy: the logits x.w overflow float32 to +inf and -inf, so softmax is NaN
+    x = np.full((3, 2), 1e20, np.float32)
+    w = np.array([[1e20, -1e20], [1e20, -1e20]], np.float32)
+    with np.errstate(over="ignore"):
+        assert np.isinf(x @ w).all()
+    with pytest.raises(lb.NumericalError, match="gradients: the loss is nan"):
+        lb.gradients([lb.LinearNoBias(lb.matrix(w))], lb.matrix(x), lb.matrix(np.eye(2, dtype=np.float32)[[0, 1, 0]]))
+
+
+def test_gradients_with_a_changing_count_and_renormalisation_bounds_trace_once() -> None:
+    """A cumulative average's count and batch renormalisation's bounds change every step of a loop;
+    they reach the replay as values, so ``gradients`` traces its pass once (and the bounds still
+    clip r and d, so each step's loss differs)."""
+    rng = np.random.default_rng(4)
+    x = lb.matrix(rng.normal(3.0, 2.0, (8, 5)))
+    tgt = lb.matrix(np.eye(3)[rng.integers(0, 3, 8)])
+    w = lb.matrix(rng.normal(size=(5, 3)))
+    running = (lb.vector(np.zeros(5)), lb.vector(np.ones(5)), lb.vector(np.ones(5)), lb.vector(np.zeros(5)))
+
+    def net(step: int) -> list[Layer]:
+        return [lb.Batchnorm1d(*running, momentum=None, tracked=step), lb.Activation(lb.Act.tanh),
+                lb.Batchnorm1d(*running, renorm=lb.Renorm(1.0 + 0.01 * step, 0.001 * step)), lb.LinearNoBias(w)]
+
+    first = lb.gradients(net(1), x, tgt)
+    traces = lb.fuse.stats().traces
+    later = [lb.gradients(net(step), x, tgt) for step in range(2, 6)]
+    assert lb.fuse.stats().traces == traces
+    assert later[0].loss != first.loss  # the bounds reach the pass: r and d are clipped to them
+    again = lb.gradients(net(1), x, tgt)
+    assert again.loss == first.loss
+    for g, h in zip(again.grads, first.grads):
+        for f in ("dgamma", "dbeta", "dw"):
+            if hasattr(g, f):
+                np.testing.assert_array_equal(getattr(g, f).array, getattr(h, f).array)
