@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
 from .array import Comp as Comp
 from .array import Delayed as Delayed
 from .array import Ix1 as Ix1
@@ -102,3 +104,14 @@ from .train import prepare as prepare
 from .train import train_epoch as train_epoch
 from .train import train_step as train_step
 from .trace import fused as fused
+
+if TYPE_CHECKING:
+    from . import data as data
+else:
+    def __getattr__(name: str) -> object:
+        """``lb.data`` is imported on first use (``import lazybn`` stays fast)."""
+        if name == "data":
+            import importlib
+
+            return importlib.import_module(".data", __name__)
+        raise AttributeError(f"module 'lazybn' has no attribute {name!r}")

@@ -505,3 +505,27 @@ def test_prepare_covers_every_pixel_value_and_refuses_other_dtypes() -> None:
     for bad in (every.astype(np.int64), every.astype(np.float32)):
         with pytest.raises(DTypeError, match="uint8"):
             prepare(bad, Pixels.unit)  # type: ignore[arg-type]
+
+
+
+_LAZY_DATA = """
+import sys
+import lazybn as lb
+assert "lazybn.data" not in sys.modules, "import lazybn loaded lazybn.data"
+assert callable(lb.data.load_mnist)
+import lazybn.data
+assert lb.data is lazybn.data
+try:
+    lb.no_such_name
+except AttributeError as exc:
+    assert "no_such_name" in str(exc)
+else:
+    raise AssertionError("lb.no_such_name did not raise")
+"""
+
+
+def test_lb_data_works_without_its_own_import_and_import_lazybn_does_not_load_it() -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", _LAZY_DATA], check=True)
