@@ -37,7 +37,7 @@ from typing import Any, Literal, assert_never, final, get_args
 import numpy as np
 
 from .array import Comp, Delayed, Manifest, compute_all
-from .errors import ArgumentError, DTypeError, LazybnError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, NumericalError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad, check_layers, trains)
@@ -257,11 +257,35 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
         UpdateMismatchError: lengths differ, a layer is paired with another layer's gradient
             kind, or the state was made for another optimizer or network (names the layer index).
         ShapeError, DTypeError: a gradient or state array does not match its parameter.
-        ValueRangeError: ``lr_scale`` is negative or not finite.
+        ValueRangeError: ``lr_scale`` is negative or not finite, or a batch-norm layer's new
+            gamma or beta is NaN/inf.
+        NumericalError: a new weight or optimizer average is NaN/inf (names the layer).
     """
     t, s, correction = prepare_update(opt, state, layers, grads, lr_scale)
-    new_layers, new_slots, _ = step_all(opt, tuple(layers), tuple(grads), state.slots, s, correction)
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below, as an error
+        new_layers, new_slots, witnesses = step_all(opt, tuple(layers), tuple(grads), state.slots, s, correction)
+    if witnesses and not np.isfinite(np.concatenate([w.array for w in witnesses])).all():
+        problem = nonfinite_update(new_layers, new_slots)
+        if problem is not None:
+            raise NumericalError(f"update at step {state.step}: {problem}; lower the learning rate or check the "
+                                 "gradients for NaN/inf")
     return new_layers, OptState(t, new_slots, kind(opt))
+
+
+def nonfinite_update(layers: Sequence[Layer], slots: Slots) -> str | None:
+    """Which new weight or optimizer average is NaN/inf, once a witness of :func:`step_all` was
+    (batch-norm layers refuse such arrays themselves); None if the arrays are finite and only a
+    witness's column sum overflowed."""
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (Linear, LinearNoBias)):
+            for name in ("w", "b") if isinstance(layer, Linear) else ("w",):
+                if not np.isfinite(getattr(layer, name).array).all():
+                    return f"the update makes layer {i} ({type(layer).__name__}) {name} non-finite"
+    for i, (layer, moments) in enumerate(zip(layers, slots)):
+        if not all(np.isfinite(m.array).all() for m in moments):
+            return (f"the update makes the optimizer state of layer {i} ({type(layer).__name__}) non-finite (an "
+                    "average of squared gradients overflowed)")
+    return None
 
 
 def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequence[Gradients],

@@ -21,11 +21,11 @@ from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
 from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
-from .layers import (BN1, Batchnorm1d, Gradients, Layer, Linear, LinearNoBias, RenormRamp, _unchecked,
+from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers)
 from .batchnorm import _running, running_weights, update_running
 from .network import Bounds, _bounded, _cumulative, _pass, _renormalises, log_likelihoods, logits, mean_loss, steady
-from .optim import Optimizer, OptState, Slots, kind, require_state, schedule, step_all, update
+from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
 
 
@@ -101,16 +101,7 @@ def _check_finite(loss: float, grads: Sequence[object], layers: Sequence[Layer] 
                 return f"layer {i} (Batchnorm1d) has a non-finite {name}"
         if first and not math.isfinite(loss):
             return f"the loss is {loss}"
-    for i, layer in enumerate(layers):
-        if isinstance(layer, (Linear, LinearNoBias)):
-            for name in ("w", "b") if isinstance(layer, Linear) else ("w",):
-                if not np.isfinite(getattr(layer, name).array).all():
-                    return f"the update makes layer {i} ({type(layer).__name__}) {name} non-finite"
-    for i, (layer, moments) in enumerate(zip(layers, slots)):
-        if not all(np.isfinite(m.array).all() for m in moments):
-            return (f"the update makes the optimizer state of layer {i} ({type(layer).__name__}) non-finite (an "
-                    "average of squared gradients overflowed)")
-    return None  # a witness's column sum overflowed; the arrays are finite
+    return nonfinite_update(layers, slots)
 
 
 def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, grads: Sequence[Gradients],
@@ -124,6 +115,8 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
                 update_running(new[0], g)
         except ValueRangeError as exc:
             return f"the update makes layer {i} ({type(layer).__name__}) non-finite ({exc})"
+        except NumericalError:  # a weight or an optimizer average
+            return f"the update makes layer {i} ({type(layer).__name__}) non-finite"
     return None
 
 

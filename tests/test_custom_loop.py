@@ -179,3 +179,28 @@ def test_gradients_with_a_changing_count_and_renormalisation_bounds_trace_once()
         for f in ("dgamma", "dbeta", "dw"):
             if hasattr(g, f):
                 np.testing.assert_array_equal(getattr(g, f).array, getattr(h, f).array)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_refuses_a_step_that_overflows_a_weight_naming_it(dtype: Any) -> None:
+    # numpy: w - lr * dw with lr at the dtype's largest value overflows where dw is not 0
+    x = np.array([[30.0, 10.0], [-20.0, 10.0]])
+    tgt = np.eye(2)
+    w = np.array([[0.05, -0.05], [0.025, 0.0]])
+    logits = x @ w
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    dw = x.T @ ((e / e.sum(axis=1, keepdims=True) - tgt) / 2)
+    lr = float(np.finfo(dtype).max)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite((w - lr * dw).astype(dtype)).all()
+    net: list[Layer] = [lb.LinearNoBias(lb.matrix(w, dtype))]
+    opt = lb.SGD(lr)
+    state = lb.init_state(opt, net)
+    p = lb.gradients(net, lb.matrix(x, dtype), lb.matrix(tgt, dtype))
+    np.testing.assert_allclose(param_grads(p.grads[0])["w"], dw, rtol=1e-5)
+    with pytest.raises(lb.NumericalError, match=r"update at step 0: the update makes layer 0 \(LinearNoBias\) w "
+                                                r"non-finite"):
+        lb.update(opt, state, net, p.grads)
+    fine, _ = lb.update(lb.SGD(0.1), lb.init_state(lb.SGD(0.1), net), net, p.grads)  # a finite step goes through
+    assert isinstance(fine[0], lb.LinearNoBias)
+    np.testing.assert_allclose(fine[0].w.array, w - 0.1 * dw, rtol=1e-5)
