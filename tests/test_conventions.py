@@ -152,3 +152,39 @@ def test_invalid_histories_are_rejected() -> None:
         KerasBatchNorm(np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), 0.99, 0.0)
     with pytest.raises(ValueRangeError, match="momentum"):
         KerasBatchNorm(np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), 1.5, 1e-3)
+
+
+def keras_inference(k: KerasBatchNorm, x: F64) -> F64:
+    """Keras's BatchNormalization at inference, in numpy (float64)."""
+    out: F64 = k.gamma * (x - k.moving_mean) / np.sqrt(k.moving_variance + k.epsilon) + k.beta
+    return out
+
+
+@given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 5), m=st.floats(0.0, 1.0), unbiased=st.booleans(),
+       eps=st.floats(1e-6, 1e-1), k=st.integers(0, 20))
+def test_gamma_beta_and_the_mean_keep_their_meaning_in_both_directions(seed: int, c: int, m: float,
+                                                                      unbiased: bool, eps: float, k: int) -> None:
+    """Only the variance and the momentum change convention: gamma (the scale), beta (the shift)
+    and the running mean are the same arrays on both sides, so a layer whose variance needs no
+    conversion (``unbiased=False``) infers in lazybn what Keras's formula gives, either way."""
+    rng = np.random.default_rng(seed)
+    gamma, beta = rng.uniform(0.5, 2.0, c) * rng.choice([-1.0, 1.0], c), rng.normal(0.0, 3.0, c)
+    mean, var = rng.normal(0.0, 2.0, c), rng.uniform(0.5, 3.0, c)
+    layer = Batchnorm1d(lb.vector(mean, np.float64), lb.vector(var, np.float64), lb.vector(gamma, np.float64),
+                        lb.vector(beta, np.float64), eps=eps, momentum=m, unbiased=unbiased)
+    keras = to_keras(layer, batch_size=8, steps=k)
+    np.testing.assert_array_equal(keras.gamma, gamma)
+    np.testing.assert_array_equal(keras.beta, beta)
+    np.testing.assert_array_equal(keras.moving_mean, mean)
+    x = rng.normal(0.0, 3.0, (6, c))
+    if not unbiased:
+        np.testing.assert_allclose(keras_inference(keras, x), lb.logits([layer], lb.matrix(x)).array, rtol=1e-12,
+                                   atol=1e-12)
+    theirs = KerasBatchNorm(gamma, beta, mean, var, 1.0 - m, eps)
+    back = from_keras(theirs, 8, k, unbiased=unbiased)
+    np.testing.assert_array_equal(back.gamma.array, gamma)
+    np.testing.assert_array_equal(back.beta.array, beta)
+    np.testing.assert_array_equal(back.mu.array, mean)
+    if not unbiased:
+        np.testing.assert_allclose(lb.logits([back], lb.matrix(x)).array, keras_inference(theirs, x), rtol=1e-12,
+                                   atol=1e-12)

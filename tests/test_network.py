@@ -490,3 +490,99 @@ def test_layers_that_do_not_train_get_no_gradient_and_change_no_other(name: str)
         for i, (g, g3) in enumerate(zip(grads, grads3)):
             for f, a in param_grads(g).items():
                 assert param_grads(g3)[f].size == 0 if i < first else param_grads(g3)[f].tobytes() == a.tobytes()
+
+
+def _softmax_rows(z: F) -> F:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    out: F = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 3), batch_size=st.integers(2, 6),
+       features=st.integers(1, 4), classes=st.integers(2, 4), lr=st.floats(1e-3, 1.0),
+       lr_scale=st.floats(0.0, 2.0), beta=st.none() | st.floats(0.0, 0.95))
+def test_train_epoch_and_train_step_step_by_the_learning_rate_times_lr_scale(
+        seed: int, steps: int, batch_size: int, features: int, classes: int, lr: float, lr_scale: float,
+        beta: float | None) -> None:
+    """Softmax regression (one Linear layer, float64) trained in plain numpy: every step moves w
+    and b by -lr * lr_scale times the gradient of the batch's mean cross-entropy (SGD) or times
+    the momentum buffer, beta * buffer + gradient (Momentum). ``train_epoch`` over consecutive
+    batches and a loop of ``train_step`` give the numpy weights, and the epoch's loss is the mean
+    of the batches' losses before their steps."""
+    rng = np.random.default_rng(seed)
+    n = steps * batch_size
+    x = rng.normal(size=(n, features)) * 2.0
+    labels = rng.integers(0, classes, n)
+    t = np.eye(classes)[labels]
+    w0, b0 = rng.normal(size=(features, classes)), rng.normal(size=classes)
+    opt: lb.Optimizer = lb.SGD(lr) if beta is None else lb.Momentum(lr, beta=beta)
+    w, b, vw, vb = w0.copy(), b0.copy(), np.zeros_like(w0), np.zeros_like(b0)
+    losses = []
+    for k in range(steps):
+        rows = slice(k * batch_size, (k + 1) * batch_size)
+        p = _softmax_rows(x[rows] @ w + b)
+        losses.append(-np.mean(np.log(p[np.arange(batch_size), labels[rows]])))
+        dz = (p - t[rows]) / batch_size
+        gw, gb = x[rows].T @ dz, dz.sum(axis=0)
+        if beta is not None:
+            vw, vb = beta * vw + gw, beta * vb + gb
+            gw, gb = vw, vb
+        w, b = w - lr * lr_scale * gw, b - lr * lr_scale * gb
+    start: list[Layer] = [Linear(lb.matrix(w0), lb.vector(b0))]
+    epoch, state, loss = lb.train_epoch(start, opt, lb.init_state(opt, start), x, t, batch_size, None,
+                                        lr_scale=lr_scale)
+    assert state.step == steps
+    assert loss == pytest.approx(float(np.mean(losses)), rel=1e-10)
+    looped, looped_state = start, lb.init_state(opt, start)
+    for k in range(steps):
+        rows = slice(k * batch_size, (k + 1) * batch_size)
+        r = lb.train_step(looped, opt, looped_state, lb.matrix(x[rows]), lb.matrix(t[rows]), lr_scale=lr_scale)
+        looped, looped_state = r.layers, r.opt_state
+    for got in (epoch, looped):
+        layer = got[0]
+        assert isinstance(layer, Linear)
+        np.testing.assert_allclose(layer.w.array, w, rtol=1e-10, atol=1e-12 * (1.0 + float(np.abs(w).max())))
+        np.testing.assert_allclose(layer.b.array, b, rtol=1e-10, atol=1e-12 * (1.0 + float(np.abs(b).max())))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), batch_size=st.integers(1, 16),
+       classes=st.integers(2, 5), batchnorm=st.booleans())
+def test_accuracy_is_the_fraction_of_rows_whose_largest_logit_is_the_label(seed: int, n: int, batch_size: int,
+                                                                           classes: int, batchnorm: bool) -> None:
+    """Every sample counts once, whatever the batch size (a short last batch included): the
+    arg-max of each row of numpy's inference of the same network, compared with the labels."""
+    rng = np.random.default_rng(seed)
+    layers = lb.mlp((3, 5, classes), batchnorm=batchnorm, seed=seed % 1000, dtype=np.float64)
+    x = rng.normal(size=(n, 3)) * 2.0 + 0.5
+    labels = rng.integers(0, classes, n)
+    want_logits, _ = numpy_inference(layers, x)
+    hits = np.argmax(want_logits, axis=1) == labels
+    top2 = np.sort(want_logits, axis=1)[:, -2:]
+    unclear = int(np.sum(top2[:, 1] - top2[:, 0] <= 1e-9 * (1.0 + float(np.abs(want_logits).max()))))
+    got = lb.accuracy(layers, x, labels, batch_size=batch_size)
+    assert abs(got * n - float(hits.sum())) <= unclear + 1e-9, (got, hits.mean())
+
+
+def test_every_step_of_an_epoch_draws_its_own_dropout_masks() -> None:
+    """The same batch at every step of an epoch (and nothing learning: lr_scale 0) still gives a
+    loss of its own at each step, as each step's dropout masks are new; the epoch is repeatable
+    for its key, and another key gives other masks."""
+    rng = np.random.default_rng(12)
+    rows = rng.normal(size=(4, 8))
+    x, y = np.tile(rows, (5, 1)), np.eye(3)[np.tile([0, 1, 2, 0], 5)]
+    layers: list[Layer] = [Dropout(0.5), Linear(_w(rng, 8, 3), _v(rng, 3))]
+    opt = lb.SGD(0.1)
+
+    def losses(key: int) -> list[float]:
+        seen: list[float] = []
+        lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, 4, None, key=key, lr_scale=0.0,
+                       progress=seen.append)
+        return seen
+
+    first = losses(3)
+    assert len(first) == 5
+    assert len(set(first)) == 5, first  # five steps, five masks
+    assert losses(3) == first
+    assert losses(4) != first

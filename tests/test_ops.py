@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -11,11 +12,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lazybn as lb
-from lazybn import Comp, Fn
+from lazybn import Comp, Fn, fuse
 
 from .helpers import DTYPES, F, arrays, assert_matches_numpy, elements, shapes2
 
 COMPS = [Comp.Seq, Comp.Par]
+
+
+@contextlib.contextmanager
+def parallel_kernels() -> Iterator[None]:
+    """Par arrays of any size run the parallel kernels (by default only from 4 MiB on: smaller
+    ones, such as the ones these tests draw, are planned serial whatever their Comp)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fuse, "PAR_THRESHOLD_BYTES", 1)
+        yield
+
 
 BINOPS: list[tuple[str, Callable[[Any, Any], Any]]] = [
     ("add", lambda a, b: a + b),
@@ -42,6 +53,28 @@ def test_binary_operators_match_numpy(dtype: np.dtype[Any], comp: Comp, name: st
         assert_matches_numpy(lb.compute(op(ma, float(s))).array, op(a, dtype.type(s)), dtype)
         assert_matches_numpy(lb.compute(op(float(s), lb.delay(mb))).array, op(dtype.type(s), b), dtype)
     assert_matches_numpy(lb.compute(-ma).array, -a, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_parallel_kernels_match_numpy(dtype: np.dtype[Any], data: st.DataObject) -> None:
+    """The parallel kernel (rows split into one chunk per thread, each chunk's column sums kept
+    apart and added in chunk order) gives numpy's elementwise results, float64 column sums, row
+    sums and row maxima, whatever the row count: fewer rows than threads, one row, uneven chunks."""
+    r, c = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 9))
+    a, b = data.draw(arrays(dtype, (r, c))), data.draw(arrays(dtype, (r, c)))
+    b = np.where(b == 0, dtype.type(1), b)
+    ma, mb = lb.matrix(a, comp=Comp.Par), lb.matrix(b, comp=Comp.Par)
+    with parallel_kernels(), np.errstate(all="ignore"):
+        exprs = (ma + mb, ma - mb, ma * mb, ma / mb, lb.sum_rows(ma), lb.sum_cols(ma), lb.max_cols(ma))
+        assert fuse.plan([e.node for e in exprs], dtype, True).par
+        got = lb.compute_all(*exprs)
+        for out, want in zip(got[:4], (a + b, a - b, a * b, a / b)):
+            assert_matches_numpy(out.array, want, dtype)
+    x64 = a.astype(np.float64)
+    assert_matches_numpy(got[4].array, x64.sum(0).astype(dtype), dtype, scale=np.abs(x64).sum(0))
+    assert_matches_numpy(got[5].array, x64.sum(1).astype(dtype), dtype, scale=np.abs(x64).sum(1))
+    np.testing.assert_array_equal(got[6].array, a.max(axis=1))
 
 
 def _fn_oracle(f: Fn, x: F) -> F:
@@ -154,6 +187,49 @@ def test_algebraic_identities(dtype: np.dtype[Any], data: st.DataObject) -> None
 
 
 RTOL_SUM = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-13}
+
+
+# Values whose reciprocals, products, squares or exponentials leave the dtype's range (zeros,
+# subnormals, values near the largest finite one), the infinities, and ordinary values.
+BEYOND_RANGE = [0.0, -0.0, 1e-45, -1e-45, 1e-40, 5e-324, -5e-324, 1e-310, 3e38, -3e38, 1e300, -1e300, 1e308,
+                -1.7e308, 100.0, -100.0, 800.0, -800.0, 2.0, -0.5, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_results_beyond_the_range_are_numpys_infinities(dtype: np.dtype[Any], data: st.DataObject) -> None:
+    """Where numpy's result overflows (1/0, 1/subnormal, huge * huge, exp(800)) or is infinite
+    (-inf, exp(inf)) lazybn's is the same infinity, sign included; where numpy's is finite,
+    lazybn's is too."""
+    width: Literal[32, 64] = 32 if dtype == np.float32 else 64
+    special = st.sampled_from([float(dtype.type(v)) for v in BEYOND_RANGE
+                               if abs(v) <= float(np.finfo(dtype).max) or np.isinf(v)])
+    values = st.one_of(special, special, st.floats(width=width, allow_nan=False, allow_infinity=False))
+    shape = data.draw(shapes2(1, 6))
+    a = np.array(data.draw(st.lists(values, min_size=shape[0] * shape[1], max_size=shape[0] * shape[1])),
+                 dtype).reshape(shape)
+    b = np.array(data.draw(st.lists(values, min_size=a.size, max_size=a.size)), dtype).reshape(shape)
+    ma, mb = lb.matrix(a), lb.matrix(b)
+    one = dtype.type(1)
+    with np.errstate(all="ignore"):
+        cases: list[tuple[str, lb.Delayed[lb.Ix2], F, F | None]] = [
+            ("negate", lb.amap(Fn.negate, ma), -a, None),
+            ("minus", -ma, -a, None),
+            ("recip", lb.amap(Fn.recip, ma), one / a, None),
+            ("div", ma / mb, a / b, None),
+            ("mul", ma * mb, a * b, None),
+            ("square", lb.amap(Fn.square, ma), a * a, None),
+            ("exp", lb.amap(Fn.exp, ma), np.exp(a), np.abs(np.exp(a)) * 8),  # libm vs numpy: a few ulps
+        ]
+        for name, expr, want, scale in cases:
+            got = lb.compute(expr).array
+            assert_matches_numpy(got, want, dtype, scale=scale)
+            np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=name)
+        if dtype == np.float32:  # float64 column sums beyond float32's range round to its infinity
+            want_sums = a.astype(np.float64).sum(axis=0).astype(np.float32)
+            got_sums = lb.compute(lb.sum_rows(ma)).array
+            assert_matches_numpy(got_sums, want_sums, dtype, scale=np.abs(a.astype(np.float64)).sum(axis=0))
+            np.testing.assert_array_equal(np.isinf(got_sums), np.isinf(want_sums))
 
 
 def test_sum_rows_of_a_million_float32_values_is_accurate() -> None:
