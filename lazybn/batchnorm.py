@@ -24,9 +24,9 @@ from dataclasses import replace
 from functools import partial
 
 from .array import Delayed, Ix1, Matrix, Vector, compute, compute_all, delay, ones, zeros
-from .errors import ArgumentError, ValueRangeError
+from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
-from .layers import BN1, Batchnorm1d
+from .layers import BN1, Batchnorm1d, _unchecked
 from .ops import add_c, amap, br, cols, reshape, rows, scale, sum_rows
 from .trace import fused
 
@@ -262,9 +262,16 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
                             f"{type(layer).__name__} and {type(g).__name__}")
     if layer.frozen:
         return layer
-    if layer.momentum is None:  # the count stays out of the replay's signature (see train_step)
-        return _running(layer._counted(0), g, running_weights(layer))._counted(layer.tracked + 1)
-    return _running(layer, g, running_weights(layer))
+    for name, stat in (("batch_mu", g.batch_mu), ("batch_var", g.batch_var)):
+        if stat.shape != layer.mu.shape:
+            raise ShapeError("update_running", layer.mu.shape, stat.shape, f"the BN1's {name} must have one entry per "
+                             f"feature of the layer ({layer.features}): is it another layer's?")
+        if stat.dtype != layer.mu.dtype:
+            raise DTypeError(f"update_running: the BN1's {name} is {stat.dtype} but the layer holds {layer.mu.dtype}")
+    # The count and the renormalisation bounds change from step to step and take no part in the
+    # arithmetic: they stay out of the replay's signature.
+    new = _running(_unchecked(layer, tracked=0, renorm=None), g, running_weights(layer))
+    return _unchecked(new, tracked=layer.tracked + 1 if layer.momentum is None else layer.tracked, renorm=layer.renorm)
 
 
 def reset_running(layer: Batchnorm1d) -> Batchnorm1d:

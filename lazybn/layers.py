@@ -341,9 +341,10 @@ class LinearNoBiasGradients:
 class BN1:
     """What a batch-norm layer hands to the update: the batch statistics and the gradients.
 
-    ``batch_var`` is the biased batch variance that normalised the batch; ``n`` the batch size. A
-    frozen layer normalised with its running statistics, so those are what it hands over (and
-    the update leaves them as they are).
+    ``batch_var`` is the biased batch variance that normalised the batch; ``n`` the number of rows
+    each statistic is of: the batch size, or with ghost batches the ghost batch's (whose
+    statistics are then the ghost batches' averages). A frozen layer normalised with its running
+    statistics, so those are what it hands over (and the update leaves them as they are).
     """
 
     batch_mu: Vector

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, TypeGuard, assert_never, final
+from typing import Any, assert_never, final
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
 from .batchnorm import frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward
 from .batchnorm import reset_running as reset_running
-from .batchnorm import running_weights
 from .batchnorm import update_running as update_running
 from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
@@ -45,15 +44,12 @@ from .layers import (
     LinearNoBias,
     LinearNoBiasGradients,
     NoGrad,
-    Renorm,
-    _unchecked,
     check_layers,
     trains,
 )
 from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
+from .steady import Bounds, bounded, steady
 from .trace import fused
-
-Bounds = tuple[tuple[float | None, float | None], ...]  # (rmax, dmax) of each renormalising layer, in order
 
 _ACT: dict[Act, tuple[Fn, Fn] | None] = {
     Act.relu: (Fn.relu, Fn.drelu),
@@ -231,54 +227,32 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             assert_never(layer)
 
 
-_PATTERNS: dict[tuple[bool, bool], Renorm] = {}
+def check_batch_values(op: str, x: Matrix, tgt: Matrix) -> None:
+    """A training batch's values: finite inputs, and targets that :func:`check_targets` accepts."""
+    for name, a in (("input", x), ("target", tgt)):
+        if not isinstance(a, Manifest):
+            raise ArgumentError(f"{op}: the {name} must be a lazybn Matrix (lb.matrix(array) makes one), got "
+                                f"{type(a).__name__}")
+    check_targets(op, tgt.array)
+    if not np.isfinite(x.array).all():
+        raise NumericalError(f"{op}: the input batch contains NaN or infinity")
 
 
-def _pattern(renorm: Renorm | None) -> Renorm | None:
-    """What a replay's signature keeps of renormalisation bounds: which of them are set."""
-    if renorm is None:
-        return None
-    key = (renorm.rmax is not None, renorm.dmax is not None)
-    got = _PATTERNS.get(key)
-    if got is None:
-        got = _PATTERNS[key] = Renorm(1.0 if key[0] else None, 0.0 if key[1] else None)
-    return got
+def check_targets(op: str, t: FloatArray) -> None:
+    """Targets must be probabilities, rows of non-negative numbers summing to 1 (one-hot or soft
+    labels): for them ``(pred - tgt) / m`` is the gradient of the mean cross-entropy."""
+    if t.size == 0:
+        return
+    sums, tolerance = t.sum(axis=1, dtype=np.float64), _SUM_TOLERANCE.get(t.dtype, 1e-4)
+    if not (t.min() >= 0 and np.abs(sums - 1.0).max() <= tolerance):  # NaN fails too
+        if not np.isfinite(t).all():
+            raise NumericalError(f"{op}: the target batch contains NaN or infinity")
+        row = int(np.flatnonzero((t < 0).any(axis=1) | (np.abs(sums - 1.0) > tolerance))[0])
+        raise ValueRangeError(f"{op}: target rows must be probabilities, non-negative and summing to 1 (one-hot or "
+                              f"soft labels); row {row} is {t[row].tolist()}")
 
 
-def _cumulative(layer: Layer) -> TypeGuard[Batchnorm1d]:
-    """A layer whose running statistics are a cumulative average that a step extends."""
-    return isinstance(layer, Batchnorm1d) and layer.momentum is None and not layer.frozen
-
-
-def _renormalises(layer: Layer) -> TypeGuard[Batchnorm1d]:
-    return isinstance(layer, Batchnorm1d) and layer.renorm is not None
-
-
-def _bounded(layers: tuple[Layer, ...], bounds: Bounds) -> tuple[Layer, ...]:
-    """The renormalising layers with their bounds taken from ``bounds``, in order (in a trace, the
-    dynamic values' stand-ins: the checks of ``Renorm`` ran on the layers the caller was given)."""
-    given = iter(bounds)
-    return tuple(_unchecked(layer, renorm=_unchecked(layer.renorm, **dict(zip(("rmax", "dmax"), next(given)))))
-                 if _renormalises(layer) and layer.renorm is not None else layer for layer in layers)
-
-
-def steady(layers: Sequence[Layer]) -> tuple[tuple[Layer, ...], tuple[tuple[float, float], ...], Bounds]:
-    """The layers as a replay's signature sees them, without the values that change from step to
-    step: a cumulative average's count (0, with its :func:`running_weights` returned in order) and
-    batch renormalisation's bounds (which of them are set, with the bounds returned in order: they
-    reach the replay as dynamic values, so a ramp traces nothing new)."""
-    weights: list[tuple[float, float]] = []
-    bounds: list[tuple[float | None, float | None]] = []
-    bare: list[Layer] = []
-    for layer in layers:
-        if isinstance(layer, Batchnorm1d) and (_cumulative(layer) or layer.renorm is not None):
-            if _cumulative(layer):
-                weights.append(running_weights(layer))
-            if layer.renorm is not None:
-                bounds.append((layer.renorm.rmax, layer.renorm.dmax))
-            layer = _unchecked(layer, tracked=0, renorm=_pattern(layer.renorm))
-        bare.append(layer)
-    return tuple(bare), tuple(weights), tuple(bounds)
+_SUM_TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-8}  # about the square roots of eps
 
 
 @final
@@ -306,34 +280,37 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
         NumericalError: the batch, a batch statistic, the loss, a gradient or ``dx`` is NaN/inf
             (the message names which).
     """
-    for name, a in (("input", x), ("target", tgt)):
-        if not isinstance(a, Manifest):
-            raise ArgumentError(f"gradients: the {name} must be a lazybn Matrix (lb.matrix(array) makes one), got "
-                                f"{type(a).__name__}")
-        if not np.isfinite(a.array).all():
-            raise NumericalError(f"gradients: the {name} batch contains NaN or infinity")
+    check_batch_values("gradients", x, tgt)
     bare, _, bounds = steady(layers)  # a cumulative count or renormalisation bounds trace nothing new
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below
-        dx, pred, grads = _bounded_pass(x, tgt, bare, key, bounds, input_grad)
-        loss = cross_entropy(pred, tgt)
+        dx, pred, log_lik, grads = _bounded_pass(x, tgt, bare, key, bounds, input_grad)
+        loss = mean_loss(log_lik)
     found = [(i, f.name) for i, g in enumerate(grads) for f in fields(g)
-             if isinstance(v := getattr(g, f.name), Manifest) and not np.isfinite(v.array).all()]
+             if isinstance(v := getattr(g, f.name), Manifest) and not _finite(v.array)]
     for statistics in (True, False):  # a batch statistic first: it makes the loss NaN
         for i, name in found:
             if (name in ("batch_mu", "batch_var")) == statistics:
                 raise NumericalError(f"gradients: layer {i} ({type(layers[i]).__name__}) has a non-finite {name}")
         if statistics and not math.isfinite(loss):
             raise NumericalError(f"gradients: the loss is {loss}")
-    if input_grad and not np.isfinite(dx.array).all():
+    if input_grad and not _finite(dx.array):
         raise NumericalError("gradients: the input gradient dx is not finite")
     return PassResult(loss, pred, grads, dx if input_grad else None)
 
 
 @fused(dynamic=("key", "bounds"))
 def _bounded_pass(x: Matrix, tgt: Matrix, layers: tuple[Layer, ...], key: int | None, bounds: Bounds,
-                  input_grad: bool) -> tuple[Matrix, Matrix, list[Gradients]]:
-    """:func:`_pass` over the layers of :func:`steady`, with the renormalisation bounds put back."""
-    return _pass(x, tgt, _bounded(layers, bounds), key, input_grad=input_grad)
+                  input_grad: bool) -> tuple[Matrix, Matrix, Vector, list[Gradients]]:
+    """:func:`_pass` over the layers of :func:`steady`, with the renormalisation bounds put back,
+    and each sample's log-likelihood (one replay for all of it)."""
+    dx, pred, grads = _pass(x, tgt, bounded(layers, bounds), key, input_grad=input_grad)
+    return dx, pred, log_likelihoods(pred, tgt), grads
+
+
+def _finite(a: FloatArray) -> bool:
+    """No NaN/inf in ``a``: its sum is finite (NaN and inf carry through a sum), else a look at
+    every element (a sum of finite values can overflow). One read, no temporary array."""
+    return math.isfinite(float(np.add.reduce(a, axis=None))) or bool(np.isfinite(a).all())
 
 
 def _infer(x: Matrix, layer: Layer) -> Matrix:

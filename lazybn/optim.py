@@ -2,16 +2,15 @@
 
 Nothing is mutated: ``update(opt, state, layers, grads)`` returns new layers (built with
 ``dataclasses.replace``) and a new :class:`OptState`; the old ones stay valid and unchanged.
-Every parameter's new value and new moments are computed by ONE fused kernel for the whole network
-(``compute_all`` over all parameters; one per dtype and ``Comp`` if the network mixes them), and
-``@fused`` replays that kernel on later steps without rebuilding the expressions.
+Every parameter's new value and moments come from ONE kernel for the whole network (one per dtype
+and ``Comp`` if it mixes them), which ``@fused`` replays on later steps.
 
 Conventions (fixed, documented, tested):
 
 * ``grads`` are gradients of the MEAN loss over the batch, as :mod:`lazybn.network` produces
   them; ``update`` applies no further 1/batch factor.
 * Parameters: ``Linear`` (w, b), ``LinearNoBias`` (w), ``Batchnorm1d`` (gamma, beta only: the
-  running mean and variance are not touched here, see ``lazybn.network.update_running``),
+  running mean and variance are not touched here, see ``lazybn.batchnorm.update_running``),
   ``Activation`` and ``Dropout`` none. A layer with ``trainable=False`` keeps its parameters
   and its moments (its state slots are still there, so the flag can change between steps).
 * Learning rates: every parameter steps with ``lr * lr_scale``; gamma and beta with
@@ -48,6 +47,7 @@ from .optimizers import Momentum as Momentum
 from .optimizers import Optimizer as Optimizer
 from .optimizers import RMSProp as RMSProp
 from .optimizers import as_number
+from .steady import restored, steady
 from .trace import fused
 
 
@@ -257,19 +257,29 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
         UpdateMismatchError: lengths differ, a layer is paired with another layer's gradient
             kind, or the state was made for another optimizer or network (names the layer index).
         ShapeError, DTypeError: a gradient or state array does not match its parameter.
-        ValueRangeError: ``lr_scale`` is negative or not finite, or a batch-norm layer's new
-            gamma or beta is NaN/inf.
-        NumericalError: a new weight or optimizer average is NaN/inf (names the layer).
+        ValueRangeError: ``lr_scale`` is negative or not finite.
+        NumericalError: a new parameter or optimizer average is NaN/inf (names the layer).
     """
     t, s, correction = prepare_update(opt, state, layers, grads, lr_scale)
+    bare, _, _ = steady(layers)  # a cumulative count or renormalisation bounds trace nothing new
+    fix = "lower the learning rate or check the gradients for NaN/inf"
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below, as an error
-        new_layers, new_slots, witnesses = step_all(opt, tuple(layers), tuple(grads), state.slots, s, correction)
+        try:
+            new_layers, new_slots, witnesses = step_all(opt, bare, tuple(grads), state.slots, s, correction)
+        except ValueRangeError as exc:  # a batch-norm layer refused its new gamma or beta: which one?
+            for i, (layer, g, slots) in enumerate(zip(bare, grads, state.slots)):
+                try:
+                    step_all(opt, (layer,), (g,), (slots,), s, correction)
+                except ValueRangeError:
+                    break
+            raise NumericalError(f"update at step {state.step}: the update makes layer {i} ({type(bare[i]).__name__}) "
+                                 f"non-finite ({exc}); {fix}") from exc
     if witnesses and not np.isfinite(np.concatenate([w.array for w in witnesses])).all():
         problem = nonfinite_update(new_layers, new_slots)
         if problem is not None:
-            raise NumericalError(f"update at step {state.step}: {problem}; lower the learning rate or check the "
-                                 "gradients for NaN/inf")
-    return new_layers, OptState(t, new_slots, kind(opt))
+            raise NumericalError(f"update at step {state.step}: {problem}; {fix}")
+    return [restored(new, old, counted=False) for new, old in zip(new_layers, layers)], OptState(t, new_slots, kind(opt))
+
 
 
 def nonfinite_update(layers: Sequence[Layer], slots: Slots) -> str | None:

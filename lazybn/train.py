@@ -24,7 +24,8 @@ from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeE
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers)
 from .batchnorm import _running, running_weights, update_running
-from .network import Bounds, _bounded, _cumulative, _pass, _renormalises, log_likelihoods, logits, mean_loss, steady
+from .network import _pass, check_batch_values, check_targets, log_likelihoods, logits, mean_loss
+from .steady import Bounds, bounded, renormalises, restored, steady
 from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
 
@@ -113,19 +114,10 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
             new, _ = update(opt, replace(opt_state, slots=(opt_state.slots[i],)), [layer], [g], lr_scale)
             if isinstance(new[0], Batchnorm1d) and isinstance(g, BN1):
                 update_running(new[0], g)
-        except ValueRangeError as exc:
-            return f"the update makes layer {i} ({type(layer).__name__}) non-finite ({exc})"
-        except NumericalError:  # a weight or an optimizer average
-            return f"the update makes layer {i} ({type(layer).__name__}) non-finite"
+        except (ValueRangeError, NumericalError) as exc:  # new running statistics, or update's own check
+            what = exc.__cause__ if isinstance(exc, NumericalError) else exc  # the layer's own words, if any
+            return f"the update makes layer {i} ({type(layer).__name__}) non-finite" + (f" ({what})" if what else "")
     return None
-
-
-def _restored(new: Layer, old: Layer) -> Layer:
-    """A layer of the replay's result with what ``train_step`` kept out of the replay put back: the
-    cumulative count (one more batch) and the renormalisation bounds of the layer it updates."""
-    if not isinstance(new, Batchnorm1d) or not isinstance(old, Batchnorm1d):
-        return new
-    return _unchecked(new, tracked=old.tracked + 1 if _cumulative(old) else old.tracked, renorm=old.renorm)
 
 
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
@@ -137,11 +129,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
         NumericalError: the loss, a batch statistic or an updated parameter is NaN/inf
             (``on_nonfinite="raise"``).
     """
-    for name, a in (("input", x), ("target", tgt)):
-        if not isinstance(a, Manifest):
-            raise ArgumentError(f"train_step: the {name} must be a lazybn Matrix, got {type(a).__name__}")
-        if not np.isfinite(a.array).all():
-            raise NumericalError(f"train_step: the {name} batch contains NaN or infinity")
+    check_batch_values("train_step", x, tgt)
     t, s, correction = schedule(opt, opt_state, layers, lr_scale)
     # Values that change from step to step stay out of the replay's signature (see steady); a
     # cumulative average's count is set after.
@@ -153,7 +141,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
             pred, log_lik, grads, new_layers, slots, witnesses = _step(opt, bare, opt_state.slots, x, tgt, key, s,
                                                                        correction, weights, bounds)
             if weights or bounds:
-                new_layers = [_restored(new, old) for new, old in zip(new_layers, layers)]
+                new_layers = [restored(new, old, counted=True) for new, old in zip(new_layers, layers)]
             refused = None
         except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
             refused = exc
@@ -183,7 +171,7 @@ def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tg
     every batch-norm layer's running statistics (one replay for all of it). ``weights`` holds the
     :func:`running_weights` of the cumulative-average layers, ``bounds`` the (rmax, dmax) of the
     renormalising layers, in order."""
-    _, pred, grads = _pass(x, tgt, _bounded(layers, bounds), key, input_grad=False)
+    _, pred, grads = _pass(x, tgt, bounded(layers, bounds), key, input_grad=False)
     new_layers, new_slots, witnesses = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
     w = iter(weights)
     running = [_running(nl, g, running_weights(nl) if nl.momentum is not None else next(w))
@@ -284,6 +272,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     _check_data("train_epoch", x, y, "y (targets)", 2)
     if x.shape[0] == 0:
         raise ValueRangeError("train_epoch: no samples (x has 0 rows)")
+    check_targets("train_epoch", y)  # all of them, before the first step
     require_state("train_epoch", opt_state)
     current = list(layers)
     sizes = sorted({len(idx) for idx in list(batches(x.shape[0], batch_size, None))[:max_steps]})  # those that run
@@ -292,7 +281,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
             raise ValueRangeError(f"train_epoch: layer {i} (Batchnorm1d) normalises ghost batches of {layer.ghost_batch} "
                                   f"rows, which do not divide every batch: {x.shape[0]} samples in batches of "
                                   f"{batch_size} give batches of {sizes} rows")
-    if renorm is not None and not any(_renormalises(layer) for layer in current):
+    if renorm is not None and not any(renormalises(layer) for layer in current):
         raise ArgumentError("train_epoch.renorm: a ramp of renormalisation bounds needs a layer that renormalises "
                             "(Batchnorm1d(renorm=Renorm(...)), or mlp(..., renorm=...))")
     losses = []
@@ -301,7 +290,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
             break
         if renorm is not None:
             bounds = renorm.at(opt_state.step)
-            current = [_unchecked(layer, renorm=bounds) if _renormalises(layer) else layer for layer in current]
+            current = [_unchecked(layer, renorm=bounds) if renormalises(layer) else layer for layer in current]
         step = train_step(current, opt, opt_state, _rows(x, idx, comp), _rows(y, idx, comp),
                           key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
         current, opt_state = step.layers, step.opt_state

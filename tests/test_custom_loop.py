@@ -154,31 +154,80 @@ def test_logits_that_overflow_make_a_nan_loss_which_is_named() -> None:
         lb.gradients([lb.LinearNoBias(lb.matrix(w))], lb.matrix(x), lb.matrix(np.eye(2, dtype=np.float32)[[0, 1, 0]]))
 
 
-def test_gradients_with_a_changing_count_and_renormalisation_bounds_trace_once() -> None:
+def test_a_loop_with_a_changing_count_and_renormalisation_bounds_traces_each_step_once() -> None:
     """A cumulative average's count and batch renormalisation's bounds change every step of a loop;
-    they reach the replay as values, so ``gradients`` traces its pass once (and the bounds still
-    clip r and d, so each step's loss differs)."""
+    they reach the replays as values, so ``gradients``, ``update`` and ``update_running`` trace
+    once (and the bounds still clip r and d, so each step's loss differs; the count still counts)."""
     rng = np.random.default_rng(4)
     x = lb.matrix(rng.normal(3.0, 2.0, (8, 5)))
     tgt = lb.matrix(np.eye(3)[rng.integers(0, 3, 8)])
     w = lb.matrix(rng.normal(size=(5, 3)))
     running = (lb.vector(np.zeros(5)), lb.vector(np.ones(5)), lb.vector(np.ones(5)), lb.vector(np.zeros(5)))
+    opt = lb.Momentum(0.01)
 
     def net(step: int) -> list[Layer]:
         return [lb.Batchnorm1d(*running, momentum=None, tracked=step), lb.Activation(lb.Act.tanh),
                 lb.Batchnorm1d(*running, renorm=lb.Renorm(1.0 + 0.01 * step, 0.001 * step)), lb.LinearNoBias(w)]
 
-    first = lb.gradients(net(1), x, tgt)
+    def step(layers: list[Layer]) -> tuple[lb.PassResult, list[Layer]]:
+        p = lb.gradients(layers, x, tgt)
+        new, _ = lb.update(opt, lb.init_state(opt, layers), layers, p.grads)
+        return p, [lb.update_running(la, g) if isinstance(la, Batchnorm1d) and isinstance(g, BN1) else la
+                   for la, g in zip(new, p.grads)]
+
+    first, stepped = step(net(1))
     traces = lb.fuse.stats().traces
-    later = [lb.gradients(net(step), x, tgt) for step in range(2, 6)]
+    later = [step(net(k)) for k in range(2, 6)]
     assert lb.fuse.stats().traces == traces
-    assert later[0].loss != first.loss  # the bounds reach the pass: r and d are clipped to them
-    again = lb.gradients(net(1), x, tgt)
+    assert later[0][0].loss != first.loss  # the bounds reach the pass: r and d are clipped to them
+    for k, (_, new) in enumerate(later, start=2):  # the count and the bounds come back, the count one more
+        assert isinstance(new[0], Batchnorm1d) and new[0].tracked == k + 1
+        assert isinstance(new[2], Batchnorm1d) and new[2].renorm == lb.Renorm(1.0 + 0.01 * k, 0.001 * k)
+    again, restepped = step(net(1))
     assert again.loss == first.loss
     for g, h in zip(again.grads, first.grads):
         for f in ("dgamma", "dbeta", "dw"):
             if hasattr(g, f):
                 np.testing.assert_array_equal(getattr(g, f).array, getattr(h, f).array)
+    for a, b in zip(restepped, stepped):
+        for f in ("gamma", "mu", "var", "w"):
+            if hasattr(a, f):
+                np.testing.assert_array_equal(getattr(a, f).array, getattr(b, f).array)
+
+
+def test_update_refuses_a_batch_norm_step_that_overflows_gamma_naming_the_layer() -> None:
+    # numpy: the batch-norm output xhat and dgamma = sum(dz * xhat); 1 - lr * dgamma overflows
+    x = np.array([[10.0], [20.0], [-10.0], [10.0], [10.0]])
+    tgt = np.eye(2)[[0, 1, 0, 1, 1]]
+    w = np.array([[1e10, 0.0]])
+    xhat = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)
+    logits = xhat @ w
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    dgamma = np.sum((((e / e.sum(axis=1, keepdims=True)) - tgt) / 5 @ w.T) * xhat, axis=0)
+    lr = 1e300
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(1.0 - lr * dgamma).all()
+    net: list[Layer] = [lb.LinearNoBias(lb.matrix(np.eye(1))),
+                        Batchnorm1d(lb.vector([0.0], np.float64), lb.vector([1.0], np.float64),
+                                    lb.vector([1.0], np.float64), lb.vector([0.0], np.float64)),
+                        lb.LinearNoBias(lb.matrix(w))]
+    net[0] = replace(net[0], trainable=False)  # type: ignore[arg-type]
+    p = lb.gradients(net, lb.matrix(x), lb.matrix(tgt))
+    with pytest.raises(lb.NumericalError, match=r"update at step 0: the update makes layer 1 \(Batchnorm1d\) "
+                                                r"non-finite \(Batchnorm1d.gamma: contains NaN or infinity\)"):
+        lb.update(lb.SGD(lr), lb.init_state(lb.SGD(lr), net), net, p.grads)
+
+
+def test_update_running_refuses_another_layers_statistics() -> None:
+    wide, narrow = (Batchnorm1d(lb.zeros(n), lb.ones(n), lb.ones(n), lb.zeros(n)) for n in (4, 3))
+    g = lb.gradients([wide, lb.LinearNoBias(lb.ones((4, 2)))], lb.matrix(np.arange(12.0).reshape(3, 4), np.float32),
+                     lb.matrix(np.eye(2)[[0, 1, 0]], np.float32)).grads[0]
+    assert isinstance(g, BN1)
+    with pytest.raises(lb.ShapeError, match=r"update_running: .*one entry per feature of the layer \(3\)"):
+        lb.update_running(narrow, g)
+    with pytest.raises(lb.DTypeError, match="update_running: the BN1's batch_mu is float32 but the layer holds float64"):
+        f64 = lb.vector(np.zeros(4), np.float64), lb.vector(np.ones(4), np.float64)
+        lb.update_running(Batchnorm1d(f64[0], f64[1], f64[1], f64[0]), g)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -204,3 +253,47 @@ def test_update_refuses_a_step_that_overflows_a_weight_naming_it(dtype: Any) -> 
     fine, _ = lb.update(lb.SGD(0.1), lb.init_state(lb.SGD(0.1), net), net, p.grads)  # a finite step goes through
     assert isinstance(fine[0], lb.LinearNoBias)
     np.testing.assert_allclose(fine[0].w.array, w - 0.1 * dw, rtol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), concentration=st.sampled_from([0.05, 1.0, 20.0]))
+def test_soft_labels_get_the_gradient_of_their_loss(seed: int, concentration: float) -> None:
+    """Rows of probabilities that are not one-hot (soft or smoothed labels): the input gradient is
+    that of the mean cross-entropy, by central differences of the loss numpy computes."""
+    rng = np.random.default_rng(seed)
+    layers: list[Layer] = [lb.Linear(lb.matrix(rng.normal(size=(3, 4))), lb.vector(rng.normal(size=4))),
+                           lb.Activation(lb.Act.tanh), lb.LinearNoBias(lb.matrix(rng.normal(size=(4, 3))))]
+    x = rng.normal(size=(5, 3))
+    tgt = rng.dirichlet(np.full(3, concentration), 5)
+
+    def numpy_loss(at: Any) -> float:
+        pred = lb.gradients(layers, lb.matrix(at), lb.matrix(tgt)).pred.array
+        return _numpy_loss(pred, tgt)
+
+    p = lb.gradients(layers, lb.matrix(x), lb.matrix(tgt), input_grad=True)
+    assert p.dx is not None
+    assert rel_err(p.dx.array, fd(numpy_loss, x)) < FD_RTOL
+
+
+BAD_TARGETS = {"two classes at once": [[1.0, 1.0, 0.0]], "a row of zeros": [[0.0, 0.0, 0.0]],
+               "a negative entry": [[1.5, -0.5, 0.0]], "a sum of 0.99": [[0.99, 0.0, 0.0]]}
+
+
+@pytest.mark.parametrize("name", list(BAD_TARGETS))
+def test_targets_that_are_not_probabilities_are_refused_before_any_step(name: str) -> None:
+    """Only for probability rows is (pred - tgt) / m the gradient of the loss; other targets are a
+    ValueRangeError naming the row, from every entry point, and train_epoch finds the row before
+    its first step, wherever it is."""
+    layers = lb.mlp((2, 4, 3), batchnorm=True, seed=0)
+    opt = lb.SGD(0.1)
+    y = np.eye(3, dtype=np.float32)[np.arange(300) % 3]
+    y[250] = BAD_TARGETS[name][0]
+    x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    for call in (lambda: lb.gradients(layers, lb.matrix(x[200:]), lb.matrix(y[200:])),
+                 lambda: lb.train_step(layers, opt, lb.init_state(opt, layers), lb.matrix(x[200:]), lb.matrix(y[200:]))):
+        with pytest.raises(lb.ValueRangeError, match=r"target rows must be probabilities.*; row 50 is"):
+            call()
+    with pytest.raises(lb.ValueRangeError, match="train_epoch: target rows must be probabilities.*; row 250 is"):
+        lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, 100, None, max_steps=1)
+    y[250] = [0.1, 0.8, 0.1]  # a soft label is a probability row
+    lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, 100, None, max_steps=1)

@@ -195,13 +195,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _warm_up(s: Settings, seed: int) -> None:
-    """One training step of the batch-norm network (the first to train) on a batch of zeros,
-    its result dropped. This loads the step's kernels while the data loads, which mostly runs
+    """One training step of the batch-norm network (the first to train) on a batch of zeros, all
+    of class 0, its result dropped. This loads the step's kernels while the data loads, which mostly runs
     outside the GIL: numba's own start-up (about 0.6 s) and then each cached kernel. The real
     first step then only replays. An error is left to that first step, which reports it."""
     try:
         x = matrix(np.zeros((s.batch_size, SIZES[0]), np.dtype(s.dtype)), comp=s.comp)
-        y = matrix(np.zeros((s.batch_size, SIZES[-1]), np.dtype(s.dtype)), comp=s.comp)
+        y = matrix(np.eye(SIZES[-1], dtype=np.dtype(s.dtype))[np.zeros(s.batch_size, np.intp)], comp=s.comp)
         layers, opt = networks(s, seed)[0], make_optimizer(s, True)
         train_step(layers, opt, init_state(opt, layers), x, y, key=0)  # a key, as the runner passes one
     except Exception:  # noqa: BLE001 - an optimisation only: the first real step reports any error

@@ -23,7 +23,7 @@ from ..array import Comp
 from ..errors import LazybnError
 from ..layers import Layer, RenormRamp
 from ..optim import Optimizer, OptState, init_state
-from ..network import _renormalises
+from ..steady import renormalises
 from ..train import accuracy, train_epoch
 
 F = NDArray[np.floating[Any]]
@@ -138,7 +138,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
             lr_scale = plan.schedule.factor(epoch, plan.epochs)
             for arm in arms:
                 layers, state = states[arm.name]
-                ramp = plan.renorm_ramp if any(_renormalises(layer) for layer in layers) else None
+                ramp = plan.renorm_ramp if any(renormalises(layer) for layer in layers) else None
                 rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
                 per_pass = batches_per_pass(x_train.shape[0], plan.batch_size)
                 n_batches = per_pass if plan.steps_per_epoch is None else plan.steps_per_epoch
