@@ -59,3 +59,14 @@ def test_pass_cases_are_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", PASS, ids=lambda p: p.name)
 def test_pass_cases_run(path: Path) -> None:
     runpy.run_path(str(path))
+
+
+def test_the_readmes_code_type_checks(tmp_path: Path) -> None:
+    """The README's code blocks, as the one session ``test_project`` runs them in, pass mypy --strict:
+    what a reader copies from the README is typed code."""
+    from .test_project import _python_blocks
+
+    session = tmp_path / "readme_session.py"
+    session.write_text("\n".join(b for b in _python_blocks(ROOT / "README.md") if not b.startswith("    ")))
+    out, status = _mypy([session], tmp_path)
+    assert status == 0, out
