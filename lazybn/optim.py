@@ -141,9 +141,7 @@ def parameters(layer: Layer) -> tuple[tuple[str, Manifest[Any]], ...]:
 
 
 def _zeros_like(p: Manifest[Any]) -> Manifest[Any]:
-    z = np.zeros(p.shape, p.dtype)
-    z.flags.writeable = False
-    return Manifest(z, p.comp)
+    return Manifest(np.zeros(p.shape, p.dtype), p.comp)  # Manifest makes its array read-only
 
 
 def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
@@ -196,12 +194,6 @@ def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Ma
             assert_never(opt)
 
 
-def _mismatch(i: int, layer: Layer, g: Gradients) -> UpdateMismatchError:
-    return UpdateMismatchError(
-        f"update: layer {i} is a {type(layer).__name__} but its gradient is a {type(g).__name__}; "
-        f"grads must come from a pass through these same layers, in order", i)
-
-
 def gradients(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]:
     """The gradients of ``parameters(layer)``, in the same order; raises on a mismatched pair."""
     match layer:
@@ -219,7 +211,8 @@ def gradients(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]:
                 return ()
         case _:
             assert_never(layer)
-    raise _mismatch(i, layer, g)
+    raise UpdateMismatchError(f"update: layer {i} is a {type(layer).__name__} but its gradient is a "
+                              f"{type(g).__name__}; grads must come from a pass through these same layers, in order", i)
 
 
 def _check(i: int, layer: Layer, params: tuple[tuple[str, Manifest[Any]], ...], grads: tuple[Manifest[Any], ...],
@@ -233,6 +226,9 @@ def _check(i: int, layer: Layer, params: tuple[tuple[str, Manifest[Any]], ...], 
     for j, ((name, p), g) in enumerate(zip(params, grads)):
         where = f"update: layer {i} ({kind}.{name})"
         for what, a in (("gradient", g), *(("optimizer state", s) for s in slots[j * k:(j + 1) * k])):
+            if not isinstance(a, Manifest):  # a numpy array, or a Delayed not computed
+                raise ArgumentError(f"{where}: the {what} must be a computed lazybn array (lb.compute(...) makes one), "
+                                    f"got {type(a).__name__}")
             if a.shape != p.shape:
                 raise ShapeError(where, p.shape, a.shape, f"the {what} must have the parameter's shape")
             if a.dtype != p.dtype:
@@ -302,6 +298,9 @@ def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], gra
                    lr_scale: float) -> tuple[int, float, tuple[float, ...]]:
     """Check :func:`update`'s arguments; returns :func:`schedule`'s (t, lr_scale, correction)."""
     check_layers("update", layers)
+    if not isinstance(grads, (list, tuple)):  # an untyped caller: the PassResult itself, say
+        raise ArgumentError(f"update: grads must be a list with one gradient per layer (a PassResult's .grads), "
+                            f"got {type(grads).__name__}")
     if len(grads) != len(layers):
         raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients; there must be one "
                                   "gradient per layer")

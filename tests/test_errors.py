@@ -30,6 +30,10 @@ def _net() -> list[lb.Layer]:
     return [LinearNoBias(lb.matrix(np.ones((2, 3), F32))), _bn()]
 
 
+def _pass_result() -> lb.PassResult:
+    return lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(3, dtype=F32)[:2]))
+
+
 def _nan_step() -> object:
     opt = SGD(0.1)
     x = lb.matrix(np.array([[1, np.nan], [0, 1]], F32))
@@ -73,6 +77,13 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("batch of one in training", lambda: lb.gradients(_net(), lb.matrix(np.ones((1, 2), F32)),
                                                         lb.matrix(np.eye(3, dtype=F32)[:1])), lb.ValueRangeError, "more than 1 sample"),
     ("labels out of range", lambda: one_hot(np.array([0, 12]), 10), lb.ValueRangeError, "[0, 10)"),
+    ("the PassResult itself given to update as its gradients",
+     lambda: lb.update(SGD(0.1), init_state(SGD(0.1), _net()), _net(), _pass_result()),  # type: ignore[arg-type]
+     lb.ArgumentError, "(a PassResult's .grads), got PassResult"),
+    ("a gradient holding a numpy array",
+     lambda: lb.update(SGD(0.1), init_state(SGD(0.1), _net()), _net(),
+                       [lb.LinearNoBiasGradients(np.ones((2, 3), F32)), _pass_result().grads[1]]),  # type: ignore[arg-type]
+     lb.ArgumentError, "update: layer 0 (LinearNoBias.w): the gradient must be a computed lazybn array"),
     ("targets that are not probabilities",
      lambda: lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.array([[1, 1, 0], [0, 1, 0]], F32))),
      lb.ValueRangeError, "row 0 is [1.0, 1.0, 0.0]"),
