@@ -444,3 +444,54 @@ def test_a_product_of_a_deviation_with_itself_is_a_square() -> None:
     got = lb.compute(lb.sum_rows(xmu * xmu)).array
     mu = lb.compute(lb.scale(1 / 40, lb.sum_rows(x))).array
     np.testing.assert_allclose(got, _variance_oracle(x.array, mu) * 40, rtol=1e-13)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(600, 20000), d=st.integers(1, 3), head=st.integers(1, 8), jump=st.sampled_from([1e4, 1e6, 1e8]),
+       noise=st.sampled_from([1e-3, 1.0]), sample=st.integers(0, 2**16))
+def test_float64_block_statistics_survive_a_shift_far_from_the_blocks(n: int, d: int, head: int, jump: float,
+                                                                       noise: float, sample: int) -> None:
+    """The float64 variance about the mean stays within about sqrt(n) ulps of the long-double
+    answer when the first rows (which the column statistics are shifted by) sit far from every
+    later block: each block's sum of squared deviations is taken about the block's own mean, so
+    nothing of the size of jump^2 is cancelled."""
+    rng = np.random.default_rng(sample)
+    level = np.where(np.arange(n) < head, 0.0, jump)[:, None]
+    xa: F = level + 7.0 + noise * rng.normal(size=(n, d))
+    mu, var = _mean_and_variance(lb.matrix(xa))
+    want = _variance_oracle(xa, mu.array)
+    rtol = float(np.finfo(np.float64).eps) * (8 + n**0.5)
+    np.testing.assert_allclose(var.array, want, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_parallel_statistics_of_fewer_rows_than_threads(dtype: type, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parallel kernel whose batch has fewer rows than it has threads leaves some chunks empty:
+    they add nothing to the merged statistics (no 0/0), so the mean and variance are numpy's."""
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD_BYTES", 0)
+    xa: F = (np.arange(n * 4, dtype=np.float64).reshape(n, 4) * 1.5 - 2.0).astype(dtype)
+    x = lb.matrix(xa, comp=Comp.Par)
+    assert fuse.plan([lb.sum_rows(x).node], np.dtype(dtype), True).par
+    mu, var = _mean_and_variance(x)
+    x64 = xa.astype(np.float64)
+    np.testing.assert_allclose(mu.array, x64.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(var.array, _variance_oracle(xa, mu.array), rtol=1e-6, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 40), d=st.integers(1, 5),
+       c=st.sampled_from([2.0, -0.5, 3.0, 1e3]), sample=st.integers(0, 2**16))
+def test_a_number_divided_by_a_sum_or_a_mean_matches_numpy(dtype: type, n: int, d: int, c: float, sample: int) -> None:
+    """``c / s`` of a sum (or of a mean, a scaled sum) is c divided by it, whichever side the
+    constant is on: c / sum_rows(x), c / mean, sum_rows(x) / c, c / sum_cols(x)."""
+    xa: F = np.random.default_rng(sample).uniform(1.0, 2.0, (n, d)).astype(dtype)
+    x = lb.matrix(xa)
+    got = lb.compute_all(c / lb.sum_rows(x), c / lb.scale(1 / n, lb.sum_rows(x)), lb.sum_rows(x) / c,
+                         c / lb.sum_cols(x))
+    x64 = xa.astype(np.float64)
+    wants = [c / x64.sum(0), c / x64.mean(0), x64.sum(0) / c, c / x64.sum(1)]
+    tol = 1e-6 if dtype is np.float32 else 1e-13
+    for g, w in zip(got, wants):
+        assert g.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(g.array, w, rtol=tol)

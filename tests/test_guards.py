@@ -178,3 +178,17 @@ def test_replays_through_guards_equal_the_body(calls: int) -> None:
         s, c = float(k), [0.5, -0.0, 0.0][k % 3]
         np.testing.assert_array_equal(f(a, b, s, c).array, s * a.array + (b.array + c))
     assert len(f.guards) == (3 if calls > 3 else 0)  # type: ignore[attr-defined]  # one per signature replayed
+
+
+def test_a_function_keeps_at_most_max_guards_guards() -> None:
+    """Each replayed signature writes a guard until the function has MAX_GUARDS of them; later
+    signatures still replay (through their signature), correctly."""
+    @lb.fused
+    def f(a: lb.Matrix, c: float) -> lb.Matrix:
+        return lb.compute(lb.add_c(a, c))
+
+    x = lb.matrix(np.ones((1, 2)))
+    for k in range(trace.MAX_GUARDS + 4):
+        for _ in range(2):  # the second call of a signature replays it
+            np.testing.assert_array_equal(f(x, float(k)).array, x.array + k)
+    assert len(f.guards) == trace.MAX_GUARDS  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazybn as lb
@@ -124,6 +124,34 @@ def test_reductions_match_numpy_float64(dtype: np.dtype[Any], comp: Comp, data: 
     if x.shape[1] > 0:
         np.testing.assert_array_equal(lb.compute(lb.max_cols(m)).array, x.max(axis=1))
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("comp", COMPS)
+@given(data=st.data())
+def test_max_cols_of_a_row_holding_nan_is_nan(dtype: np.dtype[Any], comp: Comp, data: st.DataObject) -> None:
+    """As numpy's max: a NaN anywhere in a row (first, last, between larger values) makes its maximum NaN."""
+    r, c = data.draw(shapes2(1, 9))
+    x = data.draw(arrays(dtype, (r, c)))
+    for i, j in data.draw(st.lists(st.tuples(st.integers(0, r - 1), st.integers(0, c - 1)), min_size=1, max_size=3)):
+        x[i, j] = np.nan
+    got = lb.compute(lb.max_cols(lb.matrix(x, comp=comp))).array
+    np.testing.assert_array_equal(got, x.max(axis=1))  # NaN in exactly the rows that hold one
+
+
+@pytest.mark.parametrize("comp", COMPS)
+@settings(max_examples=10, deadline=None)
+@given(c=st.integers(2000, 40000), sample=st.integers(0, 2**16))
+def test_sum_cols_of_long_float32_rows_is_the_float64_sum_rounded_once(comp: Comp, c: int, sample: int) -> None:
+    """Row sums accumulate float32 data in float64 (as column sums do): the result is within one
+    float32 ulp of the exact sum, where a float32 running sum drifts by many ulps over a long row."""
+    x = (np.random.default_rng(sample).random((3, c)) * 3 + 1e3).astype(np.float32)
+    with parallel_kernels():
+        got = lb.compute(lb.sum_cols(lb.matrix(x, comp=comp))).array
+    want = x.astype(np.longdouble).sum(axis=1)
+    ulp = np.spacing(want.astype(np.float32)).astype(np.longdouble)
+    assert got.dtype == np.float32
+    assert (np.abs(got.astype(np.longdouble) - want) <= ulp).all(), (got, want)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(data=st.data())

@@ -114,6 +114,62 @@ def test_a_body_changing_its_arguments_runs_every_call() -> None:
         _same(got, _body(_appending)(x, []))
 
 
+@dataclass
+class _Holder:  # mutable: a body may replace its array
+    v: Vector
+
+
+@fused
+def _doubling_in_place(h: _Holder) -> Vector:
+    h.v = lb.compute(h.v * 2.0)
+    return h.v
+
+
+def test_a_body_replacing_an_argument_array_runs_every_call() -> None:
+    """The body swaps the array a (mutable) argument holds for a new one of the same shape and
+    dtype: the signature after the call is the same, yet a replay would not swap it."""
+    h = _Holder(_vec(6))
+    start = h.v.array.copy()
+    for k in range(1, 4):
+        got = _doubling_in_place(h)
+        np.testing.assert_array_equal(h.v.array, start * 2.0**k)  # each call replaced the caller's array
+        assert got is h.v
+
+
+def _total(a: lb.Matrix) -> Vector:
+    return lb.compute(lb.sum_rows(a))
+
+
+def test_a_parallel_replay_runs_with_the_current_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Comp.Par kernel splits its rows into one chunk per thread and adds the chunks' float64
+    sums in order, so its last bits depend on the thread count: a replay launched after the count
+    changed gives what the body gives with the new count."""
+    import numba
+
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD_BYTES", 0)
+    f = fused(_total)
+    col = np.array([1.0, 1e16, -1e16, 1.0])  # in one chunk 1.0, in two halves 0.0 (each 1 is lost to 1e16)
+    x = lb.matrix(np.stack([col, col[::-1], col * 3.0], axis=1), comp=lb.Comp.Par)
+    before = numba.get_num_threads()
+    try:
+        try:
+            numba.set_num_threads(2)
+        except ValueError:
+            pytest.skip("numba has one thread: the count cannot change")
+        two = _total(x)
+        _same(f(x), two)  # traced with two threads
+        numba.set_num_threads(1)
+        one = _total(x)
+        if one.array.tobytes() == two.array.tobytes():
+            pytest.skip("these sums do not depend on the thread count")
+        replays = fuse.stats().replays
+        for _ in range(2):
+            _same(f(x), one)
+        assert fuse.stats().replays == replays + 2
+    finally:
+        numba.set_num_threads(before)
+
+
 def _filled(n: int, v: object) -> Any:
     return np.full(n, v)  # np.float32(0.5) makes float32 values, 0.5 float64 ones
 
@@ -160,8 +216,19 @@ def _host_from_partial(x: Vector, values: list[float]) -> Vector:
     return lb.compute(x * lb.Manifest(fuse.host_call(functools.partial(_first_of, values=values), x.shape[0])))
 
 
+@fused
+def _host_from_default(x: Vector, values: list[float]) -> Vector:
+    return lb.compute(x * lb.Manifest(fuse.host_call(lambda n, held=values: np.full(n, held[0]), x.shape[0])))
+
+
+@fused
+def _host_from_keyword_default(x: Vector, values: list[float]) -> Vector:
+    return lb.compute(x * lb.Manifest(fuse.host_call(lambda n, *, held=values: np.full(n, held[0]), x.shape[0])))
+
+
 def test_a_host_call_never_keeps_what_the_caller_may_change() -> None:
-    for f in (_host_from_list, _host_from_closure, _host_from_partial):
+    for f in (_host_from_list, _host_from_closure, _host_from_partial, _host_from_default,
+              _host_from_keyword_default):
         x = _vec(3)
         held = [2.0]
         f(x, held)

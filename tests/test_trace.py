@@ -329,6 +329,16 @@ def test_dynamic_values_reach_the_kernel_without_a_new_trace() -> None:
     assert fuse.stats().traces - s0.traces == 1  # _dyn_pair's first call only
 
 
+def test_a_dynamic_value_of_any_number_type_reaches_the_kernel_as_a_float64() -> None:
+    """Each number type is its own signature; a replay passes the call's value as the float64 the
+    body's kernel takes (a Python int beyond 64 bits too)."""
+    x = lb.matrix(np.linspace(-3.0, 5.0, 6).reshape(2, 3))
+    values: list[Any] = [2**70, 2**70 + 2**20, -(2**64) - 1, np.int64(-3), np.int64(5), np.float32(0.1),
+                         np.float32(0.7), 7, 9]
+    for s in values:
+        np.testing.assert_array_equal(_dyn_scaled(x, s).array, np.float64(s) * x.array + 1.0)
+
+
 @fused(dynamic=("s",))
 def _dyn_arithmetic(a: Matrix, s: float) -> Matrix:
     return lb.compute(lb.scale(2.0 * s, a))  # Python arithmetic on a dynamic value: refused
