@@ -26,8 +26,8 @@ import numpy as np
 from .array import Matrix, matrix, vector
 from .errors import DTypeError, ValueRangeError
 from .layers import Layer, check_layers, trains
-from .network import _pass, cross_entropy
-from .optim import gradients, parameters
+from .network import _pass, check_batch_values, cross_entropy
+from .optim import param_grads, parameters
 
 
 @final
@@ -60,6 +60,7 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
         The training pass's errors for a batch that does not fit the network.
     """
     check_layers("gradcheck", layers)
+    check_batch_values("gradcheck", x, targets)  # matrices of one dtype, finite, probability targets
     if x.dtype != np.float64:
         raise DTypeError(f"gradcheck: finite differences need float64, got a {x.dtype} batch; build the network "
                          "with dtype=np.float64 and pass lb.matrix(x, np.float64)")
@@ -91,7 +92,7 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
     for i, (layer, g) in enumerate(zip(layers, grads)):
         if not trains(layer):  # no parameters, or trainable=False: no gradient is computed
             continue
-        for (name, p), dp in zip(parameters(layer), gradients(i, layer, g)):
+        for (name, p), dp in zip(parameters(layer), param_grads(i, layer, g)):
             def at_value(v: np.ndarray[Any, Any], i: int = i, name: str = name) -> float:
                 new: dict[str, Any] = {name: matrix(v, np.float64) if v.ndim == 2 else vector(v, np.float64)}
                 return loss([replace(lay, **new) if k == i else lay for k, lay in enumerate(layers)], x)

@@ -228,11 +228,16 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
 
 
 def check_batch_values(op: str, x: Matrix, tgt: Matrix) -> None:
-    """A training batch's values: finite inputs, and targets that :func:`check_targets` accepts."""
+    """A training batch: matrices of one dtype, finite inputs, and targets that
+    :func:`check_targets` accepts."""
     for name, a in (("input", x), ("target", tgt)):
         if not isinstance(a, Manifest):
             raise ArgumentError(f"{op}: the {name} must be a lazybn Matrix (lb.matrix(array) makes one), got "
                                 f"{type(a).__name__}")
+    if len(x.shape) != 2 or len(tgt.shape) != 2:
+        raise RankError(f"{op}: input and target must be matrices, got shapes {x.shape} and {tgt.shape}")
+    if tgt.dtype != x.dtype:
+        raise DTypeError(f"{op}: the target is {tgt.dtype} but the input is {x.dtype}; they must agree")
     check_targets(op, tgt.array)
     if not np.isfinite(x.array).all():
         raise NumericalError(f"{op}: the input batch contains NaN or infinity")
@@ -243,16 +248,13 @@ def check_targets(op: str, t: FloatArray) -> None:
     labels): for them ``(pred - tgt) / m`` is the gradient of the mean cross-entropy."""
     if t.size == 0:
         return
-    sums, tolerance = t.sum(axis=1, dtype=np.float64), _SUM_TOLERANCE.get(t.dtype, 1e-4)
+    sums, tolerance = t.sum(axis=1, dtype=np.float64), 1e-4  # a float32 softmax's rows are off by up to ~1e-6
     if not (t.min() >= 0 and np.abs(sums - 1.0).max() <= tolerance):  # NaN fails too
         if not np.isfinite(t).all():
             raise NumericalError(f"{op}: the target batch contains NaN or infinity")
         row = int(np.flatnonzero((t < 0).any(axis=1) | (np.abs(sums - 1.0) > tolerance))[0])
         raise ValueRangeError(f"{op}: target rows must be probabilities, non-negative and summing to 1 (one-hot or "
                               f"soft labels); row {row} is {t[row].tolist()}")
-
-
-_SUM_TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-8}  # about the square roots of eps
 
 
 @final
@@ -280,20 +282,22 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
         NumericalError: the batch, a batch statistic, the loss, a gradient or ``dx`` is NaN/inf
             (the message names which).
     """
+    check_layers("gradients", layers)
     check_batch_values("gradients", x, tgt)
     bare, _, bounds = steady(layers)  # a cumulative count or renormalisation bounds trace nothing new
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below
         dx, pred, log_lik, grads = _bounded_pass(x, tgt, bare, key, bounds, input_grad)
         loss = mean_loss(log_lik)
-    found = [(i, f.name) for i, g in enumerate(grads) for f in fields(g)
-             if isinstance(v := getattr(g, f.name), Manifest) and not _finite(v.array)]
+        found = [(i, f.name) for i, g in enumerate(grads) for f in fields(g)
+                 if isinstance(v := getattr(g, f.name), Manifest) and not _finite(v.array)]
+        finite_dx = not input_grad or _finite(dx.array)
     for statistics in (True, False):  # a batch statistic first: it makes the loss NaN
         for i, name in found:
             if (name in ("batch_mu", "batch_var")) == statistics:
                 raise NumericalError(f"gradients: layer {i} ({type(layers[i]).__name__}) has a non-finite {name}")
         if statistics and not math.isfinite(loss):
             raise NumericalError(f"gradients: the loss is {loss}")
-    if input_grad and not _finite(dx.array):
+    if not finite_dx:
         raise NumericalError("gradients: the input gradient dx is not finite")
     return PassResult(loss, pred, grads, dx if input_grad else None)
 

@@ -6,7 +6,6 @@ Every parameter's new value and moments come from ONE kernel for the whole netwo
 and ``Comp`` if it mixes them), which ``@fused`` replays on later steps.
 
 Conventions (fixed, documented, tested):
-
 * ``grads`` are gradients of the MEAN loss over the batch, as :mod:`lazybn.network` produces
   them; ``update`` applies no further 1/batch factor.
 * Parameters: ``Linear`` (w, b), ``LinearNoBias`` (w), ``Batchnorm1d`` (gamma, beta only: the
@@ -194,7 +193,7 @@ def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Ma
             assert_never(opt)
 
 
-def gradients(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]:
+def param_grads(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]:
     """The gradients of ``parameters(layer)``, in the same order; raises on a mismatched pair."""
     match layer:
         case Linear():
@@ -268,6 +267,8 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
                     step_all(opt, (layer,), (g,), (slots,), s, correction)
                 except ValueRangeError:
                     break
+            else:
+                raise
             raise NumericalError(f"update at step {state.step}: the update makes layer {i} ({type(bare[i]).__name__}) "
                                  f"non-finite ({exc}); {fix}") from exc
     if witnesses and not np.isfinite(np.concatenate([w.array for w in witnesses])).all():
@@ -298,7 +299,7 @@ def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], gra
                    lr_scale: float) -> tuple[int, float, tuple[float, ...]]:
     """Check :func:`update`'s arguments; returns :func:`schedule`'s (t, lr_scale, correction)."""
     check_layers("update", layers)
-    if not isinstance(grads, (list, tuple)):  # an untyped caller: the PassResult itself, say
+    if not isinstance(grads, Sequence):  # an untyped caller: the PassResult itself, say
         raise ArgumentError(f"update: grads must be a list with one gradient per layer (a PassResult's .grads), "
                             f"got {type(grads).__name__}")
     if len(grads) != len(layers):
@@ -356,7 +357,7 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
     places: list[list[tuple[tuple[np.dtype[Any], Comp], int, int]]] = []  # per layer: (group, start, count)
     witnesses: list[tuple[tuple[np.dtype[Any], Comp], int]] = []  # (group, index)
     for i, (layer, g, layer_slots) in enumerate(zip(layers, grads, slots)):
-        params, gs = parameters(layer), gradients(i, layer, g)
+        params, gs = parameters(layer), param_grads(i, layer, g)
         places.append([])
         if not trains(layer):
             _check(i, layer, params, (), layer_slots, k, opt)  # its gradients are empty (see network._pass)

@@ -20,7 +20,8 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from .array import Comp, Manifest, Matrix, Vector, matrix
-from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
+from .errors import NumericalError as NumericalError  # its home until lazybn.errors
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers)
 from .batchnorm import _running, running_weights, update_running

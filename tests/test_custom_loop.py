@@ -297,3 +297,61 @@ def test_targets_that_are_not_probabilities_are_refused_before_any_step(name: st
         lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, 100, None, max_steps=1)
     y[250] = [0.1, 0.8, 0.1]  # a soft label is a probability row
     lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, y, 100, None, max_steps=1)
+
+
+def test_soft_labels_from_a_float32_softmax_train_a_float64_network() -> None:
+    """Rows of a float32 softmax sum to 1 within a few float32 ulps: as float64 targets they are
+    probabilities (the check is for rows of zeros, two classes at once, negative entries)."""
+    logits = np.random.default_rng(1).normal(size=(64, 1000)).astype(np.float32) * 3
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    soft = (e / e.sum(axis=1, keepdims=True)).astype(np.float64)
+    assert np.abs(soft.sum(axis=1) - 1).max() > 1e-8  # not exactly 1 in float64
+    net = lb.mlp((5, 1000), batchnorm=False, seed=0, dtype=np.float64)
+    x = lb.matrix(np.random.default_rng(2).normal(size=(64, 5)))
+    p = lb.gradients(net, x, lb.matrix(soft))
+    assert math.isfinite(p.loss)
+
+
+def test_the_batch_is_checked_for_rank_and_dtype_before_its_targets() -> None:
+    net = lb.mlp((3, 4, 2), batchnorm=True, seed=0)
+    x = lb.matrix(np.ones((4, 3), np.float32))
+    opt = lb.SGD(0.1)
+    with pytest.raises(lb.RankError, match="gradients: input and target must be matrices"):
+        lb.gradients(net, x, lb.vector(np.ones(4, np.float32)))  # type: ignore[arg-type]
+    with pytest.raises(lb.RankError, match="train_step: input and target must be matrices"):
+        lb.train_step(net, opt, lb.init_state(opt, net), x, lb.vector(np.ones(4, np.float32)))  # type: ignore[arg-type]
+    with pytest.raises(lb.DTypeError, match="gradients: the target is float64 but the input is float32"):
+        lb.gradients(net, x, lb.matrix(np.full((4, 2), 0.7)))  # not probabilities either: the dtype comes first
+    with pytest.raises(lb.ArgumentError, match="gradients: layers"):
+        lb.gradients(None, x, lb.matrix(np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]))  # type: ignore[arg-type]
+
+
+def test_gradcheck_refuses_targets_that_are_not_probabilities() -> None:
+    net = lb.mlp((3, 4, 2), batchnorm=True, seed=0, dtype=np.float64)
+    with pytest.raises(lb.ValueRangeError, match="gradcheck: target rows must be probabilities"):
+        lb.gradcheck(net, lb.matrix(np.ones((4, 3))), lb.matrix(np.zeros((4, 2))))
+
+
+def test_a_finite_gradient_whose_sum_overflows_passes_without_a_warning() -> None:
+    """The finiteness check sums each array first; a sum beyond float32's range is no error: here
+    the batch means, 3e38 in each of 4 features (numpy: finite, but their float32 sum is not)."""
+    x = np.full((4, 4), 3e38, np.float32)
+    with np.errstate(over="ignore"):
+        assert np.isfinite(x.mean(axis=0, dtype=np.float64).astype(np.float32)).all() and np.isinf(x[0].sum())
+    net: list[Layer] = [Batchnorm1d(lb.zeros(4), lb.ones(4), lb.ones(4), lb.zeros(4)), lb.LinearNoBias(lb.ones((4, 2)))]
+    with np.errstate(all="raise"):  # no warning, no error
+        p = lb.gradients(net, lb.matrix(x), lb.matrix(np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]))
+    assert isinstance(p.grads[0], BN1)
+    np.testing.assert_array_equal(p.grads[0].batch_mu.array, np.float32(3e38))
+
+
+def test_update_takes_any_sequence_of_gradients() -> None:
+    net = lb.mlp((3, 4, 2), batchnorm=True, seed=0)
+    p = lb.gradients(net, lb.matrix(np.ones((4, 3), np.float32) * np.arange(4, dtype=np.float32)[:, None]),
+                     lb.matrix(np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]))
+    opt = lb.SGD(0.1)
+    as_list, _ = lb.update(opt, lb.init_state(opt, net), net, p.grads)
+    as_tuple, _ = lb.update(opt, lb.init_state(opt, net), net, tuple(p.grads))
+    for a, b in zip(as_list, as_tuple):
+        if isinstance(a, lb.LinearNoBias) and isinstance(b, lb.LinearNoBias):
+            np.testing.assert_array_equal(a.w.array, b.w.array)
