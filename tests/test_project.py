@@ -87,3 +87,14 @@ def test_mnist_example_trains_on_digit_shaped_data() -> None:
     x = lb.prepare(images, lb.Pixels.standard)
     layers = example.train(lb.mlp(example.SIZES, batchnorm=True, init=lb.Init.small, seed=0), x, labels, 1)
     assert lb.accuracy(layers, x, labels) > 0.9
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """README.md and docs/*.md cite tests as ``tests/<file>.py::<name>``; each must be there."""
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for m in re.finditer(r"tests/([\w/]+\.py)::(\w+)", doc.read_text()):
+            path = ROOT / "tests" / m.group(1)
+            if not path.exists() or not re.search(rf"def {m.group(2)}\b", path.read_text()):
+                missing.append(f"{doc.name}: {m.group(0)}")
+    assert not missing, missing
