@@ -288,18 +288,27 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below
         dx, pred, log_lik, grads = _bounded_pass(x, tgt, bare, key, bounds, input_grad)
         loss = mean_loss(log_lik)
-        found = [(i, f.name) for i, g in enumerate(grads) for f in fields(g)
+        found = [(i, type(layers[i]).__name__, f.name) for i, g in enumerate(grads) for f in fields(g)
                  if isinstance(v := getattr(g, f.name), Manifest) and not _finite(v.array)]
         finite_dx = not input_grad or _finite(dx.array)
-    for statistics in (True, False):  # a batch statistic first: it makes the loss NaN
-        for i, name in found:
-            if (name in ("batch_mu", "batch_var")) == statistics:
-                raise NumericalError(f"gradients: layer {i} ({type(layers[i]).__name__}) has a non-finite {name}")
-        if statistics and not math.isfinite(loss):
-            raise NumericalError(f"gradients: the loss is {loss}")
+    problem = first_nonfinite(loss, found)
+    if problem is not None:
+        raise NumericalError(f"gradients: {problem}")
     if not finite_dx:
         raise NumericalError("gradients: the input gradient dx is not finite")
     return PassResult(loss, pred, grads, dx if input_grad else None)
+
+
+def first_nonfinite(loss: float, found: Sequence[tuple[int, str, str]]) -> str | None:
+    """What to report of a pass whose ``found`` arrays, (layer index, layer kind, field), are
+    NaN/inf: a batch statistic first (it makes the loss NaN), then the loss, then a gradient."""
+    for statistics in (True, False):
+        for i, kind, name in found:
+            if (name in ("batch_mu", "batch_var")) == statistics:
+                return f"layer {i} ({kind}) has a non-finite {name}"
+        if statistics and not math.isfinite(loss):
+            return f"the loss is {loss}"
+    return None
 
 
 @fused(dynamic=("key", "bounds"))

@@ -278,7 +278,6 @@ def update(opt: Optimizer, state: OptState, layers: Sequence[Layer], grads: Sequ
     return [restored(new, old, counted=False) for new, old in zip(new_layers, layers)], OptState(t, new_slots, kind(opt))
 
 
-
 def nonfinite_update(layers: Sequence[Layer], slots: Slots) -> str | None:
     """Which new weight or optimizer average is NaN/inf, once a witness of :func:`step_all` was
     (batch-norm layers refuse such arrays themselves); None if the arrays are finite and only a

@@ -25,7 +25,7 @@ from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRange
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers)
 from .batchnorm import _running, running_weights, update_running
-from .network import _pass, check_batch_values, check_targets, log_likelihoods, logits, mean_loss
+from .network import _pass, check_batch_values, check_targets, first_nonfinite, log_likelihoods, logits, mean_loss
 from .steady import Bounds, bounded, renormalises, restored, steady
 from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
@@ -97,13 +97,8 @@ def _check_finite(loss: float, grads: Sequence[object], layers: Sequence[Layer] 
     looks = [a for *_, a in stats] + [w.array for w in witnesses]
     if math.isfinite(loss) and (not looks or np.isfinite(np.concatenate(looks)).all()):  # one check, every step
         return None
-    for first in (True, False):  # batch statistics before the loss: they can make it NaN (renormalisation)
-        for i, name, a in stats:
-            if (name in ("batch_mu", "batch_var")) == first and not np.isfinite(a).all():
-                return f"layer {i} (Batchnorm1d) has a non-finite {name}"
-        if first and not math.isfinite(loss):
-            return f"the loss is {loss}"
-    return nonfinite_update(layers, slots)
+    found = [(i, "Batchnorm1d", name) for i, name, a in stats if not np.isfinite(a).all()]
+    return first_nonfinite(loss, found) or nonfinite_update(layers, slots)
 
 
 def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, grads: Sequence[Gradients],
