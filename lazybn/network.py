@@ -90,13 +90,18 @@ def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
         return
 
 
-def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
+def _check_pair(op: str, inp: Matrix, tgt: Matrix, rows: bool) -> None:
+    """Input and target are matrices (with one row per sample each, if ``rows``) of one dtype."""
     if len(inp.shape) != 2 or len(tgt.shape) != 2:
-        raise RankError(f"training pass: input and target must be matrices, got shapes {inp.shape} and {tgt.shape}")
-    if inp.shape[0] != tgt.shape[0]:
-        raise ShapeError("training pass", inp.shape, tgt.shape, "input and target need one row per sample")
+        raise RankError(f"{op}: input and target must be matrices, got shapes {inp.shape} and {tgt.shape}")
+    if rows and inp.shape[0] != tgt.shape[0]:
+        raise ShapeError(op, inp.shape, tgt.shape, "input and target need one row per sample")
     if tgt.dtype != inp.dtype:
-        raise DTypeError(f"training pass: the target is {tgt.dtype} but the input is {inp.dtype}; they must agree")
+        raise DTypeError(f"{op}: the target is {tgt.dtype} but the input is {inp.dtype}; they must agree")
+
+
+def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
+    _check_pair("training pass", inp, tgt, rows=True)
     _check_input("training pass", inp, layers)
     if inp.shape[0] == 0:
         raise ValueRangeError("training pass: the batch is empty (0 samples); a training step needs at least one "
@@ -234,10 +239,7 @@ def check_batch_values(op: str, x: Matrix, tgt: Matrix) -> None:
         if not isinstance(a, Manifest):
             raise ArgumentError(f"{op}: the {name} must be a lazybn Matrix (lb.matrix(array) makes one), got "
                                 f"{type(a).__name__}")
-    if len(x.shape) != 2 or len(tgt.shape) != 2:
-        raise RankError(f"{op}: input and target must be matrices, got shapes {x.shape} and {tgt.shape}")
-    if tgt.dtype != x.dtype:
-        raise DTypeError(f"{op}: the target is {tgt.dtype} but the input is {x.dtype}; they must agree")
+    _check_pair(op, x, tgt, rows=False)  # the pass checks the rows, with the layers
     check_targets(op, tgt.array)
     if not np.isfinite(x.array).all():
         raise NumericalError(f"{op}: the input batch contains NaN or infinity")
