@@ -259,15 +259,6 @@ class Batchnorm1d:
     def features(self) -> int:
         return self.mu.shape[0]
 
-    def _counted(self, tracked: int) -> Batchnorm1d:
-        """The layer with another cumulative count. Only the count changes, so nothing else is
-        checked again (a training step sets it twice, see ``train_step``)."""
-        if type(tracked) is not int:
-            raise ArgumentError(f"Batchnorm1d.tracked: expected an int (batches averaged), got {tracked!r}")
-        if tracked < 0:
-            raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0, got {tracked}")
-        return _unchecked(self, tracked=tracked)
-
 
 T = TypeVar("T", Batchnorm1d, Renorm)
 

@@ -209,15 +209,17 @@ def test_matches_pytorch_momentum_none() -> None:
 
 
 def test_a_new_count_keeps_every_other_field() -> None:
+    """``update_running`` with a cumulative average sets the count without the constructor: every
+    field but the statistics and the count must come through as it was."""
     layer = replace(_layer(3, np.float32, tracked=2), renorm=lb.Renorm(2.0, None), eps=1e-3, unbiased=False)
-    new = layer._counted(9)
-    assert new.tracked == 9 and layer.tracked == 2
-    assert new == replace(layer, tracked=9)  # the dataclass's own equality: every field but the count is the same
+    new = update_running(layer, _stats(np.arange(12.0, dtype=np.float32).reshape(4, 3), layer))
+    assert new.tracked == 3 and layer.tracked == 2
+    assert replace(new, mu=layer.mu, var=layer.var) == replace(layer, tracked=3)  # dataclass equality, field by field
     with pytest.raises(ValueRangeError, match="tracked"):
-        layer._counted(-1)
+        replace(layer, tracked=-1)
     for bad in (1.0, True):
         with pytest.raises(ArgumentError, match="tracked"):
-            layer._counted(bad)  # type: ignore[arg-type]
+            replace(layer, tracked=bad)  # type: ignore[arg-type]
 
 
 def test_running_updates_of_another_layer_are_argument_errors() -> None:
