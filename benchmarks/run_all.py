@@ -30,6 +30,7 @@ BENCHES = {  # name -> script arguments
     "memory": ["bench_memory.py"],
     "epoch": ["bench_epoch.py"],
     "variants": ["bench_variants.py"],
+    "inference": ["bench_inference.py"],
     "startup": ["bench_startup.py"],
     "blas-threads": ["bench_blas_threads.py"],
 }

@@ -58,6 +58,7 @@ from .conventions import momentum_from_keras as momentum_from_keras
 from .conventions import momentum_to_keras as momentum_to_keras
 from .conventions import to_keras as to_keras
 from .conventions import to_torch as to_torch
+from .fold import fold_batchnorm as fold_batchnorm
 from .gradcheck import GradError as GradError
 from .gradcheck import gradcheck as gradcheck
 from .init import summary as summary
