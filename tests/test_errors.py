@@ -131,6 +131,13 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("target of another dtype than the input",
      lambda: lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(3)[:2], np.float64)),
      lb.DTypeError, "the target is float64"),
+    ("folding batch norm into a linear layer of another width",
+     lambda: lb.fold_batchnorm([LinearNoBias(lb.matrix(np.ones((3, 2)))), _bn()]), lb.ShapeError,
+     "layer 1 (Batchnorm1d) normalises 3 features, but the layer before it has 2 outputs"),
+    ("folding batch norm into weights beyond float32",
+     lambda: lb.fold_batchnorm([LinearNoBias(lb.matrix(np.ones((2, 3), F32))),
+                                Batchnorm1d(lb.zeros(3), lb.zeros(3), lb.vector([1e36, 1, 1]), lb.zeros(3), eps=1e-6)]),
+     NumericalError, "makes weights beyond float32's range"),
 ]
 
 
