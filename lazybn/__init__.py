@@ -59,6 +59,8 @@ from .conventions import momentum_to_keras as momentum_to_keras
 from .conventions import to_keras as to_keras
 from .conventions import to_torch as to_torch
 from .fold import fold_batchnorm as fold_batchnorm
+from .grads import clip_grad_norm as clip_grad_norm
+from .grads import grad_norm as grad_norm
 from .gradcheck import GradError as GradError
 from .gradcheck import gradcheck as gradcheck
 from .init import summary as summary

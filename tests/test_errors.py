@@ -138,6 +138,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      lambda: lb.fold_batchnorm([LinearNoBias(lb.matrix(np.ones((2, 3), F32))),
                                 Batchnorm1d(lb.zeros(3), lb.zeros(3), lb.vector([1e36, 1, 1]), lb.zeros(3), eps=1e-6)]),
      NumericalError, "makes weights beyond float32's range"),
+    ("clipping gradients to a norm of 0", lambda: lb.clip_grad_norm(_pass_result().grads, 0.0), lb.ValueRangeError,
+     "max_norm: must be a finite number > 0"),
 ]
 
 

@@ -1,0 +1,93 @@
+"""A network's gradients as one vector: its norm, and clipping it (PyTorch's ``clip_grad_norm_``).
+
+For loops of your own (see :func:`lazybn.network.gradients`): the parameter gradients of every
+layer (``dw``, ``db``, ``dgamma``, ``dbeta``) count; a ``BN1``'s batch statistics are not
+gradients and pass through untouched, as do the empty gradients of ``trainable=False`` layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, assert_never
+
+import numpy as np
+
+from .array import Comp, Manifest, compute_all
+from .errors import ArgumentError, NumericalError, ValueRangeError
+from .layers import BN1, Gradients, LinearGradients, LinearNoBiasGradients, NoGrad
+from .ops import scale
+from .optimizers import as_number
+
+
+def _arrays(op: str, grads: Sequence[Gradients]) -> list[Manifest[Any]]:
+    if not isinstance(grads, Sequence):  # an untyped caller: the PassResult itself, say
+        raise ArgumentError(f"{op}: grads must be a list with one gradient per layer (a PassResult's .grads), "
+                            f"got {type(grads).__name__}")
+    out: list[Manifest[Any]] = []
+    for i, g in enumerate(grads):
+        match g:
+            case LinearGradients(dw=dw, db=db):
+                out += [dw, db]
+            case LinearNoBiasGradients(dw=dw):
+                out.append(dw)
+            case BN1(dgamma=dgamma, dbeta=dbeta):
+                out += [dgamma, dbeta]
+            case NoGrad():
+                pass
+            case _:
+                raise ArgumentError(f"{op}: grads[{i}] is a {type(g).__name__}, not a lazybn gradient")
+    return out
+
+
+def grad_norm(grads: Sequence[Gradients]) -> float:
+    """The L2 norm of all parameter gradients together, summed in float64 (no overflow for any
+    float32 gradient); NaN or inf if a gradient holds one."""
+    total = 0.0
+    for a in _arrays("grad_norm", grads):
+        with np.errstate(over="ignore", invalid="ignore"):
+            total += float(np.sum(np.square(a.array, dtype=np.float64)))
+    return math.sqrt(total)
+
+
+def clip_grad_norm(grads: Sequence[Gradients], max_norm: float) -> tuple[list[Gradients], float]:
+    """``(clipped, norm)``: the gradients scaled by ``max_norm / norm`` if their norm (see
+    :func:`grad_norm`) exceeds ``max_norm``, else the same gradients; and the norm before
+    clipping. As PyTorch's ``clip_grad_norm_`` (without its 1e-6 in the divisor, so a clipped
+    norm is ``max_norm`` up to rounding). One kernel scales every array (one per dtype and Comp).
+
+    Raises:
+        ValueRangeError: ``max_norm`` is not a finite number > 0.
+        NumericalError: the norm is NaN or inf (a gradient holds NaN/inf).
+    """
+    if not 0 < as_number("clip_grad_norm", "max_norm", max_norm) < math.inf:
+        raise ValueRangeError(f"clip_grad_norm.max_norm: must be a finite number > 0, got {max_norm!r}")
+    norm = grad_norm(grads)
+    if not math.isfinite(norm):
+        raise NumericalError(f"clip_grad_norm: the gradients' norm is {norm}; a gradient holds NaN or infinity")
+    if norm <= max_norm:
+        return list(grads), norm
+    c = max_norm / norm
+    arrays = _arrays("clip_grad_norm", grads)
+    groups: dict[tuple[np.dtype[Any], Comp], list[int]] = {}  # one kernel per dtype and Comp: usually one
+    for k, a in enumerate(arrays):
+        groups.setdefault((a.dtype, a.comp), []).append(k)
+    scaled: dict[int, Manifest[Any]] = {}
+    for ks in groups.values():
+        scaled.update(zip(ks, compute_all(*(scale(c, arrays[k]) for k in ks))))
+    new = iter(scaled[k] for k in range(len(arrays)))
+    clipped: list[Gradients] = []
+    for g in grads:
+        match g:
+            case LinearGradients():
+                clipped.append(LinearGradients(next(new), next(new)))
+            case LinearNoBiasGradients():
+                clipped.append(LinearNoBiasGradients(next(new)))
+            case BN1():
+                clipped.append(replace(g, dgamma=next(new), dbeta=next(new)))
+            case NoGrad():
+                clipped.append(g)
+            case _:
+                assert_never(g)
+    return clipped, norm

@@ -1,0 +1,148 @@
+"""A network's gradient norm and its clipping (``lb.grad_norm``, ``lb.clip_grad_norm``) against
+numpy (the norm of every parameter gradient concatenated, in float64) and PyTorch's
+``clip_grad_norm_``; the batch statistics a ``BN1`` carries are not gradients and pass through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lazybn as lb
+from lazybn.layers import BN1, Gradients, LinearGradients, LinearNoBiasGradients, NoGrad
+
+from .helpers import F
+
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
+
+
+@st.composite
+def gradient_lists(draw: st.DrawFn) -> list[Gradients]:
+    """One gradient per layer of a random network: every kind, empty ones (``trainable=False``),
+    magnitudes from 1e-30 to 1e30, float32 and float64 (a network of one dtype, or mixed)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mixed = draw(st.booleans())
+    dtype0: np.dtype[Any] = draw(st.sampled_from(DTYPES))
+    out: list[Gradients] = []
+    for _ in range(draw(st.integers(0, 5))):
+        dtype: np.dtype[Any] = draw(st.sampled_from(DTYPES)) if mixed else dtype0
+        size = 10.0 ** draw(st.integers(-30, 30))
+
+        def a(*shape: int) -> F:
+            return (rng.standard_normal(shape) * size).astype(dtype)
+
+        n, m = draw(st.integers(0, 5)), draw(st.integers(1, 5))
+        match draw(st.sampled_from(["Linear", "LinearNoBias", "BN1", "NoGrad"])):
+            case "Linear":
+                out.append(LinearGradients(lb.matrix(a(n, m)), lb.vector(a(m))))
+            case "LinearNoBias":
+                out.append(LinearNoBiasGradients(lb.matrix(a(n, m))))
+            case "BN1":
+                out.append(BN1(lb.vector(a(m)), lb.vector(np.abs(a(m))), lb.vector(a(n)), lb.vector(a(n)), 7))
+            case _:
+                out.append(NoGrad())
+    return out
+
+
+def _params(grads: list[Gradients]) -> list[F]:
+    """The parameter gradients, written out independently of lazybn's own walk."""
+    arrays: list[F] = []
+    for g in grads:
+        if isinstance(g, LinearGradients):
+            arrays += [g.dw.array, g.db.array]
+        elif isinstance(g, LinearNoBiasGradients):
+            arrays.append(g.dw.array)
+        elif isinstance(g, BN1):
+            arrays += [g.dgamma.array, g.dbeta.array]
+    return arrays
+
+
+def _oracle_norm(grads: list[Gradients]) -> float:
+    arrays = _params(grads)
+    return float(np.linalg.norm(np.concatenate([a.astype(np.float64).ravel() for a in arrays]))) if arrays else 0.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(gradient_lists(), st.sampled_from([0.5, 0.99, 1.01, 2.0]) | st.floats(1e-3, 1e3))
+def test_norm_and_clip_match_numpy(grads: list[Gradients], fraction: float) -> None:
+    want = _oracle_norm(grads)
+    norm = lb.grad_norm(grads)
+    assert norm == pytest.approx(want, rel=1e-12, abs=0.0)
+    max_norm = want * fraction if want > 0 else fraction
+    clipped, reported = lb.clip_grad_norm(grads, max_norm)
+    assert reported == norm
+    assert len(clipped) == len(grads)
+    if want <= max_norm:  # nothing to clip: the very same gradients
+        assert all(c is g for c, g in zip(clipped, grads))
+        return
+    c = max_norm / want
+    for got, old in zip(_params(clipped), _params(grads)):
+        assert got.dtype == old.dtype and got.shape == old.shape
+        tol = 2 * np.finfo(old.dtype).eps * np.abs(old.astype(np.float64) * c) + np.finfo(old.dtype).smallest_subnormal
+        assert (np.abs(got - old.astype(np.float64) * c) <= tol).all()
+    for new_g, old_g in zip(clipped, grads):
+        assert type(new_g) is type(old_g)
+        if isinstance(new_g, BN1) and isinstance(old_g, BN1):  # statistics are not gradients
+            assert new_g.batch_mu is old_g.batch_mu and new_g.batch_var is old_g.batch_var and new_g.n == old_g.n
+    tiny = min(np.finfo(a.dtype).tiny for a in _params(grads))
+    if max_norm > 1e-30 and tiny < max_norm:  # far from underflow, the clipped norm is max_norm
+        assert _oracle_norm(clipped) == pytest.approx(max_norm, rel=1e-5)
+
+
+def test_matches_torchs_clip_grad_norm() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    dw, db, dg = rng.normal(0, 3, (6, 4)), rng.normal(0, 3, 4), rng.normal(0, 3, 4)
+    grads: list[Gradients] = [LinearGradients(lb.matrix(dw), lb.vector(db)), NoGrad(),
+                              BN1(lb.vector(dg), lb.vector(dg**2), lb.vector(dg), lb.vector(db), 3)]
+    params = [torch.zeros(a.shape, dtype=torch.float64, requires_grad=True) for a in (dw, db, dg, db)]
+    for p, a in zip(params, (dw, db, dg, db)):
+        p.grad = torch.from_numpy(a.copy())
+    total = float(torch.nn.utils.clip_grad_norm_(params, 2.5))
+    clipped, norm = lb.clip_grad_norm(grads, 2.5)
+    assert norm == pytest.approx(total, rel=1e-14)
+    for got, p in zip(_params(clipped), params):
+        assert p.grad is not None
+        np.testing.assert_allclose(got, p.grad.numpy(), rtol=1e-6)  # torch divides by norm + 1e-6
+
+
+def test_a_loop_of_your_own_clips_before_the_update() -> None:
+    """Clipped gradients go into ``lb.update``; with SGD that is the step at lr · max_norm / norm."""
+    rng = np.random.default_rng(0)
+    layers = lb.mlp((5, 8, 3), batchnorm=True, seed=0, dtype=np.float64)
+    x = lb.matrix(rng.normal(0, 1, (16, 5)))
+    y = lb.matrix(np.eye(3)[rng.integers(0, 3, 16)])
+    opt = lb.SGD(0.5)
+    state = lb.init_state(opt, layers)
+    p = lb.gradients(layers, x, y)
+    clipped, norm = lb.clip_grad_norm(p.grads, 0.01)
+    assert norm > 0.01
+    new, _ = lb.update(opt, state, layers, clipped)
+    scaled, _ = lb.update(lb.SGD(0.5 * 0.01 / norm), state, layers, p.grads)
+    for a, b in zip(new, scaled):
+        for name in ("w", "gamma", "beta"):
+            if hasattr(a, name):
+                np.testing.assert_allclose(getattr(a, name).array, getattr(b, name).array, rtol=1e-13, atol=1e-15)
+
+
+def test_bad_arguments_are_named() -> None:
+    g: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.ones((2, 2))))]
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(lb.ValueRangeError, match="max_norm: must be a finite number > 0"):
+            lb.clip_grad_norm(g, bad)
+    bad_type: Any = True
+    with pytest.raises(lb.ValueRangeError, match="max_norm: expected a number"):
+        lb.clip_grad_norm(g, bad_type)
+    nan: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.array([[1.0, np.nan]])))]
+    assert np.isnan(lb.grad_norm(nan))
+    with pytest.raises(lb.NumericalError, match="norm is nan"):
+        lb.clip_grad_norm(nan, 1.0)
+    not_a_list: Any = lb.gradients(lb.mlp((2, 3), batchnorm=False, dtype=np.float64), lb.matrix(np.ones((2, 2))),
+                                   lb.matrix(np.eye(3)[:2]))
+    with pytest.raises(lb.ArgumentError, match="a PassResult's .grads"):
+        lb.grad_norm(not_a_list)
+    with pytest.raises(lb.ArgumentError, match=r"grads\[1\] is a Manifest"):
+        lb.clip_grad_norm([NoGrad(), lb.vector([1.0])], 1.0)  # type: ignore[list-item]
