@@ -275,9 +275,9 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
     """The training pass without the update: a batch's loss, predictions and gradients.
 
     For loops of your own (gradient clipping with :func:`~lazybn.grads.clip_grad_norm`, another
-    optimizer, gradient statistics): apply the gradients with :func:`~lazybn.optim.update` and each ``BN1``'s batch statistics with
-    :func:`~lazybn.batchnorm.update_running`, which is what :func:`~lazybn.train.train_step`
-    does, in one replay. Batch norm normalises with the batch's statistics; ``key`` seeds the
+    optimizer, gradient statistics): apply the gradients with :func:`~lazybn.optim.update` and
+    each ``BN1``'s batch statistics with :func:`~lazybn.batchnorm.update_running`, which is what
+    :func:`~lazybn.train.train_step` does, in one replay. Batch norm normalises with the batch's statistics; ``key`` seeds the
     dropout masks; ``input_grad=True`` also computes ``dx`` (one more matrix product).
 
     Raises:
