@@ -1,6 +1,6 @@
 """Train the two MNIST networks (784-300-50-10, with and without batch norm) through lazybn's
 Python API: load the data, build the networks, run epochs with a progress bar, report the test
-accuracy. ``lazybn train`` does the same with reports, seeds and presets; this is the loop
+accuracy (and the batch-norm network's once more with batch norm folded into its linear layers). ``lazybn train`` does the same with reports, seeds and presets; this is the loop
 written out.
 
 Run: python examples/train_mnist.py [--epochs 3] [--data-dir DIR]
@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{name}:\n{lb.summary(layers)}")
         layers = train(layers, x, mnist.train.labels, args.epochs, desc=name)
         print(f"{name}: test accuracy {lb.accuracy(layers, x_test, mnist.test.labels):.2%}")
+        if bn:  # for deployment: each batch-norm layer folded into the linear layer before it
+            deploy = lb.fold_batchnorm(layers)
+            print(f"batch norm folded into the linear layers: test accuracy "
+                  f"{lb.accuracy(deploy, x_test, mnist.test.labels):.2%}")
 
 
 if __name__ == "__main__":
