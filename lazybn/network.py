@@ -144,14 +144,23 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
     return Manifest(fuse.host_call(_mask_values, shape, p, key, index, dtype))
 
 
-_SKIPPED = matrix(np.zeros((0, 0), np.float32))  # a gradient no one needs (see _pass)
-_SKIPPED_VECTOR = vector(np.zeros(0, np.float32))
-_NO_BN_GRADIENT = (_SKIPPED, _SKIPPED_VECTOR, _SKIPPED_VECTOR)
+def _skipped() -> Matrix:
+    """A gradient no one needs (see _pass): an empty matrix, a new one for each use, as a replay
+    makes them (which arguments are the same array is part of a replay's signature)."""
+    return matrix(np.zeros((0, 0), np.float32))
+
+
+def _skipped_vector() -> Vector:
+    return vector(np.zeros(0, np.float32))
+
+
+def _no_bn_gradient() -> tuple[Matrix, Vector, Vector]:
+    return _skipped(), _skipped_vector(), _skipped_vector()
 
 
 def _own(g: BN1, steps: bool) -> BN1:
     """What a batch-norm layer hands to the update: without dgamma and dbeta when it does not train."""
-    return g if steps else replace(g, dgamma=_SKIPPED_VECTOR, dbeta=_SKIPPED_VECTOR)
+    return g if steps else replace(g, dgamma=_skipped_vector(), dbeta=_skipped_vector())
 
 
 @fused(dynamic=("key",))
@@ -183,32 +192,32 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             z = matmul(inp, w)
             lin = compute(z + rows_like(bias, z))
             dz, pred, t = _pass(lin, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dw = matmul(transpose(inp), dz) if steps else _SKIPPED
-            db = compute(sum_rows(dz)) if steps else _SKIPPED_VECTOR
-            dx = matmul(dz, transpose(w)) if input_grad else _SKIPPED
+            dw = matmul(transpose(inp), dz) if steps else _skipped()
+            db = compute(sum_rows(dz)) if steps else _skipped_vector()
+            dx = matmul(dz, transpose(w)) if input_grad else _skipped()
             return dx, pred, [LinearGradients(dw, db), *t]
         case LinearNoBias(w=w):
             dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx = matmul(dz, transpose(w)) if input_grad else _SKIPPED
-            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else _SKIPPED), *t]
+            dx = matmul(dz, transpose(w)) if input_grad else _skipped()
+            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else _skipped()), *t]
         case Batchnorm1d(frozen=True):  # normalised with the running statistics, which stay as they are
             _check_features(inp, layer)
             out = frozen_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx, dgamma, dbeta = frozen_backward(dz, inp, layer) if below else _NO_BN_GRADIENT
+            dx, dgamma, dbeta = frozen_backward(dz, inp, layer) if below else _no_bn_gradient()
             return dx, pred, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(renorm=None, ghost_batch=None):
             _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance) if below else _NO_BN_GRADIENT
+            dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance) if below else _no_bn_gradient()
             return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(ghost_batch=None):  # batch renormalisation
             _check_features(inp, layer)
             out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = (renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d) if below
-                                 else _NO_BN_GRADIENT)
+                                 else _no_bn_gradient())
             return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d():  # ghost batches: the statistics come with the gradients
             _check_features(inp, layer)
@@ -223,11 +232,11 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
                 return dz, pred, [NoGrad(), *t]
             fn, dfn = fns
             dz, pred, t = _pass(compute(amap(fn, inp)), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
-            return compute(dz * amap(dfn, inp)) if input_grad else _SKIPPED, pred, [NoGrad(), *t]
+            return compute(dz * amap(dfn, inp)) if input_grad else _skipped(), pred, [NoGrad(), *t]
         case Dropout(p=p):
             mask = _dropout_mask(inp.shape, p, key, _depth, inp.dtype)
             dz, pred, t = _pass(compute(inp * mask), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
-            return compute(dz * mask) if input_grad else _SKIPPED, pred, [NoGrad(), *t]
+            return compute(dz * mask) if input_grad else _skipped(), pred, [NoGrad(), *t]
         case _:
             assert_never(layer)
 

@@ -6,6 +6,7 @@ variant."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -193,6 +194,48 @@ def test_a_loop_with_a_changing_count_and_renormalisation_bounds_traces_each_ste
         for f in ("gamma", "mu", "var", "w"):
             if hasattr(a, f):
                 np.testing.assert_array_equal(getattr(a, f).array, getattr(b, f).array)
+
+
+FIXED_NETS: dict[str, Callable[[np.random.Generator], list[Layer]]] = {
+    "a batch norm that does not train": lambda rng: [
+        lb.Linear(lb.matrix(rng.normal(size=(6, 11))), lb.zeros(11, np.float64)),
+        Batchnorm1d(lb.zeros(11, np.float64), lb.ones(11, np.float64), lb.ones(11, np.float64),
+                    lb.zeros(11, np.float64), trainable=False),
+        lb.Activation(lb.Act.relu), lb.LinearNoBias(lb.matrix(rng.normal(size=(11, 4))))],
+    "layers of every kind that do not train": lambda rng: [
+        lb.Linear(lb.matrix(rng.normal(size=(6, 11))), lb.zeros(11, np.float64), trainable=False),
+        Batchnorm1d(lb.zeros(11, np.float64), lb.ones(11, np.float64), lb.ones(11, np.float64),
+                    lb.zeros(11, np.float64), trainable=False),
+        lb.LinearNoBias(lb.matrix(rng.normal(size=(11, 11))), trainable=False),
+        Batchnorm1d(lb.zeros(11, np.float64), lb.ones(11, np.float64), lb.ones(11, np.float64),
+                    lb.zeros(11, np.float64), momentum=None, trainable=False),
+        lb.Activation(lb.Act.tanh), lb.LinearNoBias(lb.matrix(rng.normal(size=(11, 4))))],
+}
+
+
+@pytest.mark.parametrize("name", list(FIXED_NETS))
+def test_a_loop_with_layers_that_do_not_train_traces_only_its_first_step(name: str) -> None:
+    """A layer with ``trainable=False`` gets empty gradients; a replay of ``gradients`` hands out
+    the same arguments to ``update`` and ``update_running`` as its first call (no two of the empty
+    arrays are one array), so steps after the first replay all three (shapes no other test uses)."""
+    rng = np.random.default_rng(8)
+    layers = FIXED_NETS[name](rng)
+    opt = lb.Momentum(0.01)
+    state = lb.init_state(opt, layers)
+    traced: list[tuple[int, int, int]] = []
+    for _ in range(4):
+        x = lb.matrix(rng.normal(size=(10, 6)))
+        tgt = lb.matrix(np.eye(4)[rng.integers(0, 4, 10)])
+        before = lb.fuse.stats().traces
+        p = lb.gradients(layers, x, tgt)
+        after_gradients = lb.fuse.stats().traces
+        layers, state = lb.update(opt, state, layers, p.grads)
+        after_update = lb.fuse.stats().traces
+        layers = [lb.update_running(la, g) if isinstance(la, Batchnorm1d) and isinstance(g, BN1) else la
+                  for la, g in zip(layers, p.grads)]
+        traced.append((after_gradients - before, after_update - after_gradients,
+                       lb.fuse.stats().traces - after_update))
+    assert traced[1:] == [(0, 0, 0)] * 3, f"traces per step (gradients, update, update_running): {traced}"
 
 
 def test_update_refuses_a_batch_norm_step_that_overflows_gamma_naming_the_layer() -> None:
