@@ -586,3 +586,27 @@ def test_every_step_of_an_epoch_draws_its_own_dropout_masks() -> None:
     assert len(set(first)) == 5, first  # five steps, five masks
     assert losses(3) == first
     assert losses(4) != first
+
+
+def test_inference_traces_once_and_a_changing_count_or_bound_traces_nothing_new() -> None:
+    """``logits`` replays its layers: the same network again, its retrained self with another
+    cumulative count, and new renormalisation bounds trace nothing new; the logits are the numpy
+    oracle's."""
+    rng = np.random.default_rng(2)
+    layers = [replace(la, momentum=None, renorm=lb.Renorm(2.0, 1.0)) if isinstance(la, Batchnorm1d) else la
+              for la in lb.mlp((7, 13, 5), batchnorm=True, seed=3, dtype=np.float64)]  # shapes no other test uses
+    x = rng.normal(size=(9, 7))
+    logits(layers, lb.matrix(x))
+    before = lb.fuse.stats().traces
+    opt = lb.SGD(0.1)
+    state = lb.init_state(opt, layers)
+    for bounds in (lb.Renorm(2.5, 1.5), lb.Renorm(3.0, 2.0)):
+        step = lb.train_step(layers, opt, state, lb.matrix(x), lb.matrix(np.eye(5)[rng.integers(0, 5, 9)]))
+        layers = [replace(la, renorm=bounds) if isinstance(la, Batchnorm1d) else la for la in step.layers]
+        state = step.opt_state
+        traces = lb.fuse.stats().traces
+        got = logits(layers, lb.matrix(x)).array
+        assert lb.fuse.stats().traces == traces, "inference traced again"
+        np.testing.assert_allclose(got, numpy_inference(layers, x)[0], rtol=1e-12, atol=1e-12)
+    assert any(isinstance(la, Batchnorm1d) and la.tracked == 2 for la in layers)
+    assert lb.fuse.stats().traces > before  # the training steps did trace: the counter counts
