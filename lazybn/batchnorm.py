@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import partial
 
-from .array import Delayed, Ix1, Matrix, Vector, compute, compute_all, delay, ones, zeros
+from .array import Delayed, Ix1, Ix2, Matrix, Vector, compute, compute_all, delay, ones, zeros
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import BN1, Batchnorm1d, _unchecked
@@ -112,8 +112,14 @@ def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vect
 
 @fused
 def frozen_forward(inp: Matrix, layer: Batchnorm1d) -> Matrix:
-    """A frozen layer's training forward (``Batchnorm1d(frozen=True)``): steps 2 and 5-9 with the
-    running mean and variance in place of the batch's, which is inference's forward."""
+    """A frozen layer's training forward (``Batchnorm1d(frozen=True)``), which is inference's
+    forward: see :func:`running_forward`."""
+    return compute(running_forward(inp, layer))
+
+
+def running_forward(inp: Matrix | Delayed[Ix2], layer: Batchnorm1d) -> Delayed[Ix2]:
+    """Steps 2 and 5-9 with the running mean and variance in place of the batch's, delayed (in
+    inference it joins the kernel of the layers around it)."""
     b = partial(br, rows(inp))
     # Step 2: subtract the running mean
     xmu = inp - b(layer.mu)
@@ -122,7 +128,7 @@ def frozen_forward(inp: Matrix, layer: Batchnorm1d) -> Matrix:
     # Step 7: normalize
     xhat = xmu * b(ivar)
     # Steps 8-9: rescale and translate
-    return compute(b(layer.gamma) * xhat + b(layer.beta))
+    return b(layer.gamma) * xhat + b(layer.beta)
 
 
 @fused

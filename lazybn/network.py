@@ -26,7 +26,8 @@ from . import fuse
 from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, matrix, vector
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
-from .batchnorm import frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward
+from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward,
+                        running_forward)
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
 from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
@@ -103,7 +104,7 @@ def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
                                   f"{layer.ghost_batch} rows, which do not divide the batch of {inp.shape[0]}")
 
 
-def _check_features(inp: Matrix, layer: Batchnorm1d) -> None:
+def _check_features(inp: Matrix | Delayed[Ix2], layer: Batchnorm1d) -> None:
     if inp.shape[1] != layer.features:
         raise ShapeError("Batchnorm1d", inp.shape, layer.mu.shape,
                          f"the layer normalises {layer.features} features but its input has {inp.shape[1]} columns")
@@ -323,25 +324,6 @@ def _finite(a: FloatArray) -> bool:
     return math.isfinite(float(np.add.reduce(a, axis=None))) or bool(np.isfinite(a).all())
 
 
-def _infer(x: Matrix, layer: Layer) -> Matrix:
-    match layer:
-        case Linear(w=w, b=bias):
-            z = matmul(x, w)
-            return compute(z + rows_like(bias, z))
-        case LinearNoBias(w=w):
-            return matmul(x, w)
-        case Batchnorm1d():  # inference is a frozen layer's forward: the running statistics
-            _check_features(x, layer)
-            return frozen_forward(x, layer)
-        case Activation(f=f):
-            fns = _ACT[f]
-            return x if fns is None else compute(amap(fns[0], x))
-        case Dropout():
-            return x
-        case _:
-            assert_never(layer)
-
-
 def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference up to the last layer (before softmax), with the running statistics."""
     _check_input("logits", x, layers)
@@ -350,10 +332,32 @@ def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
 
 @fused
 def _logits(x: Matrix, layers: tuple[Layer, ...]) -> Matrix:
-    """One replay for the whole inference (20% off a batch of 100 in the MNIST network)."""
+    """One replay for the whole inference, and one kernel from each matrix product to the next:
+    its bias, batch norm and activation (20% off a batch of 100 in the MNIST network, 7% off
+    10000)."""
+    y: Matrix | Delayed[Ix2] = x
     for layer in layers:
-        x = _infer(x, layer)
-    return x
+        match layer:
+            case Linear(w=w, b=bias):
+                z = matmul(_manifest(y), w)
+                y = z + rows_like(bias, z)
+            case LinearNoBias(w=w):
+                y = matmul(_manifest(y), w)
+            case Batchnorm1d():  # inference is a frozen layer's forward: the running statistics
+                _check_features(y, layer)
+                y = running_forward(y, layer)
+            case Activation(f=f):
+                fns = _ACT[f]
+                y = y if fns is None else amap(fns[0], y)
+            case Dropout():
+                pass
+            case _:
+                assert_never(layer)
+    return _manifest(y)
+
+
+def _manifest(y: Matrix | Delayed[Ix2]) -> Matrix:
+    return compute(y) if isinstance(y, Delayed) else y
 
 
 def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
