@@ -31,9 +31,11 @@ F64 = NDArray[np.float64]
 
 
 def _affine(bn: Batchnorm1d) -> tuple[F64, F64]:
-    """The layer's inference map ``z·s + t`` per feature, in float64."""
-    s = bn.gamma.array.astype(np.float64) / np.sqrt(bn.var.array.astype(np.float64) + bn.eps)
-    return s, bn.beta.array.astype(np.float64) - bn.mu.array.astype(np.float64) * s
+    """The layer's inference map ``z·s + t`` per feature, in float64 (an overflow here is reported
+    by :func:`_merged`, as a NumericalError, not as numpy's RuntimeWarning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = bn.gamma.array.astype(np.float64) / np.sqrt(bn.var.array.astype(np.float64) + bn.eps)
+        return s, bn.beta.array.astype(np.float64) - bn.mu.array.astype(np.float64) * s
 
 
 def _weights(layer: Linear | LinearNoBias) -> tuple[F64, F64]:
@@ -62,7 +64,9 @@ def _into_previous(i: int, linear: Linear | LinearNoBias, bn: Batchnorm1d) -> Li
                          f"{bn.features} features, but the layer before it has {linear.w.shape[1]} outputs")
     s, t = _affine(bn)
     w, b = _weights(linear)
-    return _merged(i, linear, bn, w * s, b * s + t)
+    with np.errstate(over="ignore", invalid="ignore"):
+        w, b = w * s, b * s + t
+    return _merged(i, linear, bn, w, b)
 
 
 def _into_next(i: int, bn: Batchnorm1d, linear: Linear | LinearNoBias) -> Linear:
@@ -71,7 +75,9 @@ def _into_next(i: int, bn: Batchnorm1d, linear: Linear | LinearNoBias) -> Linear
                          f"{bn.features} features, but the layer after it takes {linear.w.shape[0]} inputs")
     s, t = _affine(bn)
     w, b = _weights(linear)
-    return _merged(i, linear, bn, s[:, None] * w, t @ w + b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        w, b = s[:, None] * w, t @ w + b
+    return _merged(i, linear, bn, w, b)
 
 
 def fold_batchnorm(layers: Sequence[Layer]) -> list[Layer]:

@@ -27,27 +27,38 @@ def _arrays(op: str, grads: Sequence[Gradients]) -> list[Manifest[Any]]:
                             f"got {type(grads).__name__}")
     out: list[Manifest[Any]] = []
     for i, g in enumerate(grads):
+        named: list[tuple[str, object]]
         match g:
             case LinearGradients(dw=dw, db=db):
-                out += [dw, db]
+                named = [("dw", dw), ("db", db)]
             case LinearNoBiasGradients(dw=dw):
-                out.append(dw)
+                named = [("dw", dw)]
             case BN1(dgamma=dgamma, dbeta=dbeta):
-                out += [dgamma, dbeta]
+                named = [("dgamma", dgamma), ("dbeta", dbeta)]
             case NoGrad():
-                pass
+                named = []
             case _:
                 raise ArgumentError(f"{op}: grads[{i}] is a {type(g).__name__}, not a lazybn gradient")
+        for name, a in named:
+            if not isinstance(a, Manifest):  # a numpy array, or a Delayed not computed (as update refuses them)
+                raise ArgumentError(f"{op}: grads[{i}].{name} must be a computed lazybn array (lb.compute(...) makes "
+                                    f"one), got {type(a).__name__}")
+            out.append(a)
     return out
 
 
 def grad_norm(grads: Sequence[Gradients]) -> float:
     """The L2 norm of all parameter gradients together, summed in float64 (no overflow for any
-    float32 gradient); NaN or inf if a gradient holds one."""
+    float32 gradient; float64 gradients whose squares overflow are summed scaled by their largest
+    magnitude); NaN or inf if a gradient holds one."""
+    arrays = [a.array for a in _arrays("grad_norm", grads)]
     total = 0.0
-    for a in _arrays("grad_norm", grads):
-        with np.errstate(over="ignore", invalid="ignore"):
-            total += float(np.sum(np.square(a.array, dtype=np.float64)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a in arrays:
+            total += float(np.sum(np.square(a, dtype=np.float64)))
+        if total == math.inf and all(np.isfinite(a).all() for a in arrays):  # finite, but the squares overflow
+            big = max(float(np.max(np.abs(a), initial=0.0)) for a in arrays)
+            return big * math.sqrt(sum(float(np.sum(np.square(np.divide(a, big, dtype=np.float64)))) for a in arrays))
     return math.sqrt(total)
 
 
@@ -61,14 +72,15 @@ def clip_grad_norm(grads: Sequence[Gradients], max_norm: float) -> tuple[list[Gr
         ValueRangeError: ``max_norm`` is not a finite number > 0.
         NumericalError: the norm is NaN or inf (a gradient holds NaN/inf).
     """
-    if not 0 < as_number("clip_grad_norm", "max_norm", max_norm) < math.inf:
+    limit = as_number("clip_grad_norm", "max_norm", max_norm)  # a float: np.float32(0.5) would make c a float32
+    if not 0 < limit < math.inf:
         raise ValueRangeError(f"clip_grad_norm.max_norm: must be a finite number > 0, got {max_norm!r}")
     norm = grad_norm(grads)
     if not math.isfinite(norm):
         raise NumericalError(f"clip_grad_norm: the gradients' norm is {norm}; a gradient holds NaN or infinity")
-    if norm <= max_norm:
+    if norm <= limit:
         return list(grads), norm
-    c = max_norm / norm
+    c = limit / norm
     arrays = _arrays("clip_grad_norm", grads)
     groups: dict[tuple[np.dtype[Any], Comp], list[int]] = {}  # one kernel per dtype and Comp: usually one
     for k, a in enumerate(arrays):

@@ -4,6 +4,7 @@ folding as a second oracle, and the errors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ LINEAR = (Linear, LinearNoBias)
 
 def _magnitude(layers: list[Layer], x: F) -> tuple[F, int]:
     """A bound on the size of every term the logits are made of (absolute values through the
-    unfolded network; activations are 1-Lipschitz), and the number of roundings along a path."""
+    unfolded network; activations are 1-Lipschitz, and a sigmoid's output, near 0.5 for inputs
+    near 0, is at most 1), and the number of roundings along a path (one per activation)."""
     m, steps = np.abs(x), 1
     for layer in layers:
         match layer:
@@ -33,7 +35,9 @@ def _magnitude(layers: list[Layer], x: F) -> tuple[F, int]:
             case Batchnorm1d(mu=mu, var=var, gamma=gamma, beta=beta, eps=eps):
                 s = np.abs(gamma.array.astype(np.float64)) / np.sqrt(var.array.astype(np.float64) + eps)
                 m, steps = s * (m + np.abs(mu.array)) + np.abs(beta.array), steps + 4
-            case Activation() | Dropout():
+            case Activation(f=f):
+                m, steps = np.maximum(m, 1.0) if f is lb.Act.sigmoid else m, steps + 1
+            case Dropout():
                 pass
     return m, steps
 
@@ -150,3 +154,47 @@ def test_bad_networks_are_named() -> None:
         lb.fold_batchnorm([LinearNoBias(lb.ones((2, 3), f32)), tiny])
     with pytest.raises(lb.ArgumentError, match="layers"):
         lb.fold_batchnorm(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("comp", [lb.Comp.Seq, lb.Comp.Par])
+def test_a_folded_layer_keeps_the_linear_layers_dtype_comp_and_trainable(dtype: Any, comp: lb.Comp) -> None:
+    """The merged ``Linear`` is the linear layer's: its dtype, its ``Comp`` (for w and b) and its
+    ``trainable`` (not the batch-norm layer's); the list handed in is left as it was."""
+    rng = np.random.default_rng(13)
+
+    def bn(n: int, trainable: bool) -> Batchnorm1d:
+        layer = replace_stats(Batchnorm1d(lb.zeros(n, dtype), lb.ones(n, dtype), lb.ones(n, dtype), lb.zeros(n, dtype)),
+                              rng)
+        assert isinstance(layer, Batchnorm1d)
+        return replace(layer, trainable=trainable)
+
+    for trainable in (True, False):
+        first = LinearNoBias(lb.matrix(rng.normal(0, 1, (4, 3)), dtype, comp), trainable)
+        last = Linear(lb.matrix(rng.normal(0, 1, (3, 2)), dtype, comp), lb.vector(rng.normal(0, 1, 2), dtype, comp),
+                      trainable)
+        layers: list[Layer] = [first, bn(3, not trainable), Activation(lb.Act.relu), bn(3, not trainable), last]
+        given_layers = list(layers)
+        folded = lb.fold_batchnorm(layers)
+        assert layers == given_layers and all(a is b for a, b in zip(layers, given_layers))
+        assert [type(layer) for layer in folded] == [Linear, Activation, Linear]
+        for got in (folded[0], folded[2]):
+            assert isinstance(got, Linear)
+            assert got.trainable is trainable
+            assert (got.w.dtype, got.b.dtype) == (np.dtype(dtype), np.dtype(dtype))
+            assert (got.w.comp, got.b.comp) == (comp, comp)
+        _expect_folded(layers, rng.normal(0, 1, (5, 4)).astype(dtype))
+
+
+def test_a_bias_beyond_the_dtype_or_a_float64_overflow_is_a_numerical_error() -> None:
+    """The bias overflows alone (a running mean far from 0, the weights small): still refused;
+    and a scale beyond float64 is the NumericalError, not numpy's RuntimeWarning first."""
+    f32, f64 = np.float32, np.float64
+    far = Batchnorm1d(lb.vector([1e30, 0.0], f32), lb.zeros(2, f32), lb.ones(2, f32), lb.zeros(2, f32), eps=1e-20)
+    with pytest.raises(lb.NumericalError, match="layer 1 .Batchnorm1d. makes weights beyond float32's range"):
+        lb.fold_batchnorm([LinearNoBias(lb.matrix(np.full((2, 2), 1e-20), f32)), far])
+    huge = Batchnorm1d(lb.zeros(2, f64), lb.zeros(2, f64), lb.vector([1e300, 1.0], f64), lb.zeros(2, f64), eps=1e-300)
+    nets: list[list[Layer]] = [[LinearNoBias(lb.ones((3, 2), f64)), huge], [huge, LinearNoBias(lb.ones((2, 3), f64))]]
+    for layers in nets:
+        with pytest.raises(lb.NumericalError, match="beyond float64's range"):
+            lb.fold_batchnorm(layers)

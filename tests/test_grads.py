@@ -146,3 +146,66 @@ def test_bad_arguments_are_named() -> None:
         lb.grad_norm(not_a_list)
     with pytest.raises(lb.ArgumentError, match=r"grads\[1\] is a Manifest"):
         lb.clip_grad_norm([NoGrad(), lb.vector([1.0])], 1.0)  # type: ignore[list-item]
+
+
+def test_every_kind_of_gradient_counts_and_keeps_its_comp() -> None:
+    """Each gradient kind contributes a comparable share of the norm (a skipped array shows), the
+    arrays mix ``Comp.Seq`` and ``Comp.Par``, and each clipped array keeps its own ``Comp``."""
+    rng = np.random.default_rng(9)
+    seq, par = lb.Comp.Seq, lb.Comp.Par
+    grads: list[Gradients] = [LinearGradients(lb.matrix(rng.normal(size=(3, 2)), None, par), lb.vector([0.7, -0.2])),
+                              NoGrad(), BN1(lb.vector([5.0]), lb.vector([2.0]), lb.vector([-0.9], None, par),
+                                            lb.vector([0.4]), 4),
+                              LinearNoBiasGradients(lb.matrix(rng.normal(size=(1, 2)).astype(np.float32), None, par))]
+    want = _oracle_norm(grads)
+    for k in range(len(_params(grads))):  # leaving out any one array changes the norm by more than rounding
+        rest = [a for j, a in enumerate(_params(grads)) if j != k]
+        assert abs(float(np.linalg.norm(np.concatenate([a.astype(np.float64).ravel() for a in rest]))) - want) > 1e-3
+    assert lb.grad_norm(grads) == pytest.approx(want, rel=1e-12)
+    same, _ = lb.clip_grad_norm(grads, lb.grad_norm(grads))  # a norm of exactly max_norm is not clipped
+    assert all(a is b for a, b in zip(same, grads))
+    clipped, _ = lb.clip_grad_norm(grads, want / 2)
+    comps = [a.comp for g in grads for a in _manifests(g)]
+    assert comps == [par, seq, par, seq, par]
+    assert [a.comp for g in clipped for a in _manifests(g)] == comps
+    assert _oracle_norm(clipped) == pytest.approx(want / 2, rel=1e-6)
+
+
+def _manifests(g: Gradients) -> list[lb.Manifest[Any]]:
+    match g:
+        case LinearGradients(dw=dw, db=db):
+            return [dw, db]
+        case LinearNoBiasGradients(dw=dw):
+            return [dw]
+        case BN1(dgamma=dgamma, dbeta=dbeta):
+            return [dgamma, dbeta]
+        case NoGrad():
+            return []
+
+
+def test_huge_finite_gradients_have_a_finite_norm_and_infinite_ones_are_refused() -> None:
+    """float64 gradients whose squares overflow: the norm is still their norm, and clipping
+    works; an infinite gradient is a NumericalError, like NaN."""
+    big = np.array([[3e160, -4e160], [0.0, 1e150]])
+    grads: list[Gradients] = [LinearNoBiasGradients(lb.matrix(big))]
+    want = 1e160 * float(np.linalg.norm(big / 1e160))
+    assert lb.grad_norm(grads) == pytest.approx(want, rel=1e-14)
+    clipped, norm = lb.clip_grad_norm(grads, 1.0)
+    assert norm == pytest.approx(want, rel=1e-14) and _oracle_norm(clipped) == pytest.approx(1.0, rel=1e-12)
+    inf: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.array([[1.0, np.inf]])))]
+    assert lb.grad_norm(inf) == np.inf
+    with pytest.raises(lb.NumericalError, match="norm is inf"):
+        lb.clip_grad_norm(inf, 1.0)
+
+
+def test_a_numpy_max_norm_and_uncomputed_gradients() -> None:
+    """``max_norm`` as a numpy float32 clips float64 gradients to it as exactly as a Python float;
+    a gradient that is not a computed lazybn array is named, as ``update`` names it."""
+    g: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.full((3, 3), 0.7)))]  # norm 2.1
+    for max_norm in (np.float32(0.1), 0.1):
+        clipped, _ = lb.clip_grad_norm(g, max_norm)  # type: ignore[arg-type]
+        assert _oracle_norm(clipped) == pytest.approx(float(max_norm), rel=1e-14)
+    m = lb.matrix(np.ones((2, 2)))
+    for bad in (m * 2.0, np.ones((2, 2))):
+        with pytest.raises(lb.ArgumentError, match=r"grads\[0\]\.dw must be a computed lazybn array"):
+            lb.grad_norm([LinearNoBiasGradients(bad)])  # type: ignore[arg-type]

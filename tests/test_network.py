@@ -604,9 +604,10 @@ def test_inference_traces_once_and_a_changing_count_or_bound_traces_nothing_new(
         step = lb.train_step(layers, opt, state, lb.matrix(x), lb.matrix(np.eye(5)[rng.integers(0, 5, 9)]))
         layers = [replace(la, renorm=bounds) if isinstance(la, Batchnorm1d) else la for la in step.layers]
         state = step.opt_state
-        traces = lb.fuse.stats().traces
+        traces, replays = lb.fuse.stats().traces, lb.fuse.stats().replays
         got = logits(layers, lb.matrix(x)).array
         assert lb.fuse.stats().traces == traces, "inference traced again"
+        assert lb.fuse.stats().replays == replays + 1, "inference is not one replay"  # not merely untraced
         np.testing.assert_allclose(got, numpy_inference(layers, x)[0], rtol=1e-12, atol=1e-12)
     assert any(isinstance(la, Batchnorm1d) and la.tracked == 2 for la in layers)
     assert lb.fuse.stats().traces > before  # the training steps did trace: the counter counts
