@@ -12,8 +12,17 @@ so next to a linear layer it can be merged into that layer's weights and bias:
   the network's input): ``Linear(s·w, (β − μ·s)·w + b)``, each row of w scaled.
 
 The folded network computes the same logits with one matrix product per folded pair and no
-batch-norm kernel. It is for inference only: it has no batch statistics left to train with.
-The new weights are computed in float64 and rounded once to the layers' dtype.
+batch-norm kernel. It is for inference only: it has no batch statistics left to train with,
+and its ``Dropout`` layers (the identity at inference) are left out, so they keep no batch-norm
+layer from its linear neighbour. The new weights are computed in float64 and rounded once to
+the layers' dtype.
+
+Folding into the layer after moves the subtraction of μ into the bias, after the product: the
+product then sums terms of the size of the inputs times s, which cancel against the bias. For
+features far from their mean against their spread (|μ|·s ≫ 1, inputs that are not centred) the
+folded network loses about log10(|μ|·s) digits: with μ = 1000 and σ = 0.1 its float32 logits
+were off by 3e-3 (relative) where the network's were off by 3e-7. Fold such a network in float64,
+or fold only the part after that layer (``layers[:k + 1] + fold_batchnorm(layers[k + 1:])``).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from numpy.typing import NDArray
 
 from .array import matrix, vector
 from .errors import DTypeError, NumericalError, ShapeError
-from .layers import Batchnorm1d, Layer, Linear, LinearNoBias, check_layers
+from .layers import Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 
 F64 = NDArray[np.float64]
 
@@ -86,8 +95,9 @@ def fold_batchnorm(layers: Sequence[Layer]) -> list[Layer]:
     the others into the ``Linear``/``LinearNoBias`` right after them. What is left has no linear
     neighbour: batch norm between activations, say, stays a batch-norm layer.
 
-    ``logits(fold_batchnorm(layers), x)`` equals ``logits(layers, x)`` up to rounding. The folded
-    layers are for inference; they train as plain linear layers, without batch norm.
+    ``logits(fold_batchnorm(layers), x)`` equals ``logits(layers, x)`` up to rounding (see the
+    module doc for inputs far from their mean). The result is for inference: ``Dropout`` layers
+    are left out, and the folded layers would train as plain linear layers, without batch norm.
 
     Raises:
         ShapeError: a batch-norm layer's features do not match its linear neighbour's.
@@ -97,6 +107,8 @@ def fold_batchnorm(layers: Sequence[Layer]) -> list[Layer]:
     check_layers("fold_batchnorm", layers)
     after: list[tuple[int, Layer]] = []  # first into the linear layer before: (index in layers, layer)
     for i, layer in enumerate(layers):
+        if isinstance(layer, Dropout):
+            continue  # the identity at inference
         prev = after[-1][1] if after else None
         if isinstance(layer, Batchnorm1d) and isinstance(prev, (Linear, LinearNoBias)):
             after[-1] = (after[-1][0], _into_previous(i, prev, layer))

@@ -52,18 +52,19 @@ def _expect_folded(layers: list[Layer], x: F) -> None:
     assert got.dtype == dtype
     bad = ~(np.abs(got - want) <= tol)
     assert not bad.any(), f"{bad.sum()} logits differ; got {got[bad][:3]}, want {want[bad][:3]}"
-    # every batch-norm layer with a linear neighbour is gone, and nothing else changed
+    # every batch-norm layer with a linear neighbour is gone, so is dropout, and nothing else changed
     kinds = [type(layer) for layer in folded]
+    assert Dropout not in kinds
     for i, kind in enumerate(kinds):
         if kind is Batchnorm1d:
             assert kinds[i - 1] not in LINEAR if i else True, f"batch norm {i} left after a linear layer"
             assert kinds[i + 1] not in LINEAR if i + 1 < len(kinds) else True, f"batch norm {i} left before one"
-    others = [layer for layer in layers if not isinstance(layer, (Batchnorm1d, *LINEAR))]
+    others = [layer for layer in layers if not isinstance(layer, (Batchnorm1d, Dropout, *LINEAR))]
     assert [layer for layer in folded if not isinstance(layer, (Batchnorm1d, *LINEAR))] == others
     n_linear = sum(isinstance(layer, LINEAR) for layer in layers)
     assert sum(isinstance(layer, LINEAR) for layer in folded) == n_linear
     assert len(folded) == len(layers) - (sum(isinstance(layer, Batchnorm1d) for layer in layers)
-                                         - kinds.count(Batchnorm1d))
+                                         - kinds.count(Batchnorm1d)) - sum(isinstance(la, Dropout) for la in layers)
 
 
 @settings(max_examples=60, deadline=None)
@@ -198,3 +199,13 @@ def test_a_bias_beyond_the_dtype_or_a_float64_overflow_is_a_numerical_error() ->
     for layers in nets:
         with pytest.raises(lb.NumericalError, match="beyond float64's range"):
             lb.fold_batchnorm(layers)
+
+
+def test_dropout_between_a_linear_layer_and_batch_norm_is_left_out_and_the_layer_folds() -> None:
+    rng = np.random.default_rng(9)
+    lin = Linear(lb.matrix(rng.normal(0, 1, (4, 3)), np.float64), lb.vector(rng.normal(0, 1, 3), np.float64))
+    bn = replace_stats(Batchnorm1d(lb.zeros(3, np.float64), lb.ones(3, np.float64), lb.ones(3, np.float64),
+                                   lb.zeros(3, np.float64)), rng)
+    layers: list[Layer] = [lin, Dropout(0.5), bn, Activation(lb.Act.relu), Dropout(0.2)]
+    assert [type(layer) for layer in lb.fold_batchnorm(layers)] == [Linear, Activation]
+    _expect_folded(layers, rng.normal(0, 2, (5, 4)))
