@@ -67,25 +67,17 @@ def _merged(i: int, linear: Linear | LinearNoBias, bn: Batchnorm1d, w: F64, b: F
     return Linear(matrix(w_new, dtype, comp), vector(b_new, dtype, comp), linear.trainable)
 
 
-def _into_previous(i: int, linear: Linear | LinearNoBias, bn: Batchnorm1d) -> Linear:
-    if linear.w.shape[1] != bn.features:
-        raise ShapeError("fold_batchnorm", linear.w.shape, bn.mu.shape, f"layer {i} (Batchnorm1d) normalises "
-                         f"{bn.features} features, but the layer before it has {linear.w.shape[1]} outputs")
+def _fold(i: int, bn: Batchnorm1d, linear: Linear | LinearNoBias, into_previous: bool) -> Linear:
+    """``bn`` (``layers[i]``) folded into ``linear``, the layer before it or the one after it."""
+    width = linear.w.shape[1] if into_previous else linear.w.shape[0]
+    if width != bn.features:
+        side = f"before it has {width} outputs" if into_previous else f"after it takes {width} inputs"
+        raise ShapeError("fold_batchnorm", linear.w.shape, bn.mu.shape,
+                         f"layer {i} (Batchnorm1d) normalises {bn.features} features, but the layer {side}")
     s, t = _affine(bn)
     w, b = _weights(linear)
     with np.errstate(over="ignore", invalid="ignore"):
-        w, b = w * s, b * s + t
-    return _merged(i, linear, bn, w, b)
-
-
-def _into_next(i: int, bn: Batchnorm1d, linear: Linear | LinearNoBias) -> Linear:
-    if linear.w.shape[0] != bn.features:
-        raise ShapeError("fold_batchnorm", bn.mu.shape, linear.w.shape, f"layer {i} (Batchnorm1d) normalises "
-                         f"{bn.features} features, but the layer after it takes {linear.w.shape[0]} inputs")
-    s, t = _affine(bn)
-    w, b = _weights(linear)
-    with np.errstate(over="ignore", invalid="ignore"):
-        w, b = s[:, None] * w, t @ w + b
+        w, b = (w * s, b * s + t) if into_previous else (s[:, None] * w, t @ w + b)
     return _merged(i, linear, bn, w, b)
 
 
@@ -111,14 +103,14 @@ def fold_batchnorm(layers: Sequence[Layer]) -> list[Layer]:
             continue  # the identity at inference
         prev = after[-1][1] if after else None
         if isinstance(layer, Batchnorm1d) and isinstance(prev, (Linear, LinearNoBias)):
-            after[-1] = (after[-1][0], _into_previous(i, prev, layer))
+            after[-1] = (after[-1][0], _fold(i, layer, prev, into_previous=True))
         else:
             after.append((i, layer))
     before: list[tuple[int, Layer]] = []  # then, from the end, into the linear layer after
     for i, layer in reversed(after):
         nxt = before[-1][1] if before else None
         if isinstance(layer, Batchnorm1d) and isinstance(nxt, (Linear, LinearNoBias)):
-            before[-1] = (i, _into_next(i, layer, nxt))
+            before[-1] = (i, _fold(i, layer, nxt, into_previous=False))
         else:
             before.append((i, layer))
     return [layer for _, layer in reversed(before)]
