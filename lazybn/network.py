@@ -46,7 +46,7 @@ _ACT: dict[Act, tuple[Fn, Fn] | None] = {
 }
 
 
-def softmax(x: Matrix) -> Delayed[Ix2]:
+def softmax(x: Matrix | Delayed[Ix2]) -> Delayed[Ix2]:
     """Row-wise softmax, stable: ``exp(x - max) / sum(exp(x - max))``."""
     e = amap(Fn.exp, x - cols_like(max_cols(x), x))
     return e / cols_like(sum_cols(e), x)
@@ -327,14 +327,14 @@ def _finite(a: FloatArray) -> bool:
 def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference up to the last layer (before softmax), with the running statistics."""
     _check_input("logits", x, layers)
-    return _logits(x, steady(layers)[0])
+    return _logits(x, steady(layers)[0], probabilities=False)
 
 
 @fused
-def _logits(x: Matrix, layers: tuple[Layer, ...]) -> Matrix:
+def _logits(x: Matrix, layers: tuple[Layer, ...], probabilities: bool) -> Matrix:
     """One replay for the whole inference, and one kernel from each matrix product to the next:
-    its bias, batch norm and activation (20% off a batch of 100 in the MNIST network, 7% off
-    10000)."""
+    its bias, batch norm and activation, and the softmax if ``probabilities`` (0.72x the time of
+    a kernel per layer at a batch of 100 in the MNIST network, 0.92x at 10000)."""
     y: Matrix | Delayed[Ix2] = x
     for layer in layers:
         match layer:
@@ -353,7 +353,7 @@ def _logits(x: Matrix, layers: tuple[Layer, ...]) -> Matrix:
                 pass
             case _:
                 assert_never(layer)
-    return _manifest(y)
+    return compute(softmax(y)) if probabilities else _manifest(y)
 
 
 def _manifest(y: Matrix | Delayed[Ix2]) -> Matrix:
@@ -363,7 +363,7 @@ def _manifest(y: Matrix | Delayed[Ix2]) -> Matrix:
 def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference: class probabilities (softmax of the logits); batch norm uses running statistics."""
     _check_input("forward", x, layers)
-    return compute(softmax(logits(layers, x)))
+    return _logits(x, steady(layers)[0], probabilities=True)
 
 
 _TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny), np.dtype(np.float64): float(np.finfo(np.float64).tiny)}
