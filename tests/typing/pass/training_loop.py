@@ -39,3 +39,12 @@ running = [lb.update_running(la, g) if isinstance(la, lb.Batchnorm1d) and isinst
            for la, g in zip(new, p.grads)]
 assert all(np.array_equal(a.gamma.array, b.gamma.array) for a, b in zip(running, step.layers)
            if isinstance(a, lb.Batchnorm1d) and isinstance(b, lb.Batchnorm1d))
+# Clipping in between, and the trained network folded for deployment.
+clipped, norm = lb.clip_grad_norm(p.grads, 0.5)
+assert_type(clipped, list[lb.Gradients])
+assert_type(norm, float)
+assert_type(lb.grad_norm(clipped), float)
+deploy = lb.fold_batchnorm(running)
+assert_type(deploy, list[lb.Layer])
+assert not any(isinstance(la, lb.Batchnorm1d) for la in deploy)
+assert_type(lb.forward(deploy, lb.matrix(x[:4])), lb.Matrix)
