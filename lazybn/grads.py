@@ -15,10 +15,13 @@ from typing import Any, assert_never
 import numpy as np
 
 from .array import Comp, Manifest, compute_all
+from .fuse.graph import FloatArray
 from .errors import ArgumentError, NumericalError, ValueRangeError
 from .layers import BN1, Gradients, LinearGradients, LinearNoBiasGradients, NoGrad
 from .ops import scale
 from .optimizers import as_number
+
+_TINY = float(np.finfo(np.float64).tiny)
 
 
 def _arrays(op: str, grads: Sequence[Gradients]) -> list[Manifest[Any]]:
@@ -47,19 +50,27 @@ def _arrays(op: str, grads: Sequence[Gradients]) -> list[Manifest[Any]]:
     return out
 
 
+def _norm(arrays: list[FloatArray]) -> tuple[float, float]:
+    """``(big, r)`` with the norm ``big·r``: the sum of squares in float64 when it neither
+    overflows nor underflows (``big`` = 1), else the arrays divided by their largest magnitude
+    ``big`` first (finite float64 gradients with squares beyond float64, or below its normal
+    range). NaN or inf in ``big`` if a gradient holds one."""
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        total = sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays)
+        if _TINY < total < math.inf or total == 0.0 and not any(a.any() for a in arrays):
+            return 1.0, math.sqrt(total)
+        big = max((float(np.max(np.abs(a))) for a in arrays if a.size), default=0.0)
+        if not 0.0 < big < math.inf:  # NaN/inf in a gradient (or all zeros)
+            return (big, 1.0) if big != 0.0 else (1.0, 0.0)
+        return big, math.sqrt(sum(float(np.sum(np.square(np.divide(a, big, dtype=np.float64)))) for a in arrays))
+
+
 def grad_norm(grads: Sequence[Gradients]) -> float:
-    """The L2 norm of all parameter gradients together, summed in float64 (no overflow for any
-    float32 gradient; float64 gradients whose squares overflow are summed scaled by their largest
-    magnitude); NaN or inf if a gradient holds one."""
-    arrays = [a.array for a in _arrays("grad_norm", grads)]
-    total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        for a in arrays:
-            total += float(np.sum(np.square(a, dtype=np.float64)))
-        if total == math.inf and all(np.isfinite(a).all() for a in arrays):  # finite, but the squares overflow
-            big = max(float(np.max(np.abs(a), initial=0.0)) for a in arrays)
-            return big * math.sqrt(sum(float(np.sum(np.square(np.divide(a, big, dtype=np.float64)))) for a in arrays))
-    return math.sqrt(total)
+    """The L2 norm of all parameter gradients together, in float64 without overflow or underflow
+    in between (inf only where the norm itself is beyond float64); NaN or inf if a gradient holds
+    one."""
+    big, r = _norm([a.array for a in _arrays("grad_norm", grads)])
+    return big * r
 
 
 def clip_grad_norm(grads: Sequence[Gradients], max_norm: float) -> tuple[list[Gradients], float]:
@@ -70,18 +81,19 @@ def clip_grad_norm(grads: Sequence[Gradients], max_norm: float) -> tuple[list[Gr
 
     Raises:
         ValueRangeError: ``max_norm`` is not a finite number > 0.
-        NumericalError: the norm is NaN or inf (a gradient holds NaN/inf).
+        NumericalError: a gradient holds NaN/inf.
     """
     limit = as_number("clip_grad_norm", "max_norm", max_norm)  # a float: np.float32(0.5) would make c a float32
     if not 0 < limit < math.inf:
         raise ValueRangeError(f"clip_grad_norm.max_norm: must be a finite number > 0, got {max_norm!r}")
-    norm = grad_norm(grads)
-    if not math.isfinite(norm):
-        raise NumericalError(f"clip_grad_norm: the gradients' norm is {norm}; a gradient holds NaN or infinity")
+    arrays = _arrays("clip_grad_norm", grads)
+    big, r = _norm([a.array for a in arrays])
+    if not math.isfinite(big):
+        raise NumericalError(f"clip_grad_norm: the gradients' norm is {big}; a gradient holds NaN or infinity")
+    norm = big * r  # inf if beyond float64: still clipped, by the scaled parts
     if norm <= limit:
         return list(grads), norm
-    c = limit / norm
-    arrays = _arrays("clip_grad_norm", grads)
+    c = limit / big / r
     groups: dict[tuple[np.dtype[Any], Comp], list[int]] = {}  # one kernel per dtype and Comp: usually one
     for k, a in enumerate(arrays):
         groups.setdefault((a.dtype, a.comp), []).append(k)

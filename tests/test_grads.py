@@ -186,14 +186,24 @@ def _manifests(g: Gradients) -> list[lb.Manifest[Any]]:
 
 
 def test_huge_finite_gradients_have_a_finite_norm_and_infinite_ones_are_refused() -> None:
-    """float64 gradients whose squares overflow: the norm is still their norm, and clipping
-    works; an infinite gradient is a NumericalError, like NaN."""
+    """float64 gradients whose squares overflow or underflow: the norm is still their norm, and
+    clipping works (also where the norm itself is beyond float64); an infinite gradient is a
+    NumericalError, like NaN."""
     big = np.array([[3e160, -4e160], [0.0, 1e150]])
     grads: list[Gradients] = [LinearNoBiasGradients(lb.matrix(big))]
     want = 1e160 * float(np.linalg.norm(big / 1e160))
     assert lb.grad_norm(grads) == pytest.approx(want, rel=1e-14)
     clipped, norm = lb.clip_grad_norm(grads, 1.0)
     assert norm == pytest.approx(want, rel=1e-14) and _oracle_norm(clipped) == pytest.approx(1.0, rel=1e-12)
+    beyond: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.full((2, 2), 1e308)))]  # norm 2e308
+    assert lb.grad_norm(beyond) == np.inf  # the norm itself is beyond float64, but it clips
+    clipped, norm = lb.clip_grad_norm(beyond, 3.0)
+    assert norm == np.inf
+    np.testing.assert_allclose(np.concatenate(_params(clipped)).ravel(), np.full(4, 1.5), rtol=1e-14)
+    tiny = np.array([[3e-170, -4e-170], [0.0, 1e-180]])  # squares below float64's range
+    assert lb.grad_norm([LinearNoBiasGradients(lb.matrix(tiny))]) == pytest.approx(
+        1e-170 * float(np.linalg.norm(tiny / 1e-170)), rel=1e-14)
+    assert lb.grad_norm([LinearNoBiasGradients(lb.matrix(np.zeros((2, 2))))]) == 0.0
     inf: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.array([[1.0, np.inf]])))]
     assert lb.grad_norm(inf) == np.inf
     with pytest.raises(lb.NumericalError, match="norm is inf"):
