@@ -80,10 +80,10 @@ def test_norm_and_clip_match_numpy(grads: list[Gradients], fraction: float) -> N
     if norm <= max_norm:  # nothing to clip: the very same gradients
         assert all(c is g for c, g in zip(clipped, grads))
         return
-    c = max_norm / want
+    c = max_norm / norm  # the norm as reported (equal to the oracle's within 1e-12, checked above)
     for got, old in zip(_params(clipped), _params(grads)):
         assert got.dtype == old.dtype and got.shape == old.shape
-        tol = 2 * np.finfo(old.dtype).eps * np.abs(old.astype(np.float64) * c) + np.finfo(old.dtype).smallest_subnormal
+        tol = 4 * np.finfo(old.dtype).eps * np.abs(old.astype(np.float64) * c) + np.finfo(old.dtype).smallest_subnormal
         assert (np.abs(got - old.astype(np.float64) * c) <= tol).all()
     for new_g, old_g in zip(clipped, grads):
         assert type(new_g) is type(old_g)
