@@ -72,7 +72,8 @@ def _fold(i: int, bn: Batchnorm1d, linear: Linear | LinearNoBias, into_previous:
     width = linear.w.shape[1] if into_previous else linear.w.shape[0]
     if width != bn.features:
         side = f"before it has {width} outputs" if into_previous else f"after it takes {width} inputs"
-        raise ShapeError("fold_batchnorm", linear.w.shape, bn.mu.shape,
+        left, right = (linear.w.shape, bn.mu.shape) if into_previous else (bn.mu.shape, linear.w.shape)
+        raise ShapeError("fold_batchnorm", left, right,
                          f"layer {i} (Batchnorm1d) normalises {bn.features} features, but the layer {side}")
     s, t = _affine(bn)
     w, b = _weights(linear)

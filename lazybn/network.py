@@ -273,8 +273,9 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
     For loops of your own (gradient clipping with :func:`~lazybn.grads.clip_grad_norm`, another
     optimizer, gradient statistics): apply the gradients with :func:`~lazybn.optim.update` and
     each ``BN1``'s batch statistics with :func:`~lazybn.batchnorm.update_running`, which is what
-    :func:`~lazybn.train.train_step` does, in one replay. Batch norm normalises with the batch's statistics; ``key`` seeds the
-    dropout masks; ``input_grad=True`` also computes ``dx`` (one more matrix product).
+    :func:`~lazybn.train.train_step` does, in one replay. Batch norm normalises with the batch's
+    statistics; ``key`` seeds the dropout masks; ``input_grad=True`` also computes ``dx`` (one
+    more matrix product).
 
     Raises:
         NumericalError: the batch, a batch statistic, the loss, a gradient or ``dx`` is NaN/inf
