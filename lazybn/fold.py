@@ -63,7 +63,8 @@ def _merged(i: int, linear: Linear | LinearNoBias, bn: Batchnorm1d, w: F64, b: F
         w_new, b_new = w.astype(dtype), b.astype(dtype)
     if not (np.isfinite(w_new).all() and np.isfinite(b_new).all()):
         raise NumericalError(f"fold_batchnorm: folding layer {i} (Batchnorm1d) makes weights beyond {dtype}'s range "
-                             f"(a running variance near 0 with a large gamma?); keep that layer unfolded")
+                             f"(a running variance near 0 with a large gamma?); leave it out of the fold: fold_batchnorm "
+                             f"the layers before it and after it apart")
     return Linear(matrix(w_new, dtype, comp), vector(b_new, dtype, comp), linear.trainable)
 
 
