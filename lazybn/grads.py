@@ -24,10 +24,15 @@ from .optimizers import as_number
 _TINY = float(np.finfo(np.float64).tiny)
 
 
-def _arrays(op: str, grads: Sequence[Gradients]) -> list[Manifest[Any]]:
-    if not isinstance(grads, Sequence):  # an untyped caller: the PassResult itself, say
+def require_list(op: str, grads: object) -> None:
+    """Refuse what is not a sequence of gradients (an untyped caller: the PassResult itself, say)."""
+    if not isinstance(grads, Sequence):
         raise ArgumentError(f"{op}: grads must be a list with one gradient per layer (a PassResult's .grads), "
                             f"got {type(grads).__name__}")
+
+
+def _arrays(op: str, grads: Sequence[Gradients]) -> list[Manifest[Any]]:
+    require_list(op, grads)
     out: list[Manifest[Any]] = []
     for i, g in enumerate(grads):
         named: list[tuple[str, object]]

@@ -37,6 +37,7 @@ import numpy as np
 from .array import Comp, Delayed, Manifest, compute_all
 from .errors import ArgumentError, DTypeError, LazybnError, NumericalError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
+from .grads import require_list
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad, check_layers, trains)
 from .ops import add_c, amap, scale, sum_rows
@@ -298,9 +299,7 @@ def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], gra
                    lr_scale: float) -> tuple[int, float, tuple[float, ...]]:
     """Check :func:`update`'s arguments; returns :func:`schedule`'s (t, lr_scale, correction)."""
     check_layers("update", layers)
-    if not isinstance(grads, Sequence):  # an untyped caller: the PassResult itself, say
-        raise ArgumentError(f"update: grads must be a list with one gradient per layer (a PassResult's .grads), "
-                            f"got {type(grads).__name__}")
+    require_list("update", grads)
     if len(grads) != len(layers):
         raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients; there must be one "
                                   "gradient per layer")
