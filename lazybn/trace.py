@@ -52,7 +52,7 @@ builds its signature as before; a function keeps at most :data:`MAX_GUARDS` guar
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
 replay function and guard as it is written. Calls inside another function's trace run their
 body (they are part of the outer trace). Each function keeps at most :data:`MAX_SIGNATURES`
-programs.
+programs: a new signature beyond them makes it forget its oldest.
 """
 
 from __future__ import annotations
@@ -366,9 +366,9 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             held[at], k = _stand_ins(held[at], values, k)  # kernels take the values as arguments
         with fuse.recording() as rec:
             out = f(*args_in, **kwargs_in)  # type: ignore[arg-type]
-        if len(programs) >= MAX_SIGNATURES:
-            programs.clear()
-            guards.clear()
+        while len(programs) >= MAX_SIGNATURES:  # the oldest signature goes (list(): one step under the GIL)
+            evicted = programs.pop(list(programs)[0], None)
+            guards[:] = [(g, p) for g, p in guards if p is not evicted]
         cache.count("traces")
         try:
             if rec.read_values:

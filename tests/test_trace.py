@@ -276,11 +276,23 @@ def test_parallel_programs_replay() -> None:
         np.testing.assert_array_equal(got.array, a.array + b.array)
 
 
-def test_signatures_are_bounded() -> None:
+def test_signatures_are_bounded_and_the_oldest_goes_first() -> None:
+    """Past the bound a new signature evicts the oldest one: the latest signatures, a loop's
+    working set, still replay (and their guards still match), the first ones trace again."""
     x = lb.matrix(np.ones((1, 1)))
-    for k in range(trace.MAX_SIGNATURES + 10):
+    n = trace.MAX_SIGNATURES
+    for k in range(n + 10):
+        for _ in range(2):  # the second call replays (and may write a guard)
+            assert float(_scaled(x, float(k)).array[0, 0]) == k + 1.0
+    assert len(_scaled.programs) == n  # type: ignore[attr-defined]
+    before = fuse.stats().traces
+    for k in range(10, n + 10):
         assert float(_scaled(x, float(k)).array[0, 0]) == k + 1.0
-    assert len(_scaled.programs) <= trace.MAX_SIGNATURES  # type: ignore[attr-defined]
+    assert fuse.stats().traces == before, "a signature among the latest was forgotten"
+    assert float(_scaled(x, 0.0).array[0, 0]) == 1.0
+    assert fuse.stats().traces == before + 1, "the oldest signature was not forgotten"
+    held = {id(p) for p in _scaled.programs.values()}  # type: ignore[attr-defined]
+    assert all(id(p) in held for _, p in _scaled.guards)  # type: ignore[attr-defined]
 
 
 def test_threads_trace_and_replay_independently() -> None:
