@@ -72,6 +72,43 @@ for a, b in zip(parent[0] + parent[1], got[0] + got[1]):
 print("ok")
 """
 
+FORK_WHILE_COMPILING = """
+import multiprocessing as mp, queue, sys, threading, time, numpy as np, lazybn as lb
+from numba.core.compiler_lock import global_compiler_lock
+def tanhs(k):  # an expression structure of its own for each k: a kernel compiled afresh
+    e = lb.matrix(np.arange(12.0).reshape(3, 4))
+    for _ in range(k):
+        e = lb.amap(lb.Fn.tanh, e) * 2.0
+    return lb.compute(lb.sum_rows(e)).array.tolist()
+def child(q):
+    q.put(tanhs(9))
+tanhs(1)  # numba and what it imports on a first call are loaded (a fork during an import can hang too)
+thread = threading.Thread(target=tanhs, args=(7,))
+thread.start()
+while global_compiler_lock._lock.acquire(blocking=False):  # until the thread is inside numba's compiler
+    global_compiler_lock._lock.release()
+    if not thread.is_alive():
+        sys.exit("the thread's kernel was not compiled (is the cache empty?)")
+    time.sleep(1e-4)
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+proc = ctx.Process(target=child, args=(q,))
+proc.start()
+try:
+    got = q.get(timeout=float(sys.argv[1]))
+except queue.Empty:
+    proc.kill()
+    sys.exit(f"the forked child hung (exit code {proc.exitcode})")
+proc.join(60)
+thread.join()
+assert proc.exitcode == 0, proc.exitcode
+x = np.arange(12.0).reshape(3, 4)
+for _ in range(9):
+    x = np.tanh(x) * 2.0
+assert np.allclose(got, x.sum(axis=0), rtol=1e-12), (got, x.sum(axis=0))
+print("ok")
+"""
+
 
 def _spawn(code: str, *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     full = {**os.environ, **env, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -106,5 +143,13 @@ def test_two_processes_write_and_read_one_data_cache(tmp_path: Path) -> None:
 
 def test_a_process_forked_after_a_parallel_kernel_computes_the_same_results(tmp_path: Path) -> None:
     p = _spawn(FORK, env={"LAZYBN_CACHE_DIR": str(tmp_path)})
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and out.strip().endswith("ok"), err
+
+
+def test_a_process_forked_while_another_thread_compiles_compiles_its_own_kernels(tmp_path: Path) -> None:
+    """The fork waits for the compile in flight; without that, the child inherits compile locks
+    held by a thread it does not have and hangs at its first compile."""
+    p = _spawn(FORK_WHILE_COMPILING, "120", env={"LAZYBN_CACHE_DIR": str(tmp_path)})
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0 and out.strip().endswith("ok"), err

@@ -56,7 +56,31 @@ class KernelStats:
 
 _counts = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "launches": 0, "traces": 0, "replays": 0}
 _loaded: dict[str, KernelFn] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()
+_forks_wait = False
+
+
+def _forks_wait_for_compiles() -> None:
+    """From the first kernel load on (numba is imported lazily), a fork waits for a kernel that
+    another thread is compiling: the child would inherit the compile locks (this module's and
+    numba's) held by a thread it does not have, and hang at its first compile."""
+    global _forks_wait
+    if _forks_wait:
+        return
+    _forks_wait = True
+    from numba.core.compiler_lock import global_compiler_lock
+
+    numba_lock: Any = global_compiler_lock  # untyped
+
+    def hold() -> None:
+        _lock.acquire()
+        numba_lock.acquire()
+
+    def free() -> None:
+        numba_lock.release()
+        _lock.release()
+
+    os.register_at_fork(before=hold, after_in_parent=free, after_in_child=free)
 
 
 def stats() -> KernelStats:
@@ -106,6 +130,7 @@ def load(kernel: Kernel) -> KernelFn:
         fn = _loaded.get(kernel.key)
         if fn is not None:
             return fn
+        _forks_wait_for_compiles()
         name = f"lazybn_kernels.k_{kernel.key[:16]}"
         path = kernel_dir() / f"k_{kernel.key[:16]}.py"
         data = kernel.source.encode()
