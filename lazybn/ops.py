@@ -10,7 +10,7 @@ per row). All of them are delayed; ``matmul`` (BLAS) is the one eager operation,
 from __future__ import annotations
 
 import math
-from typing import Any, overload
+from typing import overload
 
 import numpy as np
 
@@ -144,10 +144,10 @@ def transpose(m: Matrix) -> Matrix:
 
 
 @overload
-def reshape(a: Manifest[Any], shape: int) -> Vector: ...
+def reshape(a: Vector | Matrix, shape: int) -> Vector: ...
 @overload
-def reshape(a: Manifest[Any], shape: tuple[int, int]) -> Matrix: ...
-def reshape(a: Manifest[Any], shape: int | tuple[int, int]) -> Vector | Matrix:
+def reshape(a: Vector | Matrix, shape: tuple[int, int]) -> Matrix: ...
+def reshape(a: Vector | Matrix, shape: int | tuple[int, int]) -> Vector | Matrix:
     """The same elements, in row-major order, as a vector of ``shape`` or a matrix of ``shape``
     = (rows, cols) (massiv's ``resize'``): a view of the same memory, no copy."""
     if not isinstance(a, Manifest):
