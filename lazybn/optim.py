@@ -34,7 +34,7 @@ from typing import Any, Literal, assert_never, final, get_args
 
 import numpy as np
 
-from .array import Comp, Delayed, Manifest, compute_all
+from .array import Comp, Delayed, Manifest, Matrix, Vector, compute_all
 from .errors import ArgumentError, DTypeError, LazybnError, NumericalError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .grads import require_list
@@ -60,7 +60,7 @@ class UpdateMismatchError(LazybnError, ValueError):
         super().__init__(message)
 
 
-Slots = tuple[tuple[Manifest[Any], ...], ...]  # per layer, its moment arrays
+Slots = tuple[tuple[Vector | Matrix, ...], ...]  # per layer, its moment arrays (vectors and matrices, as its parameters)
 OptimizerKind = Literal["SGD", "Momentum", "RMSProp", "Adam"]  # the class that made an OptState
 KINDS: tuple[str, ...] = get_args(OptimizerKind)
 _OPTIMIZERS: tuple[type, ...] = get_args(Optimizer)  # looked up once: every training step checks
