@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any, assert_never, final
+from dataclasses import fields, replace
+from typing import Any, Literal, assert_never, overload
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .fuse.graph import FloatArray, Fn
 from .layers import (BN1, Act, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad, check_layers, trains)
 from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
+from .passresult import PassResult as PassResult
 from .steady import Bounds, bounded, steady
 from .trace import fused
 
@@ -255,19 +256,17 @@ def check_targets(op: str, t: FloatArray) -> None:
                               f"soft labels); row {row} is {t[row].tolist()}")
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class PassResult:
-    """One training pass over a batch (:func:`gradients`)."""
-
-    loss: float  # the batch's mean cross-entropy
-    pred: Matrix  # the predicted class probabilities, one row per sample
-    grads: list[Gradients]  # grads[i] belongs to layers[i]; a BN1 also carries its batch statistics
-    dx: Matrix | None  # the gradient of the loss with respect to the input, if asked for
-
-
+@overload
+def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | None = ...,
+              input_grad: Literal[False] = ...) -> PassResult[None]: ...
+@overload
+def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | None = ...,
+              input_grad: Literal[True]) -> PassResult[Matrix]: ...
+@overload
+def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | None = ...,
+              input_grad: bool) -> PassResult[Matrix | None]: ...
 def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | None = None,
-              input_grad: bool = False) -> PassResult:
+              input_grad: bool = False) -> PassResult[Matrix | None]:
     """The training pass without the update: a batch's loss, predictions and gradients.
 
     For loops of your own (gradient clipping with :func:`~lazybn.grads.clip_grad_norm`, another

@@ -18,5 +18,5 @@ def shout(message: str) -> None:
 
 lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, lb.one_hot(labels, 2), 4, None,
                progress=shout)  # type: ignore[arg-type]
-lb.gradients(layers, x, lb.matrix(lb.one_hot(labels, 2)))  # type: ignore[arg-type]
+lb.gradients(layers, x, lb.matrix(lb.one_hot(labels, 2)))  # type: ignore[call-overload]
 lb.update(opt, lb.init_state(opt, layers), layers, lb.gradients(layers, lb.matrix(x), lb.matrix(x)))  # type: ignore[arg-type]
