@@ -391,10 +391,10 @@ def compute_all(*ds: Delayed[Any]) -> tuple[Manifest[Any], ...]:
     return tuple(_run(ds, "compute_all"))
 
 
-def to_numpy(a: Manifest[Ix] | Delayed[Ix]) -> FloatArray:
-    """The values as a read-only numpy array (a delayed array is computed first)."""
+def to_numpy(a: Vec | Mat) -> FloatArray:
+    """The values as a read-only numpy array (a delayed array is computed first), of any rank."""
     if isinstance(a, Delayed):
-        return compute(a).array
+        return _run([a], "compute")[0].array
     if isinstance(a, Manifest):
         return a.array
     raise ArgumentError(f"to_numpy: expected a lazybn array, got {type(a).__name__}")

@@ -1,8 +1,9 @@
 """compute_all of a list (``compute_all(*ds)``) or of more than five arrays: one rank-typed tuple."""
 
-from typing import assert_type
+from typing import Any, assert_type
 
 import numpy as np
+from numpy.typing import NDArray
 
 import lazybn as lb
 
@@ -19,3 +20,6 @@ mixed: list[lb.Delayed[lb.Ix1] | lb.Delayed[lb.Ix2]] = [v * 2.0, x * 2.0]
 vs_and_ms = lb.compute_all(*mixed)
 assert_type(vs_and_ms, tuple[lb.Vector | lb.Matrix, ...])
 assert [m.shape for m in vs_and_ms] == [(3,), (2, 3)]
+either = vs_and_ms[0]  # a Vector | Matrix: to_numpy takes either rank
+assert_type(lb.to_numpy(either), NDArray[np.floating[Any]])
+assert np.array_equal(lb.to_numpy(either), 2.0 * v.array) and np.array_equal(lb.to_numpy(either * 2.0), 4.0 * v.array)
