@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import lazybn as lb
 import lazybn.fuse
+import lazybn.trace
 from lazybn.layers import BN1, Batchnorm1d
 from lazybn.network import _pass, bn_backward, bn_forward, logits, update_running
 
@@ -171,10 +172,19 @@ def rel_err(got: F, want: F, scale: float) -> float:
 @contextlib.contextmanager
 def par_everywhere() -> Iterator[None]:
     """Force the parallel kernel for every expression with a matrix loop, however small. (A
-    threshold of 0 would also make vector-only kernels "parallel": see the xfail below.)"""
+    threshold of 0 would also make vector-only kernels "parallel": see the xfail below.)
+
+    A ``@fused`` program replays the kernels it was traced with, whatever the threshold is now:
+    the step functions forget their programs on entry (a serial one traced earlier would replay
+    here) and on exit (a parallel one traced here would replay in later tests, where the body
+    runs serial kernels and gives other last bits)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lazybn.fuse, "PAR_THRESHOLD_BYTES", 1)
-        yield
+        lazybn.trace._forget_replays()
+        try:
+            yield
+        finally:
+            lazybn.trace._forget_replays()
 
 
 # ---------------------------------------------------------------------------------------------
