@@ -30,8 +30,10 @@ FUZZ_EXAMPLES = int(os.environ.get("LAZYBN_FUZZ_EXAMPLES", "600"))
 
 @pytest.fixture(scope="module", autouse=True)
 def _report() -> Iterator[None]:
-    yield
     path = os.environ.get("LAZYBN_FUZZ_REPORT")
+    if path and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:  # each worker would write its own
+        pytest.fail("LAZYBN_FUZZ_REPORT counts the examples of one process: run with -n 0", pytrace=False)
+    yield
     if path:
         with open(path, "w") as f:
             json.dump(dict(sorted(OUTCOMES.items())), f, indent=1)
