@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,7 @@ def test_a_run_that_fails_before_measuring_anything_leaves_no_directory(tmp_path
     assert main(["train", "--data-dir", str(empty), "--out", str(out), "--no-progress"]) == 2
     assert str(empty) in capsys.readouterr().err  # the data error names the directory
     assert not (tmp_path / "runs").exists()
+    assert "lazybn-warm-up" not in [t.name for t in threading.enumerate()]  # its step ended with the command
 
 
 def test_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path: Path,

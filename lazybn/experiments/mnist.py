@@ -251,8 +251,10 @@ def _train(args: argparse.Namespace) -> int:
     print(f"lazybn train: preset {args.preset}; writing to {out}")
     warm = threading.Thread(target=_warm_up, args=(s, args.seed), name="lazybn-warm-up", daemon=True)
     warm.start()
-    split, source = load_split(args.data_dir, s, progress)
-    warm.join()
+    try:
+        split, source = load_split(args.data_dir, s, progress)
+    finally:
+        warm.join()  # data that cannot load too: no training step runs on after the command returns
     print(f"data: {source} ({split.x_train.shape[0]} train, {split.x_test.shape[0]} test)")
     if s.batch_size > split.x_train.shape[0]:
         raise ArgumentError(f"lazybn train: --batch-size {s.batch_size} is more than the {split.x_train.shape[0]} "
