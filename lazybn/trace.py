@@ -52,7 +52,8 @@ builds its signature as before; a function keeps at most :data:`MAX_GUARDS` guar
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
 replay function and guard as it is written. Calls inside another function's trace run their
 body (they are part of the outer trace). Each function keeps at most :data:`MAX_SIGNATURES`
-programs: a new signature beyond them makes it forget its oldest.
+programs: a new signature beyond them makes it forget the least recently used one that no guard
+checks.
 """
 
 from __future__ import annotations
@@ -325,6 +326,14 @@ def _signature(where: tuple[tuple[int, str], ...], args: tuple[object, ...],
     return tuple(sig), arrays, values
 
 
+def _evict(programs: dict[tuple[object, ...], Program | None], guards: list[tuple[Guard, Program]]) -> None:
+    """Forget the least recently used signature that no guard checks (guarded ones are in use)."""
+    keys, held = list(programs), [p for _, p in guards]  # least recently used first; list(): atomic
+    old = next((k for k in keys if not any(programs.get(k) is p for p in held)), keys[0])
+    evicted = programs.pop(old, None)
+    guards[:] = [(g, p) for g, p in guards if p is not evicted]
+
+
 def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     params = inspect.signature(f).parameters
     positional = [p.name for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -354,6 +363,7 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             return f(*args, **kwargs)
         if prog is not _UNSEEN:
             cache.count("replays")
+            programs[key] = programs.pop(key, prog)  # now the most recently used (evicted last)
             if len(guards) < MAX_GUARDS:
                 written = _write_guard(where, args, kwargs, arrays)
                 if written is not None:
@@ -366,9 +376,8 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             held[at], k = _stand_ins(held[at], values, k)  # kernels take the values as arguments
         with fuse.recording() as rec:
             out = f(*args_in, **kwargs_in)  # type: ignore[arg-type]
-        while len(programs) >= MAX_SIGNATURES:  # the oldest signature goes (list(): one step under the GIL)
-            evicted = programs.pop(list(programs)[0], None)
-            guards[:] = [(g, p) for g, p in guards if p is not evicted]
+        while len(programs) >= MAX_SIGNATURES:
+            _evict(programs, guards)
         cache.count("traces")
         try:
             if rec.read_values:

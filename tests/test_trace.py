@@ -276,21 +276,28 @@ def test_parallel_programs_replay() -> None:
         np.testing.assert_array_equal(got.array, a.array + b.array)
 
 
-def test_signatures_are_bounded_and_the_oldest_goes_first() -> None:
-    """Past the bound a new signature evicts the oldest one: the latest signatures, a loop's
-    working set, still replay (and their guards still match), the first ones trace again."""
+def test_signatures_are_bounded_and_the_least_recently_used_goes_first() -> None:
+    """Past the bound a new signature evicts the least recently used one that no guard checks:
+    the guarded signatures (the first replayed) and the latest ones still replay, the earliest
+    unguarded ones trace again, and a replay makes a signature the most recently used."""
+    _scaled.programs.clear()  # type: ignore[attr-defined]  # this test's signatures only
+    _scaled.guards.clear()  # type: ignore[attr-defined]
     x = lb.matrix(np.ones((1, 1)))
-    n = trace.MAX_SIGNATURES
-    for k in range(n + 10):
-        for _ in range(2):  # the second call replays (and may write a guard)
-            assert float(_scaled(x, float(k)).array[0, 0]) == k + 1.0
-    assert len(_scaled.programs) == n  # type: ignore[attr-defined]
-    before = fuse.stats().traces
-    for k in range(10, n + 10):
+    n, g = trace.MAX_SIGNATURES, trace.MAX_GUARDS
+
+    def traced(k: int) -> int:
+        before = fuse.stats().traces
         assert float(_scaled(x, float(k)).array[0, 0]) == k + 1.0
-    assert fuse.stats().traces == before, "a signature among the latest was forgotten"
-    assert float(_scaled(x, 0.0).array[0, 0]) == 1.0
-    assert fuse.stats().traces == before + 1, "the oldest signature was not forgotten"
+        return fuse.stats().traces - before
+
+    for k in range(n + 10):
+        assert (traced(k), traced(k)) == (1, 0)  # the second call replays (the first g write a guard)
+    assert len(_scaled.programs) == n and len(_scaled.guards) == g  # type: ignore[attr-defined]
+    kept = [*range(g), *range(g + 10, n + 10)]
+    assert [k for k in kept if traced(k)] == [], "a guarded or a recent signature was forgotten"
+    assert traced(g) == 1, "an early unguarded signature was not forgotten"  # evicts g + 10, now the least recent
+    assert (traced(g + 11), traced(g + 10)) == (0, 1)  # g + 11 replayed: g + 12 goes next
+    assert (traced(g + 13), traced(g + 12)) == (0, 1)
     held = {id(p) for p in _scaled.programs.values()}  # type: ignore[attr-defined]
     assert all(id(p) in held for _, p in _scaled.guards)  # type: ignore[attr-defined]
 
