@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 from .errors import ArgumentError
+
+ZIP_ERRORS: Final = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+"""What reading a damaged zip (``.npz``) archive raises: besides truncation and bad CRCs, one
+flipped bit in a member's header makes :mod:`zipfile` report an unsupported compression method
+or version (``NotImplementedError``) or an encrypted member (``RuntimeError``)."""
 
 
 def cache_dir() -> Path:

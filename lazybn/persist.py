@@ -35,7 +35,7 @@ from typing import Any, assert_never, final
 
 import numpy as np
 
-from ._files import atomic_writer
+from ._files import ZIP_ERRORS, atomic_writer
 from .array import Comp, Manifest
 from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
@@ -193,7 +193,7 @@ class _Reader:
         except ValueError as exc:
             raise PersistenceError(f"{self.path}: array {name!r} is unreadable: {exc} "
                                    f"(lazybn never unpickles: object arrays are refused)") from None
-        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        except ZIP_ERRORS as exc:
             raise PersistenceError(f"{self.path}: array {name!r} is truncated or corrupt: {exc}") from None
         except MemoryError:
             raise PersistenceError(f"{self.path}: array {name!r} claims a size that cannot be allocated; "
@@ -303,7 +303,7 @@ def load(path: Path | str, comp: Comp | None = None) -> Saved:
             raise
         except LazybnError as exc:
             raise PersistenceError(f"{path}: the saved values are invalid: {exc}") from None
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        except (*ZIP_ERRORS, ValueError) as exc:
             raise PersistenceError(f"{path}: cannot read the file: {exc}") from None
 
 

