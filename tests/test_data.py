@@ -240,6 +240,23 @@ def test_csv_header_and_empty(tmp_path: Path) -> None:
         read_csv_split(p)
 
 
+@pytest.mark.parametrize("first", [
+    ", ".join(good_row()),  # spaces after the commas, which the rows may have
+    " " + ",".join(good_row()) + " ",
+    ",".join(["+3", *good_row()[1:]]),
+    "\ufeff" + ",".join(good_row()),  # a byte order mark before it
+], ids=["spaces", "padded", "signed", "byte order mark"])
+def test_a_first_row_of_data_is_never_taken_for_the_header(tmp_path: Path, first: str) -> None:
+    """Every field of line 1 an integer as the rows are read: a file without its header line,
+    refused (it would otherwise lose its first image)."""
+    p = tmp_path / "a.csv"
+    p.write_text("\n".join([first, ",".join(good_row()), ",".join(good_row())]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="a.csv: line 1 is a data row"):
+        read_csv_split(p)
+    p.write_text("\ufeff" + CSV_HEADER + "\n" + ",".join(good_row(label=4)) + "\n", encoding="utf-8")
+    assert read_csv_split(p).labels.tolist() == [4]  # a header after a byte order mark is a header
+
+
 # --- load_mnist source selection -------------------------------------------------------------
 
 

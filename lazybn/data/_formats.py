@@ -150,10 +150,10 @@ def _locate_csv_error(data: bytes, path: Path) -> None:
 
 def parse_csv(data: bytes, path: Path) -> Dataset:
     """Parse the bytes of an MNIST CSV file (``path`` is only used in messages); see :func:`read_csv_split`."""
-    header = data.split(b"\n", 1)[0].strip()
+    header = data.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").strip()  # a UTF-8 byte order mark is not text
     if not header:
         raise DataError(f"{path}: line 1 is empty, expected a header line such as 'label,1x1,...'")
-    if header.replace(b",", b"").isdigit():
+    if all(_INTEGER.fullmatch(field) for field in header.split(b",")):  # as the rows are read: " 5" is 5
         raise DataError(f"{path}: line 1 is a data row, expected a header line such as 'label,1x1,...'; add one")
     body = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
     if not body.strip():
