@@ -160,6 +160,14 @@ def test_truncated_idx_names_file_and_sizes(tmp_path: Path) -> None:
         read_idx(write_file(tmp_path / "imgs", raw[:10]))
 
 
+def test_an_idx_header_whose_sizes_multiply_beyond_int64_is_truncated(tmp_path: Path) -> None:
+    """2**31 x 2**31 x 4 items are 2**64 bytes (0 in int64): a file of the header alone is truncated,
+    never 2**31 images of no pixels."""
+    p = write_file(tmp_path / "imgs", struct.pack(">4I", 0x803, 2**31, 2**31, 4))
+    with pytest.raises(DataError, match=rf"imgs: truncated: .*i\.e\. {2**64} data bytes, but the file has 0"):
+        read_idx(p)
+
+
 def test_truncated_gzip_is_data_error(tmp_path: Path) -> None:
     p = tmp_path / "labels.gz"
     p.write_bytes(gzip.compress(idx_bytes(np.zeros(50, np.uint8)))[:-12])

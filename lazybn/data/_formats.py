@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import re
 import struct
 import zlib
@@ -88,7 +89,7 @@ def read_idx_dims(path: Path) -> tuple[NDArray[np.uint8], tuple[int, ...]]:
     if len(data) < header:
         raise DataError(f"{path}: header needs {header} bytes, the file has {len(data)}; the file is truncated")
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python integers: up to 2**96, which int64 would wrap
     actual = len(data) - header
     if actual != expected:
         what = "truncated" if actual < expected else "longer than its header says"
