@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LazybnError as exc:
         print(f"lazybn: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file lazybn writes (a full disk, a vanished directory): the earlier ones are whole
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lazybn: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # before training started (training itself stops cleanly and reports)
         print("lazybn: interrupted", file=sys.stderr)
         return 130

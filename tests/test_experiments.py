@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -242,6 +243,30 @@ def test_train_stopped_by_an_error_keeps_the_measured_epochs_and_networks(
         assert load(out / f"{arm}-seed0.npz").meta["epoch"] == 1
 
 
+def test_a_file_that_cannot_be_written_mid_run_is_an_error_naming_it_and_keeps_the_files_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk when epoch 2's first network is saved: the error names the file and the cause
+    (no traceback), and the networks saved after epoch 1 are still whole."""
+    import errno
+
+    from lazybn.experiments import mnist
+
+    calls: list[Path] = []
+
+    def save(path: Path, *args: Any, **kwargs: Any) -> None:
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        lb.save(path, *args, **kwargs)
+
+    monkeypatch.setattr(mnist, "save", save)
+    data, out = _csv_data(tmp_path), tmp_path / "out"
+    assert main(["train", "--data-dir", str(data), "--epochs", "3", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lazybn: error: {out / 'batchnorm-seed0.npz'}: {os.strerror(errno.ENOSPC)}\n"
+    assert load(out / "batchnorm-seed0.npz").meta["epoch"] == 1 and load(out / "plain-seed0.npz").meta["epoch"] == 1
+
+
 def test_a_diverging_train_names_the_problem_and_a_fix_the_command_offers(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _csv_data(tmp_path)
@@ -271,7 +296,6 @@ def test_train_stopped_by_sigterm_mid_epoch_reports_like_ctrl_c(
     """SIGTERM (a job scheduler, `timeout`) during epoch 2 of the second network: the first
     network's epoch 2 is printed and kept, the report is written, and the printed result says
     which epoch each network reached."""
-    import os
     import signal
 
     from lazybn.experiments import runner
