@@ -123,7 +123,10 @@ def test_an_output_directory_that_cannot_be_written_is_refused_first(tmp_path: P
     out = tmp_path / "a-file" / "run"
     assert main(["train", "--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"cannot write to the output directory {out}" in err  # not the missing data: nothing was loaded
+    assert f"cannot write to the output directory {out} ({tmp_path / 'a-file'} is a file, not a directory)" in err
+    assert "no-data" not in err  # not the missing data: nothing was loaded
+    assert main(["train", "--out", str(tmp_path / "a-file"), "--no-progress"]) == 2
+    assert f"({tmp_path / 'a-file'} is a file, not a directory)" in capsys.readouterr().err
 
 
 def test_a_run_that_fails_before_measuring_anything_leaves_no_directory(tmp_path: Path,

@@ -126,8 +126,9 @@ def out_dir(args: argparse.Namespace, name: str) -> Path:
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
-        raise ArgumentError(f"cannot write to the output directory {out} ({exc.strerror or exc}); "
-                            "choose another with --out") from exc
+        file = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{file} is a file, not a directory" if file is not None else exc.strerror or exc
+        raise ArgumentError(f"cannot write to the output directory {out} ({why}); choose another with --out") from exc
     return out
 
 
