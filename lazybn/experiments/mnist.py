@@ -186,7 +186,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         except ValueError:
             raise ArgumentError(f"lazybn train: --bn-momentum takes a number or 'none', got {args.bn_momentum!r}") from None
     if args.renorm is not None:
-        changes["renorm"] = Renorm(*args.renorm)
+        try:
+            changes["renorm"] = Renorm(*args.renorm)
+        except ValueRangeError as e:  # Renorm's own check, naming the option
+            raise ArgumentError(f"lazybn train: --renorm {e}") from None
     if args.renorm_ramp is not None:
         changes["renorm_ramp"] = tuple(args.renorm_ramp)
     if args.ghost_batch is not None:
