@@ -292,11 +292,13 @@ def test_env_dir_must_be_used(isolated: Path, monkeypatch: pytest.MonkeyPatch) -
     for name in (*IDX_NAMES, "mnist_train.csv", "mnist_test.csv"):
         assert name in str(info.value)
     assert "none of them" in str(info.value)
+    assert str(info.value).endswith("($LAZYBN_DATA_DIR names this directory)")
     (empty / "mnist_train.csv").write_text("x")
     with pytest.raises(DataError, match="has only mnist_train.csv"):
         load_mnist()
-    with pytest.raises(DataError, match="not a directory"):
+    with pytest.raises(DataError, match="not a directory") as given:
         load_mnist(isolated / "missing")
+    assert "LAZYBN_DATA_DIR" not in str(given.value)  # a directory given as an argument is the caller's
 
 
 def test_data_dir_argument_wins_over_env(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:

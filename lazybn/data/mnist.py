@@ -328,8 +328,11 @@ def load_mnist(
     ``fetch=False``, :class:`DataError` says how to provide the data. ``progress`` prints the
     fetch steps to stderr.
     """
-    if data_dir is None:
-        data_dir = os.environ.get(DATA_DIR_ENV) or None
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        try:
+            return load_dir(Path(os.environ[DATA_DIR_ENV]))
+        except DataError as e:  # a setting made long ago: say where the directory came from
+            raise DataError(f"{e} (${DATA_DIR_ENV} names this directory)") from e
     if data_dir is not None:
         return load_dir(Path(data_dir))
     cache_file = default_cache_file() if cache is None else Path(cache)
