@@ -492,6 +492,20 @@ def test_weight_decay_options_reach_the_optimizers() -> None:
     assert make_optimizer(s, bn=False).bn_lr_multiplier == 1.0  # the plain network has no batch norm to scale
 
 
+def test_fine_tune_refuses_data_without_images_of_a_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Test images of 0-4 only: the target task (5-9) has nothing to measure, said before any training."""
+    data = tmp_path / "data"
+    data.mkdir()
+    images, labels = synthetic_images(40, 1)
+    write_csv(data / "mnist_train.csv", images, labels)
+    write_csv(data / "mnist_test.csv", images[labels < 5], labels[labels < 5])
+    assert main(["run", "fine-tune", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lazybn: error: fine-tune trains on the digits 0-4, then on 5-9; ") and (
+        "has 20 training and 0 test images of 5-9" in err), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_fine_tune_tasks_and_arms() -> None:
     from lazybn.experiments.common import synthetic_split
     from lazybn.experiments.fine_tune import ARMS, fine_tune_arms, tasks

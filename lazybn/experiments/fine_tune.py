@@ -31,6 +31,7 @@ from typing import Any, final
 
 import numpy as np
 
+from ..errors import DataError
 from ..init import mlp
 from ..layers import Batchnorm1d, Layer, LinearNoBias
 from ..optim import SGD
@@ -96,6 +97,11 @@ def run_fine_tune(args: argparse.Namespace) -> int:
     print(f"lazybn run {NAME}: writing to {out}")
     data, source = load_split(args, args.quick)
     src, tgt = tasks(data, s.per_class)
+    for task, digits in ((src, "0-4"), (tgt, "5-9")):
+        if task.x_train.shape[0] < 2 or task.x_test.shape[0] < 1:
+            raise DataError(f"{NAME} trains on the digits 0-4, then on 5-9; {source} has {task.x_train.shape[0]} "
+                            f"training and {task.x_test.shape[0]} test images of {digits}, and each task needs at "
+                            "least 2 and 1")
     print(f"data: {source}; source task: {src.x_train.shape[0]} images of 0-4; target task: "
           f"{tgt.x_train.shape[0]} images of 5-9")
     opt = SGD(0.1)
