@@ -265,6 +265,13 @@ def test_a_first_row_of_data_is_never_taken_for_the_header(tmp_path: Path, first
     assert read_csv_split(p).labels.tolist() == [4]  # a header after a byte order mark is a header
 
 
+def test_csv_with_bare_carriage_returns_names_the_line_ends(tmp_path: Path) -> None:
+    p = tmp_path / "a.csv"
+    p.write_text("\r".join([CSV_HEADER, ",".join(good_row()), ",".join(good_row())]) + "\r", newline="")
+    with pytest.raises(DataError, match=r"a.csv: lines end in a bare carriage return \(\\r\)"):
+        read_csv_split(p)
+
+
 # --- load_mnist source selection -------------------------------------------------------------
 
 

@@ -154,6 +154,8 @@ def parse_csv(data: bytes, path: Path) -> Dataset:
     header = data.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").strip()  # a UTF-8 byte order mark is not text
     if not header:
         raise DataError(f"{path}: line 1 is empty, expected a header line such as 'label,1x1,...'")
+    if b"\r" in header:  # old Mac line ends: the whole file would be one header line
+        raise DataError(f"{path}: lines end in a bare carriage return (\\r); use \\n or \\r\\n line ends")
     if all(_INTEGER.fullmatch(field) for field in header.split(b",")):  # as the rows are read: " 5" is 5
         raise DataError(f"{path}: line 1 is a data row, expected a header line such as 'label,1x1,...'; add one")
     body = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
