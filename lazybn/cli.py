@@ -7,6 +7,7 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from types import FrameType
 
@@ -37,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if threads is not None and threads < 1:
             raise ArgumentError(f"--blas-threads must be at least 1, got {threads}")
-        with threadpool_limits(limits=threads, user_api="blas"):
+        with threadpool_limits(limits=threads, user_api="blas"), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             code: int = args.func(args)
     except LazybnError as exc:
         print(f"lazybn: error: {exc}", file=sys.stderr)
@@ -54,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handles:
             signal.signal(signal.SIGTERM, before)
     return code
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """A warning as a line of the command's own (a rebuilt cache, a cache that cannot be written)."""
+    print(f"lazybn: warning: {message}", file=sys.stderr)
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:

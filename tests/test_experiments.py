@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,25 @@ def test_an_output_directory_that_cannot_be_written_is_refused_first(tmp_path: P
     assert "no-data" not in err  # not the missing data: nothing was loaded
     assert main(["train", "--out", str(tmp_path / "a-file"), "--no-progress"]) == 2
     assert f"({tmp_path / 'a-file'} is a file, not a directory)" in capsys.readouterr().err
+
+
+def test_the_command_prints_a_warning_as_a_line_of_its_own(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Not Python's format (file, line number, source line): the command's prefix and the message."""
+    import lazybn.experiments.mnist as command
+
+    def warns(args: object) -> int:
+        warnings.warn("could not write the MNIST cache /x (disk full); it will be fetched again", stacklevel=2)
+        return 0
+
+    monkeypatch.setattr(command, "_train", warns)
+    shown = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside pytest, where a UserWarning is shown, not raised
+        assert main(["train", "--no-progress"]) == 0
+    assert capsys.readouterr().err == ("lazybn: warning: could not write the MNIST cache /x (disk full); "
+                                       "it will be fetched again\n")
+    assert warnings.showwarning is shown  # put back for the caller
 
 
 def test_a_run_that_fails_before_measuring_anything_leaves_no_directory(tmp_path: Path,

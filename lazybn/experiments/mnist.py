@@ -27,6 +27,7 @@ import shlex
 import sys
 import threading
 from dataclasses import dataclass, fields, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, final
 
@@ -122,21 +123,29 @@ def load_split(data_dir: str | None, s: Settings, progress: bool) -> tuple[Split
     return split, mnist.source
 
 
+def _preset(name: str) -> str:
+    """``--help``'s note of where an option's default comes from."""
+    value = getattr(PRESETS["default"], name)
+    return f" (default: the preset's, {value.value if isinstance(value, Enum) else value} in 'default')"
+
+
 def add_train_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train", help="train MNIST 784-300-50-10 with and without batch norm and compare them",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="named settings (default: %(default)s)")
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="samples per batch")
-    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--epochs", type=int, help="number of epochs" + _preset("epochs"))
+    p.add_argument("--batch-size", type=int, help="samples per batch" + _preset("batch_size"))
+    p.add_argument("--lr", type=float, help="learning rate" + _preset("lr"))
     p.add_argument("--schedule", choices=[s.value for s in Schedule], help="learning-rate schedule, a factor per epoch: constant 1; step 0.1 from half of the "
-                        "epochs and 0.01 from three quarters; cosine half a cosine from 1 to 0.01 at the last epoch")
+                        "epochs and 0.01 from three quarters; cosine half a cosine from 1 to 0.01 at the last epoch"
+                        + _preset("schedule"))
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam", "adamw", "rmsprop"],
-                   help="adamw: Adam with decoupled weight decay")
+                   help="adamw: Adam with decoupled weight decay" + _preset("optimizer"))
     p.add_argument("--init", choices=[i.value for i in Init], help="weight initialiser: haskell 0.01·N(0,1) weights and N(0,1) biases; small 0.01·N(0,1) "
-                        "weights; normal N(0,1); xavier N(0, 2/(in+out)); he N(0, 2/in) (biases zero but for haskell)")
+                        "weights; normal N(0,1); xavier N(0, 2/(in+out)); he N(0, 2/in) (biases zero but for haskell)"
+                        + _preset("init"))
     p.add_argument("--bn-lr-multiplier", type=float, help="learning-rate factor for gamma and beta")
     p.add_argument("--weight-decay", type=float, metavar="WD",
                    help="L2 weight decay of the linear layers' weights and biases (default 0)")
