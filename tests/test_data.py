@@ -265,6 +265,17 @@ def test_a_first_row_of_data_is_never_taken_for_the_header(tmp_path: Path, first
     assert read_csv_split(p).labels.tolist() == [4]  # a header after a byte order mark is a header
 
 
+def test_a_header_of_column_numbers_is_a_header(tmp_path: Path) -> None:
+    """A table written with numbered columns (0, 1, ..., 784) has a header of integers that no
+    data row can be: pixels stop at 255."""
+    p = tmp_path / "a.csv"
+    rows = [good_row(label=7), good_row(label=2)]
+    p.write_text("\n".join([",".join(str(k) for k in range(785)), *(",".join(r) for r in rows)]) + "\n")
+    got = read_csv_split(p)
+    assert got.labels.tolist() == [7, 2]
+    np.testing.assert_array_equal(got.images, np.array([[int(v) for v in r[1:]] for r in rows], np.uint8))
+
+
 def test_csv_with_bare_carriage_returns_names_the_line_ends(tmp_path: Path) -> None:
     p = tmp_path / "a.csv"
     p.write_text("\r".join([CSV_HEADER, ",".join(good_row()), ",".join(good_row())]) + "\r", newline="")
