@@ -358,12 +358,12 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             key, arrays, values = _signature(where, args, kwargs)
         except Opaque:
             return f(*args, **kwargs)
-        prog = programs.get(key, _UNSEEN)
+        if (prog := programs.get(key, _UNSEEN)) is not _UNSEEN:  # opaque or not, now the most recently
+            programs[key] = programs.pop(key, prog)  # used (evicted last)
         if prog is _OPAQUE:
             return f(*args, **kwargs)
         if prog is not _UNSEEN:
             cache.count("replays")
-            programs[key] = programs.pop(key, prog)  # now the most recently used (evicted last)
             if len(guards) < MAX_GUARDS:
                 written = _write_guard(where, args, kwargs, arrays)
                 if written is not None:

@@ -302,6 +302,72 @@ def test_signatures_are_bounded_and_the_least_recently_used_goes_first() -> None
     assert all(id(p) in held for _, p in _scaled.guards)  # type: ignore[attr-defined]
 
 
+def test_with_every_signature_guarded_the_least_recently_used_goes_with_its_guard(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bound no larger than MAX_GUARDS: every signature replayed has a guard, so the one
+    forgotten is the least recently used of all, guard and all; a bound lowered at run time
+    holds from the next trace on."""
+    monkeypatch.setattr(trace, "MAX_SIGNATURES", 3)
+    assert trace.MAX_SIGNATURES <= trace.MAX_GUARDS
+
+    @fused
+    def plus(a: Matrix, s: float) -> Matrix:
+        return lb.compute(a + s)
+
+    x = lb.matrix(np.zeros((1, 1)))
+
+    def traced(k: int) -> int:
+        before = fuse.stats().traces
+        assert float(plus(x, float(k)).array[0, 0]) == k
+        return fuse.stats().traces - before
+
+    def consistent() -> None:  # every guard serves a signature the function still holds
+        held = {id(p) for p in plus.programs.values()}  # type: ignore[attr-defined]
+        assert all(id(p) in held for _, p in plus.guards)  # type: ignore[attr-defined]
+
+    for k in range(3):
+        assert (traced(k), traced(k)) == (1, 0)  # the replay writes a guard
+    assert len(plus.guards) == 3  # type: ignore[attr-defined]
+    assert traced(3) == 1  # 0, the least recently used, goes with its guard
+    assert len(plus.programs) == 3 and len(plus.guards) == 2  # type: ignore[attr-defined]
+    consistent()
+    assert (traced(1), traced(2), traced(0)) == (0, 0, 1), "0 was not forgotten"  # 3 goes
+    assert traced(3) == 1
+    consistent()
+    monkeypatch.setattr(trace, "MAX_SIGNATURES", 1)
+    assert traced(9) == 1
+    assert len(plus.programs) == 1  # type: ignore[attr-defined]
+    consistent()
+    assert traced(9) == 0
+
+
+@fused
+def _peeks_if_negative(a: Matrix, s: float) -> Matrix:
+    if s < 0:  # reads values in Python: this signature is opaque, the others replay
+        return lb.compute(a + float(a.array.sum()))
+    return lb.compute(lb.scale(s, a) + 1.0)
+
+
+def test_an_opaque_signature_in_use_is_not_forgotten() -> None:
+    """A signature the replay cannot serve is used too: called between new signatures, it is
+    never the least recently used, and its body is not traced again however many come."""
+    _peeks_if_negative.programs.clear()  # type: ignore[attr-defined]  # this test's signatures only
+    _peeks_if_negative.guards.clear()  # type: ignore[attr-defined]
+    a = np.arange(4.0).reshape(2, 2)
+    x = lb.matrix(a)
+
+    def traced(s: float) -> int:
+        before = fuse.stats().traces
+        want = a + a.sum() if s < 0 else s * a + 1.0
+        np.testing.assert_array_equal(_peeks_if_negative(x, s).array, want)
+        return fuse.stats().traces - before
+
+    assert traced(-1.0) == 1
+    for k in range(trace.MAX_SIGNATURES + 10):
+        assert (traced(float(k)), traced(-1.0)) == (1, 0), k
+    assert list(_peeks_if_negative.programs.values())[-1] is None  # type: ignore[attr-defined]  # the opaque one, used last
+
+
 def test_threads_trace_and_replay_independently() -> None:
     errors: list[BaseException] = []
 
