@@ -74,6 +74,7 @@ print("ok")
 
 FORK_WHILE_COMPILING = """
 import multiprocessing as mp, queue, sys, threading, time, numpy as np, lazybn as lb
+from lazybn.fuse import cache
 from numba.core.compiler_lock import global_compiler_lock
 def tanhs(k):  # an expression structure of its own for each k: a kernel compiled afresh
     e = lb.matrix(np.arange(12.0).reshape(3, 4))
@@ -83,10 +84,19 @@ def tanhs(k):  # an expression structure of its own for each k: a kernel compile
 def child(q):
     q.put(tanhs(9))
 tanhs(1)  # numba and what it imports on a first call are loaded (a fork during an import can hang too)
+inside, real = threading.Event(), cache._import
+def slow_import(path, name):  # the thread stays inside lazybn's kernel load (its lock held) a while
+    inside.set()
+    time.sleep(1.0)
+    return real(path, name)
+if sys.argv[2] == "load":
+    cache._import = slow_import
 thread = threading.Thread(target=tanhs, args=(7,))
 thread.start()
-while global_compiler_lock._lock.acquire(blocking=False):  # until the thread is inside numba's compiler
-    global_compiler_lock._lock.release()
+if sys.argv[2] == "load":
+    inside.wait()
+while sys.argv[2] == "compile" and global_compiler_lock._lock.acquire(blocking=False):  # until the thread
+    global_compiler_lock._lock.release()  # is inside numba's compiler
     if not thread.is_alive():
         sys.exit("the thread's kernel was not compiled (is the cache empty?)")
     time.sleep(1e-4)
@@ -107,6 +117,40 @@ for _ in range(9):
     x = np.tanh(x) * 2.0
 assert np.allclose(got, x.sum(axis=0), rtol=1e-12), (got, x.sum(axis=0))
 print("ok")
+"""
+
+
+FORK_INTERRUPTED = """
+import os, signal, sys, threading, numpy as np, lazybn as lb
+from numba.core.compiler_lock import global_compiler_lock
+def tanhs(k):
+    e = lb.matrix(np.arange(12.0).reshape(3, 4))
+    for _ in range(k):
+        e = lb.amap(lb.Fn.tanh, e) * 2.0
+    return lb.compute(lb.sum_rows(e)).array.tolist()
+tanhs(1)  # the first kernel: forks wait for compiles from now on
+held, done = threading.Event(), threading.Event()
+def compiling():  # stands for a long compile in another thread
+    with global_compiler_lock:
+        held.set()
+        done.wait()
+t = threading.Thread(target=compiling)
+t.start()
+held.wait()
+def interrupted(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, interrupted)
+signal.setitimer(signal.ITIMER_REAL, 0.5)  # Ctrl-C while the fork waits for the compile
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+done.set()
+t.join()
+other = threading.Thread(target=tanhs, args=(5,), daemon=True)  # a kernel of another thread's
+other.start()
+other.join(float(sys.argv[1]))
+sys.exit("the other thread hangs at its kernel" if other.is_alive() else 0)
 """
 
 
@@ -150,6 +194,23 @@ def test_a_process_forked_after_a_parallel_kernel_computes_the_same_results(tmp_
 def test_a_process_forked_while_another_thread_compiles_compiles_its_own_kernels(tmp_path: Path) -> None:
     """The fork waits for the compile in flight; without that, the child inherits compile locks
     held by a thread it does not have and hangs at its first compile."""
-    p = _spawn(FORK_WHILE_COMPILING, "120", env={"LAZYBN_CACHE_DIR": str(tmp_path)})
+    p = _spawn(FORK_WHILE_COMPILING, "120", "compile", env={"LAZYBN_CACHE_DIR": str(tmp_path)})
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0 and out.strip().endswith("ok"), err
+
+
+def test_a_process_forked_while_another_thread_loads_a_kernel_compiles_its_own_kernels(tmp_path: Path) -> None:
+    """The fork waits for a kernel load in flight (writing and importing its module, before numba
+    compiles it); without that, the child inherits lazybn's kernel lock held by a thread it does
+    not have and hangs at its first kernel."""
+    p = _spawn(FORK_WHILE_COMPILING, "120", "load", env={"LAZYBN_CACHE_DIR": str(tmp_path)})
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0 and out.strip().endswith("ok"), err
+
+
+def test_a_fork_interrupted_while_it_waits_for_a_compile_leaves_no_lock_held(tmp_path: Path) -> None:
+    """A signal (Ctrl-C) while the fork waits: the fork goes on (Python ignores the exception of a
+    fork hook) and the locks it had taken are released, so another thread's next kernel loads."""
+    p = _spawn(FORK_INTERRUPTED, "60", env={"LAZYBN_CACHE_DIR": str(tmp_path)})
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err

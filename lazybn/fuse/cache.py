@@ -71,14 +71,22 @@ def _forks_wait_for_compiles() -> None:
     from numba.core.compiler_lock import global_compiler_lock
 
     numba_lock: Any = global_compiler_lock  # untyped
+    held = threading.local()  # whether this thread's hold() took both locks
 
     def hold() -> None:
         _lock.acquire()
-        numba_lock.acquire()
+        try:
+            numba_lock.acquire()
+        except BaseException:  # a signal (Ctrl-C) while waiting: the fork goes on, and no lock stays held
+            _lock.release()
+            raise
+        held.both = True
 
     def free() -> None:
-        numba_lock.release()
-        _lock.release()
+        if getattr(held, "both", False):
+            held.both = False
+            numba_lock.release()
+            _lock.release()
 
     os.register_at_fork(before=hold, after_in_parent=free, after_in_child=free)
 
