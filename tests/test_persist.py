@@ -200,6 +200,15 @@ def test_a_damaged_zip_header_is_a_persistence_error(tmp_path: Path, how: str) -
         load(path)
 
 
+@pytest.mark.parametrize("how", sorted(set(ZIP_HEADER_DAMAGE) - {"future zip version"}))  # that one: when it opens
+def test_one_array_behind_a_damaged_zip_header_is_named(tmp_path: Path, how: str) -> None:
+    """The archive opens and its header reads; only layer0.w's entry is damaged: the error names that array."""
+    path, _ = _saved(tmp_path)
+    path.write_bytes(damage_zip_headers(path.read_bytes(), how, member="layer0.w.npy"))
+    with pytest.raises(PersistenceError, match=re.escape(f"{path}: array 'layer0.w' is truncated or corrupt")):
+        load(path)
+
+
 def test_missing_header(tmp_path: Path) -> None:
     path, d = _saved(tmp_path)
     arrays = {k: v for k, v in d["arrays"].items() if k != "header.json"}
