@@ -4,6 +4,7 @@ and ``lazybn run NAME`` (the experiments)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LazybnError as exc:
         print(f"lazybn: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`lazybn train | head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 141
     except OSError as exc:  # a file lazybn writes (a full disk, a vanished directory): the earlier ones are whole
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"lazybn: error: {where}{exc.strerror or exc}", file=sys.stderr)
@@ -56,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handles:
             signal.signal(signal.SIGTERM, before)
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: Python's last flush at exit would fail again on the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a file descriptor (a caller's capture)
+        pass
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

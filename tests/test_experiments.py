@@ -171,11 +171,25 @@ def test_help_gives_the_value_a_run_without_the_option_uses(monkeypatch: pytest.
         found = re.search(r"\(default: the preset's, (\S+) in 'default'\)", " ".join(block.split()))
         if found:
             shown[block.split()[0]] = found.group(1)
-    assert set(shown) == {"--epochs", "--batch-size", "--lr", "--schedule", "--optimizer", "--init"}, shown
+    assert set(shown) == {"--epochs", "--batch-size", "--lr", "--schedule", "--optimizer", "--init",
+                          "--bn-lr-multiplier", "--comp"}, shown
     assert main(["train"]) == 0
     for option, value in shown.items():
         assert main(["train", option, value]) == 0
         assert seen[-1] == seen[0], option
+
+
+def test_a_closed_stdout_stops_the_command_quietly() -> None:
+    """``lazybn train | head``: exit status 141 (as a tool killed by SIGPIPE), nothing on stderr."""
+    code = ("import sys, lazybn.experiments.mnist as command\nfrom lazybn.cli import main\n"
+            "def chatty(args):\n    for _ in range(100000):\n        print('x' * 100)\n    return 0\n"
+            "command._train = chatty\nsys.exit(main(['train', '--no-progress']))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.read(10) == b"x" * 10
+    p.stdout.close()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 141 and err == b"", err.decode()
 
 
 def test_a_run_that_fails_before_measuring_anything_leaves_no_directory(tmp_path: Path,

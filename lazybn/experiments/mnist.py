@@ -146,7 +146,7 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--init", choices=[i.value for i in Init], help="weight initialiser: haskell 0.01·N(0,1) weights and N(0,1) biases; small 0.01·N(0,1) "
                         "weights; normal N(0,1); xavier N(0, 2/(in+out)); he N(0, 2/in) (biases zero but for haskell)"
                         + _preset("init"))
-    p.add_argument("--bn-lr-multiplier", type=float, help="learning-rate factor for gamma and beta")
+    p.add_argument("--bn-lr-multiplier", type=float, help="learning-rate factor for gamma and beta" + _preset("bn_lr_multiplier"))
     p.add_argument("--weight-decay", type=float, metavar="WD",
                    help="L2 weight decay of the linear layers' weights and biases (default 0)")
     p.add_argument("--bn-weight-decay", type=float, metavar="WD",
@@ -163,7 +163,7 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], help="the networks' and inputs' dtype (default float32)")
     p.add_argument("--comp", choices=["Seq", "Par"],
                    help="Par: kernels whose largest loop nest holds 4 MiB or more run on all cores (at MNIST's "
-                        "batch sizes every kernel is below that and runs serially); Seq: one core")
+                        "batch sizes every kernel is below that and runs serially); Seq: one core" + _preset("comp"))
     p.add_argument("--seed", type=int, default=0, help="random seed of the first run (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds to run and average (default 1)")
     p.add_argument("--data-dir", default=None,
