@@ -61,7 +61,6 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import math
 import os
 import sys
 import weakref
@@ -69,13 +68,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import is_dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
-import numpy as np
-
 from . import fuse
 from .array import Comp, Manifest
 from .errors import ArgumentError
 from .fuse import cache
 from .fuse.graph import Scalar
+from .guards import Guard, dynamic_places, numbers, write_guard
 from .replay import FIELDS, STATIC, Opaque, Program, compile_program, field_names
 
 P = ParamSpec("P")
@@ -135,105 +133,6 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         raise Opaque(t.__name__)
 
 
-class _Guard:
-    """Writes a *guard*: straight-line Python that accepts exactly the calls whose signature is
-    that of the call it is written from, and returns their arrays and dynamic values as
-    :func:`_signature` would (or None). It walks the arguments as :func:`_flatten` does, so the
-    arrays come in the same order; a type it does not know ends the writing (no guard)."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, object] = {"Manifest": Manifest, "PAR": _PAR, "numbers": _numbers, "Opaque": Opaque}
-        self.lines: list[str] = []
-        self.arrays: list[str] = []
-        self.tmp = 0
-
-    def const(self, v: object) -> str:
-        name = f"k{len(self.names)}"
-        self.names[name] = v
-        return name
-
-    def fail_unless(self, cond: str) -> None:
-        self.lines.append(f"if not ({cond}): return None")
-
-    def value(self, expr: str, x: object) -> None:
-        t = type(x)
-        v = f"t{self.tmp}"
-        self.tmp += 1
-        self.lines.append(f"{v} = {expr}")
-        if t is Manifest:
-            leaf, par = x._leaf, x._comp is _PAR  # type: ignore[attr-defined]
-            self.fail_unless(f"type({v}) is Manifest")
-            self.lines.append(f"{v}l = {v}._leaf")
-            self.fail_unless(f"{v}l.shape == {leaf.shape!r} and {v}l.dtype is {self.const(leaf.dtype)} and "
-                             f"{v}._comp is {'' if par else 'not '}PAR")
-            self.arrays.append(f"{v}l.array")
-        elif isinstance(x, (tuple, list)) and (t is tuple or t is list):
-            self.fail_unless(f"type({v}) is {self.const(t)} and len({v}) == {len(x)}")
-            for k, y in enumerate(x):
-                self.value(f"{v}[{k}]", y)
-        elif isinstance(x, float) and t is float:  # bit for bit where equal values can differ (±0.0, NaN)
-            same = f"{v} == {x!r}" if math.isfinite(x) and x != 0.0 else f"{v}.hex() == {x.hex()!r}"
-            self.fail_unless(f"type({v}) is float and {same}")
-        elif x is None or t is bool:
-            self.fail_unless(f"{v} is {x!r}")
-        elif isinstance(x, enum.Enum):
-            self.fail_unless(f"{v} is {self.const(x)}")
-        elif t is int or t is str or t is bytes:
-            self.fail_unless(f"type({v}) is {t.__name__} and {v} == {x!r}")
-        elif t in FIELDS:  # a dataclass that _flatten has seen
-            names = FIELDS[t]
-            self.fail_unless(f"type({v}) is {self.const(t)}")
-            if t.__dictoffset__:
-                self.fail_unless(f"len({v}.__dict__) == {len(names)}")
-            for name in names:
-                self.value(f"{v}.{name}", getattr(x, name))
-        else:
-            raise Opaque(t.__name__)
-
-
-Guard = Callable[[tuple[object, ...], dict[str, Any]], "tuple[list[Any], list[Any]] | None"]
-
-
-def _write_guard(where: tuple[tuple[int, str], ...], args: tuple[object, ...], kwargs: dict[str, Any],
-                 arrays: list[Any]) -> Guard | None:
-    """The guard of this call's signature (see :class:`_Guard`), or None if it cannot have one: a
-    call in which the same array is two arguments has none (its guard accepts distinct arrays only)."""
-    if len({id(a) for a in arrays}) < len(arrays):
-        return None
-    g = _Guard()
-    held_args, held_kwargs = list(args), dict(kwargs)
-    places = _dynamic_places(where, held_args, held_kwargs)
-    shapes = [_numbers(held[at], []) for held, at in places]
-    g.fail_unless(f"len(args) == {len(args)} and " + (f"kwargs.keys() == {g.const(set(kwargs))}" if kwargs else
-                                                      "not kwargs"))
-    g.lines.append("values = []")
-    dynamic = set()
-    for (held, at), shape in zip(places, shapes):
-        where_ = f"args[{at}]" if held is held_args else f"kwargs[{at!r}]"
-        g.lines.append(f"try:\n        shape = numbers({where_}, values)\n    except Opaque:\n        return None")
-        g.fail_unless(f"shape == {g.const(shape)}")
-        dynamic.add((held is held_args, at))
-    try:
-        for k, x in enumerate(args):
-            if (True, k) not in dynamic:
-                g.value(f"args[{k}]", x)
-        for name in sorted(kwargs):
-            if (False, name) not in dynamic:
-                g.value(f"kwargs[{name!r}]", kwargs[name])
-    except Opaque:
-        return None
-    n = len(g.arrays)
-    g.lines.append(f"arrays = [{', '.join(g.arrays)}]")
-    if n > 1:
-        g.fail_unless(f"len(set(map(id, arrays))) == {n}")  # which arguments are the same array
-    g.lines.append("return arrays, values")
-    source = "def guard(args, kwargs):\n" + "".join(f"    {ln}\n" for ln in g.lines)
-    exec(compile(source, "<lazybn guard>", "exec"), g.names)
-    if os.environ.get("LAZYBN_DEBUG"):
-        print(f"lazybn: guard\n{source}", file=sys.stderr)
-    return g.names["guard"]  # type: ignore[return-value]
-
-
 _FUSED: weakref.WeakSet[Any] = weakref.WeakSet()  # every @fused function
 
 
@@ -248,20 +147,6 @@ fuse.after_fork.append(_forget_replays)
 
 _OPAQUE = None  # a signature the replay cannot serve: run the body every time
 _UNSEEN = Program(lambda arrays, values: None, "", 0)  # a signature not traced yet
-
-
-def _numbers(v: object, values: list[Any]) -> object:
-    """Append the numbers of a dynamic argument (a number, None, or a tuple of them); returns its
-    shape. Each number keeps its type, which is part of the shape (ints stay ints: a seed must not
-    round; a host call given ``np.float32(0.5)`` makes a float32 array, given 0.5 a float64 one)."""
-    if type(v) is tuple:
-        return tuple(_numbers(y, values) for y in v)
-    if v is None:
-        return None
-    if isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool):
-        values.append(v)
-        return type(v)
-    raise Opaque(f"a dynamic argument must be a number or a tuple of numbers, not {type(v).__name__}")
 
 
 def _stand_ins(v: object, values: list[Any], start: int) -> tuple[object, int]:
@@ -295,14 +180,6 @@ def fused(f: Callable[P, R] | None = None, /, *,
     return _fuse(f, dynamic)
 
 
-def _dynamic_places(where: tuple[tuple[int, str], ...], args: list[object],
-                    kwargs: dict[str, Any]) -> list[tuple[Any, Any]]:
-    """Where each dynamic parameter's value is in a call: (args, position) or (kwargs, name).
-    A parameter left to its default is absent (its default is a plain value of the body)."""
-    return [(args, pos) if pos < len(args) else (kwargs, name)
-            for pos, name in where if pos < len(args) or name in kwargs]
-
-
 def _signature(where: tuple[tuple[int, str], ...], args: tuple[object, ...],
                kwargs: dict[str, Any]) -> tuple[tuple[object, ...], list[Any], list[Any]]:
     """A call's signature, its argument arrays and its dynamic values; opaque if it has none."""
@@ -313,8 +190,8 @@ def _signature(where: tuple[tuple[int, str], ...], args: tuple[object, ...],
     static_kwargs = kwargs
     if where:
         held_args, static_kwargs = list(args), dict(kwargs)
-        for held, at in _dynamic_places(where, held_args, static_kwargs):
-            sig.append(_numbers(held[at], values))  # the value leaves the signature, its shape stays
+        for held, at in dynamic_places(where, held_args, static_kwargs):
+            sig.append(numbers(held[at], values))  # the value leaves the signature, its shape stays
             held[at] = None
         static_args = held_args
     _flatten(static_args, arrays, sig)
@@ -365,14 +242,14 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
         if prog is not _UNSEEN:
             cache.count("replays")
             if len(guards) < MAX_GUARDS:
-                written = _write_guard(where, args, kwargs, arrays)
+                written = write_guard(where, args, kwargs, arrays)
                 if written is not None:
                     guards.append((written, prog))
             return prog.run(arrays, values)  # type: ignore[no-any-return]
         args_in: list[object] = list(args)
         kwargs_in = dict(kwargs)
         k = 0
-        for held, at in _dynamic_places(where, args_in, kwargs_in):  # trace with stand-ins: the
+        for held, at in dynamic_places(where, args_in, kwargs_in):  # trace with stand-ins: the
             held[at], k = _stand_ins(held[at], values, k)  # kernels take the values as arguments
         with fuse.recording() as rec:
             out = f(*args_in, **kwargs_in)  # type: ignore[arg-type]

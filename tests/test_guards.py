@@ -1,4 +1,4 @@
-"""A replay's guard (``lazybn.trace._write_guard``) against the signature it stands for.
+"""A replay's guard (``lazybn.guards.write_guard``) against the signature it stands for.
 
 ``@fused`` checks a call against the guards of the signatures it has replayed before building
 the call's signature. A guard must accept a call exactly when the call's signature is the one it
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazybn as lb
-from lazybn import trace
+from lazybn import guards, trace
 from lazybn.replay import Opaque
 
 
@@ -118,7 +118,7 @@ def _check(first: tuple[object, ...], call: tuple[object, ...]) -> None:
     known = _signature(first)
     if known is None:
         return
-    guard = trace._write_guard(_WHERE, first, {}, known[1])
+    guard = guards.write_guard(_WHERE, first, {}, known[1])
     if guard is None:  # an argument type without a guard, or the same array twice
         return
     got = guard(call, {})
@@ -149,19 +149,19 @@ def test_a_guard_follows_aliasing_and_extra_attributes() -> None:
     x, y = lb.vector([1.0, 2.0]), lb.vector([3.0, 4.0])
     known = _signature((x, 1.0, y))
     assert known is not None
-    guard = trace._write_guard(_WHERE, (x, 1.0, y), {}, known[1])
+    guard = guards.write_guard(_WHERE, (x, 1.0, y), {}, known[1])
     assert guard is not None
     assert guard((x, 2.0, x), {}) is None  # the same array twice: another signature
     assert guard((y, 2.0, x), {}) is not None
     o = _Open(x)
     known = _signature((o, 1.0, y))
     assert known is not None
-    guard = trace._write_guard(_WHERE, (o, 1.0, y), {}, known[1])
+    guard = guards.write_guard(_WHERE, (o, 1.0, y), {}, known[1])
     assert guard is not None
     extra = _Open(x)
     extra.note = 1  # type: ignore[attr-defined]
     assert guard((extra, 1.0, y), {}) is None and _signature((extra, 1.0, y)) is None
-    assert trace._write_guard(_WHERE, (x, 1.0, x), {}, [x, x]) is None  # no guard for an aliased call
+    assert guards.write_guard(_WHERE, (x, 1.0, x), {}, [x, x]) is None  # no guard for an aliased call
 
 
 @pytest.mark.parametrize("calls", [2, 40])
