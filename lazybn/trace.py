@@ -47,7 +47,11 @@ a signature has been replayed, its *guard* checks later calls instead: straight-
 written for that signature (the types, lengths, shapes, dtypes, ``Comp`` and plain values it
 holds, and that no two arguments are the same array) that hands the call's arrays and dynamic
 values to the replay, 3-6 times faster than building the signature. A call no guard accepts
-builds its signature as before; a function keeps at most :data:`MAX_GUARDS` guards.
+builds its signature as before. A function keeps at most :data:`MAX_GUARDS` guards, the most
+recently used checked first; once they are all taken, every :data:`REGUARD` replays by key
+write a guard for the signature replayed, in place of the least recently used guard (so a
+working set that comes after many other signatures gets guards, and a cycle through more
+signatures than guards writes one guard per REGUARD calls).
 
 ``LAZYBN_NO_REPLAY=1`` in the environment switches replays off; ``LAZYBN_DEBUG=1`` prints each
 replay function and guard as it is written. Calls inside another function's trace run their
@@ -81,6 +85,7 @@ R = TypeVar("R")
 
 MAX_SIGNATURES = 64
 MAX_GUARDS = 8  # signatures per function checked by a guard (the others build their key)
+REGUARD = 32  # replays by key, with every guard slot taken, that replace the least recently used guard
 
 # ``LAZYBN_NO_REPLAY=1`` runs every body every time (to rule the replay out when debugging).
 REPLAY = not os.environ.get("LAZYBN_NO_REPLAY")
@@ -220,16 +225,19 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     # where each dynamic parameter is: its position, or past every position if keyword-only
     where = tuple((positional.index(name) if name in positional else 1 << 30, name) for name in dynamic)
     programs: dict[tuple[object, ...], Program | None] = {}
-    guards: list[tuple[Guard, Program]] = []  # the signatures replayed so far, checked without building a key
+    guards: list[tuple[Guard, Program]] = []  # replayed signatures checked without a key, most recently used first
+    missed = [0]  # replays by key since a guard was last written
 
     @functools.wraps(f)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         if not REPLAY or fuse.active() is not None:  # switched off, or part of an enclosing trace
             return f(*args, **kwargs)
-        for guard, known in guards:
+        for i, (guard, known) in enumerate(guards):
             got = guard(args, kwargs)
             if got is not None:
                 cache.count("replays")
+                if i:  # checked first from now on
+                    guards.insert(0, guards.pop(i))
                 return known.run(*got)  # type: ignore[no-any-return]
         try:
             key, arrays, values = _signature(where, args, kwargs)
@@ -241,10 +249,13 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
             return f(*args, **kwargs)
         if prog is not _UNSEEN:
             cache.count("replays")
-            if len(guards) < MAX_GUARDS:
+            missed[0] += 1  # with every slot taken, a signature replayed by key often enough (a working set that
+            if len(guards) < MAX_GUARDS or missed[0] >= REGUARD:  # came late) takes the least recently used one's
                 written = write_guard(where, args, kwargs, arrays)
                 if written is not None:
-                    guards.append((written, prog))
+                    del guards[MAX_GUARDS - 1:]
+                    guards.insert(0, (written, prog))
+                    missed[0] = 0
             return prog.run(arrays, values)  # type: ignore[no-any-return]
         args_in: list[object] = list(args)
         kwargs_in = dict(kwargs)

@@ -276,10 +276,11 @@ def test_parallel_programs_replay() -> None:
         np.testing.assert_array_equal(got.array, a.array + b.array)
 
 
-def test_signatures_are_bounded_and_the_least_recently_used_goes_first() -> None:
+def test_signatures_are_bounded_and_the_least_recently_used_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the bound a new signature evicts the least recently used one that no guard checks:
     the guarded signatures (the first replayed) and the latest ones still replay, the earliest
     unguarded ones trace again, and a replay makes a signature the most recently used."""
+    monkeypatch.setattr(trace, "REGUARD", 10**9)  # the first signatures keep their guards
     _scaled.programs.clear()  # type: ignore[attr-defined]  # this test's signatures only
     _scaled.guards.clear()  # type: ignore[attr-defined]
     x = lb.matrix(np.ones((1, 1)))
@@ -300,6 +301,36 @@ def test_signatures_are_bounded_and_the_least_recently_used_goes_first() -> None
     assert (traced(g + 13), traced(g + 12)) == (0, 1)
     held = {id(p) for p in _scaled.programs.values()}  # type: ignore[attr-defined]
     assert all(id(p) in held for _, p in _scaled.guards)  # type: ignore[attr-defined]
+
+
+def test_guards_go_to_the_signatures_in_use() -> None:
+    """The most recently used guard is checked first; with every slot taken, REGUARD replays by
+    key give the signature replayed a guard in place of the least recently used one, so a
+    working set that comes after MAX_GUARDS other signatures is served by guards again."""
+    @fused
+    def plus(a: Matrix, s: float) -> Matrix:
+        return lb.compute(a + s)
+
+    x = lb.matrix(np.zeros((1, 1)))
+    g, r = trace.MAX_GUARDS, trace.REGUARD
+
+    def order() -> list[float]:  # the signature each guard accepts, in the order they are checked
+        return [next(s for s in (*map(float, range(g)), 100.0) if guard((x, s), {}) is not None)
+                for guard, _ in plus.guards]  # type: ignore[attr-defined]
+
+    for k in range(g):
+        for _ in range(2):  # the replay writes a guard
+            assert float(plus(x, float(k)).array[0, 0]) == k
+    assert order() == [float(k) for k in reversed(range(g))]
+    assert float(plus(x, 0.0).array[0, 0]) == 0.0  # the last guard matched: now the first
+    assert order() == [0.0, *(float(k) for k in reversed(range(1, g)))]
+    replays = fuse.stats().replays
+    for k in range(r + 1):  # a trace, then r replays by key
+        assert float(plus(x, 100.0).array[0, 0]) == 100.0
+        assert (100.0 in order()) == (k == r), k
+    assert fuse.stats().replays == replays + r
+    assert order() == [100.0, 0.0, *(float(k) for k in reversed(range(2, g)))]  # 1's guard went
+    assert len(plus.guards) == g  # type: ignore[attr-defined]
 
 
 def test_with_every_signature_guarded_the_least_recently_used_goes_with_its_guard(
