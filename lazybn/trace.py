@@ -216,6 +216,16 @@ def _evict(programs: dict[tuple[object, ...], Program | None], guards: list[tupl
     guards[:] = [(g, p) for g, p in guards if p is not evicted]
 
 
+def _to_front(guards: list[tuple[Guard, Program]], entry: tuple[Guard, Program]) -> None:
+    """Check a guard that matched first from now on (unless another thread dropped it meanwhile:
+    each list operation is atomic, an index found before it may be stale)."""
+    try:
+        guards.remove(entry)
+    except ValueError:
+        return
+    guards.insert(0, entry)
+
+
 def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     params = inspect.signature(f).parameters
     positional = [p.name for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -232,13 +242,13 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         if not REPLAY or fuse.active() is not None:  # switched off, or part of an enclosing trace
             return f(*args, **kwargs)
-        for i, (guard, known) in enumerate(guards):
-            got = guard(args, kwargs)
+        for i, entry in enumerate(guards):
+            got = entry[0](args, kwargs)
             if got is not None:
                 cache.count("replays")
-                if i:  # checked first from now on
-                    guards.insert(0, guards.pop(i))
-                return known.run(*got)  # type: ignore[no-any-return]
+                if i:
+                    _to_front(guards, entry)
+                return entry[1].run(*got)  # type: ignore[no-any-return]
         try:
             key, arrays, values = _signature(where, args, kwargs)
         except Opaque:
