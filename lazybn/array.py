@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Any, Generic, TypeAlias, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final, overload
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import DTypeLike
 
 from . import fuse
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError
 from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Number, Zip, describe, is_number, scalar_value
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
 
 
 @final
@@ -185,6 +188,18 @@ Vec: TypeAlias = Manifest[Ix1] | Delayed[Ix1]
 Mat: TypeAlias = Manifest[Ix2] | Delayed[Ix2]
 
 
+def is_vector(a: Vec | Mat) -> TypeIs[Vec]:
+    """Whether ``a`` has rank 1. For mypy it narrows a ``Vector | Matrix`` (``OptState.slots``,
+    ``compute_all`` of a list) to ``Vector``, and in the ``else`` branch to ``Matrix``, so the
+    functions generic over the rank (``compute``, ``scale``, ``delay``...) accept it."""
+    return len(expr(a, "is_vector")[0].shape) == 1
+
+
+def is_matrix(a: Vec | Mat) -> TypeIs[Mat]:
+    """Whether ``a`` has rank 2: ``is_vector``'s narrowing, to ``Matrix`` (``Vector`` in the ``else``)."""
+    return len(expr(a, "is_matrix")[0].shape) == 2
+
+
 def join(a: Comp, b: Comp) -> Comp:
     """``Par`` wins, as massiv's ``joinComp``."""
     return Comp.Par if Comp.Par in (a, b) else Comp.Seq
@@ -227,95 +242,6 @@ def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
         dt, shape = na.dtype, na.shape
     assert dt is not None
     return Delayed(Zip(op, na, nb, shape, dt), comp)
-
-
-def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatArray:
-    if dtype is None and type(xs) is np.ndarray and xs.dtype in _FLOATS:  # the common case: a plain copy
-        arr = np.array(xs, order="C", copy=True)
-        arr.setflags(write=False)
-        return arr
-    try:
-        src = xs.dtype if isinstance(xs, np.ndarray) else np.asarray(xs).dtype
-    except ValueError:  # numpy: "inhomogeneous shape"
-        raise RankError(f"{what}: the nested lists are ragged (rows of different lengths)") from None
-    if dtype is not None:
-        dt = np.dtype(dtype)
-        if dt not in _FLOATS:
-            raise DTypeError(f"{what}: dtype must be float32 or float64, not {dt}")
-    else:
-        if isinstance(xs, np.ndarray) and src in _FLOATS:
-            dt = src
-        elif src.kind in "iubf" and src.itemsize <= 8 and (src.kind != "f" or not isinstance(xs, np.ndarray)):
-            dt = np.dtype(np.float32)  # lists and integer data: the library default
-        else:
-            raise DTypeError(
-                f"{what}: cannot hold {src} data; lazybn computes in float32 or float64 "
-                f"(pass dtype=np.float32 or np.float64 to convert explicitly)"
-            )
-    try:
-        with np.errstate(over="raise"):
-            arr = np.array(xs, dtype=dt, order="C", copy=True)
-    except FloatingPointError:
-        raise ValueRangeError(f"{what}: a value does not fit in {dt} (it would become infinity); "
-                              "pass dtype=np.float64") from None
-    except (TypeError, ValueError) as exc:
-        raise DTypeError(f"{what}: cannot convert the input to {dt}: {exc}") from None
-    arr.setflags(write=False)
-    return arr
-
-
-def vector(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq) -> Vector:
-    """A vector from a list or numpy array (copied). Lists and integers become float32.
-
-    >>> vector([1, 2, 3])
-    Manifest[Ix1] Seq (3,) float32
-    [1. 2. 3.]
-    """
-    arr = _as_float_array(xs, dtype, "vector")
-    if arr.ndim != 1:
-        raise RankError(f"vector: expected rank-1 data, got shape {arr.shape}")
-    return Manifest(arr, comp)
-
-
-def matrix(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq) -> Matrix:
-    """A matrix from nested lists or a 2-d numpy array (copied). Lists and integers become float32."""
-    arr = _as_float_array(xs, dtype, "matrix")
-    if arr.ndim != 2:
-        raise RankError(f"matrix: expected rank-2 data, got shape {arr.shape}")
-    return Manifest(arr, comp)
-
-
-@overload
-def replicate(shape: int, value: float, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
-@overload
-def replicate(shape: tuple[int, int], value: float, dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
-def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.float32,
-              comp: Comp = Comp.Seq) -> Vector | Matrix:
-    """An array of the given shape (``n`` for a vector, ``(rows, cols)`` for a matrix) filled with ``value``."""
-    dims: tuple[object, ...] = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
-    if len(dims) not in (1, 2) or any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0
-                                      for d in dims):
-        raise ValueRangeError(f"replicate: shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
-    sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
-    return Manifest(_as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate"), comp)
-
-
-@overload
-def zeros(shape: int, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
-@overload
-def zeros(shape: tuple[int, int], dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
-def zeros(shape: int | tuple[int, int], dtype: DTypeLike = np.float32, comp: Comp = Comp.Seq) -> Vector | Matrix:
-    """An array of zeros: ``zeros(3)`` is a vector, ``zeros((2, 3))`` a matrix."""
-    return replicate(shape, 0.0, dtype, comp)
-
-
-@overload
-def ones(shape: int, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
-@overload
-def ones(shape: tuple[int, int], dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
-def ones(shape: int | tuple[int, int], dtype: DTypeLike = np.float32, comp: Comp = Comp.Seq) -> Vector | Matrix:
-    """An array of ones: ``ones(3)`` is a vector, ``ones((2, 3))`` a matrix."""
-    return replicate(shape, 1.0, dtype, comp)
 
 
 def delay(m: Manifest[Ix]) -> Delayed[Ix]:

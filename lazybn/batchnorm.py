@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import partial
 
-from .array import Delayed, Ix1, Ix2, Matrix, Vector, compute, compute_all, delay, ones, zeros
+from .array import Delayed, Ix1, Ix2, Matrix, Vector, compute, compute_all, delay
+from .construct import ones, zeros
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import BN1, Batchnorm1d, _unchecked

@@ -28,7 +28,8 @@ from typing import Any, assert_never, final
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .array import Vector, matrix, vector
+from .array import Vector
+from .construct import matrix, vector
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from .array import matrix, vector
+from .construct import matrix, vector
 from .errors import DTypeError, NumericalError, ShapeError
 from .layers import Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 

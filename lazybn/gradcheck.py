@@ -23,7 +23,8 @@ from typing import Any, final
 
 import numpy as np
 
-from .array import Matrix, matrix, vector
+from .array import Matrix
+from .construct import matrix, vector
 from .errors import DTypeError, ValueRangeError
 from .layers import Layer, check_layers, trains
 from .network import _pass, check_batch_values, cross_entropy

@@ -15,7 +15,8 @@ from typing import assert_never
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .array import Comp, Matrix, Vector, matrix, ones, vector, zeros
+from .array import Comp, Matrix, Vector
+from .construct import matrix, ones, vector, zeros
 from .errors import ArgumentError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
 from .report import markdown_table

@@ -23,7 +23,8 @@ from typing import Any, Literal, assert_never, overload
 import numpy as np
 
 from . import fuse
-from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all, matrix, vector
+from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all
+from .construct import matrix, vector
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
 from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward,

@@ -21,7 +21,8 @@ from typing import Any, final
 
 import numpy as np
 
-from .array import Manifest, Matrix, Vector, compute_all, matrix, vector
+from .array import Manifest, Matrix, Vector, compute_all
+from .construct import matrix, vector
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import _check, _finite

@@ -19,7 +19,8 @@ from typing import Any, Literal, final
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from .array import Comp, Manifest, Matrix, Vector, matrix
+from .array import Comp, Manifest, Matrix, Vector
+from .construct import matrix
 from .errors import NumericalError as NumericalError  # its home until lazybn.errors
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,

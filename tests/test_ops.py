@@ -397,3 +397,19 @@ def test_constructors_own_their_data(make: Callable[[F], lb.Matrix]) -> None:
     with pytest.raises(ValueError):
         m.array[0, 0] = 5.0
     np.testing.assert_array_equal(lb.compute(m * 2.0).array, np.arange(6.0).reshape(2, 3) * 2)
+
+
+@given(shape=st.one_of(st.tuples(st.integers(0, 5)), shapes2(0, 5)), delayed=st.booleans())
+def test_is_vector_and_is_matrix_tell_the_rank_of_manifest_and_delayed_arrays(shape: tuple[int, ...],
+                                                                               delayed: bool) -> None:
+    data = np.zeros(shape)
+    m: Any = lb.vector(data) if data.ndim == 1 else lb.matrix(data)  # either rank, checked at run time
+    a: Any = lb.delay(m) if delayed else m
+    assert lb.is_vector(a) is (data.ndim == 1) and lb.is_matrix(a) is (data.ndim == 2)
+
+
+@pytest.mark.parametrize("not_an_array", [np.zeros(3), [1.0, 2.0], 2.0, None])
+def test_is_vector_and_is_matrix_refuse_what_is_not_a_lazybn_array(not_an_array: object) -> None:
+    for check in (lb.is_vector, lb.is_matrix):
+        with pytest.raises(lb.ArgumentError, match="expected a lazybn Manifest or Delayed array"):
+            check(not_an_array)  # type: ignore[arg-type]

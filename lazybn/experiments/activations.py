@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._files import atomic_write_bytes
-from ..array import matrix, ones, vector, zeros
+from ..construct import matrix, ones, vector, zeros
 from ..layers import Act, Activation, Batchnorm1d, Layer, Linear
 from ..network import logits
 from ..optim import SGD

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..array import matrix
+from ..construct import matrix
 from ..init import Init, mlp
 from ..layers import Batchnorm1d, Layer
 from ..network import bn_backward, bn_forward

@@ -38,7 +38,8 @@ from typing import Any, final
 
 import numpy as np
 
-from ..array import Matrix, ones, zeros
+from ..array import Matrix
+from ..construct import ones, zeros
 from ..errors import DataError, NumericalError
 from ..init import Init, weights
 from ..layers import Act, Activation, Batchnorm1d, Layer, Linear, LinearNoBias

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..array import Matrix, matrix, ones, zeros
+from ..array import Matrix
+from ..construct import matrix, ones, zeros
 from ..init import Init, weights
 from ..layers import Act, Activation, Batchnorm1d, Layer, LinearNoBias
 from ..network import bn_forward, logits

@@ -33,7 +33,8 @@ from typing import Any, Literal, final
 
 import numpy as np
 
-from ..array import Comp, matrix
+from ..array import Comp
+from ..construct import matrix
 from ..data import load_mnist
 from ..errors import ArgumentError, ValueRangeError
 from ..init import Init, mlp

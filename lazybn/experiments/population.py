@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..array import Matrix, matrix, vector
+from ..array import Matrix
+from ..construct import matrix, vector
 from ..init import Init
 from ..layers import Batchnorm1d, Layer, LinearNoBias
 from ..network import bn_forward, logits
