@@ -281,6 +281,7 @@ def _run(ds: Sequence[object], op: str) -> list[Manifest[Any]]:
 def compute(d: Delayed[Ix]) -> Manifest[Ix]:
     """Evaluate a delayed array into memory with one fused kernel (massiv's ``compute``).
 
+    >>> from lazybn import vector
     >>> v = vector([1.0, 2.0])
     >>> compute(v * v + 1.0)
     Manifest[Ix1] Seq (2,) float32
