@@ -72,15 +72,20 @@ for a, b in zip(parent[0] + parent[1], got[0] + got[1]):
 print("ok")
 """
 
-FORK_WHILE_COMPILING = """
-import multiprocessing as mp, queue, sys, threading, time, numpy as np, lazybn as lb
-from lazybn.fuse import cache
-from numba.core.compiler_lock import global_compiler_lock
-def tanhs(k):  # an expression structure of its own for each k: a kernel compiled afresh
+# The fork scripts' kernel maker: an expression structure of its own for each k, so a kernel compiled afresh.
+TANHS = """
+def tanhs(k):
     e = lb.matrix(np.arange(12.0).reshape(3, 4))
     for _ in range(k):
         e = lb.amap(lb.Fn.tanh, e) * 2.0
     return lb.compute(lb.sum_rows(e)).array.tolist()
+"""
+
+FORK_WHILE_COMPILING = """
+import multiprocessing as mp, queue, sys, threading, time, numpy as np, lazybn as lb
+from lazybn.fuse import cache
+from numba.core.compiler_lock import global_compiler_lock
+""" + TANHS + """
 def child(q):
     q.put(tanhs(9))
 tanhs(1)  # numba and what it imports on a first call are loaded (a fork during an import can hang too)
@@ -123,11 +128,7 @@ print("ok")
 FORK_INTERRUPTED = """
 import os, signal, sys, threading, numpy as np, lazybn as lb
 from numba.core.compiler_lock import global_compiler_lock
-def tanhs(k):
-    e = lb.matrix(np.arange(12.0).reshape(3, 4))
-    for _ in range(k):
-        e = lb.amap(lb.Fn.tanh, e) * 2.0
-    return lb.compute(lb.sum_rows(e)).array.tolist()
+""" + TANHS + """
 tanhs(1)  # the first kernel: forks wait for compiles from now on
 held, done = threading.Event(), threading.Event()
 def compiling():  # stands for a long compile in another thread
