@@ -1,5 +1,5 @@
-"""The ``lazybn`` command: ``lazybn train`` (MNIST with and without batch norm), ``lazybn list``
-and ``lazybn run NAME`` (the experiments)."""
+"""The ``lazybn`` command: ``lazybn train`` (MNIST with and without batch norm), ``lazybn eval``
+(saved networks' accuracy), ``lazybn list`` and ``lazybn run NAME`` (the experiments)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ from .errors import ArgumentError, LazybnError
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lazybn",
-        description="Batch normalization you can read: train and compare networks with and without batch norm.",
+        description="Batch normalization you can read: train and compare networks with and without batch norm, and "
+                    "evaluate the saved networks.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from .experiments import registry
     from .experiments.common import release_unused
+    from .experiments.evaluate import add_eval_parser
     from .experiments.mnist import add_train_parser
 
     add_train_parser(sub)
+    add_eval_parser(sub)
     registry.add_parsers(sub)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the "Command" line of reports

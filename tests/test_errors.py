@@ -15,6 +15,8 @@ import lazybn as lb
 from lazybn.layers import Batchnorm1d, Dropout, Linear, LinearNoBias
 from lazybn.optim import SGD, Momentum, RMSProp, UpdateMismatchError, init_state
 from lazybn.errors import NumericalError
+from lazybn.experiments.evaluate import checked, evaluand
+from lazybn.persist import Saved
 from lazybn.train import one_hot, train_step
 
 M = lb.matrix(np.ones((3, 2)))
@@ -140,6 +142,13 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      NumericalError, "makes weights beyond float32's range"),
     ("clipping gradients to a norm of 0", lambda: lb.clip_grad_norm(_pass_result().grads, 0.0), lb.ValueRangeError,
      "max_norm: must be a finite number > 0"),
+    ("`lazybn eval` of a file that is not there", lambda: evaluand("no-such.npz", None), lb.PersistenceError,
+     "no-such.npz: No such file or directory"),
+    ("`lazybn eval` of a network that is not 784 -> 10", lambda: checked("net.npz", Saved(_net(), None), None),
+     lb.ArgumentError, "net.npz: the network takes 2 inputs and gives 3 outputs"),
+    ("`lazybn eval` of a network saved without a preset, no --pixels",
+     lambda: checked("net.npz", Saved(lb.mlp((784, 10), batchnorm=False, seed=0), None), None), lb.ArgumentError,
+     "net.npz: saved without a preset: pass --pixels"),
 ]
 
 
