@@ -4,7 +4,9 @@ It trains several *arms* (network variants) on the same data with the same batch
 per-epoch metrics (loss, train and test accuracy, seconds), shows tqdm progress bars, and
 stops cleanly on Ctrl-C (what was measured so far is returned and flagged ``interrupted``).
 Each arm's row is recorded as soon as its epoch is measured, and the layers returned for an
-arm are always the ones its last row measured: an epoch cut short leaves no trace.
+arm are always the ones its last row measured: an epoch cut short leaves no trace. An arm can
+continue a saved network: given its optimizer state and the epochs it has done, it trains the
+epochs after those, with the batches, keys and schedule factors a run from the start gives them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..array import Comp
-from ..errors import LazybnError
+from ..errors import LazybnError, ValueRangeError
 from ..layers import Layer, RenormRamp
 from ..optim import Optimizer, OptState, init_state
 from ..steady import renormalises
@@ -59,11 +61,20 @@ class Split:
 @final
 @dataclass(frozen=True, slots=True)
 class Arm:
-    """A network to train and the optimizer that trains it."""
+    """A network to train and the optimizer that trains it; to continue a network trained
+    before, the optimizer ``state`` it was saved with (None: a fresh one) and the number of
+    epochs it has ``done`` (the run trains it from epoch ``done + 1``)."""
 
     name: str
     layers: list[Layer]
     opt: Optimizer
+    state: OptState | None = None
+    done: int = 0
+
+    def __post_init__(self) -> None:
+        done: object = self.done
+        if type(done) is not int or done < 0:
+            raise ValueRangeError(f"Arm.done: must be an integer >= 0 (epochs), got {done!r}")
 
 
 @final
@@ -84,18 +95,21 @@ class Plan:
 @final
 @dataclass(slots=True)
 class Outcome:
-    """The rows measured (one per arm and completed epoch), each arm's layers as its last row
-    measured them, and why the run stopped early: Ctrl-C (``interrupted``) or, with
-    ``on_error="stop"``, a lazybn error (``error``)."""
+    """The rows measured (one per arm and completed epoch), each arm's layers and optimizer
+    state as its last row measured them, and why the run stopped early: Ctrl-C (``interrupted``)
+    or, with ``on_error="stop"``, a lazybn error (``error``). ``done``: the epochs each arm had
+    done before the run (:attr:`Arm.done`)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     layers: dict[str, list[Layer]] = field(default_factory=dict)
     interrupted: bool = False
     error: LazybnError | None = None
+    states: dict[str, OptState] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
 
     def epochs(self, arm: str) -> int:
-        """The number of epochs recorded for ``arm`` (0: its layers are the initial ones)."""
-        return max((r["epoch"] for r in self.rows if r["arm"] == arm), default=0)
+        """The number of epochs ``arm`` has done (0: its layers are the initial ones)."""
+        return max((r["epoch"] for r in self.rows if r["arm"] == arm), default=self.done.get(arm, 0))
 
 
 def batches_per_pass(n: int, batch_size: int) -> int:
@@ -108,14 +122,20 @@ def batches_per_pass(n: int, batch_size: int) -> int:
 
 
 EpochHook = Callable[[list[dict[str, Any]], dict[str, list[Layer]]], None]
+CheckpointHook = Callable[[list[dict[str, Any]], dict[str, tuple[list[Layer], OptState]]], None]
 
 
 def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
-        on_epoch: EpochHook | None = None, on_error: Literal["raise", "stop"] = "raise") -> Outcome:
+        on_epoch: EpochHook | None = None, on_error: Literal["raise", "stop"] = "raise",
+        on_checkpoint: CheckpointHook | None = None) -> Outcome:
     """Train every arm for ``plan.epochs`` epochs on the same batches; one row per arm and epoch.
 
     ``on_epoch(rows, layers)`` is called after each epoch with that epoch's rows and every arm's
-    current layers (to print a table, record activations, save checkpoints...).
+    current layers (to print a table, record activations...); then ``on_checkpoint(rows,
+    trained)`` with each arm's current layers and optimizer state (to save checkpoints).
+    An arm with ``done`` epochs starts at epoch ``done + 1`` from its ``state``: the run goes on
+    as one that trained it from the start would (same shuffles, keys and schedule factors, the
+    step counter and a renormalisation ramp continuing from the state); its rows are the new epochs'.
     With ``plan.steps_per_epoch`` an epoch is that many batches, drawn from a fresh shuffle (and
     from further fresh shuffles when one pass over the training data has fewer batches).
     A lazybn error in training (a NaN loss raises :class:`~lazybn.errors.NumericalError`)
@@ -124,19 +144,21 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
     """
     from tqdm import tqdm
 
-    outcome = Outcome()
-    states: dict[str, tuple[list[Layer], OptState]] = {a.name: (list(a.layers), init_state(a.opt, a.layers))
-                                                       for a in arms}
+    outcome = Outcome(done={a.name: a.done for a in arms})
+    states: dict[str, tuple[list[Layer], OptState]] = {
+        a.name: (list(a.layers), init_state(a.opt, a.layers) if a.state is None else a.state) for a in arms}
     order_rng = np.random.default_rng(plan.seed)
     once = order_rng.permutation(data.x_train.shape[0]) if plan.shuffle == "once" else None
     x_train, y_train = (data.x_train[once], data.y_train[once]) if once is not None else (data.x_train, data.y_train)
     n_eval = min(plan.max_train_eval, x_train.shape[0])
     labels_train = data.labels_train[once] if once is not None else data.labels_train
     try:
-        for epoch in range(plan.epochs):
+        for epoch in range(min((a.done for a in arms), default=0), plan.epochs):
             epoch_rows = []
             lr_scale = plan.schedule.factor(epoch, plan.epochs)
             for arm in arms:
+                if epoch < arm.done:  # trained before: its saved layers and state are those of epoch ``done``
+                    continue
                 layers, state = states[arm.name]
                 ramp = plan.renorm_ramp if any(renormalises(layer) for layer in layers) else None
                 rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
@@ -177,6 +199,8 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 epoch_rows.append(row)
             if on_epoch is not None:
                 on_epoch(epoch_rows, {name: layers for name, (layers, _) in states.items()})
+            if on_checkpoint is not None:
+                on_checkpoint(epoch_rows, dict(states))
     except KeyboardInterrupt:
         outcome.interrupted = True
     except LazybnError as exc:
@@ -184,4 +208,5 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
             raise
         outcome.error = exc
     outcome.layers = {name: layers for name, (layers, _) in states.items()}
+    outcome.states = {name: state for name, (_, state) in states.items()}
     return outcome
