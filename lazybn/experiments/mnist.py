@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, final
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..array import Comp
 from ..construct import matrix
@@ -39,10 +40,11 @@ from ..data import load_mnist
 from ..errors import ArgumentError, ValueRangeError
 from ..init import Init, mlp
 from ..layers import Batchnorm1d, Layer, Renorm, RenormRamp
-from ..optim import SGD, Adam, Momentum, Optimizer, RMSProp, init_state
+from ..optim import SGD, Adam, Momentum, Optimizer, OptState, RMSProp, init_state
 from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, batches, one_hot, prepare, train_step
+from . import resume
 from .common import add_blas_threads, curves, epoch_summary, out_dir
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
@@ -130,8 +132,8 @@ def _preset(name: str) -> str:
     return f" (default: the preset's, {value.value if isinstance(value, Enum) else value} in 'default')"
 
 
-def add_train_parser(sub: Any) -> None:
-    p = sub.add_parser(
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
         "train", help="train MNIST 784-300-50-10 with and without batch norm and compare them",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -173,8 +175,14 @@ def add_train_parser(sub: Any) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/train-PRESET-TIMESTAMP)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (there are none when stderr is not a terminal)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the stopped run in DIR where it stopped, with its settings (DIR/run.json), writing "
+                        "into DIR; only --epochs N (N at least the epochs reached: extends a finished run; with the "
+                        "step or cosine schedule the factors then differ from a run started with N), --data-dir, "
+                        "--no-progress and --blas-threads may be given with it")
     add_blas_threads(p)
     p.set_defaults(func=_train)
+    return p
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -256,12 +264,22 @@ def _check_args(s: Settings, args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        out = resume.directory(args)
+        with resume.locked(out):
+            resumed = resume.prepare(args, out)
+            with threadpool_limits(limits=resumed.args.blas_threads, user_api="blas"):  # the run's, unless given
+                return _run(resumed.args, resumed.settings, out, resumed.command, resumed)
     s = _settings(args)
     _check_args(s, args)
-    progress = not args.no_progress
     out = out_dir(args, f"train-{args.preset}")
-    command = "lazybn " + shlex.join(args.argv)
-    print(f"lazybn train: preset {args.preset}; writing to {out}")
+    with resume.locked(out):
+        return _run(args, s, out, "lazybn " + shlex.join(args.argv), None)
+
+
+def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed: resume.Resumed | None) -> int:
+    progress = not args.no_progress
+    print(f"lazybn train: preset {args.preset}; {'resuming' if resumed else 'writing to'} {out}")
     warm = threading.Thread(target=_warm_up, args=(s, args.seed), name="lazybn-warm-up", daemon=True)
     warm.start()
     try:
@@ -277,42 +295,55 @@ def _train(args: argparse.Namespace) -> int:
         raise ArgumentError(f"lazybn train: --ghost-batch {s.ghost_batch} does not divide every batch: "
                             f"{split.x_train.shape[0]} training samples in batches of {s.batch_size} give batches of "
                             f"{sorted(sizes)} rows")
-    rows: list[dict[str, Any]] = []  # every seed's rows so far
+    start = resumed.start if resumed else {}  # (seed, network) -> the saved network to continue
+    rows: list[dict[str, Any]] = list(resumed.rows) if resumed else []  # every seed's rows so far
     outcome = Outcome()
     header = f"{'seed':>4} {'epoch':>5} {'network':<12} {'loss':>8} {'train acc':>9} {'test acc':>8} {'seconds':>7}"
     print(header)
+    _print_rows(rows)
+    resume.write_run(out, *((resumed.argv, resumed.resumes) if resumed else (args.argv,)))
 
-    saved: dict[tuple[int, str], int] = {}  # (seed, network) -> the epoch its file holds
+    saved = {key: arm.done for key, arm in start.items()}  # (seed, network) -> the epoch its file holds
 
-    def keep(seed: int, layers: dict[str, list[Layer]], epochs: dict[str, int]) -> None:
-        """Save each network with a measured epoch not saved yet, tagged with that epoch."""
-        for name, net in layers.items():
-            if epochs[name] and saved.get((seed, name)) != epochs[name]:
-                save(out / f"{name}-seed{seed}.npz", net,
+    def keep(seed: int, trained: dict[str, tuple[list[Layer], OptState]], epochs: dict[str, int]) -> None:
+        """Save each network and its optimizer state at a measured epoch not saved yet, tagged with it."""
+        for name, (net, state) in trained.items():
+            if epochs.get(name) and saved.get((seed, name)) != epochs[name]:
+                save(out / f"{name}-seed{seed}.npz", net, state,
                      meta={"preset": args.preset, "seed": seed, "arm": name, "epoch": epochs[name]})
                 saved[seed, name] = epochs[name]
 
     for seed in range(args.seed, args.seed + args.seeds):
         done = len(rows)
 
-        def show(epoch_rows: list[dict[str, Any]], layers: dict[str, list[Layer]], seed: int = seed) -> None:
+        def show(epoch_rows: list[dict[str, Any]], layers: dict[str, list[Layer]]) -> None:
             _print_rows(epoch_rows)
             rows.extend(epoch_rows)
-            write_metrics(out, "metrics", rows)  # after every epoch: a killed run keeps its rows and networks
-            keep(seed, layers, {r["arm"]: r["epoch"] for r in epoch_rows})
+            write_metrics(out, "metrics", rows)  # after every epoch, before the networks: a killed run keeps both
+
+        def checkpoint(epoch_rows: list[dict[str, Any]], trained: dict[str, tuple[list[Layer], OptState]],
+                       seed: int = seed) -> None:
+            keep(seed, trained, {r["arm"]: r["epoch"] for r in epoch_rows})
 
         bn, plain = networks(s, seed)
         arms = [Arm("batchnorm", bn, make_optimizer(s, True)), Arm("plain", plain, make_optimizer(s, False))]
+        arms = [start.get((seed, a.name), a) for a in arms]
         plan = Plan(epochs=s.epochs, batch_size=s.batch_size, seed=seed, schedule=s.schedule, shuffle=s.shuffle,
                     comp=s.comp, renorm_ramp=_ramp(s))
-        outcome = run(arms, split, plan, progress=progress, on_epoch=show, on_error="stop")
+        outcome = run(arms, split, plan, progress=progress, on_epoch=show, on_error="stop",
+                      on_checkpoint=checkpoint)
         _print_rows(outcome.rows[len(rows) - done:])  # an arm that finished the epoch that was cut short
         rows[done:] = outcome.rows
-        keep(seed, outcome.layers, {a.name: outcome.epochs(a.name) for a in arms})
+        if outcome.rows:  # the rows before the networks (an arm that finished the cut epoch)
+            write_metrics(out, "metrics", rows)
+        keep(seed, {a.name: (outcome.layers[a.name], outcome.states[a.name]) for a in arms},
+             {a.name: outcome.epochs(a.name) for a in arms})
         if outcome.interrupted or outcome.error is not None:
             break
+    if not rows and resumed is None:  # a new run that measured nothing: its directory goes (release_unused)
+        (out / resume.RUN_FILE).unlink(missing_ok=True)
     stopped = "interrupted" if outcome.interrupted else "stopped by an error" if outcome.error is not None else ""
-    if rows:  # else nothing was measured: no report, and the empty directory goes (release_unused)
+    if rows:  # else nothing was measured: no report
         _write(out, args, s, command, rows, stopped, source)
     kept = f"kept what was measured in {out}" if rows else "nothing was measured"
     if outcome.error is not None:
