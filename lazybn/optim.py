@@ -23,6 +23,11 @@ Conventions (fixed, documented, tested):
   above and, within a parameter, moment by moment: Adam on ``Linear`` is (m_w, v_w, m_b, v_b),
   Momentum (v_w, v_b), RMSProp (s_w, s_b), SGD (). Parameterless layers have ().
 * ``OptState.step`` counts the updates made; Adam's bias correction uses t = step + 1.
+* Moments below the dtype's smallest normal number are stored as zeros (``Fn.flush_subnormal``).
+  A parameter whose gradient stays 0 (a dead ReLU unit) has its moments decay geometrically into
+  the subnormal range, where they stay (0.9 times the smallest subnormal rounds back to it) and
+  where x86 arithmetic takes microcode assists; at that size a moment moves its parameter by less
+  than ``lr * 1.2e-38 / eps`` (float32), far below any parameter's ulp but one within 1e-22 of 0.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from .optimizers import Adam as Adam
 from .optimizers import Momentum as Momentum
 from .optimizers import Optimizer as Optimizer
 from .optimizers import RMSProp as RMSProp
-from .optimizers import as_number
+from .optimizers import as_number, require_optimizer
 from .steady import restored, steady
 from .trace import fused
 
@@ -63,7 +68,6 @@ class UpdateMismatchError(LazybnError, ValueError):
 Slots = tuple[tuple[Vector | Matrix, ...], ...]  # per layer, its moment arrays (vectors and matrices, as its parameters)
 OptimizerKind = Literal["SGD", "Momentum", "RMSProp", "Adam"]  # the class that made an OptState
 KINDS: tuple[str, ...] = get_args(OptimizerKind)
-_OPTIMIZERS: tuple[type, ...] = get_args(Optimizer)  # looked up once: every training step checks
 
 
 @final
@@ -175,20 +179,23 @@ def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Ma
             direction = direction + scale(wd, p)
         return p - scale(lr_scale, scale(lr, direction))
 
+    def moment(decayed: Delayed[Any]) -> Delayed[Any]:  # see the module's notes: subnormals are flushed
+        return amap(Fn.flush_subnormal, decayed)
+
     match opt:
         case SGD():
             return (descend(g),)
         case Momentum(beta=beta):
-            v = scale(beta, slots[0]) + g
+            v = moment(scale(beta, slots[0]) + g)
             return descend(v), v
         case Adam(beta1=b1, beta2=b2, eps=eps):
-            m = scale(b1, slots[0]) + scale(1.0 - b1, g)
-            v = scale(b2, slots[1]) + scale(1.0 - b2, g * g)
+            m = moment(scale(b1, slots[0]) + scale(1.0 - b1, g))
+            v = moment(scale(b2, slots[1]) + scale(1.0 - b2, g * g))
             m_hat = scale(correction[0], m)
             v_hat = scale(correction[1], v)
             return descend(m_hat / add_c(amap(Fn.sqrt, v_hat), eps)), m, v
         case RMSProp(rho=rho, eps=eps):
-            s = scale(rho, slots[0]) + scale(1.0 - rho, g * g)
+            s = moment(scale(rho, slots[0]) + scale(1.0 - rho, g * g))
             return descend(g / add_c(amap(Fn.sqrt, s), eps)), s
         case _:
             assert_never(opt)
@@ -304,12 +311,6 @@ def prepare_update(opt: Optimizer, state: OptState, layers: Sequence[Layer], gra
         raise UpdateMismatchError(f"update: {len(layers)} layers, {len(grads)} gradients; there must be one "
                                   "gradient per layer")
     return schedule(opt, state, layers, lr_scale)
-
-
-def require_optimizer(op: str, opt: object) -> None:
-    """Refuse what is not an optimizer (untyped callers: a name such as "sgd")."""
-    if not isinstance(opt, _OPTIMIZERS):
-        raise ArgumentError(f"{op}: the optimizer must be an lb.SGD, Momentum, RMSProp or Adam, got {opt!r}")
 
 
 def require_state(op: str, state: object) -> None:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import final
+from typing import final, get_args
 
 import numpy as np
 
-from .errors import ValueRangeError
+from .errors import ArgumentError, ValueRangeError
 
 
 def as_number(cls: str, name: str, x: object) -> float:
@@ -160,3 +160,10 @@ class RMSProp:
 
 
 Optimizer = SGD | Momentum | Adam | RMSProp
+_OPTIMIZERS: tuple[type, ...] = get_args(Optimizer)  # looked up once: every training step checks
+
+
+def require_optimizer(op: str, opt: object) -> None:
+    """Refuse what is not an optimizer (untyped callers: a name such as "sgd")."""
+    if not isinstance(opt, _OPTIMIZERS):
+        raise ArgumentError(f"{op}: the optimizer must be an lb.SGD, Momentum, RMSProp or Adam, got {opt!r}")

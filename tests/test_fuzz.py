@@ -102,6 +102,7 @@ def _fn_oracle(fn: Fn) -> Callable[[F], F]:
             Fn.square: x * x, Fn.abs: np.abs(x), Fn.relu: np.maximum(x, x.dtype.type(0)),
             Fn.drelu: np.where(x > 0, one, x.dtype.type(0)), Fn.sigmoid: s, Fn.dsigmoid: s * (one - s),
             Fn.tanh: np.tanh(x), Fn.dtanh: one - np.tanh(x) * np.tanh(x),
+            Fn.flush_subnormal: np.where(np.abs(x) < np.finfo(x.dtype).tiny, x * 0, x),
         }
         return table[fn]
     return o

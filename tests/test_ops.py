@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import lazybn as lb
 from lazybn import Comp, Fn, fuse
@@ -87,6 +88,7 @@ def _fn_oracle(f: Fn, x: F) -> F:
             Fn.sigmoid: lambda v: one / (one + np.exp(-v)),
             Fn.dsigmoid: lambda v: (one / (one + np.exp(-v))) * (one - one / (one + np.exp(-v))),
             Fn.tanh: np.tanh, Fn.dtanh: lambda v: one - np.tanh(v) ** 2,
+            Fn.flush_subnormal: lambda v: np.where(np.abs(v) < np.finfo(v.dtype).tiny, v * 0, v),
         }
         return table[f](x)
 
@@ -104,7 +106,7 @@ def test_amap_matches_numpy(dtype: np.dtype[Any], f: Fn, data: st.DataObject) ->
     got = lb.compute(lb.amap(f, lb.matrix(x))).array
     want = _fn_oracle(f, x)
     # transcendental functions may differ from numpy's by a few ulps
-    ulps = 1.0 if f in (Fn.negate, Fn.abs, Fn.relu, Fn.drelu, Fn.square, Fn.recip) else 8.0
+    ulps = 1.0 if f in (Fn.negate, Fn.abs, Fn.relu, Fn.drelu, Fn.square, Fn.recip, Fn.flush_subnormal) else 8.0
     # bounded functions (|f| <= 1) are compared with an absolute error relative to 1
     bounded = f in (Fn.sigmoid, Fn.dsigmoid, Fn.tanh, Fn.dtanh)
     scale = np.abs(want) * ulps + (1.0 if bounded else 0.0)
@@ -413,3 +415,18 @@ def test_is_vector_and_is_matrix_refuse_what_is_not_a_lazybn_array(not_an_array:
     for check in (lb.is_vector, lb.is_matrix):
         with pytest.raises(lb.ArgumentError, match="expected a lazybn Manifest or Delayed array"):
             check(not_an_array)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("comp", [Comp.Seq, Comp.Par])
+@given(data=st.data())
+def test_flush_subnormal_zeroes_exactly_the_subnormals_keeping_their_sign(dtype: np.dtype[Any], comp: Comp,
+                                                                         data: st.DataObject) -> None:
+    tiny = float(np.finfo(dtype).tiny)
+    near = st.floats(-4 * tiny, 4 * tiny, width=32 if dtype == np.float32 else 64)  # subnormals, zeros, normals
+    values = near | st.sampled_from([np.nan, np.inf, -np.inf, 1.0, -tiny, tiny]) | elements(dtype, 1e6)
+    x = data.draw(hnp.arrays(dtype, data.draw(shapes2(1, 6)), elements=values))
+    got = lb.compute(lb.amap(Fn.flush_subnormal, lb.matrix(x, comp=comp))).array
+    sub = np.abs(x) < tiny
+    want = np.where(sub, np.copysign(np.zeros_like(x), x), x)  # the oracle by another route than x * 0
+    assert got.tobytes() == want.tobytes(), f"x {x}: got {got}, want {want}"

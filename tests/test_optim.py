@@ -260,6 +260,31 @@ def test_the_whole_update_is_one_kernel(opt: Optimizer) -> None:
     assert fuse.stats().launches - before == 1  # w, b, gamma, beta, w and their moments together
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("opt", [Momentum(0.1, beta=0.9), Adam(1e-3, beta1=0.9, beta2=0.999), RMSProp(1e-3, rho=0.9)])
+def test_moments_that_decay_below_the_smallest_normal_number_are_stored_as_zeros(dtype: np.dtype[Any],
+                                                                                  opt: Optimizer) -> None:
+    """A dead unit's moments decay geometrically (zero gradient); once a decayed moment is
+    subnormal it is stored as a zero of its sign, and a normal one is the textbook decay."""
+    tiny = np.finfo(dtype).tiny
+    start = np.array([[1.0005, -1.05, 1.2], [2.0, -40.0, 1e6]], dtype) * tiny  # each a normal number
+    layer = Linear(lb.matrix(np.ones((2, 3), dtype)), lb.vector(np.zeros(3, dtype)))
+    # per parameter (w, then b), its moments: a first moment of either sign, a second one >= 0
+    olds = {Momentum: [start], Adam: [start, np.abs(start)], RMSProp: [np.abs(start)]}[type(opt)]
+    olds = olds + [o[0] for o in olds]
+    state = OptState(3, (tuple(lb.matrix(o) if o.ndim == 2 else lb.vector(o) for o in olds),),
+                     type(opt).__name__)  # type: ignore[arg-type]
+    zero = LinearGradients(lb.matrix(np.zeros((2, 3), dtype)), lb.vector(np.zeros(3, dtype)))
+    _, new = update(opt, state, [layer], [zero])
+    decays = {Momentum: [0.9], Adam: [0.9, 0.999], RMSProp: [0.9]}[type(opt)]
+    for got, decay, old in zip(new.slots[0], decays * 2, olds, strict=True):
+        decayed = dtype.type(decay) * old  # the textbook moment, in the dtype: subnormal below tiny
+        want = np.where(np.abs(decayed) < tiny, np.copysign(np.zeros_like(old), old), decayed)
+        assert np.array_equal(np.signbit(got.array), np.signbit(want)), (got.array, want)
+        np.testing.assert_allclose(got.array, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+        assert (np.abs(decayed) < tiny).any() and not ((got.array != 0) & (np.abs(got.array) < tiny)).any()
+
+
 def test_init_state_shapes() -> None:
     layers = _net(np.random.default_rng(5), 2, 3, 4, np.dtype(np.float32))
     for opt, k in ((SGD(0.1), 0), (Momentum(0.1), 1), (RMSProp(), 1), (Adam(), 2)):

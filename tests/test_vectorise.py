@@ -79,6 +79,20 @@ def test_each_loop_shape_vectorises(name: str, dtype: type) -> None:
         assert ops["fadd double"] > 0, f"{name}: the float64 accumulation is scalar: {ops}"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flushing_subnormals_is_a_vector_compare_and_select(dtype: type) -> None:
+    """The optimizers' moments go through ``Fn.flush_subnormal``: its branch must become a vector
+    ``fcmp`` and ``select`` on the element type, not a scalar branch per element."""
+    (fn,) = _launched(lambda: lb.compute(lb.amap(Fn.flush_subnormal, _m((64, 96), dtype))))
+    (sig,) = fn.signatures
+    fresh = numba.jit(**{k: v for k, v in fn.targetoptions.items() if k != "cache"})(fn.py_func)
+    fresh.compile(sig)
+    ir = fresh.inspect_llvm(sig)
+    scalar = _SCALAR[np.dtype(dtype)]
+    assert re.search(rf"= fcmp olt <\d+ x {scalar}>", ir), "the comparison is scalar"
+    assert re.search(rf"= select <\d+ x i1> .*<\d+ x {scalar}>", ir), "the selection is scalar"
+
+
 @pytest.mark.parametrize(("dtype", "comp", "shape"), [
     (np.float32, Comp.Seq, (100, 300)),
     (np.float64, Comp.Seq, (100, 300)),

@@ -27,7 +27,8 @@ class Fn(enum.Enum):
 
     The ``d``-prefixed members are derivatives evaluated at the function's *input*:
     ``amap(Fn.drelu, x)`` is 1 where x > 0 else 0, ``Fn.dsigmoid`` is s(x)(1 - s(x)),
-    ``Fn.dtanh`` is 1 - tanh(x)^2.
+    ``Fn.dtanh`` is 1 - tanh(x)^2. ``Fn.flush_subnormal`` is x, or a zero of x's sign where |x|
+    is below the dtype's smallest normal number (a subnormal); NaN and infinity pass through.
     """
 
     exp = "exp"
@@ -43,6 +44,7 @@ class Fn(enum.Enum):
     dsigmoid = "dsigmoid"
     tanh = "tanh"
     dtanh = "dtanh"
+    flush_subnormal = "flush_subnormal"
 
 
 class BinOp(enum.Enum):

@@ -362,6 +362,8 @@ def generate(canon: Canon, dtype: np.dtype[Any], par: bool) -> Kernel:
                     "        s += buf[j]", "    return s"]
     if any("tanh_(" in ln for ln in g.body):
         prelude += ["", "", *tanh_helper(dtype.name)]
+    if any("< tiny" in ln for ln in g.body):
+        prelude.insert(3, f"tiny = dt({float(np.finfo(dtype).tiny)!r})  # the smallest normal number")
     src = [
         "# lazybn generated kernel; do not edit (regenerated when it differs).",
         f"# dtype {dtype.name}, {'Par' if par else 'Seq'}, {g.passes} pass(es); key {key}",

@@ -16,6 +16,7 @@ FN = {
     "dsigmoid": "{s} * (one - {s})",
     "tanh": "tanh_({a})",  # libm's tanh is a scalar call costing ~30 ns: see TANH_PQ
     "dtanh": "one - {s} * {s}",
+    "flush_subnormal": "{a} * zero if abs({a}) < tiny else {a}",  # a zero of x's sign; NaN compares False
     "round": "dt({a})",  # made by the algebra only: a float64 combination of sums, rounded once
 }
 HELPER = {"dsigmoid": "sigmoid", "dtanh": "tanh"}  # derivatives reuse the function's value
