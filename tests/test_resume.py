@@ -111,6 +111,24 @@ def test_a_run_of_one_epoch_resumed_to_three_is_the_run_of_three(optimizer: list
     assert json.loads((short / "run.json").read_text())["resumes"][-1] == ["train", "--resume", str(short)]
 
 
+def test_a_run_of_several_seeds_extended_by_a_resume_keeps_its_rows_seed_by_seed(tmp_path: Path) -> None:
+    """Two seeds of one epoch extended to two: seed 0's second epoch is measured after seed 1's
+    first, yet the metrics (and the summary) are those of the run of two epochs, row for row."""
+    data = _csv_data(tmp_path)
+    straight, short = tmp_path / "straight", tmp_path / "short"
+    assert _train(data, straight, "--epochs", "2", "--seeds", "2") == 0
+    assert _train(data, short, "--epochs", "1", "--seeds", "2") == 0
+    assert main(["train", "--resume", str(short), "--epochs", "2"]) == 0
+    assert_same_run(short, straight)
+    assert [(r["seed"], r["epoch"], r["arm"]) for r in json.loads((short / "metrics.json").read_text())] == [
+        (seed, epoch, arm) for seed in (0, 1) for epoch in (1, 2) for arm in ("batchnorm", "plain")]
+    assert [line.split(",")[:3] for line in (short / "metrics.csv").read_text().splitlines()] == [
+        line.split(",")[:3] for line in (straight / "metrics.csv").read_text().splitlines()]
+    summary = [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((short / "summary.json").read_text())]
+    assert summary == [{k: v for k, v in r.items() if k != "seconds"}
+                       for r in json.loads((straight / "summary.json").read_text())]
+
+
 def test_a_run_interrupted_mid_epoch_and_mid_seed_resumes_exactly(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C in epoch 2 of the plain network of seed 3 (the batch-norm network finished it), so

@@ -319,7 +319,7 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
         def show(epoch_rows: list[dict[str, Any]], layers: dict[str, list[Layer]]) -> None:
             _print_rows(epoch_rows)
             rows.extend(epoch_rows)
-            write_metrics(out, "metrics", rows)  # after every epoch, before the networks: a killed run keeps both
+            write_metrics(out, "metrics", _by_seed(rows))  # after every epoch, before the networks: a killed run keeps both
 
         def checkpoint(epoch_rows: list[dict[str, Any]], trained: dict[str, tuple[list[Layer], OptState]],
                        seed: int = seed) -> None:
@@ -335,7 +335,7 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
         _print_rows(outcome.rows[len(rows) - done:])  # an arm that finished the epoch that was cut short
         rows[done:] = outcome.rows
         if outcome.rows:  # the rows before the networks (an arm that finished the cut epoch)
-            write_metrics(out, "metrics", rows)
+            write_metrics(out, "metrics", _by_seed(rows))
         keep(seed, {a.name: (outcome.layers[a.name], outcome.states[a.name]) for a in arms},
              {a.name: outcome.epochs(a.name) for a in arms})
         if outcome.interrupted or outcome.error is not None:
@@ -344,7 +344,7 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
         (out / resume.RUN_FILE).unlink(missing_ok=True)
     stopped = "interrupted" if outcome.interrupted else "stopped by an error" if outcome.error is not None else ""
     if rows:  # else nothing was measured: no report
-        _write(out, args, s, command, rows, stopped, source)
+        _write(out, args, s, command, _by_seed(rows), stopped, source)
     kept = f"kept what was measured in {out}" if rows else "nothing was measured"
     if outcome.error is not None:
         print(f"lazybn: error: {outcome.error}", file=sys.stderr)
@@ -354,6 +354,12 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
         print(f"interrupted: {kept}")
         return 130
     return 0
+
+
+def _by_seed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows seed by seed, as a run that never stopped has them (a resume extending a run of
+    several seeds measures a seed's new epochs after the later seeds' earlier ones)."""
+    return sorted(rows, key=lambda r: int(r["seed"]))
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
