@@ -23,11 +23,11 @@ Conventions (fixed, documented, tested):
   above and, within a parameter, moment by moment: Adam on ``Linear`` is (m_w, v_w, m_b, v_b),
   Momentum (v_w, v_b), RMSProp (s_w, s_b), SGD (). Parameterless layers have ().
 * ``OptState.step`` counts the updates made; Adam's bias correction uses t = step + 1.
-* Moments below the dtype's smallest normal number are stored as zeros (``Fn.flush_subnormal``).
-  A parameter whose gradient stays 0 (a dead ReLU unit) has its moments decay geometrically into
-  the subnormal range, where they stay (0.9 times the smallest subnormal rounds back to it) and
-  where x86 arithmetic takes microcode assists; at that size a moment moves its parameter by less
-  than ``lr * 1.2e-38 / eps`` (float32), far below any parameter's ulp but one within 1e-22 of 0.
+* Moments below the dtype's smallest normal number are stored as zeros (``Fn.flush_subnormal``):
+  a dead ReLU unit's moments decay into the subnormal range and stay (0.9 times the smallest
+  subnormal rounds back to it), where x86 arithmetic takes microcode assists. A first moment there
+  moves its parameter by less than ``lr * 1.2e-38 / eps`` (float32); a second one (Adam's v,
+  RMSProp's s) is flushed only if eps hides its square root (``optimizers.negligible_root``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from .optimizers import Adam as Adam
 from .optimizers import Momentum as Momentum
 from .optimizers import Optimizer as Optimizer
 from .optimizers import RMSProp as RMSProp
-from .optimizers import as_number, require_optimizer
+from .optimizers import as_number, negligible_root, require_optimizer
 from .steady import restored, steady
 from .trace import fused
 
@@ -179,8 +179,9 @@ def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Ma
             direction = direction + scale(wd, p)
         return p - scale(lr_scale, scale(lr, direction))
 
-    def moment(decayed: Delayed[Any]) -> Delayed[Any]:  # see the module's notes: subnormals are flushed
-        return amap(Fn.flush_subnormal, decayed)
+    def moment(decayed: Delayed[Any], root: tuple[float, float] | None = None) -> Delayed[Any]:  # the module's notes
+        # root: a second moment's (eps, largest bias correction), flushed only if eps hides it
+        return decayed if root and not negligible_root(p.dtype, *root) else amap(Fn.flush_subnormal, decayed)
 
     match opt:
         case SGD():
@@ -190,12 +191,12 @@ def _step(opt: Optimizer, p: Manifest[Any], grad: Manifest[Any], slots: tuple[Ma
             return descend(v), v
         case Adam(beta1=b1, beta2=b2, eps=eps):
             m = moment(scale(b1, slots[0]) + scale(1.0 - b1, g))
-            v = moment(scale(b2, slots[1]) + scale(1.0 - b2, g * g))
+            v = moment(scale(b2, slots[1]) + scale(1.0 - b2, g * g), (eps, 1.0 / (1.0 - b2)))
             m_hat = scale(correction[0], m)
             v_hat = scale(correction[1], v)
             return descend(m_hat / add_c(amap(Fn.sqrt, v_hat), eps)), m, v
         case RMSProp(rho=rho, eps=eps):
-            s = moment(scale(rho, slots[0]) + scale(1.0 - rho, g * g))
+            s = moment(scale(rho, slots[0]) + scale(1.0 - rho, g * g), (eps, 1.0))
             return descend(g / add_c(amap(Fn.sqrt, s), eps)), s
         case _:
             assert_never(opt)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import final, get_args
+from typing import Any, final, get_args
 
 import numpy as np
 
@@ -167,3 +167,12 @@ def require_optimizer(op: str, opt: object) -> None:
     """Refuse what is not an optimizer (untyped callers: a name such as "sgd")."""
     if not isinstance(opt, _OPTIMIZERS):
         raise ArgumentError(f"{op}: the optimizer must be an lb.SGD, Momentum, RMSProp or Adam, got {opt!r}")
+
+
+def negligible_root(dtype: np.dtype[np.floating[Any]], eps: float, most: float) -> bool:
+    """Whether a second moment below ``dtype``'s smallest normal number, times a correction of at
+    most ``most``, has a square root below half an ulp of ``eps``: then ``sqrt(v) + eps`` is ``eps``
+    whether v is stored or flushed to 0. Not so for a tiny eps (float32 Adam: eps below 1.2e-10):
+    a gradient of 1e-20 has v = 1e-40 and steps by about 1, but by m / eps were v flushed."""
+    info = np.finfo(dtype)
+    return math.sqrt(float(info.tiny) * most) < eps * float(info.eps) / 4

@@ -285,6 +285,55 @@ def test_moments_that_decay_below_the_smallest_normal_number_are_stored_as_zeros
         assert (np.abs(decayed) < tiny).any() and not ((got.array != 0) & (np.abs(got.array) < tiny)).any()
 
 
+@pytest.mark.parametrize("make", [Adam, RMSProp])
+def test_a_second_moment_is_kept_subnormal_when_eps_would_not_hide_its_root(make: Any) -> None:
+    """float32, eps 1e-30 and a gradient of 1e-20 (its square, 1e-40, is subnormal): torch steps
+    by about lr (Adam) or 3 lr (RMSProp); with v or s flushed to 0 the step would be g / eps."""
+    torch = pytest.importorskip("torch")
+    opt = make(1e-3, eps=1e-30)
+    layers: list[Layer] = [Linear(lb.matrix(np.ones((2, 3), np.float32)), lb.vector(np.zeros(3, np.float32)))]
+    grad = LinearGradients(lb.matrix(np.full((2, 3), 1e-20, np.float32)), lb.vector(np.full(3, 1e-20, np.float32)))
+    p = torch.nn.Parameter(torch.ones(2, 3))
+    theirs = (torch.optim.Adam([p], lr=1e-3, betas=(opt.beta1, opt.beta2), eps=1e-30) if isinstance(opt, Adam)
+              else torch.optim.RMSprop([p], lr=1e-3, alpha=opt.rho, eps=1e-30))
+    state = init_state(opt, layers)
+    for _ in range(3):
+        layers, state = update(opt, state, layers, [grad])
+        p.grad = torch.full((2, 3), 1e-20)
+        theirs.step()
+    assert isinstance(layers[0], Linear)
+    np.testing.assert_allclose(layers[0].w.array, p.detach().numpy(), rtol=1e-6)
+    assert 0.99 < float(p.detach()[0, 0]) < 1.0  # the oracle's own step: small
+    second = state.slots[0][1 if make is Adam else 0].array
+    assert (second > 0).all() and (second < np.finfo(np.float32).tiny).all()  # stored as it is: subnormal
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_negligible_root_says_whether_eps_hides_the_root_of_every_subnormal(dtype: np.dtype[Any],
+                                                                           data: st.DataObject) -> None:
+    """Around the bound (eps from 1/16 to 16 times it): where it says so, sqrt(c v) + eps is eps in
+    the dtype for every subnormal v and correction c up to ``most``; 8 times below it, the largest
+    subnormal's root shows."""
+    from lazybn.optimizers import negligible_root
+
+    info = np.finfo(dtype)
+    most = data.draw(st.floats(1.0, 1e4))
+    bound = 4 * np.sqrt(float(info.tiny) * most) / float(info.eps)
+    eps = bound * data.draw(st.floats(1 / 16, 16))
+    v = data.draw(st.floats(0.0, float(info.tiny), exclude_max=True, width=32 if info.bits == 32 else 64))  # subnormal
+    c = data.draw(st.floats(1.0, most))
+
+    def hidden(v: float, c: float) -> bool:  # as the step computes it, v kept
+        return bool(np.sqrt(dtype.type(c) * dtype.type(v)) + dtype.type(eps) == dtype.type(eps))
+
+    if negligible_root(dtype, eps, most):
+        assert hidden(v, c) and hidden(np.nextafter(dtype.type(info.tiny), dtype.type(0)), most), (eps, most, v, c)
+    if eps < bound / 8:
+        assert not negligible_root(dtype, eps, most)
+        assert not hidden(np.nextafter(dtype.type(info.tiny), dtype.type(0)), most)
+
+
 def test_init_state_shapes() -> None:
     layers = _net(np.random.default_rng(5), 2, 3, 4, np.dtype(np.float32))
     for opt, k in ((SGD(0.1), 0), (Momentum(0.1), 1), (RMSProp(), 1), (Adam(), 2)):
