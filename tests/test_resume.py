@@ -211,6 +211,10 @@ def _damage(out: Path, how: str) -> str:
             sgd = lb.init_state(lb.SGD(0.1), saved.layers)
             lb.save(bn, saved.layers, sgd, saved.meta)
             return f"{bn}: its optimizer state is not one of Adam for this network (made by SGD)"
+        case "network of another preset":  # the same layers as the run's: only the metadata tells
+            saved = load(bn)
+            lb.save(bn, saved.layers, saved.opt_state, {**saved.meta, "preset": "article"})
+            return f"{bn}: its metadata"
         case "network of another seed":
             shutil.copyfile(out / "plain-seed0.npz", bn)
             return f"{bn}: its metadata"
@@ -225,7 +229,8 @@ def _damage(out: Path, how: str) -> str:
 
 DAMAGES = ["no run.json", "corrupt run.json", "run.json of another version", "run.json of another command",
            "truncated network", "network of another dtype", "network of another architecture",
-           "network without its optimizer state", "network with another optimizer's state", "network of another seed",
+           "network without its optimizer state", "network with another optimizer's state", "network of another preset",
+           "network of another seed",
            "metrics without the saved epoch", "metrics missing"]
 
 

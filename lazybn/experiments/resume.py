@@ -169,7 +169,7 @@ def prepare(args: argparse.Namespace, out: Path) -> Resumed:
         for name, bn, fresh in zip(ARMS, (True, False), networks(s, seed)):
             file = out / f"{name}-seed{seed}.npz"
             if file.exists():
-                start[seed, name] = _network(file, name, seed, fresh, make_optimizer(s, bn), s)
+                start[seed, name] = _network(file, name, seed, run.preset, fresh, make_optimizer(s, bn), s)
     reached = max((a.done for a in start.values()), default=0)
     if s.epochs < reached:
         raise ArgumentError(f"lazybn train: --epochs {s.epochs} is fewer than the {reached} epochs a network of "
@@ -202,13 +202,14 @@ def _read_run(path: Path) -> tuple[list[str], list[list[str]]]:
     return argv, resumes  # type: ignore[return-value]  # checked just above
 
 
-def _network(path: Path, name: str, seed: int, fresh: list[Layer], opt: Optimizer, s: Settings) -> Arm:
+def _network(path: Path, name: str, seed: int, preset: str, fresh: list[Layer], opt: Optimizer, s: Settings) -> Arm:
     """The saved network ``path`` as an arm to continue, checked against the run's settings."""
     saved = load(path, comp=s.comp)
-    epoch = saved.meta.get("epoch")
-    if type(epoch) is not int or epoch < 1 or saved.meta.get("seed") != seed or saved.meta.get("arm") != name:
+    meta = saved.meta
+    epoch = meta.get("epoch")
+    if type(epoch) is not int or epoch < 1 or [meta.get(k) for k in ("seed", "arm", "preset")] != [seed, name, preset]:
         raise PersistenceError(f"{path}: its metadata {saved.meta} is not that of the {name} network of seed {seed} "
-                               "after an epoch")
+                               f"of preset {preset} after an epoch")
     problem = _mismatch(saved.layers, fresh)
     if problem is not None:
         raise PersistenceError(f"{path}: {problem}; it is not a network of this run's settings ({RUN_FILE})")
