@@ -298,6 +298,9 @@ def test_a_directory_another_lazybn_train_is_writing_is_refused(tmp_path: Path, 
             fcntl.flock(fresh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new run given the same --out, which it claimed
             assert _train(data, empty, "--epochs", "1") == 2
             assert f"{empty} is in use" in capsys.readouterr().err and not any(empty.iterdir())
+            # a run still loading its data has no run.json yet: a resume of it is refused as in use
+            assert main(["train", "--resume", str(empty), "--no-progress"]) == 2
+            assert f"{empty} is in use" in capsys.readouterr().err and not any(empty.iterdir())
         finally:
             os.close(fresh)
     finally:

@@ -124,9 +124,6 @@ def directory(args: argparse.Namespace) -> Path:
                             f"are in {out / RUN_FILE}")
     if not out.is_dir():
         raise ArgumentError(f"lazybn train: --resume {out}: no such directory")
-    if not (out / RUN_FILE).is_file():
-        raise ArgumentError(f"lazybn train: --resume {out}: it has no {RUN_FILE}, so it is not a lazybn train run "
-                            "directory, or one written before lazybn train could resume (start a new run)")
     return out
 
 
@@ -150,6 +147,9 @@ def prepare(args: argparse.Namespace, out: Path) -> Resumed:
     """Read and check everything ``--resume`` continues from; nothing in ``out`` is written."""
     from .mnist import _check_args, _settings, make_optimizer, networks
 
+    if not (out / RUN_FILE).is_file():
+        raise ArgumentError(f"lazybn train: --resume {out}: it has no {RUN_FILE}, so it is not a lazybn train run "
+                            "directory, or one written before lazybn train could resume (start a new run)")
     path = out / RUN_FILE
     argv, resumes = _read_run(path)
     run = _parse(argv, path)
