@@ -384,7 +384,8 @@ def _write(out: Path, args: argparse.Namespace, s: Settings, command: str, rows:
                                   "loss": r["loss"]} for r in final], "{:.2f}"))]
     if args.preset in REFERENCE:
         sections.append(("Reference", REFERENCE[args.preset] + ".\n"))
-    sections.append(("Per epoch (mean over seeds)", markdown_table(summary)))
+    sections.append(("Per epoch (mean over seeds; a process's first epoch of a network includes loading or compiling "
+                     "its kernels)", markdown_table(summary)))
     settings = {k: getattr(s, k) for k in Settings.__slots__} | {"data": source, "seeds": args.seeds}
     path = write_report(out, f"lazybn train — preset {args.preset}", command, settings, sections,
                         ["curves.png"], ok)
