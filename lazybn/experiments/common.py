@@ -149,6 +149,13 @@ def add_blas_threads(parser: Any) -> None:
                              "about 20%% faster on an idle 2-core machine)")
 
 
+def add_data_dir(parser: Any) -> None:
+    """The ``--data-dir`` option of ``lazybn train`` and ``lazybn eval``: where MNIST is read from."""
+    parser.add_argument("--data-dir", default=None,
+                        help="directory with MNIST: the four IDX files (optionally .gz) or mnist_train.csv/"
+                             "mnist_test.csv (default: $LAZYBN_DATA_DIR, else the cache, else fetched and verified)")
+
+
 def progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "no_progress", False)
 

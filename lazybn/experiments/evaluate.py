@@ -26,7 +26,7 @@ from ..layers import Batchnorm1d, Layer, Linear, LinearNoBias
 from ..network import logits
 from ..persist import Saved, load
 from ..train import Pixels, batches, prepare
-from .common import add_blas_threads, progress
+from .common import add_blas_threads, add_data_dir, progress
 from .mnist import PRESETS, SIZES
 
 INPUTS, CLASSES = SIZES[0], SIZES[-1]
@@ -129,9 +129,7 @@ def add_eval_parser(sub: Any) -> None:
                         "(default: that of the preset in the file's metadata)")
     p.add_argument("--split", choices=["test", "train"], default="test", help="the MNIST split (default: test)")
     p.add_argument("--per-class", action="store_true", help="also each class's accuracy, for every file")
-    p.add_argument("--data-dir", default=None,
-                   help="directory with MNIST: the four IDX files (optionally .gz) or mnist_train.csv/mnist_test.csv "
-                        "(default: $LAZYBN_DATA_DIR, else the cache, else fetched and verified)")
+    add_data_dir(p)
     p.add_argument("--no-progress", action="store_true", help="no messages while MNIST is fetched")
     add_blas_threads(p)
     p.set_defaults(func=_eval)

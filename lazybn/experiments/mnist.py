@@ -45,7 +45,7 @@ from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, batches, one_hot, prepare, train_step
 from . import resume
-from .common import add_blas_threads, curves, epoch_summary, out_dir
+from .common import add_blas_threads, add_data_dir, curves, epoch_summary, out_dir
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
 SIZES = (784, 300, 50, 10)
@@ -169,9 +169,7 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
                         "batch sizes every kernel is below that and runs serially); Seq: one core" + _preset("comp"))
     p.add_argument("--seed", type=int, default=0, help="random seed of the first run (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds to run and average (default 1)")
-    p.add_argument("--data-dir", default=None,
-                   help="directory with MNIST: the four IDX files (optionally .gz) or mnist_train.csv/mnist_test.csv "
-                        "(default: $LAZYBN_DATA_DIR, else the cache, else fetched and verified)")
+    add_data_dir(p)
     p.add_argument("--out", default=None, help="output directory (default runs/train-PRESET-TIMESTAMP)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (there are none when stderr is not a terminal)")
