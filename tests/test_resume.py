@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,3 +315,46 @@ def test_a_new_run_that_measured_nothing_leaves_no_run_file(tmp_path: Path, monk
     _fail_on_call(monkeypatch, 1, KeyboardInterrupt())
     assert _train(data, tmp_path / "runs" / "out") == 130
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_directory_filled_before_the_lock_is_taken_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A run given an empty ``--out`` looks at it, then locks it: one that filled it in between
+    (it started, and finished, with the same ``--out``) keeps its files, and this run is refused."""
+    from lazybn.experiments.common import out_dir as real
+
+    data, out = _csv_data(tmp_path), tmp_path / "out"
+    out.mkdir()
+
+    def out_dir(*args: Any) -> Path:
+        made = real(*args)
+        (made / "metrics.json").write_text("[]")  # the other run, between the look and the lock
+        return made
+
+    monkeypatch.setattr("lazybn.experiments.mnist.out_dir", out_dir)
+    assert _train(data, out, "--epochs", "1") == 2
+    assert f"the output directory {out} already holds files" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"] and (out / "metrics.json").read_text() == "[]"
+
+
+def test_a_directory_that_cannot_be_written_is_refused_before_the_data_loads(
+        tmp_path: Path, finished: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from lazybn.experiments import mnist
+
+    _, run = finished
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    before = _snapshot(out)
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    def load_split(*args: Any) -> Any:
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)  # as a read-only DIR does (root ignores chmod)
+    monkeypatch.setattr(mnist, "load_split", load_split)
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+    assert f"--resume {out}: cannot write into it (Permission denied)" in capsys.readouterr().err
+    assert _snapshot(out) == before

@@ -106,9 +106,8 @@ def out_dir(args: argparse.Namespace, name: str) -> Path:
     base = Path(given) if given else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = base
     try:
-        if given and base.is_dir() and any(base.iterdir()):
-            raise ArgumentError(f"the output directory {base} already holds files (from another run?); choose a "
-                                "new one with --out, or empty it")
+        if given and base.is_dir():
+            require_empty(base)
         missing = [p for p in base.parents if not p.exists()]
         base.parent.mkdir(parents=True, exist_ok=True)
         _MADE.extend(reversed(missing))
@@ -130,6 +129,14 @@ def out_dir(args: argparse.Namespace, name: str) -> Path:
         why = f"{file} is a file, not a directory" if file is not None else exc.strerror or exc
         raise ArgumentError(f"cannot write to the output directory {out} ({why}); choose another with --out") from exc
     return out
+
+
+def require_empty(out: Path) -> None:
+    """:class:`ArgumentError` unless the given output directory ``out`` holds no files: a run
+    never mixes its files with an earlier run's."""
+    if any(out.iterdir()):
+        raise ArgumentError(f"the output directory {out} already holds files (from another run?); choose a new one "
+                            "with --out, or empty it")
 
 
 def release_unused() -> None:

@@ -45,7 +45,7 @@ from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, batches, one_hot, prepare, train_step
 from . import resume
-from .common import add_blas_threads, add_data_dir, curves, epoch_summary, out_dir
+from .common import add_blas_threads, add_data_dir, curves, epoch_summary, out_dir, require_empty
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
 SIZES = (784, 300, 50, 10)
@@ -272,6 +272,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_args(s, args)
     out = out_dir(args, f"train-{args.preset}")
     with resume.locked(out):
+        require_empty(out)  # again: a run given the same --out may have filled it before the lock was taken
         return _run(args, s, out, "lazybn " + shlex.join(args.argv), None)
 
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shlex
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -124,6 +125,11 @@ def directory(args: argparse.Namespace) -> Path:
                             f"are in {out / RUN_FILE}")
     if not out.is_dir():
         raise ArgumentError(f"lazybn train: --resume {out}: no such directory")
+    try:
+        with tempfile.TemporaryFile(dir=out):  # before the data loads, not at the first write
+            pass
+    except OSError as exc:
+        raise ArgumentError(f"lazybn train: --resume {out}: cannot write into it ({exc.strerror or exc})") from None
     return out
 
 
