@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -13,10 +14,13 @@ from typing import IO, Final
 
 from .errors import ArgumentError
 
-ZIP_ERRORS: Final = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+ZIP_ERRORS: Final = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+                     tokenize.TokenError, OverflowError)
 """What reading a damaged zip (``.npz``) archive raises: besides truncation and bad CRCs, one
 flipped bit in a member's header makes :mod:`zipfile` report an unsupported compression method
-or version (``NotImplementedError``) or an encrypted member (``RuntimeError``)."""
+or version (``NotImplementedError``) or an encrypted member (``RuntimeError``), and one in an
+array's ``.npy`` header makes numpy's parser of it fail (``tokenize.TokenError`` for a header
+length cut short, ``OverflowError`` for a dimension beyond int64)."""
 
 
 def cache_dir() -> Path:

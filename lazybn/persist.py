@@ -303,7 +303,7 @@ def load(path: Path | str, comp: Comp | None = None) -> Saved:
             raise
         except LazybnError as exc:
             raise PersistenceError(f"{path}: the saved values are invalid: {exc}") from None
-        except (*ZIP_ERRORS, ValueError) as exc:
+        except (*ZIP_ERRORS, ValueError, MemoryError) as exc:  # MemoryError: a damaged shape, too large
             raise PersistenceError(f"{path}: cannot read the file: {exc}") from None
 
 

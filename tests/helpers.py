@@ -92,3 +92,32 @@ def damage_zip_headers(raw: bytes, how: str, member: str | None = None) -> bytes
         start = out.find(b"PK\x01\x02", start + 4)
     assert damaged, f"no member {member!r}"
     return bytes(out)
+
+
+NPY_HEADER_DAMAGE = ("header length cut short", "dimension beyond int64", "dimension too large to allocate")
+"""Damage to one array's ``.npy`` header inside an uncompressed ``.npz`` (see :func:`damage_npy_header`)."""
+
+
+def damage_npy_header(raw: bytes, how: str, member: str | None = None) -> bytes:
+    """``raw`` (an uncompressed .npz, or with ``member`` None a .npy file) with the ``.npy`` header of
+    ``member`` damaged as ``how`` says (:data:`NPY_HEADER_DAMAGE`): its length field set to 12 bytes, or
+    its first dimension replaced by a 20-digit number or by 10**15 (the header keeps its length: the
+    spaces that pad it give way)."""
+    out = bytearray(raw)
+    start = out.index(b"\x93NUMPY", 0 if member is None else out.index(member.encode()))
+    assert out[start + 6] == 1, "not a .npy file of format 1.0"
+    length = int.from_bytes(out[start + 8:start + 10], "little")
+    if how == "header length cut short":
+        out[start + 8:start + 10] = (12).to_bytes(2, "little")
+        return bytes(out)
+    digits = {"dimension beyond int64": b"9" * 20, "dimension too large to allocate": b"1" + b"0" * 15}[how]
+    header = bytes(out[start + 10:start + 10 + length])
+    i = header.index(b"'shape': (") + len(b"'shape': (")
+    j = i
+    while header[j:j + 1].isdigit():
+        j += 1
+    grown = header[:i] + digits + header[j:]
+    extra = len(grown) - len(header)
+    assert grown.endswith(b" " * extra + b"\n"), "the header has too little padding"
+    out[start + 10:start + 10 + length] = grown[:length - 1] + b"\n"
+    return bytes(out)

@@ -26,7 +26,7 @@ from lazybn.layers import Batchnorm1d, Layer, Linear, LinearNoBias
 from lazybn.optim import Adam, init_state
 from lazybn.persist import load, save
 
-from .helpers import DTYPES, ZIP_HEADER_DAMAGE, damage_zip_headers
+from .helpers import DTYPES, NPY_HEADER_DAMAGE, ZIP_HEADER_DAMAGE, damage_npy_header, damage_zip_headers
 from .net_helpers import assert_same_network, assert_same_state, networks, random_state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,6 +363,22 @@ def test_hostile_headers_are_persistence_errors(tmp_path: Path) -> None:
             zo.writestr(name, data)
     with pytest.raises(PersistenceError, match="layer0.w"):
         load(huge)
+
+
+@pytest.mark.parametrize("member", ["header.json.npy", "layer0.w.npy"])
+@pytest.mark.parametrize("how", NPY_HEADER_DAMAGE)
+def test_a_damaged_npy_header_is_a_persistence_error(tmp_path: Path, member: str, how: str) -> None:
+    """One array's .npy header damaged inside an archive whose CRCs match it (numpy's parser of the
+    header fails with TokenError or OverflowError, or the shape cannot be allocated): a PersistenceError."""
+    path, _ = _saved(tmp_path)
+    damaged = tmp_path / "damaged.npz"
+    with zipfile.ZipFile(path) as zi, zipfile.ZipFile(damaged, "w") as zo:
+        for name in zi.namelist():
+            data = zi.read(name)
+            zo.writestr(name, damage_npy_header(data, how) if name == member else data)
+    assert damaged.read_bytes() != path.read_bytes()
+    with pytest.raises(PersistenceError, match=re.escape(str(damaged))):
+        load(damaged)
 
 
 def test_a_directory_is_not_a_network_file(tmp_path: Path) -> None:

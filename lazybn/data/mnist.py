@@ -290,7 +290,7 @@ def read_cache(path: Path, spec: OfficialSpec | None = None) -> Mnist:
             arrays = {key: z[key] for key in _ARRAYS if key in files}
             stored = str(z["sha256"][()]) if "sha256" in files else ""
             wheel = str(z["wheel_sha256"][()]) if "wheel_sha256" in files else ""
-    except (*ZIP_ERRORS, ValueError, KeyError) as e:
+    except (*ZIP_ERRORS, ValueError, KeyError, MemoryError) as e:  # MemoryError: a damaged shape, too large
         raise DataError(f"{path}: unreadable cache ({type(e).__name__}: {e})") from e
     if missing:
         raise DataError(f"{path}: cache lacks {', '.join(missing)}")
