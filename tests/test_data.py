@@ -116,6 +116,38 @@ def test_csv_round_trip(n: int, seed: int, crlf: bool, lo: int) -> None:
     np.testing.assert_array_equal(ds.labels, labels)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5), seed=st.integers(0, 2**32 - 1), crlf=st.booleans(), data=st.data())
+def test_blank_lines_of_spaces_are_skipped_like_empty_ones(n: int, seed: int, crlf: bool, data: st.DataObject) -> None:
+    """Lines holding only spaces, tabs or carriage returns, anywhere after the header (the last one
+    without its line end), are blank lines: the rows read are those of the file without them."""
+    images, labels = random_split(np.random.default_rng(seed), n)
+    newline = "\r\n" if crlf else "\n"
+    lines = csv_text(images, labels, newline).split(newline)[:-1]
+    blank = st.text(alphabet=" \t\r\x0b\x0c", min_size=0, max_size=3)
+    for _ in range(data.draw(st.integers(1, 4), label="blank lines")):
+        lines.insert(data.draw(st.integers(1, len(lines)), label="at"), data.draw(blank, label="blank"))
+    text = newline.join(lines) + data.draw(st.sampled_from([newline, "", newline + " "]), label="end")
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "x.csv"
+        p.write_bytes(text.encode())
+        ds = read_csv_split(p)
+    np.testing.assert_array_equal(ds.images, images)
+    np.testing.assert_array_equal(ds.labels, labels)
+
+
+@pytest.mark.parametrize("row", [
+    ",".join(good_row()[:5]) + "\r," + ",".join(good_row()[5:]),  # a field ending in one
+    "\r" + ",".join(good_row()),
+    ",".join(good_row()) + "\r\r",
+], ids=["inside", "first", "doubled at the end"])
+def test_a_carriage_return_inside_a_row_names_the_line(tmp_path: Path, row: str) -> None:
+    p = tmp_path / "a.csv"
+    p.write_bytes(("\n".join([CSV_HEADER, ",".join(good_row()), row, ",".join(good_row())]) + "\n").encode())
+    with pytest.raises(DataError, match=r"a.csv, line 3: a carriage return \(\\r\) inside the line"):
+        read_csv_split(p)
+
+
 def test_csv_dir_and_readonly(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     (im, lb), (tim, tlb) = random_split(rng, 5), random_split(rng, 2)

@@ -114,6 +114,7 @@ def read_idx(path: Path) -> NDArray[np.uint8]:
 
 _INTEGER = re.compile(rb"\s*[+-]?[0-9]+\s*")  # what the CSV parser reads as an integer field
 _INTEGERS = re.compile(rb"\s*[+-]?[0-9]+\s*(?:,\s*[+-]?[0-9]+\s*)*")
+_BLANK_LINES = re.compile(rb"^[ \t\r\f\v]+(?:\n|\Z)", re.MULTILINE)  # spaces only: the parser reads a row of them
 
 
 def _check_line(fields: list[bytes], path: Path, lineno: int) -> None:
@@ -137,6 +138,9 @@ def _locate_csv_error(data: bytes, path: Path) -> None:
         line = raw.strip()
         if not line:
             continue
+        if b"\r" in raw.removesuffix(b"\r"):
+            raise DataError(f"{path}, line {lineno}: a carriage return (\\r) inside the line; lines end in \\n or "
+                            "\\r\\n")
         fields = line.split(b",")
         if not _INTEGERS.fullmatch(line):  # e.g. "1_0" or "1e3", which Python's int() would read
             _check_line(fields, path, lineno)
@@ -167,7 +171,11 @@ def parse_csv(data: bytes, path: Path) -> Dataset:
         table = np.loadtxt(io.BytesIO(body), delimiter=",", dtype=np.int16, comments=None, ndmin=2)
     except ValueError as e:
         _locate_csv_error(data, path)
-        raise DataError(f"{path}: not a valid MNIST CSV file ({e})") from e
+        try:  # every row is valid: lines of spaces only, which are blank lines
+            table = np.loadtxt(io.BytesIO(_BLANK_LINES.sub(b"", body)), delimiter=",", dtype=np.int16, comments=None,
+                               ndmin=2)
+        except ValueError:
+            raise DataError(f"{path}: not a valid MNIST CSV file ({e})") from e
     labels, pixels = table[:, :1].ravel(), table[:, 1:]
     if table.shape[1] != PIXELS + 1 or labels.min() < 0 or labels.max() > 9 or pixels.min() < 0 or pixels.max() > 255:
         _locate_csv_error(data, path)
@@ -178,7 +186,8 @@ def parse_csv(data: bytes, path: Path) -> Dataset:
 def read_csv_split(path: Path) -> Dataset:
     """Read one split stored as CSV: a header line, then one ``label,p0,...,p783`` row per image.
 
-    Blank lines are skipped; ``\\r\\n`` line ends are accepted. A row with the wrong number of
+    Blank lines (empty, or of spaces and tabs only) are skipped; ``\\r\\n`` line ends are accepted,
+    a carriage return anywhere else in a line is an error. A row with the wrong number of
     fields, a field that is not an integer, a label outside 0..9 or a pixel outside 0..255
     raises :class:`DataError` naming the file and the line number.
     """
