@@ -297,6 +297,17 @@ def test_a_first_row_of_data_is_never_taken_for_the_header(tmp_path: Path, first
     assert read_csv_split(p).labels.tolist() == [4]  # a header after a byte order mark is a header
 
 
+@pytest.mark.parametrize("first", [good_row(pixel=256), good_row(label=10), good_row()[:-1] + ["-3"],
+                                   good_row()[:-1] + ["65536"], good_row()[:100]],
+                         ids=["pixel 256", "label 10", "pixel -3", "pixel 65536", "short"])
+def test_a_first_row_of_data_that_is_invalid_is_not_taken_for_the_header(tmp_path: Path, first: list[str]) -> None:
+    """A file without its header line whose first row is damaged: refused, not read without that row."""
+    p = tmp_path / "a.csv"
+    p.write_text("\n".join(",".join(r) for r in [first, good_row(label=1), good_row(label=2)]) + "\n")
+    with pytest.raises(DataError, match="a.csv: line 1 is a data row"):
+        read_csv_split(p)
+
+
 def test_a_header_of_column_numbers_is_a_header(tmp_path: Path) -> None:
     """A table written with numbered columns (0, 1, ..., 784) has a header of integers that no
     data row can be: pixels stop at 255."""

@@ -160,8 +160,9 @@ def parse_csv(data: bytes, path: Path) -> Dataset:
         raise DataError(f"{path}: line 1 is empty, expected a header line such as 'label,1x1,...'")
     if b"\r" in header:  # old Mac line ends: the whole file would be one header line
         raise DataError(f"{path}: lines end in a bare carriage return (\\r); use \\n or \\r\\n line ends")
-    fields = header.split(b",")  # integers as the rows are read (" 5" is 5), each a label's or a pixel's:
-    if all(_INTEGER.fullmatch(f) for f in fields) and all(0 <= int(f) <= 255 for f in fields):  # not column numbers
+    fields = header.split(b",")  # integers as the rows are read (" 5" is 5): a data row, valid or not, unless
+    values = [int(f) for f in fields] if all(_INTEGER.fullmatch(f) for f in fields) else []  # they number the
+    if values and not (max(values) > 255 and all(a < b for a, b in zip(values, values[1:]))):  # columns (0, 1, ...)
         raise DataError(f"{path}: line 1 is a data row, expected a header line such as 'label,1x1,...'; add one")
     body = data[data.find(b"\n") + 1 :] if b"\n" in data else b""
     if not body.strip():
