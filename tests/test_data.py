@@ -357,9 +357,11 @@ def test_env_dir_must_be_used(isolated: Path, monkeypatch: pytest.MonkeyPatch) -
     (empty / "mnist_train.csv").write_text("x")
     with pytest.raises(DataError, match="has only mnist_train.csv"):
         load_mnist()
-    with pytest.raises(DataError, match="not a directory") as given:
+    with pytest.raises(DataError, match="missing: no such directory") as given:
         load_mnist(isolated / "missing")
     assert "LAZYBN_DATA_DIR" not in str(given.value)  # a directory given as an argument is the caller's
+    with pytest.raises(DataError, match="mnist_train.csv: not a directory"):
+        load_mnist(empty / "mnist_train.csv")
 
 
 def test_data_dir_argument_wins_over_env(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:

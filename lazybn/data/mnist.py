@@ -142,7 +142,8 @@ def load_dir(path: Path) -> Mnist:
     """
     path = Path(path)
     if not path.is_dir():
-        raise DataError(f"{path}: not a directory; the MNIST data directory must hold {_EXPECTED}")
+        what = "not a directory" if path.exists() else "no such directory"
+        raise DataError(f"{path}: {what}; the MNIST data directory must hold {_EXPECTED}")
     idx = [_present(path, name) for name in IDX_FILES]
     if all(p is not None for p in idx):
         tr_im, tr_lb, te_im, te_lb = (p for p in idx if p is not None)
