@@ -171,6 +171,15 @@ def test_read_idx_shapes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_idx(write_file(tmp_path / "b", idx_bytes(lab))), lab)
 
 
+@pytest.mark.parametrize("shape", [(0, 28, 28), (3, 0, 5), (2, 3, 0), (0,), (1, 1, 1)])
+def test_read_idx_of_empty_dimensions(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """An IDX file holding no items (or items of no pixels) reads as an array of that shape, not a numpy error."""
+    data = np.zeros(shape, np.uint8) + 1
+    got = read_idx(write_file(tmp_path / "a", idx_bytes(data)))
+    assert got.shape == (shape if len(shape) == 1 else (shape[0], shape[1] * shape[2]))
+    np.testing.assert_array_equal(got.reshape(shape), data)
+
+
 def test_dataset_checks_its_contract() -> None:
     with pytest.raises(DataError, match="0..9"):
         Dataset(np.zeros((1, 784), np.uint8), np.array([10], np.int64))

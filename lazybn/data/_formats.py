@@ -109,7 +109,7 @@ def read_idx(path: Path) -> NDArray[np.uint8]:
     the header promises, raises :class:`DataError` naming the file and the numbers.
     """
     flat, dims = read_idx_dims(Path(path))
-    return flat if len(dims) == 1 else flat.reshape(dims[0], -1)
+    return flat if len(dims) == 1 else flat.reshape(dims[0], math.prod(dims[1:]))  # -1 fails for no items
 
 
 _INTEGER = re.compile(rb"\s*[+-]?[0-9]+\s*")  # what the CSV parser reads as an integer field
