@@ -194,6 +194,10 @@ def _damage(out: Path, how: str) -> str:
             doc = json.loads((out / "run.json").read_text())
             (out / "run.json").write_text(json.dumps({**doc, "argv": ["train", "--no-such-option"]}))
             return f"{out / 'run.json'}: the stored command line 'train --no-such-option' does not parse"
+        case "run.json with a damaged data print":
+            doc = json.loads((out / "run.json").read_text())
+            (out / "run.json").write_text(json.dumps({**doc, "data": {**doc["data"], "train": "300"}}))
+            return f"{out / 'run.json'}: field 'data' is not an object of a source, split sizes and a sha256"
         case "truncated network":
             bn.write_bytes(bn.read_bytes()[:500])
             return f"{bn}: not a zip (.npz) archive, or truncated"
@@ -229,7 +233,7 @@ def _damage(out: Path, how: str) -> str:
 
 
 DAMAGES = ["no run.json", "corrupt run.json", "run.json of another version", "run.json of another command",
-           "truncated network", "network of another dtype", "network of another architecture",
+           "run.json with a damaged data print", "truncated network", "network of another dtype", "network of another architecture",
            "network without its optimizer state", "network with another optimizer's state", "network of another preset",
            "network of another seed",
            "metrics without the saved epoch", "metrics missing"]
@@ -358,3 +362,48 @@ def test_a_directory_that_cannot_be_written_is_refused_before_the_data_loads(
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
     assert f"--resume {out}: cannot write into it (Permission denied)" in capsys.readouterr().err
     assert _snapshot(out) == before
+
+
+def test_a_resume_on_other_data_is_refused_and_the_run_records_its_data(
+        tmp_path: Path, finished: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """``run.json`` holds the sizes and a sha256 of the labels and pixels the run trained on
+    (checked against hashlib over the CSVs' values); a resume on other data (``--data-dir``, or
+    ``$LAZYBN_DATA_DIR`` set for the first run only) is refused with DIR as it was."""
+    import hashlib
+
+    data, run = finished
+    digest = hashlib.sha256()
+    for name in ("mnist_train.csv", "mnist_test.csv"):
+        table = np.loadtxt(data / name, delimiter=",", skiprows=1, dtype=np.int64)
+        digest.update(table[:, 0].tobytes())
+        digest.update(table[:, 1:].astype(np.uint8).tobytes())
+    recorded = json.loads((run / "run.json").read_text())["data"]
+    assert recorded == {"source": recorded["source"], "train": 300, "test": 100, "sha256": digest.hexdigest()}
+    assert str(data) in recorded["source"]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("mnist_train.csv", "mnist_test.csv"):  # the same sizes, one pixel changed
+        lines = (data / name).read_text().splitlines(keepends=True)
+        fields = lines[1].split(",")
+        fields[1] = "7" if fields[1] != "7" else "8"
+        lines[1] = ",".join(fields)
+        (other / name).write_text("".join(lines))
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    before = _snapshot(out)
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--data-dir", str(other), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {out}: the data ({other}" in err and "300 train, 100 test images) is not the run's" in err
+    assert _snapshot(out) == before
+
+
+def test_a_run_directory_without_a_data_print_resumes_and_gets_one(tmp_path: Path, finished: tuple[Path, Path]) -> None:
+    data, run = finished
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    doc = json.loads((out / "run.json").read_text())
+    recorded = doc.pop("data")
+    (out / "run.json").write_text(json.dumps(doc))  # as lazybn wrote it before it recorded the data
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "run.json").read_text())["data"] == recorded

@@ -115,7 +115,8 @@ def networks(s: Settings, seed: int) -> tuple[list[Layer], list[Layer]]:
     return bn, mlp(SIZES, batchnorm=False, **kw)
 
 
-def load_split(data_dir: str | None, s: Settings, progress: bool) -> tuple[Split, str]:
+def load_split(data_dir: str | None, s: Settings, progress: bool) -> tuple[Split, dict[str, Any]]:
+    """The data in the run's dtype and pixels, and its :func:`resume.data_print`."""
     mnist = load_mnist(data_dir, progress=progress)
     dt = np.dtype(s.dtype)
     split = Split(
@@ -123,7 +124,7 @@ def load_split(data_dir: str | None, s: Settings, progress: bool) -> tuple[Split
         labels_train=mnist.train.labels, x_test=prepare(mnist.test.images, s.pixels, dt),
         labels_test=mnist.test.labels,
     )
-    return split, mnist.source
+    return split, resume.data_print(mnist)
 
 
 def _preset(name: str) -> str:
@@ -282,9 +283,10 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
     warm = threading.Thread(target=_warm_up, args=(s, args.seed), name="lazybn-warm-up", daemon=True)
     warm.start()
     try:
-        split, source = load_split(args.data_dir, s, progress)
+        split, data = load_split(args.data_dir, s, progress)
     finally:
         warm.join()  # data that cannot load too: no training step runs on after the command returns
+    source = data["source"]
     print(f"data: {source} ({split.x_train.shape[0]} train, {split.x_test.shape[0]} test)")
     if s.batch_size > split.x_train.shape[0]:
         raise ArgumentError(f"lazybn train: --batch-size {s.batch_size} is more than the {split.x_train.shape[0]} "
@@ -300,7 +302,7 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
     header = f"{'seed':>4} {'epoch':>5} {'network':<12} {'loss':>8} {'train acc':>9} {'test acc':>8} {'seconds':>7}"
     print(header)
     _print_rows(rows)
-    resume.write_run(out, *((resumed.argv, resumed.resumes) if resumed else (args.argv,)))
+    resume.write_run(out, args.argv, data, resumed)  # a resume's data checked against the run's first
 
     saved = {key: arm.done for key, arm in start.items()}  # (seed, network) -> the epoch its file holds
 

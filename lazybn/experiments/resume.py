@@ -3,10 +3,12 @@
 A run directory holds ``run.json``, written when training starts::
 
     {"format": "lazybn-train-run", "version": 1, "argv": ["train", "--epochs", "3", "--out", "runs/x"],
-     "resumes": [["train", "--resume", "runs/x", "--epochs", "5"]]}
+     "resumes": [["train", "--resume", "runs/x", "--epochs", "5"]],
+     "data": {"source": "...", "train": 60000, "test": 10000, "sha256": "..."}}
 
 ``argv`` is the command line that started the run (after ``lazybn``), ``resumes`` those of the
-runs that continued it. Its settings are those ``argv`` gives through the same parser and
+runs that continued it, ``data`` what identifies the data it trained on (a resume must train on
+the same). Its settings are those ``argv`` gives through the same parser and
 presets, with the last ``--epochs`` given to a resume. Each network file (``{arm}-seed{seed}.npz``)
 carries its optimizer state and, in its metadata, the epoch it reached; the metrics rows up to that
 epoch are kept (a row written after the network's last save is measured again). Everything is read
@@ -17,6 +19,7 @@ a directory it holds a lock on it that a resume of it respects.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -28,6 +31,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
+import numpy as np
+
 from .._files import atomic_write_bytes
 from ..array import Manifest
 from ..errors import ArgumentError, PersistenceError
@@ -37,6 +42,7 @@ from ..persist import load
 from .runner import Arm
 
 if TYPE_CHECKING:
+    from ..data.mnist import Mnist
     from .mnist import Settings
 
 FORMAT = "lazybn-train-run"
@@ -87,9 +93,30 @@ def given(argv: Sequence[str]) -> set[str]:
     return {k for k, v in vars(ns).items() if v is not unset}
 
 
-def write_run(out: Path, argv: Sequence[str], resumes: Sequence[Sequence[str]] = ()) -> None:
-    """``out/run.json`` (atomically): the command line that started the run, and the resumes'."""
-    doc = {"format": FORMAT, "version": VERSION, "argv": list(argv), "resumes": [list(r) for r in resumes]}
+def data_print(mnist: Mnist) -> dict[str, Any]:
+    """What identifies the data a run trains on: where it came from, the split sizes and a
+    sha256 of the labels and pixels (0.1 s for MNIST)."""
+    digest = hashlib.sha256()
+    for part in (mnist.train, mnist.test):
+        for a in (part.labels.astype(np.int64), part.images):
+            digest.update(np.ascontiguousarray(a).data)
+    return {"source": mnist.source, "train": len(mnist.train.labels), "test": len(mnist.test.labels),
+            "sha256": digest.hexdigest()}
+
+
+def write_run(out: Path, argv: Sequence[str], data: dict[str, Any], resumed: Resumed | None = None) -> None:
+    """``out/run.json`` (atomically): the command line that started the run, the resumes', and
+    the :func:`data_print` of its data. A resume's data must be the run's (its print is not
+    checked in a run directory written before lazybn recorded it)."""
+    if resumed is not None:
+        argv, was = resumed.argv, resumed.data or data
+        if [was[k] for k in ("train", "test", "sha256")] != [data[k] for k in ("train", "test", "sha256")]:
+            raise ArgumentError(f"lazybn train: --resume {out}: the data ({data['source']}: {data['train']} train, "
+                                f"{data['test']} test images) is not the run's ({was['source']}: {was['train']} train, "
+                                f"{was['test']} test, another sha256); give --data-dir with the run's data")
+        data = was
+    doc = {"format": FORMAT, "version": VERSION, "argv": list(argv),
+           "resumes": [list(r) for r in resumed.resumes] if resumed else [], "data": data}
     atomic_write_bytes(out / RUN_FILE, json.dumps(doc, indent=1).encode())
 
 
@@ -144,6 +171,7 @@ class Resumed:
     settings: Settings
     argv: list[str]
     resumes: list[list[str]]
+    data: dict[str, Any] | None
     command: str
     rows: list[dict[str, Any]]
     start: dict[tuple[int, str], Arm]
@@ -157,7 +185,7 @@ def prepare(args: argparse.Namespace, out: Path) -> Resumed:
         raise ArgumentError(f"lazybn train: --resume {out}: it has no {RUN_FILE}, so it is not a lazybn train run "
                             "directory, or one written before lazybn train could resume (start a new run)")
     path = out / RUN_FILE
-    argv, resumes = _read_run(path)
+    argv, resumes, data = _read_run(path)
     run = _parse(argv, path)
     if run.command != "train" or run.resume is not None:
         raise PersistenceError(f"{path}: the stored command line is not that of a new lazybn train run")
@@ -183,10 +211,10 @@ def prepare(args: argparse.Namespace, out: Path) -> Resumed:
     rows = _rows(out / "metrics.json", start)
     resumes = [*resumes, list(args.argv)]
     command = "; ".join("lazybn " + shlex.join(a) for a in [argv, *resumes])
-    return Resumed(run, s, argv, resumes, command, rows, start)
+    return Resumed(run, s, argv, resumes, data, command, rows, start)
 
 
-def _read_run(path: Path) -> tuple[list[str], list[list[str]]]:
+def _read_run(path: Path) -> tuple[list[str], list[list[str]], dict[str, Any] | None]:
     try:
         doc = json.loads(path.read_bytes())
     except (ValueError, RecursionError) as exc:
@@ -205,7 +233,12 @@ def _read_run(path: Path) -> tuple[list[str], list[list[str]]]:
     if not strings(argv) or not isinstance(resumes, list) or not all(strings(r) for r in resumes):
         raise PersistenceError(f"{path}: field 'argv' or 'resumes' is missing or not lists of strings; the file is "
                                "corrupt")
-    return argv, resumes  # type: ignore[return-value]  # checked just above
+    data = doc.get("data")
+    if data is not None and not (isinstance(data, dict) and [type(data.get(k)) for k in ("source", "train", "test",
+                                                                                        "sha256")] == [str, int, int, str]):
+        raise PersistenceError(f"{path}: field 'data' is not an object of a source, split sizes and a sha256; the file "
+                               "is corrupt")
+    return argv, resumes, data  # type: ignore[return-value]  # checked just above
 
 
 def _network(path: Path, name: str, seed: int, preset: str, fresh: list[Layer], opt: Optimizer, s: Settings) -> Arm:
