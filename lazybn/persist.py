@@ -198,6 +198,8 @@ class _Reader:
         except MemoryError:
             raise PersistenceError(f"{self.path}: array {name!r} claims a size that cannot be allocated; "
                                    "the file is corrupt") from None
+        if not isinstance(arr, np.ndarray):  # a member without a .npy header: numpy hands over its bytes
+            raise PersistenceError(f"{self.path}: array {name!r} is not stored as an array (.npy), but as raw bytes")
         if not isinstance(shape, list) or not all(type(n) is int for n in shape) or tuple(arr.shape) != tuple(shape):
             raise PersistenceError(f"{self.path}: array {name!r} has shape {arr.shape}, the header says {shape}")
         if self.dtype is None or arr.dtype != self.dtype:
@@ -314,6 +316,8 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
         raw = z["header.json"]
     except ValueError as exc:
         raise PersistenceError(f"{path}: 'header.json' is unreadable: {exc} (lazybn never unpickles)") from None
+    if not isinstance(raw, np.ndarray):
+        raise PersistenceError(f"{path}: 'header.json' is not stored as an array (.npy), but as raw bytes")
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise PersistenceError(f"{path}: 'header.json' must be a 1-d uint8 array, got {raw.dtype} {raw.shape}")
     try:

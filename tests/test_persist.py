@@ -335,6 +335,23 @@ def test_object_arrays_are_never_unpickled(tmp_path: Path) -> None:
         load(_write(tmp_path / "i.npz", {**d["arrays"], "header.json": np.arange(3, dtype=np.int64)}))
 
 
+@pytest.mark.parametrize("member", ["layer0.w", "header.json"])
+def test_a_member_stored_as_raw_bytes_is_named(tmp_path: Path, member: str) -> None:
+    """An archive member without a .npy header (written by hand: ``layer0.w`` instead of
+    ``layer0.w.npy``), for which numpy returns the member's bytes instead of an array."""
+    path, _ = _saved(tmp_path)
+    raw = tmp_path / "raw.npz"
+    with zipfile.ZipFile(path) as zi, zipfile.ZipFile(raw, "w") as zo:
+        for name in zi.namelist():
+            if name == f"{member}.npy":
+                zo.writestr(member, json.dumps({"format": "lazybn-network"}).encode())
+            else:
+                zo.writestr(name, zi.read(name))
+    with pytest.raises(PersistenceError, match=re.escape(f"{raw}: ") + f".*'{re.escape(member)}' is not stored as an "
+                                               r"array \(\.npy\), but as raw bytes"):
+        load(raw)
+
+
 def test_not_a_zip_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "x.npz").write_bytes(b"\x93NUMPY" + b"\0" * 100)
     with pytest.raises(PersistenceError, match="not a zip"):
