@@ -45,7 +45,7 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     if path.is_dir():
         raise ArgumentError(f"cannot write {path}: it is a directory (give a file name)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_shortened(path.name)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -59,6 +59,15 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _shortened(name: str, limit: int = 200) -> str:
+    """``name`` cut to at most ``limit`` bytes (whole characters), for a temporary file's name: with
+    the dot, mkstemp's 8 random characters and ``.tmp`` it stays within the 255 bytes a file name may
+    have, however long ``name`` is."""
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
 
 
 def _umask() -> int:

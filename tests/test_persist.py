@@ -147,6 +147,15 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_intact(tmp_path: Path) ->
         load(partial[0])
 
 
+@pytest.mark.parametrize("name", ["n" * 251 + ".npz", "网" * 85], ids=["ascii", "utf-8"])  # 255 bytes: the most
+def test_the_longest_file_names_are_written(tmp_path: Path, name: str) -> None:
+    """The temporary file beside the target has a name of its own that must fit too."""
+    net = mlp([3, 2], batchnorm=True, seed=2)
+    save(tmp_path / name, net)
+    assert os.listdir(tmp_path) == [name]
+    assert_same_network(load(tmp_path / name).layers, net)
+
+
 # --- bad files ----------------------------------------------------------------------------------
 
 
