@@ -249,11 +249,13 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
     Raises:
         ArgumentError: a key ``like`` needs is missing (the message says which torch modules have no
             such key: ``affine=False``, ``track_running_stats=False``), the state has keys it has no
-            layer for, or a batch-norm layer of ``like`` has ``unbiased=False``.
+            layer for, a batch-norm layer of ``like`` has ``unbiased=False``, or ``like`` is not a
+            list of lazybn layers.
         ShapeError: an array's shape is not what ``like``'s layer needs.
-        DTypeError: an array is not numeric.
+        DTypeError: an array is not numeric (or not an array: ragged lists).
         ValueRangeError: an array holds NaN or infinity (or a running variance is negative).
     """
+    check_layers("from_torch", like)
     used: set[str] = set()
 
     def take(i: int, layer: Layer, key: str, shape: tuple[int, ...]) -> NDArray[Any]:
@@ -265,7 +267,7 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
         used.add(name)
         try:
             a = np.asarray(state[name])
-        except (TypeError, RuntimeError) as exc:  # e.g. a bfloat16 tensor, or one that requires grad
+        except (TypeError, ValueError, RuntimeError) as exc:  # a bfloat16 tensor, one that requires grad, ragged lists
             raise DTypeError(f"{where} as numbers ({exc}); convert the state first, e.g. "
                              "{k: v.detach().double() for k, v in model.state_dict().items()}") from None
         if a.dtype.kind not in "fiu":

@@ -160,6 +160,21 @@ def test_bad_states_are_refused_naming_the_key() -> None:
         lb.from_torch({k: v for k, v in lb.to_torch(cumulative).items() if "tracked" not in k}, like=cumulative)
 
 
+def test_a_template_that_is_not_a_network_and_ragged_values_are_named() -> None:
+    good = lb.to_torch(lb.mlp((4, 3, 2), batchnorm=False, seed=0))
+    with pytest.raises(lb.ArgumentError, match="from_torch: layers must be a list of lazybn layers, got NoneType"):
+        lb.from_torch(good, like=None)  # type: ignore[arg-type]
+    with pytest.raises(lb.ArgumentError, match=r"from_torch: layers\[1\] is a Module, not a lazybn layer"):
+        lb.from_torch(good, like=[*lb.mlp((4, 3), batchnorm=False), Module()])  # type: ignore[list-item]
+    like = lb.mlp((2, 2), batchnorm=False, seed=0)
+    with pytest.raises(lb.DTypeError, match="needs '0.weight' as numbers"):
+        lb.from_torch({**lb.to_torch(like), "0.weight": [[1.0, 2.0], [3.0]]}, like=like)
+
+
+class Module:
+    """Something else than a lazybn layer in a template (a torch module, say)."""
+
+
 def test_tensors_numpy_cannot_read_are_a_dtype_error() -> None:
     torch = pytest.importorskip("torch")
     like = lb.mlp((4, 3, 2), batchnorm=False, seed=0)
