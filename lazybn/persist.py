@@ -14,7 +14,8 @@ a uint8 array ``header.json``::
 
 Writing is atomic (temporary file, then rename): a crash mid-write leaves the old file intact.
 Loading never unpickles (``allow_pickle=False``), checks every array against the header, and
-rejects NaN/inf values (``save`` writes none) and a negative running variance. Arrays round-trip bit for bit. A batch-norm layer's
+rejects NaN/inf values (``save`` writes none), a negative running variance and an optimizer state
+that does not fit the layers (which ``save`` refuses too). Arrays round-trip bit for bit. A batch-norm layer's
 ``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
 loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
 ``"ghost_batch": 32`` ghost batches (either absent or null: none); ``"frozen": true`` a layer
@@ -39,7 +40,7 @@ from ._files import ZIP_ERRORS, atomic_writer
 from .array import Comp, Manifest
 from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
-from .optim import KINDS, OptState
+from .optim import KINDS, OptState, parameters
 
 FORMAT = "lazybn-network"
 VERSION = 1
@@ -131,6 +132,26 @@ def _misfit(layers: Sequence[Layer]) -> tuple[str, int, int] | None:
     return None
 
 
+def _state_misfit(layers: Sequence[Layer], state: OptState) -> str | None:
+    """Why ``state`` is not an optimizer state of ``layers`` (one tuple per layer of the same number
+    of moment arrays per parameter, each of its parameter's shape, as ``init_state`` makes), or None."""
+    if len(state.slots) != len(layers):
+        return f"the optimizer state has {len(state.slots)} entries for {len(layers)} layers"
+    per: int | None = None  # moment arrays per parameter, the optimizer's
+    for i, (layer, slots) in enumerate(zip(layers, state.slots)):
+        params, where = parameters(layer), f"layer {i} ({type(layer).__name__})"
+        k, rest = divmod(len(slots), len(params)) if params else (0, len(slots))
+        if rest or (params and per is not None and k != per):
+            return (f"the optimizer state holds {len(slots)} arrays for {where}, which has {len(params)} parameters"
+                    + ("" if per is None else f" (and the layers before it {per} arrays per parameter)"))
+        per = k if params else per
+        for j, a in enumerate(slots):
+            name, p = params[j // k]
+            if a.shape != p.shape:
+                return f"the optimizer state's array {j} for {where} has shape {a.shape}, its {name} {p.shape}"
+    return None
+
+
 def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None = None,
          meta: Meta | None = None) -> None:
     """Write ``layers`` (and optionally the optimizer state and metadata) to ``path`` atomically.
@@ -146,12 +167,20 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
         ShapeError: consecutive layers do not fit together (the network could not run).
         TypeError, ValueRangeError: ``meta`` holds something JSON cannot store exactly.
         ValueRangeError: an array holds NaN or infinity.
-        ArgumentError: ``path`` is a directory, or ``layers`` is not a list of lazybn layers.
+        ArgumentError: ``path`` is a directory, ``layers`` is not a list of lazybn layers, or
+            ``opt_state`` is not an optimizer state of these layers (which ``load`` would refuse).
     """
     check_layers("save", layers)
     misfit = _misfit(layers)
     if misfit is not None:
         raise ShapeError("save", (misfit[1],), (misfit[2],), f"{misfit[0]}; the network could not run")
+    if opt_state is not None:
+        given: object = opt_state  # an untyped caller may pass anything
+        wrong = (f"opt_state is a {type(given).__name__}, not an OptState" if not isinstance(given, OptState)
+                 else _state_misfit(layers, opt_state))
+        if wrong is not None:
+            raise ArgumentError(f"save: {wrong}; opt_state must be the optimizer state of these layers "
+                                "(init_state(opt, layers), or train_step's with them)")
     arrays: dict[str, Manifest[Any]] = {}
     for i, layer in enumerate(layers):
         arrays.update({f"layer{i}.{k}": a for k, a in _arrays_of(layer).items()})
@@ -288,8 +317,8 @@ def load(path: Path | str, comp: Comp | None = None) -> Saved:
         FileNotFoundError: there is no file at ``path``.
         PersistenceError: the file is not a zip archive or truncated, has no lazybn
             header, is of another format or version, an array is missing, extra, of the wrong
-            shape or dtype, an object (pickled) array, holds NaN or infinity, or a running variance is
-            negative.
+            shape or dtype, an object (pickled) array, holds NaN or infinity, a running variance is
+            negative, or the optimizer state does not fit the layers.
     """
     path = Path(path)
     if path.is_dir():
@@ -355,6 +384,9 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
             raise PersistenceError(f"{path}: header field 'made_by' of the optimizer is invalid ({made_by!r})")
         state = OptState(step, tuple(tuple(r.get(f"opt.slot.{i}.{j}", s) for j, s in enumerate(ss))
                                      for i, ss in enumerate(shapes)), made_by)
+        wrong = _state_misfit(layers, state)
+        if wrong is not None:
+            raise PersistenceError(f"{path}: {wrong}; the file is corrupt")
     extra = sorted(set(z.files) - r.used)
     if extra:
         raise PersistenceError(f"{path}: arrays not described by the header: {extra[:5]}")

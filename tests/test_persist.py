@@ -430,6 +430,41 @@ def test_layers_that_do_not_fit_together_are_refused_by_save_and_load(tmp_path: 
     assert not (tmp_path / "never.npz").exists()
 
 
+def test_save_refuses_an_optimizer_state_of_other_layers_and_load_a_file_with_one(tmp_path: Path) -> None:
+    """What load would refuse (or train_step, later), save refuses: a state with another number of
+    entries, one made for another network (other shapes), moments for a layer without parameters,
+    layers with different numbers of moments per parameter, something else than a state."""
+    layers = mlp([4, 3, 2], batchnorm=True, seed=5)  # LinearNoBias, Batchnorm1d, Activation, LinearNoBias
+    adam, momentum = init_state(Adam(), layers), init_state(lb.Momentum(0.1), layers)
+    extra = lb.Manifest(np.zeros(3, np.float32))
+    bad: list[tuple[Any, str]] = [
+        (lb.OptState(0, adam.slots[:2], "Adam"), "the optimizer state has 2 entries for 4 layers"),
+        (init_state(Adam(), mlp([4, 5, 2], batchnorm=True)),
+         r"the optimizer state's array 0 for layer 0 \(LinearNoBias\) has shape \(4, 5\), its w \(4, 3\)"),
+        (lb.OptState(0, (*adam.slots[:2], (extra,), adam.slots[3])),
+         r"the optimizer state holds 1 arrays for layer 2 \(Activation\), which has 0 parameters"),
+        (lb.OptState(0, (adam.slots[0], momentum.slots[1], (), adam.slots[3])),
+         r"the optimizer state holds 2 arrays for layer 1 \(Batchnorm1d\), which has 2 parameters "
+         r"\(and the layers before it 2 arrays per"),
+        ({"step": 0}, "opt_state is a dict, not an OptState"),
+    ]
+    for state, message in bad:
+        with pytest.raises(lb.ArgumentError, match="save: " + message):
+            save(tmp_path / "s.npz", layers, state)
+    assert not list(tmp_path.iterdir())
+    for state in (adam, momentum, init_state(lb.SGD(0.1), layers)):  # what init_state makes is saved
+        save(tmp_path / "s.npz", layers, state)
+        assert_same_state(load(tmp_path / "s.npz").opt_state, state)
+    _, d = _saved(tmp_path)  # by hand: Adam's moments of layer 0 as wide as another network's
+    header = json.loads(json.dumps(d["header"]))
+    header["optimizer"]["slots"][0] = [[4, 5], [4, 5]]
+    arrays = {**d["arrays"], "opt.slot.0.0": np.zeros((4, 5), np.float32), "opt.slot.0.1": np.zeros((4, 5), np.float32)}
+    with pytest.raises(PersistenceError, match=re.escape(str(tmp_path / "o.npz")) + r": the optimizer state's array 0 "
+                                               r"for layer 0 \(LinearNoBias\) has shape \(4, 5\), its w \(4, 3\); the "
+                                               "file is corrupt"):
+        load(_write(tmp_path / "o.npz", arrays, header))
+
+
 def test_save_rejects_mixed_dtypes_and_bad_meta(tmp_path: Path) -> None:
     layers: list[Layer] = [Linear(lb.matrix(np.ones((2, 2)), np.float32), lb.vector(np.ones(2), np.float32)),
                            LinearNoBias(lb.matrix(np.ones((2, 2)), np.float64))]
