@@ -492,6 +492,19 @@ def _damaged_npy(p: Path, how: str, member: str) -> bytes:
     return damage_npy_header(p.read_bytes(), how, member)
 
 
+def _raw_member(p: Path, member: str) -> bytes:
+    """The archive with ``member`` stored as bytes of its own (no ``.npy`` header), which numpy
+    hands over as they are."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(p) as zi, zipfile.ZipFile(buf, "w") as zo:
+        for name in zi.namelist():
+            if name == f"{member}.npy":
+                zo.writestr(member, zi.read(name)[-64:])
+            else:
+                zo.writestr(name, zi.read(name))
+    return buf.getvalue()
+
+
 CORRUPTIONS: dict[str, Callable[[Path], bytes]] = {
     "truncated": lambda p: p.read_bytes()[: p.stat().st_size // 2],
     "flipped bytes": lambda p: _flip_middle(p.read_bytes()),
@@ -501,6 +514,8 @@ CORRUPTIONS: dict[str, Callable[[Path], bytes]] = {
     "missing key": _missing_key,
     "wrong shape": lambda p: _npz_with(p, test_labels=np.zeros(3, np.int64)),
     "other wheel": lambda p: _npz_with(p, wheel_sha256=np.array("0" * 64)),
+    "raw bytes for an array": partial(_raw_member, member="test_labels"),
+    "raw bytes for the checksum": partial(_raw_member, member="sha256"),
 }
 CORRUPTIONS.update({f"zip header: {how}": partial(_damaged_headers, how=how) for how in ZIP_HEADER_DAMAGE})
 # train_images: a member larger than zipfile's read buffer, so numpy parses its header before the CRC is checked

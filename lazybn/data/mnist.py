@@ -288,13 +288,15 @@ def read_cache(path: Path, spec: OfficialSpec | None = None) -> Mnist:
         with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
             files = set(z.files)
             missing = sorted({*_ARRAYS, "sha256", "wheel_sha256"} - files)
-            arrays = {key: z[key] for key in _ARRAYS if key in files}
-            stored = str(z["sha256"][()]) if "sha256" in files else ""
-            wheel = str(z["wheel_sha256"][()]) if "wheel_sha256" in files else ""
+            arrays = {key: z[key] for key in (*_ARRAYS, "sha256", "wheel_sha256") if key in files}
     except (*ZIP_ERRORS, ValueError, KeyError, MemoryError) as e:  # MemoryError: a damaged shape, too large
         raise DataError(f"{path}: unreadable cache ({type(e).__name__}: {e})") from e
     if missing:
         raise DataError(f"{path}: cache lacks {', '.join(missing)}")
+    raw = sorted(key for key, a in arrays.items() if not isinstance(a, np.ndarray))  # a member without a .npy header
+    if raw:
+        raise DataError(f"{path}: cache member {raw[0]!r} is not stored as an array (.npy), but as raw bytes")
+    stored, wheel = str(arrays["sha256"][()]), str(arrays["wheel_sha256"][()])
     if wheel != spec.wheel_sha256:
         raise DataError(f"{path}: cache was made from another wheel (sha256 {wheel}, expected {spec.wheel_sha256})")
     for key, rows in zip(_ARRAYS, (spec.train_rows, spec.train_rows, spec.test_rows, spec.test_rows), strict=True):
