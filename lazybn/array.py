@@ -119,6 +119,8 @@ class Manifest(_Arith[Ix]):
             raise RankError(f"Manifest holds a 1-d or 2-d numpy array, got {got}")
         if array.dtype not in _FLOATS:
             raise DTypeError(f"Manifest holds float32 or float64, not {array.dtype}")
+        if comp.__class__ is not Comp:
+            raise ArgumentError(f"Manifest: comp must be lb.Comp.Seq or lb.Comp.Par, got {comp!r}")
         if array.flags.writeable:
             array = array.copy()
             array.setflags(write=False)

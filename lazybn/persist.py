@@ -319,7 +319,10 @@ def load(path: Path | str, comp: Comp | None = None) -> Saved:
             header, is of another format or version, an array is missing, extra, of the wrong
             shape or dtype, an object (pickled) array, holds NaN or infinity, a running variance is
             negative, or the optimizer state does not fit the layers.
+        ArgumentError: ``comp`` is neither None nor a :class:`Comp`.
     """
+    if comp is not None and comp.__class__ is not Comp:
+        raise ArgumentError(f"load: comp must be lb.Comp.Seq, lb.Comp.Par or None, got {comp!r}")
     path = Path(path)
     if path.is_dir():
         raise PersistenceError(f"{path} is a directory, not a saved network (.npz) file")

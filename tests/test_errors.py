@@ -50,6 +50,12 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("float16 data", lambda: lb.matrix(np.ones((2, 2), np.float16)), lb.DTypeError, "dtype=np.float32"),
     ("a list value beyond float32's range", lambda: lb.vector([1e39]), lb.ValueRangeError, "dtype=np.float64"),
     ("rank-3 data", lambda: lb.matrix(np.ones((2, 2, 2))), lb.RankError, "(2, 2, 2)"),
+    ("a comp that is not a Comp", lambda: lb.matrix(np.ones((2, 2)), comp="Par"),  # type: ignore[arg-type]
+     lb.ArgumentError, "comp must be lb.Comp.Seq or lb.Comp.Par, got 'Par'"),
+    ("another computation strategy that is not a Comp", lambda: lb.set_comp(M, 1),  # type: ignore[arg-type]
+     lb.ArgumentError, "got 1"),
+    ("load with a comp that is not a Comp", lambda: lb.load("net.npz", comp="Seq"),  # type: ignore[arg-type]
+     lb.ArgumentError, "load: comp must be lb.Comp.Seq, lb.Comp.Par or None, got 'Seq'"),
     ("ragged nested lists", lambda: lb.matrix([[1.0, 2.0], [3.0]]), lb.RankError, "matrix: the nested lists are ragged"),
     ("ragged lists, dtype given", lambda: lb.vector([[1.0], []], np.float64), lb.RankError,
      "vector: the nested lists are ragged"),
