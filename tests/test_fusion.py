@@ -129,6 +129,33 @@ def test_rewritten_sums_are_rounded_once_not_part_by_part() -> None:
     np.testing.assert_allclose(lb.compute(dev).array, want, atol=1e-2)
 
 
+def test_a_variance_from_column_statistics_is_rounded_once_after_its_scaling() -> None:
+    """The sum of squared deviations that the column statistics give (M2 + n (mean - w)^2) stays
+    float64 until the mean's 1/n has scaled it, as any other sum. Rounded to float32 first, it
+    overflowed where the variance fits (column 0: M2 = 3.8e38, the variance 1.3e38), in the
+    expression and in batch norm's forward, and 1/3 times the rounded M2 was an ulp off the
+    variance (column 1: integers, whose M2 = 1226 is exact: 408.6667 for 408.66666)."""
+    from lazybn.layers import Batchnorm1d
+    from lazybn.network import bn_forward
+
+    xs = np.array([[1.2e19, 1000.0], [-1.2e19, 1010.0], [1.2e19, 1047.0]], np.float32)
+    x = lb.matrix(xs)
+    mu, var = _mean_and_variance(x)
+    exact = _variance_oracle(xs, mu.array)  # in long double, about lazybn's (rounded) mean
+    assert exact[0] < np.finfo(np.float32).max < 3 * exact[0]
+    np.testing.assert_allclose(var.array, exact, rtol=2 * float(np.finfo(np.float32).eps))
+    assert var.array[1] == np.float32(exact[1])  # rounded once
+    # the step code run one step at a time in numpy (each step rounded to float32, sums in float64)
+    mean = (xs.astype(np.float64).sum(0) * (1 / 3)).astype(np.float32)
+    steps = (np.square(xs - mean).astype(np.float64).sum(0) * (1 / 3)).astype(np.float32)
+    np.testing.assert_array_equal(mu.array, mean)
+    np.testing.assert_allclose(var.array, steps, rtol=1e-6)
+    layer = Batchnorm1d(lb.zeros(2), lb.ones(2), lb.ones(2), lb.zeros(2))
+    out, bmu, bvar = bn_forward(x, layer)
+    np.testing.assert_array_equal(bvar.array, var.array)
+    np.testing.assert_allclose(out.array, (xs - mean) / np.sqrt(steps.astype(np.float64) + 1e-5), rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name,make,want", CONSTANT_SUMS, ids=[c[0] for c in CONSTANT_SUMS])
 def test_sums_of_expressions_with_constants_match_numpy(name: str, make: Callable[..., lb.Delayed[lb.Ix1]],

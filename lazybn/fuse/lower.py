@@ -72,10 +72,10 @@ class _Emitter:
             expr = self.vec(kids[0], self.row)
         elif kind == "R" or (cid in g.vname and g.level[cid] < self.level):
             expr = self.vec(cid, self.index)
-        elif kind == "Q":  # sum_rows((e - br(w))^2) = M2 + n (mean - w)^2, in float64
+        elif kind == "Q":  # sum_rows((e - br(w))^2) = M2 + n (mean - w)^2, a float64 sum (rounded by its round)
             w, rows = self.value(kids[1]), g.nodes[kids[0]][3][0]
-            expr = (f"dt(cq{cid}[{self.index}] + np.float64(n{rows}) * "
-                    f"(sh{cid}[{self.index}] - np.float64({w}) + cm{cid}[{self.index}]) ** 2)")
+            expr = (f"cq{cid}[{self.index}] + np.float64(n{rows}) * "
+                    f"(sh{cid}[{self.index}] - np.float64({w}) + cm{cid}[{self.index}]) ** 2")
         elif kind == "M":
             a = self.value(kids[0])
             s = ""
@@ -118,10 +118,10 @@ class _Gen:
         self.wides: dict[int, bool] = {}
 
     def wide(self, cid: int) -> bool:
-        """Whether a node's value is float64: a sum, or a sum and constants combined (under a round)."""
+        """Whether a node's value is float64: a sum (a Q is one), or a sum and constants combined (under a round)."""
         if cid not in self.wides:
             kind, arg, kids, _ = self.nodes[cid]
-            self.wides[cid] = kind == "R" and arg in ("sum_rows", "sum_cols") or (
+            self.wides[cid] = kind == "Q" or kind == "R" and arg in ("sum_rows", "sum_cols") or (
                 kind == "Z" or (kind, arg) == ("M", "negate")) and any(self.wide(k) for k in kids)
         return self.wides[cid]
 
