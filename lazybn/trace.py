@@ -69,8 +69,10 @@ import os
 import sys
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import is_dataclass
+from dataclasses import fields, is_dataclass
 from typing import Any, ParamSpec, TypeVar, overload
+
+import numpy as np
 
 from . import fuse
 from .array import Comp, Manifest
@@ -165,6 +167,30 @@ def _stand_ins(v: object, values: list[Any], start: int) -> tuple[object, int]:
     if v is None:
         return None, start
     return Scalar(values[start], start), start + 1
+
+
+def _holds_stand_in(x: object) -> bool:
+    """Whether ``x`` may hold a :class:`Scalar` stand-in (what a trace with dynamic values may leave
+    in its result, or in a mutable argument): looked for in tuples, lists, dicts and dataclasses;
+    any other object that is not a plain value or an array may hold one."""
+    todo, seen = [x], set()
+    while todo:
+        y = todo.pop()
+        t = type(y)
+        if t is Manifest or t in STATIC or isinstance(y, enum.Enum) or isinstance(y, np.ndarray) and y.dtype != object:
+            continue
+        if id(y) in seen:
+            continue
+        seen.add(id(y))
+        if isinstance(y, (tuple, list)) and (t is tuple or t is list):
+            todo.extend(y)
+        elif isinstance(y, dict) and t is dict:
+            todo += [*y.keys(), *y.values()]
+        elif is_dataclass(y) and not isinstance(y, type):
+            todo += [getattr(y, f.name) for f in fields(y)] + list(getattr(y, "__dict__", {}).values())
+        else:
+            return True
+    return False
 
 
 @overload
@@ -288,7 +314,9 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
                 print(f"lazybn: replay of {f.__qualname__}\n{prog.source}", file=sys.stderr)
         except Opaque:
             programs[key] = _OPAQUE
-            if values:  # the result may hold a stand-in: compute it again with the real values
+            # A stand-in left in the result or an argument: run the body again with the values (and
+            # only then: a body that changes its arguments would change them twice)
+            if values and (_holds_stand_in(out) or _holds_stand_in((args, kwargs))):
                 return f(*args, **kwargs)
         return out
 

@@ -114,6 +114,55 @@ def test_a_body_changing_its_arguments_runs_every_call() -> None:
         _same(got, _body(_appending)(x, []))
 
 
+calls: list[int] = []
+
+
+@fused(dynamic=("s",))
+def _appending_scaled(x: Vector, s: float, log: list[Vector]) -> Vector:
+    calls.append(1)
+    out = lb.compute(lb.scale(s, x))
+    log.append(out)
+    return out
+
+
+@fused(dynamic=("s",))
+def _peeking_scaled(x: Vector, s: float) -> Vector:
+    calls.append(1)
+    return lb.compute(lb.scale(s, x) + float(x.array.sum()))  # reads values: no replay
+
+
+@dataclass
+class _Box:
+    s: object = None
+
+
+@fused(dynamic=("s",))
+def _keeping(x: Vector, s: float, box: _Box) -> Vector:
+    calls.append(1)
+    box.s = s  # a stand-in, while the trace runs: the caller must be left the value
+    return lb.compute(lb.scale(s, x))
+
+
+def test_a_body_a_replay_cannot_repeat_runs_once_per_call_with_dynamic_values() -> None:
+    """The first call of a signature runs the body with stand-ins for the dynamic values; when the
+    signature turns out opaque, the body runs again only if a stand-in was left in the result or in
+    an argument (so a body that appends to a list appends once per call)."""
+    for seed, s in enumerate((2.0, 3.0, 2.0)):
+        x, log = _vec(seed), list[Vector]()
+        calls.clear()
+        got = _appending_scaled(x, s, log)
+        assert len(calls) == 1 and len(log) == 1 and log[0] is got
+        _same(got, _body(_appending_scaled)(x, s, []))
+        calls.clear()
+        got = _peeking_scaled(x, s)
+        assert len(calls) == 1
+        _same(got, _body(_peeking_scaled)(x, s))
+        box = _Box()
+        got = _keeping(x, s, box)
+        assert type(box.s) is float and box.s == s
+        _same(got, _body(_keeping)(x, s, _Box()))
+
+
 @dataclass
 class _Holder:  # mutable: a body may replace its array
     v: Vector
