@@ -479,6 +479,25 @@ def test_negation_and_division_by_a_dynamic_value_are_repeated_by_the_replay(ss:
 
 
 @fused(dynamic=("s",))
+def _dyn_numpy_numerator(a: Matrix, s: float) -> tuple[Matrix, Matrix]:
+    return lb.compute_all(lb.scale(np.float32(1.0) / s, a), lb.scale(np.float64(2.0) / -s, a))
+
+
+def test_a_numpy_number_divided_by_a_dynamic_value_keeps_numpys_types() -> None:
+    """``np.float32(1.0) / s`` is a float32 for a Python float s, in the body as in numpy: the trace
+    and its replays divide the numpy number itself, not the Python float it converts to."""
+    x = lb.matrix(np.linspace(-3.0, 5.0, 6).reshape(2, 3))  # float64: a float32 factor shows
+    values: list[Any] = [3.0, 7.0, np.float32(3.0), 0.1, 3.0]
+    for s in values:
+        got = _dyn_numpy_numerator(x, s)
+        want = _dyn_numpy_numerator.__wrapped__(x, s)  # type: ignore[attr-defined]
+        factors: list[Any] = [np.float32(1.0) / s, np.float64(2.0) / -s]
+        for g, w, c in zip(got, want, factors):
+            assert_bitwise(g, w, "scaled")
+            np.testing.assert_array_equal(g.array, np.float64(c) * x.array)
+
+
+@fused(dynamic=("s",))
 def _dyn_branch(a: Matrix, s: float) -> Matrix:
     return lb.compute(a * 2.0 if s > 0 else a * 1.0)  # a test on a dynamic value: refused
 

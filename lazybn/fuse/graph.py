@@ -60,8 +60,9 @@ class RedOp(enum.Enum):
     max_cols = "max_cols"  # max over columns: one value per row
 
 
-Derived = tuple[tuple[str, float], ...]
-"""How a :class:`Scalar` is made from its dynamic value: ("neg", 0.0) negates, ("rdiv", c) divides c by it."""
+Derived = tuple[tuple[str, object], ...]
+"""How a :class:`Scalar` is made from its dynamic value: ("neg", 0.0) negates, ("rdiv", c) divides c
+(a Python or numpy number, kept as it is: its type is part of the division) by it."""
 
 
 class Scalar:
@@ -77,8 +78,9 @@ class Scalar:
     """
 
     __slots__ = ("value", "index", "ops")
+    __array_ufunc__ = None  # numpy defers: np.float32(1.0) / s reaches __rtruediv__ as a float32, not a float
 
-    def __init__(self, value: float, index: int, ops: Derived = ()) -> None:
+    def __init__(self, value: Number, index: int, ops: Derived = ()) -> None:
         self.value = value
         self.index = index
         self.ops = ops  # applied in order
@@ -103,8 +105,8 @@ class Scalar:
         return Scalar(-self.value, self.index, (*self.ops, ("neg", 0.0)))
 
     def __rtruediv__(self, other: object) -> Any:
-        if type(other) is float or type(other) is int:
-            return Scalar(other / self.value, self.index, (*self.ops, ("rdiv", float(other))))
+        if type(other) is float or type(other) is int or isinstance(other, (np.integer, np.floating)):
+            return Scalar(other / self.value, self.index, (*self.ops, ("rdiv", other)))
         return self._binary(other)
 
     __bool__ = __float__ = __int__ = __index__ = __abs__ = __pos__ = _refuse
@@ -115,7 +117,7 @@ class Scalar:
     __hash__ = None  # type: ignore[assignment]
 
 
-def derive(x: str, ops: Derived, const: Callable[[float], str]) -> str:
+def derive(x: str, ops: Derived, const: Callable[[object], str]) -> str:
     """The Python expression that makes a derived :class:`Scalar` from expression ``x`` of its
     dynamic value (``const`` names a number), as the trace computed it."""
     for op, c in ops:
