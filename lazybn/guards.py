@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,12 @@ from .array import Comp, Manifest
 from .replay import FIELDS, Opaque
 
 _PAR = Comp.Par
+
+
+def float_key(x: float) -> str:
+    """The key of a float whose value does not say its bits (±0.0, a NaN of either sign or any
+    payload): its bits, as text, which no float key (the float itself) equals."""
+    return struct.pack("<d", x).hex()
 
 
 def numbers(v: object, values: list[Any]) -> object:
@@ -48,7 +55,8 @@ class _Guard:
     the arrays come in the same order; a type it does not know ends the writing (no guard)."""
 
     def __init__(self) -> None:
-        self.names: dict[str, object] = {"Manifest": Manifest, "PAR": _PAR, "numbers": numbers, "Opaque": Opaque}
+        self.names: dict[str, object] = {"Manifest": Manifest, "PAR": _PAR, "numbers": numbers, "Opaque": Opaque,
+                                         "float_key": float_key}
         self.lines: list[str] = []
         self.arrays: list[str] = []
         self.tmp = 0
@@ -78,7 +86,7 @@ class _Guard:
             for k, y in enumerate(x):
                 self.value(f"{v}[{k}]", y)
         elif isinstance(x, float) and t is float:  # bit for bit where equal values can differ (±0.0, NaN)
-            same = f"{v} == {x!r}" if math.isfinite(x) and x != 0.0 else f"{v}.hex() == {x.hex()!r}"
+            same = f"{v} == {x!r}" if math.isfinite(x) and x != 0.0 else f"float_key({v}) == {float_key(x)!r}"
             self.fail_unless(f"type({v}) is float and {same}")
         elif x is None or t is bool:
             self.fail_unless(f"{v} is {x!r}")

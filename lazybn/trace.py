@@ -79,7 +79,7 @@ from .array import Comp, Manifest
 from .errors import ArgumentError
 from .fuse import cache
 from .fuse.graph import Scalar
-from .guards import Guard, dynamic_places, numbers, write_guard
+from .guards import Guard, dynamic_places, float_key, numbers, write_guard
 from .replay import FIELDS, STATIC, Opaque, Program, compile_program, field_names
 
 P = ParamSpec("P")
@@ -101,7 +101,7 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
 
     This runs on every call of a fused function, so the common cases come first and a
     dataclass's Manifest fields are handled without a recursive call. A float is its own key
-    where equal values have equal bits (not ±0.0 or NaN, which are keyed by their hex form).
+    where equal values have equal bits (not ±0.0 or NaN, which are keyed by their bits: ``float_key``).
     """
     t = type(x)
     if t is Manifest:
@@ -113,7 +113,7 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         for y in x:  # type: ignore[attr-defined]
             _flatten(y, arrays, sig)
     elif t is float:
-        sig.append((t, x if x == x and x != 0.0 else x.hex()))  # type: ignore[attr-defined]
+        sig.append((t, x if x == x and x != 0.0 else float_key(x)))  # type: ignore[arg-type]
     elif t in FIELDS or (is_dataclass(x) and not isinstance(x, type)):  # a dataclass seen before, or a new one
         names = field_names(t)
         sig.append(t)
@@ -127,13 +127,13 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
                 arrays.append(leaf.array)
                 sig.append((leaf.shape, leaf.dtype.char, y._comp is _PAR))
             elif ty is float:
-                sig.append((ty, y if y == y and y != 0.0 else y.hex()))
+                sig.append((ty, y if y == y and y != 0.0 else float_key(y)))
             elif ty is int or ty is bool:
                 sig.append((ty, y))
             else:
                 _flatten(y, arrays, sig)
     elif t is complex:
-        sig.append((t, x.real.hex(), x.imag.hex()))  # type: ignore[attr-defined]
+        sig.append((t, float_key(x.real), float_key(x.imag)))  # type: ignore[attr-defined]
     elif t in STATIC or isinstance(x, enum.Enum):
         sig.append((t, x))
     else:

@@ -10,6 +10,7 @@ Python use of them must fail loudly instead.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,22 @@ def test_floats_are_part_of_the_signature_bit_for_bit() -> None:
         with np.errstate(divide="ignore", invalid="ignore"):
             want = x.array / s + x.array / t
         np.testing.assert_array_equal(_divided(x, s, _Divisor(t)).array, want)  # 1/-0.0 is -inf, not inf
+
+
+def _nan(bits: int) -> float:
+    return float(np.array(bits, np.uint64).view(np.float64))
+
+
+def test_nans_of_another_sign_or_payload_are_other_signatures() -> None:
+    """A NaN's sign and payload reach the kernel (x * -nan is a NaN with the sign bit set): each
+    NaN is its own signature, bit for bit, and none equals a float with its bits' value (the NaN
+    0x7ff8000000000000 and the float 9221120237041090560.0)."""
+    x = lb.matrix(np.ones((2, 3)))
+    values = [math.nan, -math.nan, _nan(0x7FF8000000000123), _nan(0xFFF8000000000456), float(0x7FF8000000000000)]
+    for s in values + values + values[::-1]:  # twice each: the second call replays (and writes a guard)
+        got, want = _scaled(x, s), _scaled.__wrapped__(x, s)  # type: ignore[attr-defined]
+        assert got.array.tobytes() == want.array.tobytes(), (s, got.array.view(np.uint64))
+        assert got.array.view(np.uint64)[0, 0] == np.array(s).view(np.uint64), s  # s * 1.0 + 1.0 is s
 
 
 def test_shapes_and_dtypes_are_part_of_the_signature() -> None:
