@@ -17,18 +17,22 @@ array, and every non-array value (floats, ints, enums, ...) by type and value (f
 -0.0 is not 0.0).
 
 The contract, which lazybn's own step functions keep: **the body reads array values only through
-lazybn operations** (it may branch on shapes and plain values, never on data). Anything the
-replay could not reproduce makes the signature *opaque*, and every call with it runs the body
-as if undecorated: reading values in Python (``m.array``, ``np.asarray(m)``, printing), a
-delayed or numpy array among the arguments, an operation reading an array the arguments do not
-provide (a global, a random array made outside ``fuse.host_call``), a result array no logged
-operation made, a result of a type it cannot rebuild, a body that changes its arguments (a
-replay would not), a dataclass argument with attributes besides its fields, a ``host_call`` whose
-function or arguments hold mutable values (a list, a closure over one: the replay would call it
-with what the first call held). Dataclasses in the result are rebuilt through their
-constructor, so their validation runs on every call (layer constructors check values through
-``_leaf``, which does not count as a read); one whose constructor rebuilds something else (its
-own ``__init__``, an ``InitVar``, a ``__post_init__`` that changes fields) is opaque.
+lazybn operations** (it may branch on shapes and plain values, never on data), **and plain
+values only from its arguments**: a plain value it reads elsewhere (a global, a variable of an
+enclosing function, a field of a default argument the call leaves out) is not part of the
+signature, so the replays keep the value the trace read, whatever it has become (make it an
+argument, dynamic if it changes from call to call). Anything the replay could not reproduce
+makes the signature *opaque*, and every call with it runs the body as if undecorated: reading
+values in Python (``m.array``, ``np.asarray(m)``, printing), a delayed or numpy array among the
+arguments, an operation reading an array the arguments do not provide (a global, a random array
+made outside ``fuse.host_call``), a result array no logged operation made, a result of a type it
+cannot rebuild, a body that changes its arguments (a replay would not), a dataclass argument
+with attributes besides its fields, a ``host_call`` whose function or arguments hold mutable
+values (a list, a closure over one: the replay would call it with what the first call held).
+Dataclasses in the result are rebuilt through their constructor, so their validation runs on
+every call (layer constructors check values through ``_leaf``, which does not count as a read);
+one whose constructor rebuilds something else (its own ``__init__``, an ``InitVar``, a
+``__post_init__`` that changes fields) is opaque.
 
 A plain value that changes on every call would make every call a trace. ``@fused(dynamic=
 ("lr_scale", "correction"))`` takes such parameters (a number or a tuple of numbers) out of the
