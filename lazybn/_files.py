@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 import tokenize
 import zipfile
 import zlib
@@ -45,7 +47,9 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     if path.is_dir():
         raise ArgumentError(f"cannot write {path}: it is a directory (give a file name)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{_shortened(path.name)}.", suffix=".tmp")
+    prefix = f".{_shortened(path.name)}."
+    _sweep(path.parent, prefix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -59,6 +63,19 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _sweep(folder: Path, prefix: str, stale: float = 86400.0) -> None:
+    """Remove the temporary files of earlier writes of the same file that never reached their
+    rename (a killed process, a crashed machine): those more than ``stale`` seconds old, so that no
+    write still under way loses its file (an MNIST cache's is 55 MB)."""
+    cutoff = time.time() - stale
+    for old in folder.glob(glob.escape(prefix) + "?" * 8 + ".tmp"):  # mkstemp's 8 random characters
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:  # gone already, or not ours to remove
+            pass
 
 
 def _shortened(name: str, limit: int = 200) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import re
 import signal
 import subprocess
@@ -154,6 +155,21 @@ def test_the_longest_file_names_are_written(tmp_path: Path, name: str) -> None:
     save(tmp_path / name, net)
     assert os.listdir(tmp_path) == [name]
     assert_same_network(load(tmp_path / name).layers, net)
+
+
+def test_temporary_files_of_killed_writes_are_removed_once_a_day_old(tmp_path: Path) -> None:
+    """A write killed before its rename leaves its temporary file; the next write of the same file
+    removes those more than a day old, and leaves younger ones (a write still under way), other
+    files' and look-alikes alone."""
+    name = "net[1].npz"  # a name with glob's special characters
+    day = 86400
+    files = {f".{name}.abcd1234.tmp": 2 * day, f".{name}.efgh5678.tmp": day // 2, ".other.npz.abcd1234.tmp": 2 * day,
+             f".{name}.short.tmp": 2 * day, f".{name}.abcd1234.tmp.keep": 2 * day}
+    for f, age in files.items():
+        (tmp_path / f).write_bytes(b"partial")
+        os.utime(tmp_path / f, (time.time() - age, time.time() - age))
+    save(tmp_path / name, mlp([3, 2], batchnorm=True, seed=2))
+    assert sorted(os.listdir(tmp_path)) == sorted([name, *(f for f, age in files.items() if f != f".{name}.abcd1234.tmp")])
 
 
 # --- bad files ----------------------------------------------------------------------------------
