@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from numpy.typing import NDArray
 
 import lazybn as lb
 from lazybn.cli import main
-from lazybn.experiments.common import synthetic_images
+from lazybn.experiments.common import join_warm_up, synthetic_images
 from lazybn.layers import Batchnorm1d
 from lazybn.errors import NumericalError
 
@@ -240,3 +242,23 @@ def test_quick_with_a_data_directory_is_refused_not_ignored(name: str, tmp_path:
     assert main(["run", name, "--quick", "--data-dir", str(tmp_path), "--out", str(out), "--no-progress"]) == 2
     assert "--quick trains on synthetic data" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stopping", [True, False])
+def test_a_stop_while_kernels_compile_says_why_it_waits(stopping: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while the data loads waits for the warm-up thread's compile (numba's cannot be
+    interrupted); the user is told why, and only then."""
+
+    warm = threading.Thread(target=time.sleep, args=(0.3,))
+    warm.start()
+    try:
+        try:
+            if stopping:
+                raise KeyboardInterrupt
+        finally:
+            join_warm_up(warm)
+    except KeyboardInterrupt:
+        pass
+    assert not warm.is_alive()
+    said = "lazybn: stopping once the kernels being compiled are written" in capsys.readouterr().err
+    assert said == stopping

@@ -33,6 +33,7 @@ import itertools
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -137,6 +138,15 @@ def require_empty(out: Path) -> None:
     if any(out.iterdir()):
         raise ArgumentError(f"the output directory {out} already holds files (from another run?); choose a new one "
                             "with --out, or empty it")
+
+
+def join_warm_up(thread: threading.Thread) -> None:
+    """Wait for the kernel warm-up ``thread``; if the command is stopping (an exception, Ctrl-C,
+    is on its way out) while the thread still compiles, say why it does not end at once."""
+    if sys.exc_info()[1] is not None and thread.is_alive():
+        print("lazybn: stopping once the kernels being compiled are written (a few seconds)", file=sys.stderr,
+              flush=True)
+    thread.join()
 
 
 def release_unused() -> None:

@@ -45,7 +45,8 @@ from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, batches, one_hot, prepare, train_step
 from . import resume
-from .common import add_blas_threads, add_data_dir, curves, epoch_summary, out_dir, require_empty
+from .common import (add_blas_threads, add_data_dir, curves, epoch_summary, join_warm_up, out_dir,
+                     require_empty)
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
 SIZES = (784, 300, 50, 10)
@@ -285,7 +286,7 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
     try:
         split, data = load_split(args.data_dir, s, progress)
     finally:
-        warm.join()  # data that cannot load too: no training step runs on after the command returns
+        join_warm_up(warm)  # data that cannot load too: no training step runs on after the command returns
     source = data["source"]
     print(f"data: {source} ({split.x_train.shape[0]} train, {split.x_test.shape[0]} test)")
     if s.batch_size > split.x_train.shape[0]:
