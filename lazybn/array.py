@@ -106,6 +106,17 @@ class _Arith(Generic[Ix]):
         return self._expr()[1]
 
 
+def _writable_base(a: FloatArray) -> bool:
+    """Whether read-only ``a`` views an array that can be written (``a[:]`` of a writable array,
+    made read-only): through that array its values could change. A read-only memory map is not."""
+    b = a.base
+    while isinstance(b, np.ndarray):
+        if b.flags.writeable:
+            return True
+        b = b.base
+    return False
+
+
 @final
 class Manifest(_Arith[Ix]):
     """An array in memory (massiv's ``Array U``), read-only. ``vector``/``matrix`` check its rank."""
@@ -121,7 +132,7 @@ class Manifest(_Arith[Ix]):
             raise DTypeError(f"Manifest holds float32 or float64, not {array.dtype}")
         if comp.__class__ is not Comp:
             raise ArgumentError(f"Manifest: comp must be lb.Comp.Seq or lb.Comp.Par, got {comp!r}")
-        if array.flags.writeable:
+        if array.flags.writeable or _writable_base(array):  # what others can change is copied
             array = array.copy()
             array.setflags(write=False)
         self._leaf = Leaf(array, array.shape, array.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -386,8 +387,16 @@ def test_reshape_takes_numpy_integer_sizes_but_not_booleans() -> None:
             lb.reshape(m, bad)  # type: ignore[arg-type]
 
 
+def _read_only_view(a: F) -> F:
+    v = a[:]
+    v.setflags(write=False)
+    return v
+
+
 @pytest.mark.parametrize("make", [lambda a: lb.matrix(a), lambda a: lb.Manifest(a), lambda a: lb.matrix(a.tolist()),
-                                  lambda a: lb.matrix(np.asfortranarray(a)), lambda a: lb.matrix(a[::-1][::-1])])
+                                  lambda a: lb.matrix(np.asfortranarray(a)), lambda a: lb.matrix(a[::-1][::-1]),
+                                  lambda a: lb.Manifest(_read_only_view(a)),
+                                  lambda a: lb.Manifest(_read_only_view(_read_only_view(a)))])
 def test_constructors_own_their_data(make: Callable[[F], lb.Matrix]) -> None:
     """Item 25: an array made from numpy data is a read-only copy: changing the source later, or
     trying to write through the array, changes nothing the engine reads."""
@@ -399,6 +408,15 @@ def test_constructors_own_their_data(make: Callable[[F], lb.Matrix]) -> None:
     with pytest.raises(ValueError):
         m.array[0, 0] = 5.0
     np.testing.assert_array_equal(lb.compute(m * 2.0).array, np.arange(6.0).reshape(2, 3) * 2)
+
+
+def test_read_only_data_no_one_can_change_is_wrapped_without_a_copy(tmp_path: Path) -> None:
+    """A read-only memory map (and a read-only view of one, or of a lazybn array) is nothing
+    anyone can write through: wrapping it copies nothing."""
+    np.save(tmp_path / "x.npy", np.arange(6.0).reshape(2, 3))
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    for a in (mapped, mapped[1:], lb.to_numpy(lb.matrix(np.ones((2, 2))))):
+        assert np.shares_memory(lb.Manifest(a).array, a)
 
 
 @given(shape=st.one_of(st.tuples(st.integers(0, 5)), shapes2(0, 5)), delayed=st.booleans())
