@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -61,6 +61,43 @@ def test_an_epoch_of_more_steps_than_one_pass_has_continues_on_fresh_shuffles(mo
         for first in (0, 3):  # each complete pass covers every training sample once
             assert frozenset().union(*(b for b, _ in mine[first:first + 3])) == {r.tobytes() for r in data.x_train}
         assert mine[0][0] != mine[3][0], "the second pass reused the first pass's order"
+
+
+
+@pytest.mark.parametrize(("shuffle", "n", "steps"), [("none", 250, 2), ("none", 201, 3), ("once", 250, 2),
+                                                     ("once", 250, 4), ("none", 250, 3)])
+def test_iteration_epochs_in_a_fixed_order_go_round_it(shuffle: Literal["once", "none"], n: int, steps: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a shuffle per epoch, epochs of ``steps`` batches walk on through the one fixed
+    order of batches (a pass's), each epoch where the previous one stopped: every sample is trained
+    on, not only the first batches again and again."""
+    from lazybn import SGD, mlp
+    from lazybn import train as tr
+    from lazybn.experiments.common import synthetic_split
+    from lazybn.experiments.runner import Arm, Plan, run
+
+    data = synthetic_split(n_train=n, n_test=50)
+    index = {row.tobytes(): i for i, row in enumerate(data.x_train)}
+    assert len(index) == n
+    seen: list[tuple[int, ...]] = []  # the samples of every batch trained, in order
+    real = tr.train_step
+
+    def train_step(layers: Any, opt: Any, state: Any, x: Any, y: Any, **kw: Any) -> Any:
+        seen.append(tuple(sorted(index[row.tobytes()] for row in x.array)))
+        return real(layers, opt, state, x, y, **kw)
+
+    monkeypatch.setattr(tr, "train_step", train_step)
+    epochs = 4
+    arms = [Arm("bn", mlp((784, 8, 10), batchnorm=True, seed=0), SGD(0.05))]
+    run(arms, data, Plan(epochs=epochs, batch_size=100, steps_per_epoch=steps, shuffle=shuffle), progress=False)
+    per_pass = -(-n // 100) - (n % 100 == 1)  # a last batch of one sample joins the one before
+    assert len(seen) == epochs * steps
+    cycle = seen[:per_pass]  # the fixed order's batches: disjoint, together every sample once
+    assert sorted(i for b in cycle for i in b) == list(range(n))
+    if shuffle == "none":
+        assert cycle == [tuple(range(k * 100, min(k * 100 + 100, n) if k < per_pass - 1 else n))
+                         for k in range(per_pass)]
+    assert seen == [cycle[k % per_pass] for k in range(epochs * steps)]
 
 
 @pytest.mark.parametrize("epochs", range(1, 13))

@@ -137,7 +137,9 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
     as one that trained it from the start would (same shuffles, keys and schedule factors, the
     step counter and a renormalisation ramp continuing from the state); its rows are the new epochs'.
     With ``plan.steps_per_epoch`` an epoch is that many batches, drawn from a fresh shuffle (and
-    from further fresh shuffles when one pass over the training data has fewer batches).
+    from further fresh shuffles when one pass over the training data has fewer batches); with
+    ``shuffle`` "once" or "none" the batches go round the one fixed order, each epoch taking up
+    where the previous one stopped.
     A lazybn error in training (a NaN loss raises :class:`~lazybn.errors.NumericalError`)
     propagates, or with ``on_error="stop"`` ends the run like Ctrl-C and is returned in
     ``Outcome.error``.
@@ -174,14 +176,18 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
 
                 t0 = time.perf_counter()
                 parts: list[tuple[float, int]] = []  # (mean loss, batches) of each pass
+                # in a fixed order (no shuffle per epoch), an epoch of steps goes on where the last one stopped
+                first = 0 if rng is not None or per_pass == 0 else epoch * n_batches % per_pass
                 try:
                     while True:
-                        steps = min(per_pass, n_batches - sum(k for _, k in parts))
-                        layers, state, loss = train_epoch(layers, arm.opt, state, x_train, y_train, plan.batch_size,
-                                                          rng, key=plan.seed * 7919 + epoch, lr_scale=lr_scale,
-                                                          comp=plan.comp, progress=tick, max_steps=steps,
-                                                          renorm=ramp)
+                        steps = min(per_pass - first, n_batches - sum(k for _, k in parts))
+                        rest = slice(first * plan.batch_size, None)  # the same batches as the pass's from ``first``
+                        layers, state, loss = train_epoch(layers, arm.opt, state, x_train[rest], y_train[rest],
+                                                          plan.batch_size, rng, key=plan.seed * 7919 + epoch,
+                                                          lr_scale=lr_scale, comp=plan.comp, progress=tick,
+                                                          max_steps=steps, renorm=ramp)
                         parts.append((loss, steps))
+                        first = 0
                         if steps <= 0 or sum(k for _, k in parts) >= n_batches:
                             break
                 finally:
