@@ -299,3 +299,31 @@ def test_a_stop_while_kernels_compile_says_why_it_waits(stopping: bool, capsys: 
     assert not warm.is_alive()
     said = "lazybn: stopping once the kernels being compiled are written" in capsys.readouterr().err
     assert said == stopping
+
+
+@pytest.mark.parametrize(("call", "stop"), [(2, KeyboardInterrupt()), (15, KeyboardInterrupt()),
+                                            (15, NumericalError("training step 3: the loss is nan"))])
+def test_fine_tune_stopped_while_pretraining_stops_there_and_keeps_the_runs_before(
+        call: int, stop: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Quick fine-tune: each seed pretrains 2 epochs, then fine-tunes 4 arms for 3 epochs (14 calls
+    of train_epoch). Stopped in the pretraining of the first seed (call 2) or of the second (call 15),
+    the run goes no further: nothing is fine-tuned from a network pretrained for fewer epochs, and
+    the first seed's rows are in the report."""
+    from lazybn.experiments.fine_tune import ARMS, QUICK
+
+    returned = _fail_on_call(monkeypatch, call, stop)
+    out = tmp_path / "out"
+    code = main(["run", "fine-tune", "--quick", "--out", str(out), "--no-progress"])
+    interrupted = isinstance(stop, KeyboardInterrupt)
+    assert code == (130 if interrupted else 2)
+    assert len(returned) == call - 1, "training went on after the stop"
+    rows = json.loads((out / "metrics.json").read_text())
+    want = [(0, arm, e) for e in range(1, QUICK.epochs + 1) for arm in ARMS] if call == 15 else []
+    assert [(r["seed"], r["arm"], r["epoch"]) for r in rows] == want
+    assert ("interrupted" if interrupted else "stopped by an error") in (out / "report.md").read_text()
+    out_text = capsys.readouterr()
+    assert ("seed 0: pretrained" in out_text.out) == (call == 15)
+    assert "seed 1: pretrained" not in out_text.out
+    if not interrupted:
+        assert "lazybn: error: training step 3: the loss is nan" in out_text.err

@@ -230,7 +230,8 @@ def run_seeds(arms_for_seed: Callable[[int], Sequence[Arm]], data: Split, plan: 
 
     ``on_epoch(seed, rows, layers)`` is the runner's epoch hook with the seed; it may add keys to
     the rows (they are the rows returned). Stops after a run interrupted by Ctrl-C or stopped by a
-    lazybn error (a NaN loss, for instance); what was measured until then is returned.
+    lazybn error (a NaN loss, for instance), or when either comes while ``arms_for_seed`` builds
+    a seed's arms (which may train, as a pretraining does); what was measured until then is returned.
     """
     result = SeedRuns()
     shown = 0  # rows printed so far
@@ -251,8 +252,15 @@ def run_seeds(arms_for_seed: Callable[[int], Sequence[Arm]], data: Split, plan: 
                 on_epoch(seed, rows, layers)
             show(rows)
 
-        outcome = run(arms_for_seed(seed), data, replace(plan, seed=seed), progress=progress, on_epoch=hook,
-                      on_error="stop")
+        try:
+            arms = arms_for_seed(seed)
+        except KeyboardInterrupt:
+            result.interrupted = True
+            break
+        except LazybnError as exc:
+            result.error = exc
+            break
+        outcome = run(arms, data, replace(plan, seed=seed), progress=progress, on_epoch=hook, on_error="stop")
         show(outcome.rows[shown - len(result.rows):])  # an arm that finished the epoch that was cut short
         result.rows += outcome.rows
         result.layers[seed] = outcome.layers

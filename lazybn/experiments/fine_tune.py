@@ -111,6 +111,8 @@ def run_fine_tune(args: argparse.Namespace) -> int:
         net = mlp(SIZES, batchnorm=True, seed=seed)
         done = run([Arm("pretrain", net, opt)], src, Plan(s.pretrain_epochs, 100, seed, train_accuracy=False),
                    progress=progress(args))
+        if done.interrupted:  # the run stops here, not with a network pretrained for fewer epochs
+            raise KeyboardInterrupt
         layers = done.layers["pretrain"]
         ref = accuracy(layers, src.x_test, src.labels_test)
         pretrained[seed] = (layers, ref)
