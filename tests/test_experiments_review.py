@@ -327,3 +327,37 @@ def test_fine_tune_stopped_while_pretraining_stops_there_and_keeps_the_runs_befo
     assert "seed 1: pretrained" not in out_text.out
     if not interrupted:
         assert "lazybn: error: training step 3: the loss is nan" in out_text.err
+
+
+@pytest.mark.parametrize("call", [3, 5])  # the retention of the first seed's first epoch: its 2nd or 4th arm
+def test_fine_tune_stopped_while_measuring_retention_reports_the_rows_measured(
+        call: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the epoch hook that measures source retention (call 1 of ``accuracy`` is the
+    pretrained network's own): the report is written, from the rows that hold the measurement."""
+    from lazybn.experiments import fine_tune
+    from lazybn.train import accuracy as real
+
+    calls: list[int] = []
+
+    def accuracy(*args: Any, **kwargs: Any) -> float:
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fine_tune, "accuracy", accuracy)
+    out = tmp_path / "out"
+    assert main(["run", "fine-tune", "--quick", "--out", str(out), "--no-progress"]) == 130
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["arm"], r["epoch"], "source_acc" in r) for r in rows] == [
+        (arm, 1, i < call - 2) for i, arm in enumerate(fine_tune.ARMS)]
+    result = {r["arm"]: r for r in json.loads((out / "result.json").read_text())}
+    for r in rows:
+        assert result[r["arm"]]["runs"] == ("source_acc" in r)
+        if "source_acc" in r:
+            assert result[r["arm"]]["target test acc %"] == f"{100 * r['test_acc']:.2f} ± 0.00"
+            assert result[r["arm"]]["source retention %"] == f"{100 * r['source_acc']:.2f} ± 0.00"
+    report = (out / "report.md").read_text()
+    assert "Result after the last epoch (mean ± std over runs) — interrupted" in report
+    assert ("every run: yes" in report) == (call == 5) and ("no epoch was measured" in report) == (call == 3)
+    check_figures(out, report)

@@ -123,33 +123,35 @@ def run_fine_tune(args: argparse.Namespace) -> int:
 
     def retention(seed: int, rows: list[dict[str, Any]], layers: dict[str, list[Layer]]) -> None:
         old, ref = pretrained[seed]
-        for r in rows:
-            r["source_acc"] = accuracy([*layers[r["arm"]][:-1], old[-1]], src.x_test, src.labels_test)
-            r["source_ref"] = ref
+        for r in rows:  # both keys at once: a row has both or neither
+            r |= {"source_acc": accuracy([*layers[r["arm"]][:-1], old[-1]], src.x_test, src.labels_test),
+                  "source_ref": ref}
 
     seeds = list(range(args.seed, args.seed + s.runs))
     res = run_seeds(arms, tgt, Plan(s.epochs, s.batch_size), seeds, progress=progress(args), on_epoch=retention)
-    last = max((r["epoch"] for r in res.rows), default=0)
+    measured = [r for r in res.rows if "source_acc" in r]  # a Ctrl-C in ``retention`` leaves rows without it
+    last = max((r["epoch"] for r in measured), default=0)
     table = []
     for arm in ARMS:
-        final = [r for r in res.rows if r["arm"] == arm and r["epoch"] == last]
+        final = [r for r in measured if r["arm"] == arm and r["epoch"] == last]
         (t_m, t_s), (s_m, s_s), (r_m, _) = (mean_std(r[k] for r in final) for k in ("test_acc", "source_acc",
                                                                                       "source_ref"))
         table.append({"arm": arm, "runs": len(final), "target test acc %": f"{100 * t_m:.2f} ± {100 * t_s:.2f}",
                       "source retention %": f"{100 * s_m:.2f} ± {100 * s_s:.2f}",
                       "change from pretrained (points)": f"{100 * (s_m - r_m):+.2f}"})
-    kept = all(r["source_acc"] == r["source_ref"] for r in res.rows if r["arm"] == "head, bn frozen")
+    frozen = [r["source_acc"] == r["source_ref"] for r in measured if r["arm"] == "head, bn frozen"]
     check = (f"`head, bn frozen` kept the pretrained source accuracy exactly after every epoch of every run: "
-             f"{'yes' if kept else 'NO'}.\n")
+             f"{('yes' if all(frozen) else 'NO') if frozen else 'no epoch was measured'}.\n")
     write_metrics(out, "result", table)
     settings = {"network": "784-300-50-10, batch norm before each ReLU, no biases, 0.01·N(0,1) weights",
                 "data": source, "pretraining": f"digits 0-4, SGD lr 0.1, batch 100, {s.pretrain_epochs} epochs",
                 "fine-tuning": f"digits 5-9, {s.per_class} images per class, a fresh head, SGD lr 0.1, "
                                f"batch {s.batch_size}, {s.epochs} epochs",
                 "runs (seeds)": s.runs, "first seed": args.seed}
-    sections = [("Result after the last epoch (mean ± std over runs)", markdown_table(table)),
+    sections = [("Result after the last epoch (mean ± std over runs)" + (f" — {res.stopped}" if res.stopped else ""),
+                 markdown_table(table)),
                 ("Exact retention", check)]
-    summary = epoch_summary(res.rows)
+    summary = epoch_summary(measured)
 
     def series(key: str) -> dict[str, tuple[list[float], list[float]]]:
         return {arm: ([float(r["epoch"]) for r in summary if r["arm"] == arm],
