@@ -361,3 +361,54 @@ def test_fine_tune_stopped_while_measuring_retention_reports_the_rows_measured(
     assert "Result after the last epoch (mean ± std over runs) — interrupted" in report
     assert ("every run: yes" in report) == (call == 5) and ("no epoch was measured" in report) == (call == 3)
     check_figures(out, report)
+
+
+def _without_seconds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_deep_nets_workers_stopped_give_the_results_of_the_jobs_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the main process waits for its two worker processes: the jobs already under way
+    finish, and their results come before the interrupted marker (the same rows as in-process)."""
+    import argparse
+    import itertools
+    import time
+    from collections.abc import Iterator
+    from concurrent.futures import Future
+
+    from threadpoolctl import threadpool_limits
+
+    from lazybn.experiments import deep_nets as dn
+
+    args = argparse.Namespace(quick=True, seed=0, data_dir=None, no_progress=True)
+    split = dn.tf_split(args, dn.QUICK)[0]
+    jobs = list(itertools.product(dn.ACTS, dn.SCALES, dn.LRS, dn.ARMS))
+
+    def stopped(futures: dict[Future[Any], Any]) -> Iterator[Any]:
+        while not any(f.running() or f.done() for f in futures):  # a worker has taken a job
+            time.sleep(0.001)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dn, "as_completed", stopped)
+    *results, (_, marker) = list(dn.train_all(args, dn.QUICK, split, jobs, 2))
+    assert marker == ([], None, True)
+    assert 1 <= len(results) < len(jobs)  # the jobs not started are not run
+    assert len({job for job, _ in results}) == len(results)
+    for job, (rows, diverged, interrupted) in results:
+        with threadpool_limits(limits=1, user_api="blas"):  # as the workers (and the command) run
+            want, want_diverged, _ = dn.train_one(split, dn.QUICK, *job, args.seed, False)
+        assert not interrupted and diverged == want_diverged
+        assert _without_seconds(rows) == _without_seconds(want)
+
+
+def test_deep_nets_stopped_in_process_reports_the_jobs_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quick deep-nets (in-process, 2 runner epochs per network) stopped in the second network's first
+    epoch: the first network's rows and the second's initial one are reported, and no third is trained."""
+    returned = _fail_on_call(monkeypatch, 3, KeyboardInterrupt())
+    out = tmp_path / "out"
+    assert main(["run", "deep-nets", "--quick", "--out", str(out), "--no-progress"]) == 130
+    assert len(returned) == 2
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["act"], r["arm"], r["iteration"]) for r in rows] == [
+        ("tanh", "plain", 0), ("tanh", "plain", 3), ("tanh", "plain", 6), ("tanh", "batchnorm", 0)]
+    assert "validation accuracy per configuration (interrupted)" in (out / "report.md").read_text()

@@ -221,10 +221,15 @@ def _worker_job(s: Setup, job: Job, seed: int) -> Trained:
 def train_all(args: argparse.Namespace, s: Setup, split: Split, jobs: list[Job], workers: int
               ) -> Iterator[tuple[Job, Trained]]:
     """Every job's result as it completes: in this process (``workers`` 1, with progress bars), else on
-    ``workers`` spawned processes (longest jobs first, no bars). Ctrl-C stops after the running jobs."""
+    ``workers`` spawned processes (longest jobs first, no bars). Ctrl-C stops after the running jobs:
+    the results they came to follow, then an empty interrupted result (in this process, the
+    interrupted job's own is the last)."""
     if workers == 1:
         for job in jobs:
-            yield job, train_one(split, s, *job, args.seed, progress(args))
+            trained = train_one(split, s, *job, args.seed, progress(args))
+            yield job, trained
+            if trained[2]:
+                return
         return
     ctx = multiprocessing.get_context("spawn")
     saved = {k: os.environ.get(k) for k in _BLAS_THREADS}
@@ -242,12 +247,19 @@ def train_all(args: argparse.Namespace, s: Setup, split: Split, jobs: list[Job],
     with pool:
         order = sorted(jobs, key=lambda job: -s.iterations[job[1]] * (2 if job[3] == "batchnorm" else 1))
         futures = {pool.submit(_worker_job, s, job, args.seed): job for job in order}
+        given = set()
         try:
             for done in as_completed(futures):
+                given.add(done)
                 yield futures[done], done.result()
         except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # jobs under way finish (or stop: the Ctrl-C reached them)
+            for future, job in futures.items():
+                if future not in given and future.done() and not future.cancelled() and future.exception() is None:
+                    yield job, future.result()
             yield order[0], ([], None, True)
+        finally:  # also when the caller stops early: the jobs not started are not run
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_deep_nets(args: argparse.Namespace) -> int:
@@ -273,8 +285,6 @@ def run_deep_nets(args: argparse.Namespace) -> int:
         end = f"diverged (NaN loss) at iteration {div}" if div else f"{100 * mine[-1]['val_acc']:.2f}%"
         print(f"{act.value:<8} init {init:<6} lr {lr:<5g} {arm:<10} val acc {end}  ({seconds:.0f} s)", flush=True)
         write_metrics(out, "metrics", [r for j in jobs if j in done for r in done[j]])
-        if interrupted:
-            break
     rows = [r for j in jobs if j in done for r in done[j]]
     table = results(rows, diverged)
     write_metrics(out, "result", table)
