@@ -412,3 +412,27 @@ def test_deep_nets_stopped_in_process_reports_the_jobs_trained(tmp_path: Path, m
     assert [(r["act"], r["arm"], r["iteration"]) for r in rows] == [
         ("tanh", "plain", 0), ("tanh", "plain", 3), ("tanh", "plain", 6), ("tanh", "batchnorm", 0)]
     assert "validation accuracy per configuration (interrupted)" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), NumericalError("training step 7: the loss is nan")])
+def test_bn_vs_dropout_stopped_reports_without_running_its_micro_benchmarks(
+        stop: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After Ctrl-C (or an error) the report is written from what was measured at once: the
+    benchmarks that would train and time the networks further are not run."""
+    from lazybn.experiments import bn_vs_dropout
+
+    def benchmark(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise AssertionError("a benchmark ran after the run stopped")
+
+    monkeypatch.setattr(bn_vs_dropout, "paired_timing", benchmark)
+    monkeypatch.setattr(bn_vs_dropout, "bn_layer_timing", benchmark)
+    _fail_on_call(monkeypatch, 5, stop)  # epoch 2, the second of three arms
+    out = tmp_path / "out"
+    code = main(["run", "bn-vs-dropout", "--quick", "--out", str(out), "--no-progress"])
+    assert code == (130 if isinstance(stop, KeyboardInterrupt) else 2)
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["arm"], r["epoch"]) for r in rows] == [("batchnorm", 1), ("dropout", 1), ("neither", 1),
+                                                      ("batchnorm", 2)]
+    timing = json.loads((out / "timing.json").read_text())
+    assert [t["measurement"] for t in timing] == [f"training loop, {label}" for label in bn_vs_dropout.LABELS.values()]
+    assert "the micro-benchmarks were not run" in (out / "report.md").read_text()
