@@ -436,3 +436,30 @@ def test_bn_vs_dropout_stopped_reports_without_running_its_micro_benchmarks(
     timing = json.loads((out / "timing.json").read_text())
     assert [t["measurement"] for t in timing] == [f"training loop, {label}" for label in bn_vs_dropout.LABELS.values()]
     assert "the micro-benchmarks were not run" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("steps", [0, -2, 1.5, True, "3"])
+def test_a_plan_of_epochs_without_batches_is_refused(steps: Any) -> None:
+    from lazybn.errors import ValueRangeError
+    from lazybn.experiments.runner import Plan
+
+    with pytest.raises(ValueRangeError, match=r"Plan.steps_per_epoch: must be None or an integer >= 1"):
+        Plan(epochs=2, batch_size=100, steps_per_epoch=steps)
+    assert Plan(epochs=2, batch_size=100, steps_per_epoch=1).steps_per_epoch == 1
+
+
+def test_arms_of_one_name_are_refused_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two arms named alike would share one network's state: the other network silently dropped."""
+    from lazybn import SGD, mlp
+    from lazybn.errors import ValueRangeError
+    from lazybn.experiments.common import synthetic_split
+    from lazybn.experiments.runner import Arm, Plan, run
+
+    returned = _fail_on_call(monkeypatch, 0, KeyboardInterrupt())
+    arms = [Arm(name, mlp((784, 8, 10), batchnorm=bn, seed=0), SGD(0.05))
+            for name, bn in (("a", True), ("b", False), ("a", False))]
+    with pytest.raises(ValueRangeError, match="every arm needs a name of its own; 'a' names 2 arms"):
+        run(arms, synthetic_split(), Plan(epochs=1, batch_size=100), progress=False)
+    assert not returned
+    done = run(arms[:2], synthetic_split(), Plan(epochs=1, batch_size=100), progress=False)
+    assert [r["arm"] for r in done.rows] == ["a", "b"] and len(returned) == 2

@@ -91,6 +91,11 @@ class Plan:
     steps_per_epoch: int | None = None  # an "epoch" of this many batches (iteration-based runs)
     renorm_ramp: RenormRamp | None = None  # bounds step by step, for arms whose layers renormalise
 
+    def __post_init__(self) -> None:
+        steps: object = self.steps_per_epoch
+        if steps is not None and (type(steps) is not int or steps < 1):
+            raise ValueRangeError(f"Plan.steps_per_epoch: must be None or an integer >= 1 (batches), got {steps!r}")
+
 
 @final
 @dataclass(slots=True)
@@ -146,6 +151,10 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
     """
     from tqdm import tqdm
 
+    names = [a.name for a in arms]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # rows, layers and states are kept by name
+        raise ValueRangeError(f"run: every arm needs a name of its own; {twice!r} names {names.count(twice)} arms")
     outcome = Outcome(done={a.name: a.done for a in arms})
     states: dict[str, tuple[list[Layer], OptState]] = {
         a.name: (list(a.layers), init_state(a.opt, a.layers) if a.state is None else a.state) for a in arms}
