@@ -463,3 +463,24 @@ def test_arms_of_one_name_are_refused_before_training(monkeypatch: pytest.Monkey
     assert not returned
     done = run(arms[:2], synthetic_split(), Plan(epochs=1, batch_size=100), progress=False)
     assert [r["arm"] for r in done.rows] == ["a", "b"] and len(returned) == 2
+
+
+@pytest.mark.parametrize("argv", [["run", "init-stats"], ["run", "deep-nets", "--quick", "--seed", "3"],
+                                  ["run", "fine-tune", "--blas-threads", "2", "--out", "runs/a b"],
+                                  ["run", "bad-init-adam", "--data-dir", "/data/mnist", "--blas-threads", "1",
+                                   "--no-progress"]])
+def test_the_reported_command_line_runs_the_same_experiment(argv: list[str]) -> None:
+    """The report's "Command" parses back to the options the run had (progress bars aside)."""
+    import argparse
+    import shlex
+
+    from lazybn.experiments import registry
+    from lazybn.experiments.common import command_line
+
+    parser = argparse.ArgumentParser(prog="lazybn")
+    registry.add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    line = shlex.split(command_line(args))
+    assert line[0] == "lazybn"
+    again = parser.parse_args(line[1:])
+    assert {**vars(again), "no_progress": args.no_progress} == vars(args)

@@ -182,8 +182,9 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["lazybn", "run", str(args.name)]
     if getattr(args, "quick", False):
         parts.append("--quick")
+    threads = getattr(args, "blas_threads", 1)  # the products' roundings can depend on it
     for opt, value in (("--seed", getattr(args, "seed", 0) or None), ("--data-dir", getattr(args, "data_dir", None)),
-                       ("--out", getattr(args, "out", None))):
+                       ("--out", getattr(args, "out", None)), ("--blas-threads", None if threads == 1 else threads)):
         if value is not None:
             parts += [opt, str(value)]
     return shlex.join(parts)
