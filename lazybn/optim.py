@@ -360,7 +360,7 @@ def step_all(opt: Optimizer, layers: tuple[Layer, ...], grads: tuple[Gradients, 
         params, gs = parameters(layer), param_grads(i, layer, g)
         places.append([])
         if not trains(layer):
-            _check(i, layer, params, (), layer_slots, k, opt)  # its gradients are empty (see network._pass)
+            _check(i, layer, params, tuple(p for _, p in params), layer_slots, k, opt)  # no gradients; state must fit
             continue  # its parameters and moments stay as they are
         _check(i, layer, params, gs, layer_slots, k, opt)
         bn = isinstance(layer, Batchnorm1d)

@@ -392,6 +392,32 @@ def test_a_state_made_by_another_optimizer_is_refused_even_when_its_arrays_fit()
         OptState(0, (), "Nadam")  # type: ignore[arg-type]
 
 
+def test_a_state_made_for_another_network_is_refused_where_a_layer_does_not_train() -> None:
+    """The moments of a layer that does not train are kept for when it trains again (and saved
+    with the network): they too must have its parameters' shapes and dtype."""
+    rng = np.random.default_rng(9)
+    f64 = np.dtype(np.float64)
+    net = _net(rng, 2, 3, 2, f64, trainable=(False, False, True))
+    x, y = lb.matrix(rng.normal(size=(6, 2))), lb.matrix(np.eye(2)[rng.integers(0, 2, 6)])
+    opt = Adam(0.01)
+    state = init_state(opt, net)
+    grads = lb.gradients(net, x, y, key=1).grads
+    moved, _ = update(opt, state, net, grads)  # the state of this network fits
+    assert_same_network(moved[:3], net[:3])
+    wide = init_state(opt, _net(rng, 4, 5, 2, f64)).slots  # Linear(4, 5) and a batch norm of 5 features
+    as32 = tuple(lb.Manifest(a.array.astype(np.float32)) for a in state.slots[0])
+    for slots, error, match in (
+            ((wide[0], *state.slots[1:]), ShapeError, "layer 0 (Linear.w): shapes (2, 3) and (4, 5)"),
+            ((*state.slots[:2], wide[2], *state.slots[3:]), ShapeError,
+             "layer 2 (Batchnorm1d.gamma): shapes (3,) and (5,)"),
+            ((as32, *state.slots[1:]), DTypeError, "layer 0 (Linear.w): the optimizer state is float32")):
+        bad = OptState(0, slots, "Adam")
+        with pytest.raises(error, match=re.escape(match)):
+            update(opt, bad, net, grads)
+        with pytest.raises(error, match=re.escape(match)):
+            lb.train_step(net, opt, bad, x, y, key=1)
+
+
 @pytest.mark.parametrize("make,field,value", [
     (lambda: SGD(0.0), "SGD.lr", "0.0"),
     (lambda: SGD(-1.0), "SGD.lr", "-1.0"),
