@@ -21,7 +21,7 @@ from typing import Any, final
 
 import numpy as np
 
-from .array import Manifest, Matrix, Vector, compute_all
+from .array import Delayed, Manifest, Matrix, Vector, compute, compute_all
 from .construct import matrix, vector
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
@@ -114,7 +114,8 @@ def moments(x: Matrix) -> Moments:
     if n == 0:
         return Moments.empty(cols(x))
     if x.dtype != _F64:
-        x = matrix(x.array, np.float64, x.comp)
+        given: object = x  # an untyped caller's delayed matrix (a float64 one joins the kernel below)
+        x = matrix((compute(given) if isinstance(given, Delayed) else x).array, np.float64, x.comp)
     # Step 1: the mean of each column
     mean = scale(1.0 / n, sum_rows(x))
     # Step 2: the deviations from it

@@ -159,6 +159,17 @@ def test_float32_data_gives_float64_moments() -> None:
     np.testing.assert_allclose(got.m2.array, m2.astype(F64), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_delayed_matrix_gives_the_moments_of_its_values(dtype: np.dtype[Any]) -> None:
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(3.0, 2.0, (9, 4)), rng.normal(size=(9, 4))
+    delayed = lb.matrix(a, dtype) * lb.matrix(b, dtype)  # not computed, as an untyped caller may pass it
+    got = moments(delayed)  # type: ignore[arg-type]
+    x = a.astype(dtype) * b.astype(dtype)  # the product in the dtype, rounded as the kernel rounds it
+    assert got.n == 9
+    assert_matches_oracle(got, x)
+
+
 def test_a_large_offset_does_not_cancel() -> None:
     x = 1e8 + np.random.default_rng(5).standard_normal((100, 3))
     merged = merge_all(moments_of(shards(x, [7, 1, 30, 0, 62])))
