@@ -26,8 +26,8 @@ Conventions (fixed, documented, tested):
 * Moments below the dtype's smallest normal number are stored as zeros (``Fn.flush_subnormal``):
   a dead ReLU unit's moments decay into the subnormal range and stay (0.9 times the smallest
   subnormal rounds back to it), where x86 arithmetic takes microcode assists. A first moment there
-  moves its parameter by less than ``lr * 1.2e-38 / eps`` (float32); a second one (Adam's v,
-  RMSProp's s) is flushed only if eps hides its square root (``optimizers.negligible_root``).
+  moves its parameter by less than ``lr * 1.2e-38 / ((1 - beta1^t) * eps)`` (Adam, float32; Momentum:
+  ``lr * 1.2e-38``); a second one (Adam's v, RMSProp's s) is flushed only if eps hides its root (``negligible_root``).
 """
 
 from __future__ import annotations

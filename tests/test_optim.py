@@ -308,6 +308,28 @@ def test_a_second_moment_is_kept_subnormal_when_eps_would_not_hide_its_root(make
     assert (second > 0).all() and (second < np.finfo(np.float32).tiny).all()  # stored as it is: subnormal
 
 
+@pytest.mark.parametrize("beta1", [0.9, 0.99])
+def test_a_flushed_first_moment_moves_its_parameter_by_less_than_the_documented_bound(beta1: float) -> None:
+    """float32 Adam, eps 1e-30, first step, gradients that make m = (1 - beta1) g subnormal (stored
+    as 0; v = (1 - beta2) g^2 underflows to 0 in torch too): lazybn leaves the weights where torch
+    moves them by lr * g / eps, less than lr * tiny / ((1 - beta1^t) * eps), the bound the module
+    states, and for most of them more than lr * tiny / eps (the bias correction counts)."""
+    torch = pytest.importorskip("torch")
+    lr, eps, tiny = 1.0, 1e-30, float(np.finfo(np.float32).tiny)
+    g = np.linspace(0.05, 0.999, 6, dtype=np.float32).reshape(2, 3) * np.float32(tiny / (1 - beta1))
+    opt = Adam(lr, beta1=beta1, eps=eps)
+    layers: list[Layer] = [LinearNoBias(lb.matrix(np.zeros((2, 3), np.float32)))]  # 0: steps are exact
+    new, state = update(opt, init_state(opt, layers), layers, [LinearNoBiasGradients(lb.matrix(g))])
+    assert not state.slots[0][0].array.any()  # m flushed
+    p = torch.nn.Parameter(torch.zeros(2, 3))
+    p.grad = torch.from_numpy(g)
+    torch.optim.Adam([p], lr=lr, betas=(beta1, 0.999), eps=eps).step()
+    assert isinstance(new[0], LinearNoBias)
+    lost = np.abs(new[0].w.array.astype(np.float64) - p.detach().numpy())
+    bound = lr * tiny / ((1 - beta1) * eps)
+    assert (lost < bound).all() and (lost > lr * tiny / eps).sum() >= 5, (lost, bound)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(data=st.data())
 def test_negligible_root_says_whether_eps_hides_the_root_of_every_subnormal(dtype: np.dtype[Any],
