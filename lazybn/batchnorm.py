@@ -23,8 +23,10 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import partial
 
+import numpy as np
+
 from .array import Delayed, Ix1, Ix2, Matrix, Vector, compute, compute_all, delay
-from .construct import ones, zeros
+from .construct import ones, vector, zeros
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import BN1, Batchnorm1d, _unchecked
@@ -237,12 +239,29 @@ def ghost_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, ghost_mu: Vector
     (gamma,) = _side_by_side(k, layer.gamma)
     dx, dgamma, dbeta = _backward(reshape(dz, shape), reshape(inp, shape), gamma, layer.eps, ghost_mu, ghost_var)
 
-    def per_ghost(v: Vector) -> Matrix:  # one row per ghost batch
-        return reshape(v, (k, cols(inp)))
-
-    sums = compute_all(sum_rows(per_ghost(dgamma)), sum_rows(per_ghost(dbeta)),
-                       scale(1.0 / k, sum_rows(per_ghost(ghost_mu))), scale(1.0 / k, sum_rows(per_ghost(ghost_var))))
+    sums = compute_all(sum_rows(_per_ghost(k, dgamma)), sum_rows(_per_ghost(k, dbeta)),
+                       *_ghost_means(k, ghost_mu, ghost_var))
     return reshape(dx, (rows(inp), cols(inp))), BN1(sums[2], sums[3], sums[0], sums[1], size)
+
+
+def _per_ghost(k: int, v: Vector) -> Matrix:
+    """A vector of ``k`` ghost batches' values side by side as a matrix: one row per ghost batch."""
+    return reshape(v, (k, v.shape[0] // k))
+
+
+def _ghost_means(k: int, ghost_mu: Vector, ghost_var: Vector) -> tuple[Delayed[Ix1], Delayed[Ix1]]:
+    """The mean over the ``k`` ghost batches of their means and of their biased variances."""
+    return scale(1.0 / k, sum_rows(_per_ghost(k, ghost_mu))), scale(1.0 / k, sum_rows(_per_ghost(k, ghost_var)))
+
+
+@fused
+def ghost_statistics(inp: Matrix, layer: Batchnorm1d, ghost_mu: Vector, ghost_var: Vector) -> BN1:
+    """:func:`ghost_backward`'s ``BN1`` without gradients, for a layer that neither trains nor
+    passes a gradient back: the mean of the ghost batches' means and of their biased variances,
+    and empty dgamma and dbeta."""
+    size, k = _ghosts(inp, layer)
+    mu, var = compute_all(*_ghost_means(k, ghost_mu, ghost_var))
+    return BN1(mu, var, vector(np.zeros(0, np.float32)), vector(np.zeros(0, np.float32)), size)
 
 
 def running_weights(layer: Batchnorm1d) -> tuple[float, float]:

@@ -27,8 +27,8 @@ from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all
 from .construct import matrix, vector
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
-from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_forward, renorm_backward, renorm_forward,
-                        running_forward)
+from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_forward, ghost_statistics, renorm_backward,
+                        renorm_forward, running_forward)
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
 from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
@@ -212,7 +212,8 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
             _check_features(inp, layer)
             out, ghost_mu, ghost_var = ghost_forward(inp, layer)
             dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx, g = ghost_backward(dz, inp, layer, ghost_mu, ghost_var)
+            dx, g = (ghost_backward(dz, inp, layer, ghost_mu, ghost_var) if below  # else dz is empty: no gradients
+                     else (_skipped(), ghost_statistics(inp, layer, ghost_mu, ghost_var)))
             return dx, pred, [_own(g, steps), *t]
         case Activation(f=f):
             fns = _ACT[f]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import lazybn as lb
 from lazybn import trace
 from lazybn.errors import ArgumentError, ValueRangeError
-from lazybn.layers import BN1, Batchnorm1d, Renorm
+from lazybn.layers import BN1, Batchnorm1d, LinearNoBias, Renorm
 from lazybn.network import _pass
 from lazybn.optim import init_state
 
@@ -161,3 +161,40 @@ def test_errors_name_the_problem() -> None:
     layer = _layer(2, rng, 3)
     with pytest.raises(ValueRangeError, match="ghost batches of 3 rows, which do not divide the batch of 8"):
         _pass(lb.matrix(np.ones((8, 2)), np.float64), lb.matrix(np.eye(2)[[0, 1] * 4], np.float64), [layer])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_ghost_layer_that_does_not_train_behind_fixed_layers_still_updates_its_statistics(dtype: Any) -> None:
+    """With no layer up to it that trains, no gradient comes back to a ghost layer: its step still
+    averages the ghost batches' statistics into the running ones (as the numpy oracle does, and
+    bit for bit as the same layer training does), leaves its gamma and beta as they are, and the
+    layers after it step as in the network that trains them all."""
+    rng = np.random.default_rng(6)
+    net = [replace(layer, ghost_batch=3, momentum=0.5) if isinstance(layer, Batchnorm1d) else layer
+           for layer in lb.mlp((4, 5, 3), batchnorm=True, seed=2, dtype=dtype)]
+    fixed = [replace(layer, trainable=False) if i < 2 and isinstance(layer, (LinearNoBias, Batchnorm1d)) else layer
+             for i, layer in enumerate(net)]
+    x = rng.normal(1.0, 2.0, (12, 4)).astype(dtype)
+    y = np.eye(3, dtype=dtype)[rng.integers(0, 3, 12)]
+    opt = lb.SGD(0.1)
+    got = lb.train_step(fixed, opt, init_state(opt, fixed), lb.matrix(x), lb.matrix(y))
+    want = lb.train_step(net, opt, init_state(opt, net), lb.matrix(x), lb.matrix(y))
+    bn, trained = net[1], want.layers[1]
+    assert isinstance(bn, Batchnorm1d) and isinstance(got.layers[1], Batchnorm1d) and isinstance(trained, Batchnorm1d)
+    h = x.astype(np.float64) @ net[0].w.array.astype(np.float64)  # type: ignore[union-attr]
+    groups = [h[idx] for idx in _groups(12, 3)]
+    mean = np.mean([g.mean(axis=0) for g in groups], axis=0)
+    var = np.mean([g.var(axis=0, ddof=1) for g in groups], axis=0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got.layers[1].mu.array, 0.5 * bn.mu.array + 0.5 * mean, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got.layers[1].var.array, 0.5 * bn.var.array + 0.5 * var, rtol=tol, atol=tol)
+    assert_same_network(got.layers[1:2], [replace(trained, gamma=bn.gamma, beta=bn.beta, trainable=False)])
+    assert_same_network(got.layers[:1], fixed[:1])
+    assert_same_network(got.layers[2:], want.layers[2:])
+    assert got.pred.array.tobytes() == want.pred.array.tobytes()
+    p = lb.gradients(fixed, lb.matrix(x), lb.matrix(y))
+    g = p.grads[1]
+    assert isinstance(g, BN1) and g.n == 3 and g.dgamma.shape == (0,) and g.dbeta.shape == (0,)
+    np.testing.assert_allclose(g.batch_mu.array, mean, rtol=tol, atol=tol)
+    with_dx = lb.gradients(fixed, lb.matrix(x), lb.matrix(y), input_grad=True)  # the gradient comes back then
+    assert with_dx.dx.shape == (12, 4)
