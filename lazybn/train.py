@@ -26,7 +26,7 @@ from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRange
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers)
 from .batchnorm import _running, running_weights, update_running
-from .network import _pass, check_batch_values, check_targets, first_nonfinite, log_likelihoods, logits, mean_loss
+from .network import _bounded_pass, _pass, check_batch_values, check_targets, first_nonfinite, log_likelihoods, logits, mean_loss
 from .steady import Bounds, bounded, renormalises, restored, steady
 from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
@@ -122,15 +122,29 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
                on_nonfinite: Literal["raise", "skip"] = "raise") -> StepResult:
     """One optimisation step on a batch: returns the new layers and optimizer state.
 
+    With ``on_nonfinite="skip"`` a batch holding NaN/inf, or a step that would make one, is
+    skipped: the result holds the layers and state given, with ``skipped=True``.
+
     Raises:
-        NumericalError: the loss, a batch statistic or an updated parameter is NaN/inf
+        NumericalError: the batch, the loss, a batch statistic or an updated parameter is NaN/inf
             (``on_nonfinite="raise"``).
     """
-    check_batch_values("train_step", x, tgt)
+    _check_on_nonfinite("train_step", on_nonfinite)
+    try:
+        check_batch_values("train_step", x, tgt)
+        nonfinite_batch = False
+    except NumericalError:  # NaN/inf in the batch
+        if on_nonfinite == "raise":
+            raise
+        nonfinite_batch = True
     t, s, correction = schedule(opt, opt_state, layers, lr_scale)
     # Values that change from step to step stay out of the replay's signature (see steady); a
     # cumulative average's count is set after.
     bare, weights, bounds = steady(layers)
+    if nonfinite_batch:  # skipped; the pass still checks the batch's shape against the layers
+        with np.errstate(over="ignore", invalid="ignore"):
+            _, pred, log_lik, _ = _bounded_pass(x, tgt, bare, key, bounds, False)
+        return StepResult(list(layers), opt_state, mean_loss(log_lik), pred, skipped=True)
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below, as an error
         try:
             # The whole step's arrays in one replay. Nothing is mutated, so the new layers can be made
@@ -175,6 +189,11 @@ def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tg
                if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) and not nl.frozen else nl
                for nl, g in zip(new_layers, grads)]
     return pred, log_likelihoods(pred, tgt), grads, running, new_slots, witnesses
+
+
+def _check_on_nonfinite(op: str, on_nonfinite: object) -> None:
+    if on_nonfinite not in ("raise", "skip"):
+        raise ArgumentError(f"{op}: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
 
 
 def _rows(data: NDArray[np.floating[Any]], idx: NDArray[np.intp], comp: Comp) -> Matrix:
@@ -269,7 +288,9 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     _check_data("train_epoch", x, y, "y (targets)", 2)
     if x.shape[0] == 0:
         raise ValueRangeError("train_epoch: no samples (x has 0 rows)")
-    check_targets("train_epoch", y)  # all of them, before the first step
+    _check_on_nonfinite("train_epoch", on_nonfinite)
+    # All of them, before the first step; a row with NaN/inf is a batch to skip if asked to
+    check_targets("train_epoch", y if on_nonfinite == "raise" else y[np.isfinite(y).all(axis=1)])
     require_state("train_epoch", opt_state)
     current = list(layers)
     sizes = sorted({len(idx) for idx in list(batches(x.shape[0], batch_size, None))[:max_steps]})  # those that run

@@ -18,6 +18,7 @@ from lazybn.errors import NumericalError
 from lazybn.train import train_step
 
 from .helpers import DTYPES
+from .net_helpers import assert_same_network
 
 
 def _softmax_grad(logits: Any, tgt: Any) -> Any:
@@ -132,3 +133,55 @@ def test_an_average_of_squared_gradients_that_overflows_is_refused(make: Any) ->
         train_step(net, opt, state, xs, ys)
     skipped = train_step(net, opt, state, xs, ys, on_nonfinite="skip")
     assert skipped.skipped and skipped.opt_state is state
+
+
+@pytest.mark.parametrize("bad", ["input nan", "input inf", "target nan"])
+def test_a_batch_holding_nan_or_inf_is_skipped_when_asked(bad: str) -> None:
+    """on_nonfinite="skip" skips a batch holding NaN/inf as it skips a step that makes one: the
+    epoch trains on the other batches exactly as a loop of steps over them alone does (dropout
+    keys and a cumulative count included), and the step hands back the layers and state given."""
+    rng = np.random.default_rng(7)
+    net = lb.mlp((3, 5, 2), batchnorm=True, dropout=0.2, momentum=None, seed=4)
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = lb.one_hot(rng.integers(0, 2, 12), 2)
+    if bad == "target nan":
+        y[5, 1] = np.nan
+    else:
+        x[5, 1] = np.nan if bad == "input nan" else np.inf
+    opt = lb.Adam(0.01)
+    state = init_state(opt, net)
+    with pytest.raises(NumericalError, match=rf"train_step: the {bad.split()[0]} batch contains NaN or infinity"):
+        train_step(net, opt, state, lb.matrix(x[4:8]), lb.matrix(y[4:8]))
+    skipped = train_step(net, opt, state, lb.matrix(x[4:8]), lb.matrix(y[4:8]), key=3, on_nonfinite="skip")
+    assert skipped.skipped and skipped.opt_state is state and skipped.layers == net
+    assert skipped.pred.shape == (4, 2)
+    got, got_state, loss = lb.train_epoch(net, opt, state, x, y, 4, None, key=0, on_nonfinite="skip")
+    layers, want_state, losses = list(net), state, []
+    for rows in (slice(0, 4), slice(8, 12)):  # the batches without NaN/inf, with the keys train_epoch gives them
+        step = train_step(layers, opt, want_state, lb.matrix(x[rows]), lb.matrix(y[rows]), key=want_state.step)
+        layers, want_state = step.layers, step.opt_state
+        losses.append(step.loss)
+    assert_same_network(got, layers)
+    assert got_state.step == want_state.step == 2 and loss == sum(losses) / 2
+    bn = got[1]
+    assert isinstance(bn, Batchnorm1d) and bn.tracked == 2
+
+
+def test_skipping_still_refuses_what_is_not_a_numerical_problem() -> None:
+    net = lb.mlp((3, 4, 2), batchnorm=True, seed=0)
+    opt = lb.SGD(0.1)
+    state = init_state(opt, net)
+    x = np.full((4, 5), np.nan, np.float32)  # the wrong number of features, and NaN
+    y = lb.one_hot(np.array([0, 1, 0, 1]), 2)
+    with pytest.raises(lb.ShapeError, match="layer 0 .* takes 3 features, the input has 5 columns"):
+        train_step(net, opt, state, lb.matrix(x), lb.matrix(y), on_nonfinite="skip")
+    bad_targets = y.copy()
+    bad_targets[0, 0], bad_targets[1, 0] = np.nan, 2.0  # one row to skip, one that is no probability
+    with pytest.raises(lb.ValueRangeError, match="target rows must be probabilities"):
+        lb.train_epoch(net, opt, state, np.ones((4, 3), np.float32), bad_targets, 2, None, on_nonfinite="skip")
+    for where in ("train_step", "train_epoch"):
+        with pytest.raises(lb.ArgumentError, match=f"{where}: on_nonfinite must be 'raise' or 'skip', got 'Skip'"):
+            if where == "train_step":
+                train_step(net, opt, state, lb.matrix(x[:, :3]), lb.matrix(y), on_nonfinite="Skip")  # type: ignore[arg-type]
+            else:
+                lb.train_epoch(net, opt, state, x[:, :3], y, 2, None, on_nonfinite="Skip")  # type: ignore[arg-type]
