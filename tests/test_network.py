@@ -611,3 +611,17 @@ def test_inference_traces_once_and_a_changing_count_or_bound_traces_nothing_new(
         np.testing.assert_allclose(got, numpy_inference(layers, x)[0], rtol=1e-12, atol=1e-12)
     assert any(isinstance(la, Batchnorm1d) and la.tracked == 2 for la in layers)
     assert lb.fuse.stats().traces > before  # the training steps did trace: the counter counts
+
+
+def test_max_steps_takes_that_many_steps_and_refuses_what_is_no_count() -> None:
+    rng = np.random.default_rng(8)
+    net = lb.mlp((3, 4, 2), batchnorm=True, seed=0)
+    x, y = rng.normal(size=(10, 3)).astype(np.float32), lb.one_hot(rng.integers(0, 2, 10), 2)
+    opt = lb.SGD(0.1)
+    state = lb.init_state(opt, net)
+    for steps, want in ((0, 0), (2, 2), (99, 5), (None, 5)):
+        assert lb.train_epoch(net, opt, state, x, y, 2, None, max_steps=steps)[1].step == want
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(lb.ValueRangeError, match=rf"train_epoch.max_steps: must be an integer >= 0 or None "
+                                                     rf"\(every batch\), got {bad!r}"):
+            lb.train_epoch(net, opt, state, x, y, 2, None, max_steps=bad)  # type: ignore[arg-type]
