@@ -27,7 +27,7 @@ from .array import Matrix
 from .construct import matrix, vector
 from .errors import DTypeError, ValueRangeError
 from .layers import Layer, check_layers, trains
-from .network import _pass, check_batch_values, cross_entropy
+from .network import _pass, _train_pass, check_batch_values, mean_loss
 from .optim import param_grads, parameters
 
 
@@ -74,7 +74,7 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
     rng = np.random.default_rng(seed)
 
     def loss(net: list[Layer], inp: Matrix) -> float:
-        return cross_entropy(_pass(inp, targets, net, key, input_grad=False)[1], targets)
+        return mean_loss(_train_pass(inp, targets, net, key, input_grad=False)[2])
 
     def check(where: int | None, name: str, at: np.ndarray[Any, Any], analytic: np.ndarray[Any, Any],
               loss_at: Any) -> GradError:

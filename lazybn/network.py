@@ -1,12 +1,14 @@
 """The recursive pass through a network (training) and the forward pass (inference).
 
-``_pass(inp, tgt, layers)`` mirrors the seed's Haskell: one ``match`` case per layer, the
+``_train_pass(inp, tgt, layers)`` mirrors the seed's Haskell: one ``match`` case per layer, the
 recursive call in the middle (forward before it, backward after it), and softmax with the
-cross-entropy gradient as the base case. ``dx`` is the gradient of the MEAN cross-entropy over
-the batch with respect to ``inp``; ``grads`` has one :data:`Gradients` value per layer.
+cross-entropy gradient (and each sample's log-likelihood, from the logits) as the base case.
+``dx`` is the gradient of the MEAN cross-entropy over the batch with respect to ``inp``;
+``grads`` has one :data:`Gradients` value per layer. ``_pass`` is the same without the
+log-likelihoods.
 
 Inference is a separate function, ``forward``, that uses the running statistics: there is no
-mode flag. The Batchnorm1d case of ``_pass`` calls the derivation's forward steps 1-9 and its
+mode flag. The Batchnorm1d case of ``_train_pass`` calls the derivation's forward steps 1-9 and its
 backward steps 9-1, unsimplified, each a delayed expression (:mod:`lazybn.batchnorm`:
 ``bn_forward``, ``bn_backward``); ``compute`` appears only where a value is returned, and the
 fusion engine turns each half into one kernel. Batch renormalisation, ghost batches and a layer
@@ -33,6 +35,11 @@ from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
 from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
 from .fuse.graph import FloatArray, Fn
+from .loss import cross_entropy as cross_entropy
+from .loss import log_likelihoods as log_likelihoods
+from .loss import mean_loss as mean_loss
+from .loss import softmax as softmax
+from .loss import softmax_likelihoods
 from .layers import (BN1, Act, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad, check_layers, trains)
 from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
@@ -46,12 +53,6 @@ _ACT: dict[Act, tuple[Fn, Fn] | None] = {
     Act.tanh: (Fn.tanh, Fn.dtanh),
     Act.identity: None,
 }
-
-
-def softmax(x: Matrix | Delayed[Ix2]) -> Delayed[Ix2]:
-    """Row-wise softmax, stable: ``exp(x - max) / sum(exp(x - max))``."""
-    e = amap(Fn.exp, x - cols_like(max_cols(x), x))
-    return e / cols_like(sum_cols(e), x)
 
 
 def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
@@ -154,8 +155,17 @@ def _own(g: BN1, steps: bool) -> BN1:
 
 @fused(dynamic=("key",))
 def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None, *,
-          input_grad: bool = True, _depth: int = 0) -> tuple[Matrix, Matrix, list[Gradients]]:
-    """One training pass: returns (dx, pred, grads). ``key`` seeds the dropout masks.
+          input_grad: bool = True) -> tuple[Matrix, Matrix, list[Gradients]]:
+    """One training pass: returns (dx, pred, grads) (see :func:`_train_pass`)."""
+    dx, pred, _, grads = _train_pass(inp, tgt, layers, key, input_grad=input_grad)
+    return dx, pred, grads
+
+
+@fused(dynamic=("key",))
+def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None, *,
+                input_grad: bool = True, _depth: int = 0) -> tuple[Matrix, Matrix, Vector, list[Gradients]]:
+    """One training pass: returns (dx, pred, each sample's log-likelihood of its target, grads).
+    ``key`` seeds the dropout masks.
 
     With ``input_grad=False`` the input gradient is not computed (a training step does not need
     it; Haskell's laziness never forces it) and ``dx`` is an empty (0, 0) matrix. Nor is what no
@@ -170,9 +180,9 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
         if inp.shape != tgt.shape:
             raise ShapeError("softmax cross-entropy", inp.shape, tgt.shape, "the network's output needs one "
                              "column per class of the one-hot target")
-        probs = softmax(inp)
-        pred0, loss_grad = compute_all(probs, scale(1.0 / rows(inp), probs - tgt))
-        return loss_grad, pred0, []
+        probs, log_lik = softmax_likelihoods(inp, tgt)
+        pred0, loss_grad, ll0 = compute_all(probs, scale(1.0 / rows(inp), probs - tgt), log_lik)
+        return loss_grad, pred0, ll0, []
     layer, rest = layers[0], layers[1:]
     steps = trains(layer)
     below = input_grad or steps  # whether this layer needs the gradient of its output
@@ -180,53 +190,53 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
         case Linear(w=w, b=bias):
             z = matmul(inp, w)
             lin = compute(z + rows_like(bias, z))
-            dz, pred, t = _pass(lin, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dz, pred, ll, t = _train_pass(lin, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dw = matmul(transpose(inp), dz) if steps else _skipped()
             db = compute(sum_rows(dz)) if steps else _skipped_vector()
             dx = matmul(dz, transpose(w)) if input_grad else _skipped()
-            return dx, pred, [LinearGradients(dw, db), *t]
+            return dx, pred, ll, [LinearGradients(dw, db), *t]
         case LinearNoBias(w=w):
-            dz, pred, t = _pass(matmul(inp, w), tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dz, pred, ll, t = _train_pass(matmul(inp, w), tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx = matmul(dz, transpose(w)) if input_grad else _skipped()
-            return dx, pred, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else _skipped()), *t]
+            return dx, pred, ll, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else _skipped()), *t]
         case Batchnorm1d(frozen=True):  # normalised with the running statistics, which stay as they are
             _check_features(inp, layer)
             out = frozen_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = frozen_backward(dz, inp, layer) if below else _no_bn_gradient()
-            return dx, pred, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), steps), *t]
+            return dx, pred, ll, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(renorm=None, ghost_batch=None):
             _check_features(inp, layer)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance) if below else _no_bn_gradient()
-            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
+            return dx, pred, ll, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(ghost_batch=None):  # batch renormalisation
             _check_features(inp, layer)
             out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = (renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d) if below
                                  else _no_bn_gradient())
-            return dx, pred, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
+            return dx, pred, ll, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d():  # ghost batches: the statistics come with the gradients
             _check_features(inp, layer)
             out, ghost_mu, ghost_var = ghost_forward(inp, layer)
-            dz, pred, t = _pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
+            dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, g = (ghost_backward(dz, inp, layer, ghost_mu, ghost_var) if below  # else dz is empty: no gradients
                      else (_skipped(), ghost_statistics(inp, layer, ghost_mu, ghost_var)))
-            return dx, pred, [_own(g, steps), *t]
+            return dx, pred, ll, [_own(g, steps), *t]
         case Activation(f=f):
             fns = _ACT[f]
             if fns is None:
-                dz, pred, t = _pass(inp, tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
-                return dz, pred, [NoGrad(), *t]
+                dz, pred, ll, t = _train_pass(inp, tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
+                return dz, pred, ll, [NoGrad(), *t]
             fn, dfn = fns
-            dz, pred, t = _pass(compute(amap(fn, inp)), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
-            return compute(dz * amap(dfn, inp)) if input_grad else _skipped(), pred, [NoGrad(), *t]
+            dz, pred, ll, t = _train_pass(compute(amap(fn, inp)), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
+            return compute(dz * amap(dfn, inp)) if input_grad else _skipped(), pred, ll, [NoGrad(), *t]
         case Dropout(p=p):
             mask = _dropout_mask(inp.shape, p, key, _depth, inp.dtype)
-            dz, pred, t = _pass(compute(inp * mask), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
-            return compute(dz * mask) if input_grad else _skipped(), pred, [NoGrad(), *t]
+            dz, pred, ll, t = _train_pass(compute(inp * mask), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
+            return compute(dz * mask) if input_grad else _skipped(), pred, ll, [NoGrad(), *t]
         case _:
             assert_never(layer)
 
@@ -314,10 +324,9 @@ def first_nonfinite(loss: float, found: Sequence[tuple[int, str, str]]) -> str |
 @fused(dynamic=("key", "bounds"))
 def _bounded_pass(x: Matrix, tgt: Matrix, layers: tuple[Layer, ...], key: int | None, bounds: Bounds,
                   input_grad: bool) -> tuple[Matrix, Matrix, Vector, list[Gradients]]:
-    """:func:`_pass` over the layers of :func:`steady`, with the renormalisation bounds put back,
-    and each sample's log-likelihood (one replay for all of it)."""
-    dx, pred, grads = _pass(x, tgt, bounded(layers, bounds), key, input_grad=input_grad)
-    return dx, pred, log_likelihoods(pred, tgt), grads
+    """:func:`_train_pass` over the layers of :func:`steady`, with the renormalisation bounds put
+    back (one replay for all of it)."""
+    return _train_pass(x, tgt, bounded(layers, bounds), key, input_grad=input_grad)
 
 
 def _finite(a: FloatArray) -> bool:
@@ -366,30 +375,3 @@ def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference: class probabilities (softmax of the logits); batch norm uses running statistics."""
     _check_input("forward", x, layers)
     return _logits(x, steady(layers)[0], probabilities=True)
-
-
-_TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny), np.dtype(np.float64): float(np.finfo(np.float64).tiny)}
-
-
-def log_likelihoods(pred: Matrix, tgt: Matrix) -> Vector:
-    """Each sample's log-probability of its one-hot target, ``sum_j tgt * log(pred + tiny)`` (one
-    kernel; ``tiny``, the dtype's smallest normal number, keeps a zero probability finite)."""
-    return compute(sum_cols(tgt * amap(Fn.log, add_c(pred, _TINY[pred.dtype]))))
-
-
-def mean_loss(log_lik: Vector) -> float:
-    """The mean cross-entropy from :func:`log_likelihoods`: an exactly rounded sum (``math.fsum``),
-    then one division. This runs once per training step; at batch sizes these two C calls cost a
-    third to a seventh of ``np.mean``."""
-    n = log_lik.shape[0]
-    try:
-        total = math.fsum(log_lik.array.tolist())
-    except (ValueError, OverflowError):  # inf - inf, or beyond float64: numpy's sum says nan or inf
-        with np.errstate(invalid="ignore", over="ignore"):
-            total = float(np.sum(log_lik.array, dtype=np.float64))
-    return -total / n if n else math.nan
-
-
-def cross_entropy(pred: Matrix, tgt: Matrix) -> float:
-    """Mean cross-entropy of predicted probabilities against one-hot targets."""
-    return mean_loss(log_likelihoods(pred, tgt))

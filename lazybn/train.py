@@ -1,6 +1,6 @@
 """Training and evaluation on labelled data: the step, the epoch, accuracy.
 
-``train_step`` is the seed's ``sgd`` step: run ``_pass``, update the parameters with the
+``train_step`` is the seed's ``sgd`` step: run ``_train_pass``, update the parameters with the
 optimizer (frozen state in, new state out), then the batch-norm running statistics from the
 batch statistics each ``BN1`` carries; all of it is one ``@fused`` replay. Non-finite values
 never reach the returned network: the loss, the batch statistics and the updated parameters are
@@ -26,7 +26,7 @@ from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRange
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers)
 from .batchnorm import _running, running_weights, update_running
-from .network import _bounded_pass, _pass, check_batch_values, check_targets, first_nonfinite, log_likelihoods, logits, mean_loss
+from .network import _bounded_pass, _train_pass, check_batch_values, check_targets, first_nonfinite, logits, mean_loss
 from .steady import Bounds, bounded, renormalises, restored, steady
 from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
@@ -156,8 +156,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
             refused = None
         except ValueRangeError as exc:  # a new layer refused NaN/inf (or the batch is unusable): find out which
             refused = exc
-            _, pred, grads = _pass(x, tgt, layers, key, input_grad=False)
-            log_lik = log_likelihoods(pred, tgt)
+            _, pred, log_lik, grads = _train_pass(x, tgt, layers, key, input_grad=False)
     loss = mean_loss(log_lik)
     if refused is None:
         problem = _check_finite(loss, grads, new_layers, slots, witnesses)
@@ -182,13 +181,13 @@ def _step(opt: Optimizer, layers: tuple[Layer, ...], slots: Slots, x: Matrix, tg
     every batch-norm layer's running statistics (one replay for all of it). ``weights`` holds the
     :func:`running_weights` of the cumulative-average layers, ``bounds`` the (rmax, dmax) of the
     renormalising layers, in order."""
-    _, pred, grads = _pass(x, tgt, bounded(layers, bounds), key, input_grad=False)
+    _, pred, log_lik, grads = _train_pass(x, tgt, bounded(layers, bounds), key, input_grad=False)
     new_layers, new_slots, witnesses = step_all(opt, layers, tuple(grads), slots, lr_scale, correction)
     w = iter(weights)
     running = [_running(nl, g, running_weights(nl) if nl.momentum is not None else next(w))
                if isinstance(nl, Batchnorm1d) and isinstance(g, BN1) and not nl.frozen else nl
                for nl, g in zip(new_layers, grads)]
-    return pred, log_likelihoods(pred, tgt), grads, running, new_slots, witnesses
+    return pred, log_lik, grads, running, new_slots, witnesses
 
 
 def _check_on_nonfinite(op: str, on_nonfinite: object) -> None:

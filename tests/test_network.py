@@ -625,3 +625,45 @@ def test_max_steps_takes_that_many_steps_and_refuses_what_is_no_count() -> None:
         with pytest.raises(lb.ValueRangeError, match=rf"train_epoch.max_steps: must be an integer >= 0 or None "
                                                      rf"\(every batch\), got {bad!r}"):
             lb.train_epoch(net, opt, state, x, y, 2, None, max_steps=bad)  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), spread=st.sampled_from([1.0, 50.0, 300.0, 3000.0]),
+       soft=st.booleans(), seed=st.integers(0, 2**16))
+def test_the_step_loss_is_the_cross_entropy_of_the_logits_however_wrong_the_prediction(
+        dtype: type, spread: float, soft: bool, seed: int) -> None:
+    """The loss against a float64 log-softmax of the logits: a sample whose target's probability
+    underflows counts with its whole loss (from log(p + tiny) it stopped at -log(tiny): 87.3 in
+    float32, 708 in float64)."""
+    from lazybn.optim import init_state
+    from lazybn.train import train_step
+
+    rng = np.random.default_rng(seed)
+    w: F = (rng.standard_normal((4, 3)) * spread).astype(dtype)
+    b: F = rng.standard_normal(3).astype(dtype)
+    net: list[Layer] = [Linear(lb.matrix(w), lb.vector(b))]
+    x: F = rng.standard_normal((6, 4)).astype(dtype)
+    t = rng.dirichlet(np.ones(3), 6) if soft else np.eye(3)[rng.integers(0, 3, 6)]
+    z = x.astype(np.float64) @ w.astype(np.float64) + b.astype(np.float64)
+    m = z.max(axis=1, keepdims=True)
+    log_softmax = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    tgt = lb.matrix(t.astype(dtype))
+    want = float(-np.mean(np.sum(tgt.array.astype(np.float64) * log_softmax, axis=1)))
+    rel = 1e-5 if dtype == np.float32 else 1e-12
+    opt = lb.SGD(1e-30)  # a step that changes nothing, whatever the gradient
+    for _ in range(2):  # the trace, then a replay
+        assert lb.gradients(net, lb.matrix(x), tgt).loss == pytest.approx(want, rel=rel)
+        assert train_step(net, opt, init_state(opt, net), lb.matrix(x), tgt).loss == pytest.approx(want, rel=rel)
+
+
+def test_a_confidently_wrong_sample_counts_with_its_whole_loss() -> None:
+    from lazybn.optim import init_state
+    from lazybn.train import train_step
+
+    for dtype, gap in ((np.float32, 200.0), (np.float64, 1000.0)):
+        net: list[Layer] = [LinearNoBias(lb.matrix(np.array([[gap, 0.0], [0.0, 0.0]], dtype)))]
+        x, y = lb.matrix(np.array([[1.0, 0.0], [0.0, 1.0]], dtype)), lb.matrix(np.array([[0.0, 1.0], [1.0, 0.0]], dtype))
+        want = (gap + math.log(2.0)) / 2  # the first sample's -log p is gap (to rounding), the second's log 2
+        opt = lb.SGD(0.1)
+        assert lb.gradients(net, x, y).loss == pytest.approx(want, rel=1e-7)
+        assert train_step(net, opt, init_state(opt, net), x, y).loss == pytest.approx(want, rel=1e-7)
