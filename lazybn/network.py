@@ -29,8 +29,8 @@ from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all
 from .construct import matrix, vector
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
-from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_forward, ghost_statistics, renorm_backward,
-                        renorm_forward, running_forward)
+from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_forward, ghost_statistics,
+                        renorm_backward, renorm_forward, running_forward)
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
 from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
@@ -107,10 +107,15 @@ def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
                                   f"{layer.ghost_batch} rows, which do not divide the batch of {inp.shape[0]}")
 
 
-def _check_features(inp: Matrix | Delayed[Ix2], layer: Batchnorm1d) -> None:
-    if inp.shape[1] != layer.features:
-        raise ShapeError("Batchnorm1d", inp.shape, layer.mu.shape,
-                         f"the layer normalises {layer.features} features but its input has {inp.shape[1]} columns")
+def _check_layer_input(op: str, inp: Matrix | Delayed[Ix2], layer: Linear | LinearNoBias | Batchnorm1d, i: int) -> None:
+    """What the layers before layer ``i`` give it has the layer's dtype and number of features."""
+    held, name = layer.mu if isinstance(layer, Batchnorm1d) else layer.w, f"layer {i} ({type(layer).__name__})"
+    if inp.dtype != held.dtype:
+        raise DTypeError(f"{op}: {name} holds {held.dtype} but the layers before it give {inp.dtype}; every layer "
+                         "must hold the input's dtype")
+    if inp.shape[1] != held.shape[0]:
+        raise ShapeError(op, inp.shape, held.shape, f"{name} takes {held.shape[0]} features, the layers before it "
+                         f"give {inp.shape[1]}")
 
 
 def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: np.dtype[Any]) -> FloatArray:
@@ -188,6 +193,7 @@ def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | No
     below = input_grad or steps  # whether this layer needs the gradient of its output
     match layer:
         case Linear(w=w, b=bias):
+            _check_layer_input("training pass", inp, layer, _depth)
             z = matmul(inp, w)
             lin = compute(z + rows_like(bias, z))
             dz, pred, ll, t = _train_pass(lin, tgt, rest, key, input_grad=below, _depth=_depth + 1)
@@ -196,30 +202,31 @@ def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | No
             dx = matmul(dz, transpose(w)) if input_grad else _skipped()
             return dx, pred, ll, [LinearGradients(dw, db), *t]
         case LinearNoBias(w=w):
+            _check_layer_input("training pass", inp, layer, _depth)
             dz, pred, ll, t = _train_pass(matmul(inp, w), tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx = matmul(dz, transpose(w)) if input_grad else _skipped()
             return dx, pred, ll, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else _skipped()), *t]
         case Batchnorm1d(frozen=True):  # normalised with the running statistics, which stay as they are
-            _check_features(inp, layer)
+            _check_layer_input("training pass", inp, layer, _depth)
             out = frozen_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = frozen_backward(dz, inp, layer) if below else _no_bn_gradient()
             return dx, pred, ll, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(renorm=None, ghost_batch=None):
-            _check_features(inp, layer)
+            _check_layer_input("training pass", inp, layer, _depth)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance) if below else _no_bn_gradient()
             return dx, pred, ll, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(ghost_batch=None):  # batch renormalisation
-            _check_features(inp, layer)
+            _check_layer_input("training pass", inp, layer, _depth)
             out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, dgamma, dbeta = (renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d) if below
                                  else _no_bn_gradient())
             return dx, pred, ll, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d():  # ghost batches: the statistics come with the gradients
-            _check_features(inp, layer)
+            _check_layer_input("training pass", inp, layer, _depth)
             out, ghost_mu, ghost_var = ghost_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
             dx, g = (ghost_backward(dz, inp, layer, ghost_mu, ghost_var) if below  # else dz is empty: no gradients
@@ -231,7 +238,8 @@ def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | No
                 dz, pred, ll, t = _train_pass(inp, tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
                 return dz, pred, ll, [NoGrad(), *t]
             fn, dfn = fns
-            dz, pred, ll, t = _train_pass(compute(amap(fn, inp)), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
+            dz, pred, ll, t = _train_pass(compute(amap(fn, inp)), tgt, rest, key, input_grad=input_grad,
+                                          _depth=_depth + 1)
             return compute(dz * amap(dfn, inp)) if input_grad else _skipped(), pred, ll, [NoGrad(), *t]
         case Dropout(p=p):
             mask = _dropout_mask(inp.shape, p, key, _depth, inp.dtype)
@@ -347,7 +355,9 @@ def _logits(x: Matrix, layers: tuple[Layer, ...], probabilities: bool) -> Matrix
     its bias, batch norm and activation, and the softmax if ``probabilities`` (0.72x the time of
     a kernel per layer at a batch of 100 in the MNIST network, 0.92x at 10000)."""
     y: Matrix | Delayed[Ix2] = x
-    for layer in layers:
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)):
+            _check_layer_input("forward" if probabilities else "logits", y, layer, i)
         match layer:
             case Linear(w=w, b=bias):
                 z = matmul(_manifest(y), w)
@@ -355,7 +365,6 @@ def _logits(x: Matrix, layers: tuple[Layer, ...], probabilities: bool) -> Matrix
             case LinearNoBias(w=w):
                 y = matmul(_manifest(y), w)
             case Batchnorm1d():  # inference is a frozen layer's forward: the running statistics
-                _check_features(y, layer)
                 y = running_forward(y, layer)
             case Activation(f=f):
                 fns = _ACT[f]

@@ -24,8 +24,8 @@ V = lb.vector(np.ones(3))
 F32 = np.float32
 
 
-def _bn(n: int = 3, **kw: Any) -> Batchnorm1d:
-    return Batchnorm1d(lb.zeros(n), lb.ones(n), lb.ones(n), lb.zeros(n), **kw)
+def _bn(n: int = 3, dtype: Any = F32, **kw: Any) -> Batchnorm1d:
+    return Batchnorm1d(lb.zeros(n, dtype), lb.ones(n, dtype), lb.ones(n, dtype), lb.zeros(n, dtype), **kw)
 
 
 def _net() -> list[lb.Layer]:
@@ -103,6 +103,14 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      lb.DTypeError, "layer 0 (LinearNoBias) holds float32"),
     ("input with the wrong number of features", lambda: lb.forward(_net(), lb.matrix(np.ones((2, 5), F32))),
      lb.ShapeError, "takes 2 features, the input has 5"),
+    ("a layer of another width than the layers before it give",
+     lambda: lb.gradients([*_net(), LinearNoBias(lb.matrix(np.ones((4, 3), F32)))], lb.matrix(np.ones((2, 2), F32)),
+                          lb.matrix(np.eye(3, dtype=F32)[:2])), lb.ShapeError,
+     "layer 2 (LinearNoBias) takes 4 features, the layers before it give 3"),
+    ("a layer of another dtype than the layers before it",
+     lambda: lb.forward([LinearNoBias(lb.matrix(np.ones((2, 3), F32))), _bn(3, np.float64)],
+                        lb.matrix(np.ones((2, 2), F32))), lb.DTypeError,
+     "layer 1 (Batchnorm1d) holds float64 but the layers before it give float32"),
     ("train_epoch with targets for fewer samples than x",
      lambda: lb.train_epoch(_net(), SGD(0.1), init_state(SGD(0.1), _net()), np.ones((4, 2), F32),
                             np.eye(3, dtype=F32)[:3], 2, None), lb.ShapeError, "one row per sample"),

@@ -299,7 +299,7 @@ def test_rank_errors() -> None:
         Linear(w=lb.matrix(np.ones((3, 2))), b=lb.matrix(np.ones((1, 2))))  # type: ignore[arg-type]
     with pytest.raises(lb.ShapeError, match=r"layer 0 \(LinearNoBias\) takes 4 features, the input has 3"):
         _pass(lb.matrix(x), tgt, [LinearNoBias(_w(rng, 4, 3))], 1)
-    with pytest.raises(lb.ShapeError, match="inner dimensions"):  # a later layer of the wrong width
+    with pytest.raises(lb.ShapeError, match=r"layer 1 \(LinearNoBias\) takes 4 features, the layers before it give 3"):
         _pass(lb.matrix(x), tgt, [LinearNoBias(_w(rng, 3, 3)), LinearNoBias(_w(rng, 4, 3))], 1)
 
 
@@ -667,3 +667,31 @@ def test_a_confidently_wrong_sample_counts_with_its_whole_loss() -> None:
         opt = lb.SGD(0.1)
         assert lb.gradients(net, x, y).loss == pytest.approx(want, rel=1e-7)
         assert train_step(net, opt, init_state(opt, net), x, y).loss == pytest.approx(want, rel=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["Linear", "LinearNoBias", "Batchnorm1d"])
+@pytest.mark.parametrize("wrong", ["width", "dtype"])
+def test_a_later_layer_that_does_not_fit_the_layers_before_it_is_named(kind: str, wrong: str) -> None:
+    """Training, inference and accuracy name the layer that does not take what the layers before
+    it give (the number of features, or the dtype), not the operation inside it that fails."""
+    from lazybn.optim import init_state
+    from lazybn.train import train_step
+
+    f32 = np.float32
+    width, dtype = (4, f32) if wrong == "width" else (3, np.float64)
+    bad: Layer = (Linear(lb.matrix(np.ones((width, 2)), dtype), lb.vector(np.zeros(2), dtype)) if kind == "Linear"
+                  else LinearNoBias(lb.matrix(np.ones((width, 2)), dtype)) if kind == "LinearNoBias"
+                  else Batchnorm1d(lb.zeros(width, dtype), lb.ones(width, dtype), lb.ones(width, dtype),
+                                   lb.zeros(width, dtype)))
+    net: list[Layer] = [LinearNoBias(lb.matrix(np.ones((2, 3)), f32)), Activation(Act.relu), bad]
+    x, y = np.ones((4, 2), f32), np.eye(3 if kind == "Batchnorm1d" else 2, dtype=f32)[[0, 1, 0, 1]]
+    want = (rf"layer 2 \({kind}\) takes 4 features, the layers before it give 3" if wrong == "width"
+            else rf"layer 2 \({kind}\) holds float64 but the layers before it give float32")
+    error = lb.ShapeError if wrong == "width" else lb.DTypeError
+    opt = lb.SGD(0.1)
+    for op, call in (("training pass", lambda: lb.gradients(net, lb.matrix(x), lb.matrix(y))),
+                     ("training pass", lambda: train_step(net, opt, init_state(opt, net), lb.matrix(x), lb.matrix(y))),
+                     ("logits", lambda: lb.logits(net, lb.matrix(x))), ("forward", lambda: lb.forward(net, lb.matrix(x))),
+                     ("logits", lambda: lb.accuracy(net, x, np.zeros(4, np.int64)))):
+        with pytest.raises(error, match=f"^{op}: .*{want}"):
+            call()
