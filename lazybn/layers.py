@@ -309,6 +309,17 @@ def check_layers(op: str, layers: object) -> None:
             raise ArgumentError(f"{op}: layers[{i}] is a {type(layer).__name__}, not a lazybn layer")
 
 
+def nonfinite_weights(layers: Sequence[Layer]) -> str | None:
+    """Which linear layer holds NaN or infinity in its weights or bias (a ``Linear`` does not look
+    when it is built; a ``Batchnorm1d`` does), said for an error; None if none does."""
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (Linear, LinearNoBias)):
+            for name, a in (("w", layer.w), ("b", layer.b)) if isinstance(layer, Linear) else (("w", layer.w),):
+                if not np.isfinite(a.array).all():
+                    return f"layer {i} ({type(layer).__name__}) holds NaN or infinity in {name}"
+    return None
+
+
 def trains(layer: Layer) -> bool:
     """Whether the optimizers step ``layer``: it has parameters and ``trainable`` is set."""
     return isinstance(layer, (Linear, LinearNoBias, Batchnorm1d)) and layer.trainable

@@ -41,7 +41,7 @@ from .loss import mean_loss as mean_loss
 from .loss import softmax as softmax
 from .loss import softmax_likelihoods
 from .layers import (BN1, Act, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
-                     LinearNoBiasGradients, NoGrad, check_layers, trains)
+                     LinearNoBiasGradients, NoGrad, check_layers, nonfinite_weights, trains)
 from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
 from .passresult import PassResult as PassResult
 from .steady import Bounds, bounded, steady
@@ -309,11 +309,9 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
         found = [(i, type(layers[i]).__name__, f.name) for i, g in enumerate(grads) for f in fields(g)
                  if isinstance(v := getattr(g, f.name), Manifest) and not _finite(v.array)]
         finite_dx = not input_grad or _finite(dx.array)
-    problem = first_nonfinite(loss, found)
+    problem = first_nonfinite(loss, found) or (None if finite_dx else "the input gradient dx is not finite")
     if problem is not None:
-        raise NumericalError(f"gradients: {problem}")
-    if not finite_dx:
-        raise NumericalError("gradients: the input gradient dx is not finite")
+        raise NumericalError(f"gradients: {nonfinite_weights(layers) or problem}")
     return PassResult(loss, pred, grads, dx if input_grad else None)
 
 

@@ -24,7 +24,7 @@ from .construct import matrix
 from .errors import NumericalError as NumericalError  # its home until lazybn.errors
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
-                     check_layers)
+                     check_layers, nonfinite_weights)
 from .batchnorm import _running, running_weights, update_running
 from .network import _bounded_pass, _train_pass, check_batch_values, check_targets, first_nonfinite, logits, mean_loss
 from .steady import Bounds, bounded, renormalises, restored, steady
@@ -163,6 +163,9 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     else:
         problem = _check_finite(loss, grads) or _refusing_layer(layers, opt, opt_state, grads, s)
     if problem is not None:
+        held = nonfinite_weights(layers)
+        if held is not None:  # the network's, not the batch's: skipped, every batch would be
+            raise NumericalError(f"training step {opt_state.step}: {held} before the step")
         if on_nonfinite == "skip":
             return StepResult(list(layers), opt_state, loss, pred, skipped=True)
         raise NumericalError(f"training step {opt_state.step}: {problem}; lower the learning rate or check "
@@ -268,8 +271,9 @@ def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDAr
             raise ValueRangeError(f"accuracy: labels must be classes of the network's {out.shape[1]} outputs, in "
                                   f"[0, {out.shape[1]}); got values from {labels.min()} to {labels.max()}")
         if not np.isfinite(out).all():
+            held = nonfinite_weights(layers)
             raise NumericalError(f"accuracy: the network's outputs for rows {idx[0]}..{idx[-1]} are not finite "
-                                 "(they overflow)")
+                                 f"({held or 'they overflow'})")
         correct += int(np.sum(np.argmax(out, axis=1) == labels[idx]))
     return correct / int(x.shape[0])
 

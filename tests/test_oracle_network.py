@@ -3,7 +3,7 @@ out a network holding NaN/inf, and a key numpy cannot seed from is lazybn's own 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -185,3 +185,33 @@ def test_skipping_still_refuses_what_is_not_a_numerical_problem() -> None:
                 train_step(net, opt, state, lb.matrix(x[:, :3]), lb.matrix(y), on_nonfinite="Skip")  # type: ignore[arg-type]
             else:
                 lb.train_epoch(net, opt, state, x[:, :3], y, 2, None, on_nonfinite="Skip")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize(("where", "field"), [(0, "w"), (3, "w"), (3, "b")])
+def test_nan_or_inf_in_a_linear_layers_weights_is_named(value: float, where: int, field: str) -> None:
+    """A Linear does not look at its weights when built; the errors their NaN/inf causes name
+    them, and a step refuses them even when asked to skip (every batch would be skipped)."""
+    rng = np.random.default_rng(9)
+    net: list[Layer] = [Linear(lb.matrix(rng.normal(size=(3, 4)), np.float32), lb.vector(np.zeros(4), np.float32)),
+                        Batchnorm1d(lb.zeros(4), lb.ones(4), lb.ones(4), lb.zeros(4)), lb.Activation(lb.Act.tanh),
+                        Linear(lb.matrix(rng.normal(size=(4, 2)), np.float32), lb.vector(np.zeros(2), np.float32))]
+    layer = net[where]
+    assert isinstance(layer, Linear)
+    a = getattr(layer, field).array.copy()
+    a.flat[1] = value
+    net[where] = Linear(lb.matrix(a), layer.b) if field == "w" else Linear(layer.w, lb.vector(a))
+    x, labels = rng.normal(size=(6, 3)).astype(np.float32), rng.integers(0, 2, 6)
+    want = rf"layer {where} \(Linear\) holds NaN or infinity in {field}"
+    opt = lb.SGD(0.1)
+    with pytest.raises(NumericalError, match=f"gradients: {want}"):
+        lb.gradients(net, lb.matrix(x), lb.matrix(lb.one_hot(labels, 2)))
+    modes: tuple[Literal["raise", "skip"], ...] = ("raise", "skip")
+    for on_nonfinite in modes:
+        with pytest.raises(NumericalError, match=f"training step 0: {want} before the step"):
+            train_step(net, opt, init_state(opt, net), lb.matrix(x), lb.matrix(lb.one_hot(labels, 2)),
+                       on_nonfinite=on_nonfinite)
+    if where == 0 and value == np.inf:
+        return  # tanh takes the infinite features to +-1: the outputs are finite, and so is the accuracy
+    with pytest.raises(NumericalError, match=rf"accuracy: the network's outputs for rows 0..5 are not finite \({want}\)"):
+        lb.accuracy(net, x, labels)
