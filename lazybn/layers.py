@@ -110,6 +110,7 @@ class LinearNoBias:
 
 
 _BN_ARRAYS = ("mu", "var", "gamma", "beta")
+_NORMAL = {np.dtype(t): (float(np.finfo(t).tiny), float(np.finfo(t).max)) for t in (np.float32, np.float64)}
 
 
 @final
@@ -224,6 +225,11 @@ class Batchnorm1d:
         _same_dtype("Batchnorm1d", *arrays)
         if not (math.isfinite(_num("Batchnorm1d", "eps", self.eps)) and self.eps > 0):
             raise ValueRangeError(f"Batchnorm1d.eps: must be a finite number > 0, got {self.eps!r}")
+        dtype = arrays[0]._leaf.dtype
+        tiny, top = _NORMAL.get(dtype, (0.0, math.inf))
+        if not tiny <= self.eps <= top:  # eps is added in the layer's dtype: there it would be 0, subnormal or inf
+            raise ValueRangeError(f"Batchnorm1d.eps: must be a normal {dtype} number (from {tiny:.4g} to {top:.4g}) "
+                                  f"for the layer's {dtype} arrays, got {self.eps!r}")
         if self.momentum is not None and not 0.0 <= _num("Batchnorm1d", "momentum", self.momentum) <= 1.0:
             raise ValueRangeError(f"Batchnorm1d.momentum: must be in [0, 1] (weight of the new batch) or None "
                                   f"(a cumulative average), got {self.momentum!r}")

@@ -729,3 +729,28 @@ def test_a_vector_only_par_kernel_is_planned_serial_even_at_threshold_zero() -> 
         running = lb.scale(0.9, lb.vector(np.ones(3), comp=lb.Comp.Par)) + lb.scale(0.1, lb.vector(np.zeros(3)))
         kernel = lazybn.fuse.plan([running.node], running.dtype, True)
     assert not kernel.par or "in prange(" in kernel.source
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eps_must_be_a_normal_number_of_the_layers_dtype(dtype: type[np.floating[Any]]) -> None:
+    """eps is added to the variance in the layer's dtype: one that rounds to 0 there would divide a
+    constant feature by 0 (NaN in training, infinity at inference), a subnormal one overflows the
+    backward, one beyond the dtype's range is infinity. At the smallest normal eps a constant
+    feature still trains finitely: out is beta and dx is gamma/sqrt(eps) times dy less its mean."""
+    info = np.finfo(dtype)
+    gamma, beta = np.array([1.5, 1.0], dtype), np.array([0.25, 0.0], dtype)
+    for eps in (float(info.tiny) / 2, float(info.tiny) * 1e-10, float(info.max) * 10):
+        if np.isinf(eps):
+            continue  # float64's max * 10: refused as not a finite number, for any dtype
+        with pytest.raises(lb.ValueRangeError, match=f"Batchnorm1d.eps: must be a normal {np.dtype(dtype)} number"):
+            bn_layer(gamma, beta, eps=eps)
+    eps = float(info.tiny)
+    layer = bn_layer(gamma, beta, eps=eps)
+    x: F = np.column_stack([np.full(3, 2.0), [1.0, 2.0, 4.0]]).astype(dtype)
+    dy: F = np.array([[0.5, 0.1], [-0.25, 0.2], [1.0, 0.3]], dtype)
+    got = train(x, dy, layer)
+    assert all(np.isfinite(a).all() for a in (got.y, got.dx, got.dgamma, got.dbeta))
+    np.testing.assert_array_equal(got.y[:, 0], beta[0])
+    want = 1.5 / np.sqrt(eps) * (dy[:, 0].astype(np.float64) - dy[:, 0].astype(np.float64).mean())
+    np.testing.assert_allclose(got.dx[:, 0], want, rtol=1e-5)
+    assert np.isfinite(lb.logits([replace(layer, var=lb.zeros(2, dtype))], lb.matrix(x)).array).all()

@@ -69,6 +69,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("Batchnorm1d lengths differ", lambda: Batchnorm1d(lb.zeros(3), lb.ones(3), lb.ones(4), lb.zeros(3)),
      lb.ShapeError, "one length"),
     ("Batchnorm1d eps <= 0", lambda: _bn(eps=0.0), lb.ValueRangeError, "eps"),
+    ("Batchnorm1d eps that is 0 in float32", lambda: _bn(eps=1e-50), lb.ValueRangeError,
+     "eps: must be a normal float32 number"),
     ("Batchnorm1d momentum outside [0, 1]", lambda: _bn(momentum=1.5), lb.ValueRangeError, "momentum"),
     ("Batchnorm1d NaN parameter", lambda: Batchnorm1d(lb.zeros(3), lb.ones(3), lb.vector([1, np.nan, 1]), lb.zeros(3)),
      lb.ValueRangeError, "gamma"),
