@@ -1,6 +1,6 @@
 """Batch-norm training forward + backward: lazybn's step-by-step code vs numpy and PyTorch.
 
-lazybn runs exactly the code of ``_pass``'s Batchnorm1d case (``bn_forward`` then
+lazybn runs exactly the code of ``_train_pass``'s Batchnorm1d case (``bn_forward`` then
 ``bn_backward``: the derivation's steps, fused into two kernels). Baselines: the naive numpy
 computational graph, numpy with the closed-form backward, PyTorch ``F.batch_norm`` + autograd
 (in its own process, threads = cores; skipped without torch), and the numpy copy bandwidth as

@@ -119,7 +119,7 @@ def _check_layer_input(op: str, inp: Matrix | Delayed[Ix2], layer: Linear | Line
 
 
 def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: np.dtype[Any]) -> FloatArray:
-    # Checked here, not in _dropout_mask: a replay of _pass repeats this call with its own key.
+    # Checked here, not in _dropout_mask: a replay of _train_pass repeats this call with its own key.
     k: object = key
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueRangeError(f"Dropout in training: the key must be an integer >= 0, got {key!r}")
@@ -132,7 +132,7 @@ def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: 
 def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int, dtype: np.dtype[Any]) -> Matrix:
     """Inverted dropout's mask for layer ``index``: 0 or 1 / (1 - p), drawn from (key, index).
 
-    Made through ``fuse.host_call``, so a replay of ``_pass`` draws the mask of its own key.
+    Made through ``fuse.host_call``, so a replay of ``_train_pass`` draws the mask of its own key.
     """
     if key is None:
         raise ValueRangeError("Dropout in training needs a key: pass key=<int> to gradients / train_step")
@@ -140,7 +140,7 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
 
 
 def _skipped() -> Matrix:
-    """A gradient no one needs (see _pass): an empty matrix, a new one for each use, as a replay
+    """A gradient no one needs (see _train_pass): an empty matrix, a new one for each use, as a replay
     makes them (which arguments are the same array is part of a replay's signature)."""
     return matrix(np.zeros((0, 0), np.float32))
 
