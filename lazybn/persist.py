@@ -101,15 +101,15 @@ def _describe(layer: Layer) -> dict[str, Any]:
 
 
 def _check_meta(meta: Meta | None) -> dict[str, str | int | float | bool]:
-    out: dict[str, str | int | float | bool] = {}
-    for k, v in (meta or {}).items():
-        kv: tuple[object, object] = (k, v)
-        if not isinstance(kv[0], str) or not isinstance(kv[1], (str, int, float, bool)):
+    given: object = {} if meta is None else meta  # untyped callers
+    if not isinstance(given, Mapping):
+        raise ArgumentError(f"save: meta must be a dict of str to str/int/float/bool, got a {type(given).__name__}")
+    for k, v in given.items():
+        if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
             raise ArgumentError(f"save: meta must map str to str/int/float/bool, got {k!r}: {v!r}")
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueRangeError(f"save: meta[{k!r}] = {v!r}: JSON cannot store NaN or infinity")
-        out[k] = v
-    return out
+    return dict(given)
 
 
 def _misfit(layers: Sequence[Layer]) -> tuple[str, int, int] | None:

@@ -490,6 +490,10 @@ def test_save_rejects_mixed_dtypes_and_bad_meta(tmp_path: Path) -> None:
         save(tmp_path / "m.npz", layers[:1], meta={"loss": float("nan")})
     with pytest.raises(TypeError, match="meta"):
         save(tmp_path / "m.npz", layers[:1], meta={"x": [1, 2]})  # type: ignore[dict-item]
+    for not_a_dict in ([("epoch", 1)], "epoch=1"):
+        with pytest.raises(lb.ArgumentError, match=f"meta must be a dict of str to str/int/float/bool, got a "
+                                                   f"{type(not_a_dict).__name__}"):
+            save(tmp_path / "m.npz", layers[:1], meta=not_a_dict)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
 
 
