@@ -295,6 +295,9 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     # All of them, before the first step; a row with NaN/inf is a batch to skip if asked to
     check_targets("train_epoch", y if on_nonfinite == "raise" else y[np.isfinite(y).all(axis=1)])
     require_state("train_epoch", opt_state)
+    given: object = key  # untyped callers: True is not a key
+    if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < 0:
+        raise ValueRangeError(f"train_epoch: key must be an integer >= 0 (the dropout masks' seed), got {key!r}")
     steps: object = max_steps  # untyped callers: -1 would train nothing, 2.5 fail inside the slicing below
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0):
         raise ValueRangeError(f"train_epoch.max_steps: must be an integer >= 0 or None (every batch), got {max_steps!r}")

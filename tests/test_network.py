@@ -5,6 +5,7 @@ reference of inference, the errors of bad batches, and every script in ``example
 from __future__ import annotations
 
 import math
+import re
 import runpy
 import sys
 from collections.abc import Callable
@@ -625,6 +626,20 @@ def test_max_steps_takes_that_many_steps_and_refuses_what_is_no_count() -> None:
         with pytest.raises(lb.ValueRangeError, match=rf"train_epoch.max_steps: must be an integer >= 0 or None "
                                                      rf"\(every batch\), got {bad!r}"):
             lb.train_epoch(net, opt, state, x, y, 2, None, max_steps=bad)  # type: ignore[arg-type]
+
+
+def test_a_key_that_is_not_a_seed_is_refused_as_given() -> None:
+    """The key the caller gave is named, not the per-step key made from it."""
+    rng = np.random.default_rng(8)
+    net = lb.mlp((3, 4, 2), batchnorm=True, dropout=0.5, seed=0)
+    x, y = rng.normal(size=(10, 3)).astype(np.float32), lb.one_hot(rng.integers(0, 2, 10), 2)
+    opt = lb.SGD(0.1)
+    state = lb.init_state(opt, net)
+    for bad in (-1, True, 1.0, "3"):
+        with pytest.raises(lb.ValueRangeError, match=rf"train_epoch: key must be an integer >= 0 \(the dropout masks' "
+                                                     rf"seed\), got {re.escape(repr(bad))}"):
+            lb.train_epoch(net, opt, state, x, y, 2, None, key=bad)  # type: ignore[arg-type]
+    assert lb.train_epoch(net, opt, state, x, y, 2, None, key=3)[1].step == 5
 
 
 @settings(max_examples=30, deadline=None)
