@@ -173,8 +173,9 @@ class Manifest(_Arith[Ix]):
         body = np.array2string(self.array, threshold=20, edgeitems=2)
         return f"Manifest[{rank}] {self._comp.value} {self.shape} {self.dtype}\n{body}"
 
-    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> FloatArray:
-        return np.asarray(self.array, dtype=dtype)
+    if not TYPE_CHECKING:  # hidden from mypy: numpy's stubs would type ``ndarray + Manifest`` as an ndarray
+        def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> FloatArray:
+            return np.asarray(self.array, dtype=dtype)
 
 
 @final

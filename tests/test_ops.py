@@ -341,9 +341,9 @@ def test_a_numpy_scalar_on_the_left_gives_a_delayed_array(value: float, kind: ty
 def test_numpy_arrays_do_not_mix_with_lazybn_arrays() -> None:
     m = lb.matrix(np.ones((2, 3)))
     with pytest.raises(lb.ArgumentError, match="ndarray"):
-        np.ones((2, 3)) * m
+        np.ones((2, 3)) * m  # type: ignore[operator]  # mypy rejects it too
     with pytest.raises(TypeError):
-        np.exp(m)
+        np.exp(m)  # type: ignore[call-overload]
 
 
 @given(shape=shapes2(0, 6), dtype=st.sampled_from(DTYPES), data=st.data())
