@@ -96,7 +96,7 @@ class _Arith(Generic[Ix]):
         return self._expr()[0].shape
 
     @property
-    def dtype(self) -> np.dtype[Any]:
+    def dtype(self) -> np.dtype[np.floating[Any]]:
         dt = self._expr()[0].dtype
         assert dt is not None
         return dt
@@ -153,7 +153,7 @@ class Manifest(_Arith[Ix]):
         return self._leaf.shape
 
     @property
-    def dtype(self) -> np.dtype[Any]:
+    def dtype(self) -> np.dtype[np.floating[Any]]:
         return self._leaf.dtype
 
     @property
