@@ -29,8 +29,9 @@ def softmax_likelihoods(x: Matrix, tgt: Matrix) -> tuple[Delayed[Ix2], Delayed[I
     """The softmax of the logits ``x`` and each sample's log-likelihood of its target row, from the
     logits: ``sum_j tgt * (x - max - log sum exp(x - max))`` (the softmax's sum is shared)."""
     shifted = x - cols_like(max_cols(x), x)
-    total = sum_cols(amap(Fn.exp, shifted))
-    return softmax(x), sum_cols(tgt * (shifted - cols_like(amap(Fn.log, total), x)))
+    e = amap(Fn.exp, shifted)
+    total = sum_cols(e)
+    return e / cols_like(total, x), sum_cols(tgt * (shifted - cols_like(amap(Fn.log, total), x)))
 
 
 _TINY = {np.dtype(np.float32): float(np.finfo(np.float32).tiny), np.dtype(np.float64): float(np.finfo(np.float64).tiny)}
