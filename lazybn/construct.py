@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .array import _FLOATS, Comp, Manifest, Matrix, Vector
-from .errors import DTypeError, RankError, ValueRangeError
+from .errors import DTypeError, RankError, ValueRangeError, is_count
 from .fuse.graph import FloatArray
 
 
@@ -78,8 +78,7 @@ def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.
               comp: Comp = Comp.Seq) -> Vector | Matrix:
     """An array of the given shape (``n`` for a vector, ``(rows, cols)`` for a matrix) filled with ``value``."""
     dims: tuple[object, ...] = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
-    if len(dims) not in (1, 2) or any(not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 0
-                                      for d in dims):
+    if len(dims) not in (1, 2) or not all(is_count(d) for d in dims):
         raise ValueRangeError(f"replicate: shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
     sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
     return Manifest(_as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate"), comp)

@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .array import Vector
 from .construct import matrix, vector
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, is_count
 from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 
 FloatArray = NDArray[np.floating[Any]]
@@ -94,7 +94,7 @@ class KerasBatchNorm:
 def _history(batch_size: int, steps: int, initial_var: float, where: str) -> tuple[int, int, float]:
     checks: tuple[tuple[str, object, int], ...] = (("batch_size", batch_size, 2), ("steps", steps, 0))
     for name, v, low in checks:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        if not is_count(v, low):
             raise ValueRangeError(f"{where}.{name}: must be an integer >= {low}, got {v!r}")
     if not (math.isfinite(initial_var) and initial_var >= 0):
         raise ValueRangeError(f"{where}.initial_var: must be a finite number >= 0, got {initial_var!r}")

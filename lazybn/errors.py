@@ -6,6 +6,19 @@ message names the operation, the values involved and, where there is one, the fi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
+
+
+def is_count(v: object, low: int = 0) -> TypeIs[int | np.integer[Any]]:
+    """Whether ``v`` is a whole number (a Python or numpy integer, not a bool) of at least ``low``:
+    the check of every size, step count and seed lazybn takes from untyped callers."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(v >= low)
+
 
 class LazybnError(Exception):
     """Base class of every error raised by lazybn."""

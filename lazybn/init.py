@@ -17,7 +17,7 @@ from numpy.typing import DTypeLike
 
 from .array import Comp, Matrix, Vector
 from .construct import matrix, ones, vector, zeros
-from .errors import ArgumentError, ValueRangeError
+from .errors import ArgumentError, ValueRangeError, is_count
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
 from .report import markdown_table
 
@@ -40,7 +40,7 @@ class Init(enum.Enum):
 
 
 def _count(name: str, n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not is_count(n, 1):
         raise ValueRangeError(f"{name}: must be an integer >= 1, got {n!r}")
     return int(n)
 

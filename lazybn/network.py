@@ -33,7 +33,7 @@ from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_f
                         renorm_backward, renorm_forward, running_forward)
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
-from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError, is_count
 from .fuse.graph import FloatArray, Fn
 from .loss import cross_entropy as cross_entropy
 from .loss import log_likelihoods as log_likelihoods
@@ -120,8 +120,7 @@ def _check_layer_input(op: str, inp: Matrix | Delayed[Ix2], layer: Linear | Line
 
 def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: np.dtype[Any]) -> FloatArray:
     # Checked here, not in _dropout_mask: a replay of _train_pass repeats this call with its own key.
-    k: object = key
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+    if not is_count(key):
         raise ValueRangeError(f"Dropout in training: the key must be an integer >= 0, got {key!r}")
     rng = np.random.default_rng([key, index])
     keep = rng.random(shape) >= p

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import fuse
 from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, Vector, expr, join
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, is_count
 from .fuse.graph import (BinOp, Br, ColsLike, Const, FloatArray, Fn, Map, Node, Number, Reduce, RedOp, Zip,
                          scalar_value)
 
@@ -53,7 +53,7 @@ def br(n_rows: int, v: Vec) -> Delayed[Ix2]:
     [[1.0, 2.0], [1.0, 2.0]]
     """
     node, comp = _vec(v, "br")
-    if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 0:  # type: ignore[redundant-expr]
+    if not is_count(n_rows):
         raise ShapeError("br", (n_rows,), node.shape, "the number of rows must be a non-negative integer")
     assert node.dtype is not None
     return Delayed(Br(node, (int(n_rows), node.shape[0]), node.dtype), comp)
@@ -154,7 +154,7 @@ def reshape(a: Vector | Matrix, shape: int | tuple[int, int]) -> Vector | Matrix
         raise ArgumentError(f"reshape: expected a Manifest (compute it first), got {type(a).__name__}")
     want: object = (shape,) if isinstance(shape, (int, np.integer)) else shape
     if not (type(want) is tuple and len(want) in (1, 2)
-            and all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in want)):
+            and all(is_count(n) for n in want)):
         raise ValueRangeError(f"reshape: the shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
     want = tuple(int(n) for n in want)  # numpy integers (a size, a product of sizes) as Python ints
     arr = a._leaf.array

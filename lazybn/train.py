@@ -22,7 +22,7 @@ from numpy.typing import DTypeLike, NDArray
 from .array import Comp, Manifest, Matrix, Vector
 from .construct import matrix
 from .errors import NumericalError as NumericalError  # its home until lazybn.errors
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, is_count
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers, nonfinite_weights)
 from .batchnorm import _running, running_weights, update_running
@@ -234,7 +234,7 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterato
     """Index arrays of consecutive batches (shuffled when ``rng`` is given). A last batch of one
     sample is merged into the previous batch (batch norm cannot train on one sample)."""
     size: object = batch_size  # untyped callers: True is not a size
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+    if not is_count(size, 1):
         raise ValueRangeError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise ArgumentError(f"batches: rng must be a numpy Generator (np.random.default_rng(seed)) or None, got "
@@ -295,11 +295,9 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     # All of them, before the first step; a row with NaN/inf is a batch to skip if asked to
     check_targets("train_epoch", y if on_nonfinite == "raise" else y[np.isfinite(y).all(axis=1)])
     require_state("train_epoch", opt_state)
-    given: object = key  # untyped callers: True is not a key
-    if isinstance(given, bool) or not isinstance(given, (int, np.integer)) or given < 0:
+    if not is_count(key):  # untyped callers: True is not a key
         raise ValueRangeError(f"train_epoch: key must be an integer >= 0 (the dropout masks' seed), got {key!r}")
-    steps: object = max_steps  # untyped callers: -1 would train nothing, 2.5 fail inside the slicing below
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0):
+    if max_steps is not None and not is_count(max_steps):  # -1 would train nothing, 2.5 fail in the slicing below
         raise ValueRangeError(f"train_epoch.max_steps: must be an integer >= 0 or None (every batch), got {max_steps!r}")
     current = list(layers)
     sizes = sorted({len(idx) for idx in list(batches(x.shape[0], batch_size, None))[:max_steps]})  # those that run
