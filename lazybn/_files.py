@@ -28,14 +28,22 @@ length cut short, ``OverflowError`` for a dimension beyond int64)."""
 def cache_dir() -> Path:
     """The user cache directory of lazybn.
 
-    ``$LAZYBN_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/lazybn``, else ``~/.cache/lazybn``.
+    ``$LAZYBN_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/lazybn``, else ``~/.cache/lazybn``
+    (``~`` expanded in either variable).
     """
     env = os.environ.get("LAZYBN_CACHE_DIR")
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "lazybn"
+
+
+def user_path(given: str) -> str:
+    """A path as a user wrote it, with a leading ``~`` or ``~user`` expanded: the shell leaves it
+    alone in ``--out=~/runs`` and in a quoted environment variable, and a directory named ``~``
+    is never what was meant."""
+    return os.path.expanduser(given)
 
 
 @contextmanager

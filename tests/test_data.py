@@ -383,6 +383,27 @@ def test_data_dir_argument_wins_over_env(isolated: Path, monkeypatch: pytest.Mon
     assert len(load_mnist(fetch=False).train) == 3
 
 
+def test_a_leading_tilde_is_the_home_directory(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``~`` in a directory given as an argument or in a (quoted) environment variable is $HOME, as in
+    the shell; a directory literally named ``~`` is never made or read."""
+    from lazybn._files import cache_dir
+
+    monkeypatch.setenv("HOME", str(isolated))
+    monkeypatch.chdir(isolated)
+    d = isolated / "d"
+    d.mkdir()
+    _valid_idx_dir(d)
+    assert load_mnist("~/d", fetch=False).source == str(d)
+    monkeypatch.setenv("LAZYBN_DATA_DIR", "~/d")
+    assert load_mnist(fetch=False).source == str(d)
+    monkeypatch.setenv("LAZYBN_CACHE_DIR", "~/kc")
+    assert cache_dir() == isolated / "kc"
+    monkeypatch.delenv("LAZYBN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
+    assert cache_dir() == isolated / "xdg" / "lazybn"
+    assert not (isolated / "~").exists()
+
+
 # --- fetching with a fake downloader ---------------------------------------------------------
 
 

@@ -484,3 +484,22 @@ def test_the_reported_command_line_runs_the_same_experiment(argv: list[str]) -> 
     assert line[0] == "lazybn"
     again = parser.parse_args(line[1:])
     assert {**vars(again), "no_progress": args.no_progress} == vars(args)
+
+
+@pytest.mark.parametrize("argv", [["train", "--out=~/r", "--data-dir=~/m", "--resume=~/x"],
+                                  ["run", "bad-init-adam", "--out=~/r", "--data-dir=~/m"]])
+def test_paths_given_with_a_tilde_are_under_home(argv: list[str], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell leaves ``~`` alone in ``--out=~/r``: lazybn expands it instead of making a directory named ``~``."""
+    import argparse
+
+    from lazybn.experiments import mnist, registry
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    parser = argparse.ArgumentParser(prog="lazybn")
+    sub = parser.add_subparsers(dest="command")
+    mnist.add_train_parser(sub)
+    registry.add_parsers(sub)
+    args = parser.parse_args(argv)
+    assert args.out == str(tmp_path / "r") and args.data_dir == str(tmp_path / "m")
+    assert getattr(args, "resume", None) in (None, str(tmp_path / "x"))

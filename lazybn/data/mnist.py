@@ -333,12 +333,12 @@ def load_mnist(
     """
     if data_dir is None and os.environ.get(DATA_DIR_ENV):
         try:
-            return load_dir(Path(os.environ[DATA_DIR_ENV]))
+            return load_dir(Path(os.environ[DATA_DIR_ENV]).expanduser())
         except DataError as e:  # a setting made long ago: say where the directory came from
             raise DataError(f"{e} (${DATA_DIR_ENV} names this directory)") from e
     if data_dir is not None:
-        return load_dir(Path(data_dir))
-    cache_file = default_cache_file() if cache is None else Path(cache)
+        return load_dir(Path(data_dir).expanduser())
+    cache_file = default_cache_file() if cache is None else Path(cache).expanduser()
     if cache_file.exists():
         try:
             return read_cache(cache_file)

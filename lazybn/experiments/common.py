@@ -43,6 +43,7 @@ from typing import Any, final
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from .._files import user_path
 from ..errors import ArgumentError, LazybnError
 from ..report import markdown_table, plot_lines, write_metrics, write_report
 from ..train import Pixels, one_hot, prepare
@@ -166,9 +167,14 @@ def add_blas_threads(parser: Any) -> None:
                              "about 20%% faster on an idle 2-core machine)")
 
 
+def add_out(parser: Any, default: str) -> None:
+    """The ``--out`` option of ``lazybn train`` and ``lazybn run``: the run's directory."""
+    parser.add_argument("--out", default=None, type=user_path, help=f"output directory (default {default})")
+
+
 def add_data_dir(parser: Any) -> None:
-    """The ``--data-dir`` option of ``lazybn train`` and ``lazybn eval``: where MNIST is read from."""
-    parser.add_argument("--data-dir", default=None,
+    """The ``--data-dir`` option of ``lazybn train``, ``lazybn eval`` and ``lazybn run``: where MNIST is read from."""
+    parser.add_argument("--data-dir", default=None, type=user_path,
                         help="directory with MNIST: the four IDX files (optionally .gz) or mnist_train.csv/"
                              "mnist_test.csv (default: $LAZYBN_DATA_DIR, else the cache, else fetched and verified)")
 

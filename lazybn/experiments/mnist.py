@@ -34,6 +34,7 @@ from typing import Any, Literal, final
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .._files import user_path
 from ..array import Comp
 from ..construct import matrix
 from ..data import load_mnist
@@ -45,7 +46,7 @@ from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
 from ..train import Pixels, batches, one_hot, prepare, train_step
 from . import resume
-from .common import (add_blas_threads, add_data_dir, curves, epoch_summary, join_warm_up, out_dir,
+from .common import (add_blas_threads, add_data_dir, add_out, curves, epoch_summary, join_warm_up, out_dir,
                      require_empty)
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 
@@ -172,10 +173,10 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the first run (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds to run and average (default 1)")
     add_data_dir(p)
-    p.add_argument("--out", default=None, help="output directory (default runs/train-PRESET-TIMESTAMP)")
+    add_out(p, "runs/train-PRESET-TIMESTAMP")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (there are none when stderr is not a terminal)")
-    p.add_argument("--resume", metavar="DIR",
+    p.add_argument("--resume", metavar="DIR", type=user_path,
                    help="continue the stopped run in DIR where it stopped, with its settings (DIR/run.json), writing "
                         "into DIR; only --epochs N (N at least the epochs reached: extends a finished run; with the "
                         "step or cosine schedule the factors then differ from a run started with N), --data-dir, "

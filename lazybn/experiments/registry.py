@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from ..errors import ArgumentError
-from .common import add_blas_threads
+from .common import add_blas_threads, add_data_dir, add_out
 
 
 @final
@@ -55,8 +55,8 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser("run", help="run one experiment by name (see `lazybn list`)")
     r.add_argument("name", help="experiment name (`lazybn list` shows each with what it does and its runtime)")
     r.add_argument("--quick", action="store_true", help="a seconds-long version on small data (for tests)")
-    r.add_argument("--out", default=None, help="output directory (default runs/NAME-TIMESTAMP)")
-    r.add_argument("--data-dir", default=None, help="directory with MNIST (IDX files or the CSV pair)")
+    add_out(r, "runs/NAME-TIMESTAMP")
+    add_data_dir(r)
     r.add_argument("--seed", type=int, default=0, help="first random seed")
     r.add_argument("--no-progress", action="store_true",
                    help="no progress bars (there are none when stderr is not a terminal)")
