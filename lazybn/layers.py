@@ -32,6 +32,7 @@ import numpy as np
 
 from .array import Manifest, Matrix, Vector
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .optimizers import as_number
 
 
 class Act(enum.Enum):
@@ -55,7 +56,7 @@ def _check(layer: str, name: str, a: object, rank: int) -> Manifest[Any]:
 def _num(layer: str, name: str, x: object) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
         raise ArgumentError(f"{layer}.{name}: expected a number, got {x!r}")
-    return float(x)
+    return as_number(layer, name, x)  # 10**400: a ValueRangeError, not an OverflowError
 
 
 def _same_dtype(layer: str, *arrays: Manifest[Any]) -> None:

@@ -32,7 +32,11 @@ def as_number(cls: str, name: str, x: object) -> float:
     """``x`` as a float if it is a number (not a bool), else a ``ValueRangeError`` naming ``cls.name``."""
     if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
         raise ValueRangeError(f"{cls}.{name}: expected a number, got {x!r}")
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:  # an int beyond the float range: 10**400
+        raise ValueRangeError(f"{cls}.{name}: must be a finite number, got an integer beyond the float range "
+                              "(about 1.8e308)") from None
 
 
 # finite and > 0 (or >= 0); the others in [0, 1) (_UNIT) or a bool (_FLAGS)

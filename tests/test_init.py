@@ -125,6 +125,13 @@ def test_mlp_rejects_bad_sizes(sizes: list[Any]) -> None:
 def test_invalid_arguments() -> None:
     with pytest.raises(ValueRangeError, match="Dropout.p"):
         mlp([3, 2, 2], batchnorm=False, dropout=1.0)
+    for huge in (10**400, -10**400):  # float() of these raises OverflowError
+        with pytest.raises(ValueRangeError, match="Dropout.p.*beyond the float range"):
+            mlp([3, 2, 2], batchnorm=False, dropout=huge)
+        with pytest.raises(ValueRangeError, match="momentum.*beyond the float range"):
+            mlp([3, 2, 2], batchnorm=True, momentum=huge)
+        with pytest.raises(ValueRangeError, match="Renorm.dmax.*beyond the float range"):
+            lb.Renorm(3.0, huge)
     with pytest.raises(ValueRangeError, match="Dropout.p"):
         mlp([3, 2, 2], batchnorm=False, dropout=-0.1)
     with pytest.raises(ValueRangeError, match="gain"):

@@ -462,14 +462,16 @@ def test_a_state_made_for_another_network_is_refused_where_a_layer_does_not_trai
     (lambda: RMSProp(bn_weight_decay=float("nan")), "RMSProp.bn_weight_decay", "nan"),
     (lambda: Adam(bn_weight_decay=-0.5), "Adam.bn_weight_decay", "-0.5"),
     (lambda: Adam(decoupled_weight_decay=1), "Adam.decoupled_weight_decay", "1"),  # type: ignore[arg-type]
+    (lambda: SGD(10**400), "SGD.lr", "beyond the float range"),  # float() would raise OverflowError
+    (lambda: Adam(weight_decay=-10**400), "Adam.weight_decay", "beyond the float range"),
 ])
 def test_invalid_hyperparameters_are_rejected(make: Any, field: str, value: str) -> None:
     with pytest.raises(ValueRangeError, match=re.escape(field) + ".*" + re.escape(value)):
         make()
 
 
-@pytest.mark.parametrize("scale", [-0.5, float("nan"), float("inf")])
-def test_invalid_lr_scale_is_rejected(scale: float) -> None:
+@pytest.mark.parametrize("scale", [-0.5, float("nan"), float("inf"), pytest.param(10**400, id="int-1e400")])
+def test_invalid_lr_scale_is_rejected(scale: float | int) -> None:
     layers: list[Layer] = [Activation(Act.relu)]
     with pytest.raises(ValueRangeError, match="lr_scale"):
         update(SGD(0.1), init_state(SGD(0.1), layers), layers, [NoGrad()], lr_scale=scale)
