@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import tempfile
@@ -47,13 +48,21 @@ def user_path(given: str) -> str:
 
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
-    """Open a temporary file beside ``path``; on success it is renamed over ``path``.
+def atomic_writer(given: Path | str) -> Iterator[IO[bytes]]:
+    """Open a temporary file beside ``given``; on success it is renamed over it.
 
-    A crash or an exception in the ``with`` body leaves any old ``path`` untouched.
+    A crash or an exception in the ``with`` body leaves any old file untouched. A directory, or a
+    name ending with a separator, is an :class:`ArgumentError`; a parent that is a file a
+    ``NotADirectoryError`` naming it.
     """
+    if str(given).endswith(("/", os.sep)):  # Path() would drop the separator and write a file of that name
+        raise ArgumentError(f"cannot write {str(given)!r}: it names a directory (give a file name)")
+    path = Path(given)
     if path.is_dir():
         raise ArgumentError(f"cannot write {path}: it is a directory (give a file name)")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir would say "File exists", naming the file but not the problem
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: {blocker} is a file, not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{_shortened(path.name)}."
     _sweep(path.parent, prefix)

@@ -167,7 +167,8 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
         ShapeError: consecutive layers do not fit together (the network could not run).
         TypeError, ValueRangeError: ``meta`` holds something JSON cannot store exactly.
         ValueRangeError: an array holds NaN or infinity.
-        ArgumentError: ``path`` is a directory, ``layers`` is not a list of lazybn layers, or
+        OSError: the file cannot be written (e.g. ``NotADirectoryError`` when a parent is a file).
+        ArgumentError: ``path`` is (or ends with a separator, as) a directory, ``layers`` is not a list of lazybn layers, or
             ``opt_state`` is not an optimizer state of these layers (which ``load`` would refuse).
     """
     check_layers("save", layers)
@@ -203,7 +204,7 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
     blob = np.frombuffer(json.dumps(header, allow_nan=False).encode(), dtype=np.uint8)
     payload: dict[str, Any] = {name: a.array for name, a in arrays.items()}
     payload["header.json"] = blob
-    with atomic_writer(Path(path)) as f:
+    with atomic_writer(path) as f:
         np.savez(f, **payload)
 
 

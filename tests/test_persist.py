@@ -345,6 +345,14 @@ def test_save_refuses_non_finite_weights_and_directories(tmp_path: Path) -> None
     with pytest.raises(lb.ArgumentError, match="it is a directory"):
         save(tmp_path, mlp([2, 2], batchnorm=False))
     assert list(tmp_path.iterdir()) == []  # no temporary file left beside it
+    for name in ("new/", f"new{os.sep}"):  # a file named "new" would be written
+        with pytest.raises(lb.ArgumentError, match="names a directory"):
+            save(f"{tmp_path}/{name}", mlp([2, 2], batchnorm=False))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "f.npz").write_bytes(b"kept")
+    with pytest.raises(NotADirectoryError, match="f.npz is a file, not a directory"):
+        save(tmp_path / "f.npz" / "sub" / "x.npz", mlp([2, 2], batchnorm=False))
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz"] and (tmp_path / "f.npz").read_bytes() == b"kept"
     with pytest.raises(lb.ArgumentError, match=r"save: layers\[1\] is a str, not a lazybn layer"):
         save(tmp_path / "s.npz", [*mlp([2, 2], batchnorm=False), "relu"])  # type: ignore[list-item]
 
