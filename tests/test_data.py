@@ -306,6 +306,18 @@ def test_a_first_row_of_data_is_never_taken_for_the_header(tmp_path: Path, first
     assert read_csv_split(p).labels.tolist() == [4]  # a header after a byte order mark is a header
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_csv_is_named_as_such(tmp_path: Path, encoding: str) -> None:
+    """A spreadsheet's "Unicode text" export: the message says what is wrong with the file, not that
+    a field '\\x000\\x00' is not an integer."""
+    p = tmp_path / "a.csv"
+    p.write_text(CSV_HEADER + "\n" + ",".join(good_row(label=4)) + "\n", encoding=encoding)
+    with pytest.raises(DataError, match="a.csv: the text is UTF-16"):
+        read_csv_split(p)
+    p.write_text(CSV_HEADER + "\n" + ",".join(good_row(label=4)) + "\n", encoding="utf-8")
+    assert read_csv_split(p).labels.tolist() == [4]
+
+
 @pytest.mark.parametrize("first", [good_row(pixel=256), good_row(label=10), good_row()[:-1] + ["-3"],
                                    good_row()[:-1] + ["65536"], good_row()[:100]],
                          ids=["pixel 256", "label 10", "pixel -3", "pixel 65536", "short"])

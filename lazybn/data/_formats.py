@@ -155,6 +155,8 @@ def _locate_csv_error(data: bytes, path: Path) -> None:
 
 def parse_csv(data: bytes, path: Path) -> Dataset:
     """Parse the bytes of an MNIST CSV file (``path`` is only used in messages); see :func:`read_csv_split`."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:  # every other byte a NUL
+        raise DataError(f"{path}: the text is UTF-16 (or holds NUL bytes); save it as ASCII or UTF-8 text")
     header = data.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").strip()  # a UTF-8 byte order mark is not text
     if not header:
         raise DataError(f"{path}: line 1 is empty, expected a header line such as 'label,1x1,...'")
