@@ -67,6 +67,14 @@ def test_experiment_quick_run_writes_a_report(name: str, tmp_path: Path) -> None
     assert metrics
     assert (out / "metrics.csv").read_text().strip()
     check_figures(out, report)
+    if name == "fine-tune":  # the pretrained network's source accuracy is one of the "(accuracies in %)"
+        final = report.split("(accuracies in %)", 1)[1].split("\n#", 1)[0].splitlines()
+        cols = [c.strip() for c in next(row for row in final if row.startswith("| arm")).strip("|").split("|")]
+        last = max(r["epoch"] for r in metrics)
+        refs = [r["source_acc_pretrained"] for r in metrics if r["epoch"] == last and r["arm"] == "all"]
+        row = next(row for row in final if row.startswith("| all "))
+        cell = [c.strip() for c in row.strip("|").split("|")][cols.index("source_acc_pretrained")]
+        assert cell.startswith(f"{100 * sum(refs) / len(refs):.2f} ± "), cell
 
 
 def test_list_names_every_experiment(capsys: pytest.CaptureFixture[str]) -> None:

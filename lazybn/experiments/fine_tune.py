@@ -125,7 +125,7 @@ def run_fine_tune(args: argparse.Namespace) -> int:
         old, ref = pretrained[seed]
         for r in rows:  # both keys at once: a row has both or neither
             r |= {"source_acc": accuracy([*layers[r["arm"]][:-1], old[-1]], src.x_test, src.labels_test),
-                  "source_ref": ref}
+                  "source_acc_pretrained": ref}
 
     seeds = list(range(args.seed, args.seed + s.runs))
     res = run_seeds(arms, tgt, Plan(s.epochs, s.batch_size), seeds, progress=progress(args), on_epoch=retention)
@@ -135,11 +135,11 @@ def run_fine_tune(args: argparse.Namespace) -> int:
     for arm in ARMS:
         final = [r for r in measured if r["arm"] == arm and r["epoch"] == last]
         (t_m, t_s), (s_m, s_s), (r_m, _) = (mean_std(r[k] for r in final) for k in ("test_acc", "source_acc",
-                                                                                      "source_ref"))
+                                                                                      "source_acc_pretrained"))
         table.append({"arm": arm, "runs": len(final), "target test acc %": f"{100 * t_m:.2f} ± {100 * t_s:.2f}",
                       "source retention %": f"{100 * s_m:.2f} ± {100 * s_s:.2f}",
                       "change from pretrained (points)": f"{100 * (s_m - r_m):+.2f}"})
-    frozen = [r["source_acc"] == r["source_ref"] for r in measured if r["arm"] == "head, bn frozen"]
+    frozen = [r["source_acc"] == r["source_acc_pretrained"] for r in measured if r["arm"] == "head, bn frozen"]
     check = (f"`head, bn frozen` kept the pretrained source accuracy exactly after every epoch of every run: "
              f"{('yes' if all(frozen) else 'NO') if frozen else 'no epoch was measured'}.\n")
     write_metrics(out, "result", table)
@@ -160,7 +160,7 @@ def run_fine_tune(args: argparse.Namespace) -> int:
     retained = series("source_acc")
     if summary:
         retained["pretrained"] = ([float(r["epoch"]) for r in summary if r["arm"] == ARMS[0]],
-                                  [100.0 * r["source_ref"] for r in summary if r["arm"] == ARMS[0]])
+                                  [100.0 * r["source_acc_pretrained"] for r in summary if r["arm"] == ARMS[0]])
     drawn = plot_lines(out / "retention.png", [("target task: test accuracy (5-9)", "%", series("test_acc")),
                                                ("source task with the pretrained head (0-4)", "%", retained)],
                        title="Fine-tuning a batch-norm network (mean over runs)")
