@@ -41,18 +41,25 @@ class Pixels(enum.Enum):
 
 
 def prepare(images: NDArray[np.uint8], pixels: Pixels, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
-    """Scale uint8 images (samples x pixels) to float inputs.
+    """Scale uint8 images (samples x pixels) to float inputs of ``dtype``, as ``pixels`` says
+    (:class:`Pixels`); the result has the images' shape.
 
     A pixel has 256 possible values, so each value is scaled once, in float64, and rounded to
     ``dtype``; the images are then looked up in that table. The result is what scaling every
     pixel in float64 would give, in one pass and without a float64 copy of the data (MNIST's
     training set: 0.15 s instead of 1.4 s).
+
+    Raises:
+        ArgumentError: ``pixels`` is not a member of :class:`Pixels`.
+        DTypeError: the images are not uint8, or ``dtype`` is not float32 or float64.
     """
     if not isinstance(pixels, Pixels):
         raise ArgumentError(f"prepare: pixels must be a member of lb.Pixels (unit, centered, standard), got {pixels!r}")
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise DTypeError(f"prepare: expected uint8 pixels (0-255), got {images.dtype}")
+    if np.dtype(dtype) not in (np.float32, np.float64):  # an integer dtype would truncate the scaled values
+        raise DTypeError(f"prepare: dtype must be float32 or float64, got {np.dtype(dtype)}")
     v = np.arange(256, dtype=np.float64) / 255.0
     if pixels is Pixels.centered:
         v -= 0.5

@@ -698,6 +698,15 @@ def test_prepare_covers_every_pixel_value_and_refuses_other_dtypes() -> None:
             prepare(bad, Pixels.unit)  # type: ignore[arg-type]
 
 
+def test_prepare_refuses_an_output_dtype_that_is_not_float32_or_float64() -> None:
+    """An integer dtype would truncate every scaled pixel (standardised ones, -0.42 to 2.82, to 0, 1 or 2)."""
+    images = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for bad in (np.int32, np.uint8, np.float16):
+        with pytest.raises(DTypeError, match="float32 or float64"):
+            prepare(images, Pixels.standard, bad)
+    assert prepare(images, Pixels.standard, np.float64).dtype == np.float64
+
+
 
 _LAZY_DATA = """
 import sys
