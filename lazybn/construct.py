@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .array import _FLOATS, Comp, Manifest, Matrix, Vector
-from .errors import DTypeError, RankError, ValueRangeError, is_count
+from .errors import ArgumentError, DTypeError, RankError, ValueRangeError, is_count
 from .fuse.graph import FloatArray
 
 
@@ -76,10 +76,20 @@ def replicate(shape: int, value: float, dtype: DTypeLike = ..., comp: Comp = ...
 def replicate(shape: tuple[int, int], value: float, dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
 def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.float32,
               comp: Comp = Comp.Seq) -> Vector | Matrix:
-    """An array of the given shape (``n`` for a vector, ``(rows, cols)`` for a matrix) filled with ``value``."""
+    """An array of the given shape (``n`` for a vector, ``(rows, cols)`` for a matrix) filled with ``value``.
+
+    Raises:
+        ValueRangeError: ``shape`` is not n or (rows, cols) of non-negative integers, or ``value``
+            does not fit in float32 (``dtype=np.float64`` holds it).
+        ArgumentError: ``value`` is not a number (a bool is not one).
+        DTypeError: ``dtype`` is not float32 or float64.
+    """
     dims: tuple[object, ...] = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
     if len(dims) not in (1, 2) or not all(is_count(d) for d in dims):
         raise ValueRangeError(f"replicate: shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
+    given: object = value  # untyped callers: None would fill the array with NaN, a list broadcast into it
+    if isinstance(given, bool) or not isinstance(given, (int, float, np.integer, np.floating)):
+        raise ArgumentError(f"replicate: value must be a number, got {value!r}")
     sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
     return Manifest(_as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate"), comp)
 

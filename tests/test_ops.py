@@ -311,6 +311,14 @@ def test_replicate_zeros_and_ones_take_python_or_numpy_integers(n: int, m: int, 
     assert lb.ones(shape).array.shape == (n, m) and lb.ones(shape).dtype == np.float32
 
 
+@pytest.mark.parametrize("value", [None, "1.5", True, np.bool_(False), [1.0, 2.0], np.ones(2)])
+def test_replicate_refuses_a_value_that_is_not_a_number(value: object) -> None:
+    """None filled the array with NaN, a string was parsed and a list broadcast into the array."""
+    with pytest.raises(lb.ArgumentError, match="replicate: value must be a number"):
+        lb.replicate(2, value)  # type: ignore[call-overload]
+    assert np.array_equal(lb.replicate(2, 2.5).array, np.full(2, 2.5, np.float32))
+
+
 @given(value=st.integers(-1000, 1000), kind=st.sampled_from([int, float, np.int32, np.int64, np.float32, np.float64]))
 def test_every_numeric_scalar_kind_is_a_number(value: int, kind: type) -> None:
     m = lb.matrix(np.arange(6.0).reshape(2, 3))
