@@ -259,7 +259,8 @@ def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
 
 
 def delay(m: Manifest[Ix]) -> Delayed[Ix]:
-    """View a manifest array as a delayed one (no work; massiv's ``delay``)."""
+    """View a manifest array as a delayed one (no work; massiv's ``delay``); anything but a
+    Manifest is an ``ArgumentError``."""
     node, comp = expr(m, "delay")
     if not isinstance(m, Manifest):
         raise ArgumentError("delay: expected a Manifest (this array is already delayed)")
@@ -267,7 +268,8 @@ def delay(m: Manifest[Ix]) -> Delayed[Ix]:
 
 
 def set_comp(m: Manifest[Ix], comp: Comp) -> Manifest[Ix]:
-    """The same data with another computation strategy (no copy)."""
+    """The same data with another computation strategy (no copy); an ``ArgumentError`` if ``m``
+    is not a Manifest or ``comp`` not a :class:`Comp`."""
     if not isinstance(m, Manifest):
         raise ArgumentError(f"set_comp: expected a Manifest, got {type(m).__name__}")
     return Manifest(m._leaf.array, comp)
@@ -294,6 +296,11 @@ def _run(ds: Sequence[object], op: str) -> list[Manifest[Any]]:
 
 def compute(d: Delayed[Ix]) -> Manifest[Ix]:
     """Evaluate a delayed array into memory with one fused kernel (massiv's ``compute``).
+
+    Raises:
+        ArgumentError: ``d`` is not a Delayed array (``delay(m)`` makes one of a Manifest).
+        CompileError: the kernel cannot be written to the kernel cache or imported from it, or
+            would be compiled while ``LAZYBN_NO_COMPILE=1`` forbids it.
 
     >>> from lazybn import vector
     >>> v = vector([1.0, 2.0])
@@ -328,12 +335,19 @@ def compute_all(*ds: Delayed[Ix]) -> tuple[Manifest[Ix], ...]: ...
 @overload
 def compute_all(*ds: Delayed[Ix1] | Delayed[Ix2]) -> tuple[Vector | Matrix, ...]: ...
 def compute_all(*ds: Delayed[Any]) -> tuple[Manifest[Any], ...]:
-    """Evaluate several delayed arrays in ONE kernel: shared inputs are read once per pass."""
+    """Evaluate several delayed arrays in ONE kernel: shared inputs are read once per pass.
+
+    Raises:
+        ArgumentError: an argument is not a Delayed array.
+        DTypeError: the arrays do not all have one dtype (one kernel computes in one dtype).
+        CompileError: as :func:`compute`.
+    """
     return tuple(_run(ds, "compute_all"))
 
 
 def to_numpy(a: Vec | Mat) -> FloatArray:
-    """The values as a read-only numpy array (a delayed array is computed first), of any rank."""
+    """The values as a read-only numpy array of the array's rank (a delayed array is computed
+    first); anything but a lazybn array is an ``ArgumentError``."""
     if isinstance(a, Delayed):
         return _run([a], "compute")[0].array
     if isinstance(a, Manifest):

@@ -281,6 +281,12 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     weights are ``k/(k+1)`` and ``1/(k+1)`` after ``k = layer.tracked`` batches (an equally
     weighted mean of the batches' statistics), and the count goes up by one. A frozen layer is
     returned as it is.
+
+    Raises:
+        ArgumentError: ``layer`` is not a Batchnorm1d or ``g`` not a BN1.
+        ShapeError, DTypeError: ``g``'s statistics are not of the layer's length and dtype.
+        ValueRangeError: ``g.n`` < 2 (one sample has no variance), or the new statistics are
+            NaN/inf (the layer refuses them).
     """
     given: tuple[object, object] = (layer, g)  # an untyped caller may pass any layer
     if not (isinstance(given[0], Batchnorm1d) and isinstance(given[1], BN1)):
@@ -303,7 +309,8 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
 def reset_running(layer: Batchnorm1d) -> Batchnorm1d:
     """The layer with its running statistics back at their start: mean 0, variance 1, count 0
     (gamma, beta and the settings unchanged). Training outputs do not depend on the running
-    statistics, except with batch renormalisation, whose r and d are computed from them."""
+    statistics, except with batch renormalisation, whose r and d are computed from them.
+    Anything but a Batchnorm1d is an ``ArgumentError``."""
     given: object = layer  # an untyped caller may pass any layer
     if not isinstance(given, Batchnorm1d):
         raise ArgumentError(f"reset_running: expected a Batchnorm1d, got {type(layer).__name__}")

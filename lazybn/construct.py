@@ -50,7 +50,16 @@ def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatA
 
 
 def vector(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq) -> Vector:
-    """A vector from a list or numpy array (copied). Lists and integers become float32.
+    """A vector from a list or numpy array (copied, read-only, C-ordered). Lists and integer or
+    bool data become float32, float32 and float64 arrays keep their dtype; ``dtype`` converts
+    explicitly. ``comp`` is the computation strategy of every expression that reads it.
+
+    Raises:
+        RankError: the data is not rank 1, or nested lists are ragged.
+        DTypeError: ``dtype`` is not float32 or float64, or data of another kind (float16,
+            complex, text) is given without one.
+        ValueRangeError: a value does not fit in float32 (it would become infinity).
+        ArgumentError: ``comp`` is not a :class:`Comp`.
 
     >>> vector([1, 2, 3])
     Manifest[Ix1] Seq (3,) float32
@@ -63,7 +72,8 @@ def vector(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq)
 
 
 def matrix(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq) -> Matrix:
-    """A matrix from nested lists or a 2-d numpy array (copied). Lists and integers become float32."""
+    """A matrix from nested lists or a 2-d numpy array (copied), as :func:`vector` makes a vector
+    (and raising as it does, for rank-2 data)."""
     arr = _as_float_array(xs, dtype, "matrix")
     if arr.ndim != 2:
         raise RankError(f"matrix: expected rank-2 data, got shape {arr.shape}")
@@ -99,7 +109,7 @@ def zeros(shape: int, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
 @overload
 def zeros(shape: tuple[int, int], dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
 def zeros(shape: int | tuple[int, int], dtype: DTypeLike = np.float32, comp: Comp = Comp.Seq) -> Vector | Matrix:
-    """An array of zeros: ``zeros(3)`` is a vector, ``zeros((2, 3))`` a matrix."""
+    """An array of zeros: ``zeros(3)`` is a vector, ``zeros((2, 3))`` a matrix (raises as :func:`replicate`)."""
     return replicate(shape, 0.0, dtype, comp)
 
 
@@ -108,5 +118,5 @@ def ones(shape: int, dtype: DTypeLike = ..., comp: Comp = ...) -> Vector: ...
 @overload
 def ones(shape: tuple[int, int], dtype: DTypeLike = ..., comp: Comp = ...) -> Matrix: ...
 def ones(shape: int | tuple[int, int], dtype: DTypeLike = np.float32, comp: Comp = Comp.Seq) -> Vector | Matrix:
-    """An array of ones: ``ones(3)`` is a vector, ``ones((2, 3))`` a matrix."""
+    """An array of ones: ``ones(3)`` is a vector, ``ones((2, 3))`` a matrix (raises as :func:`replicate`)."""
     return replicate(shape, 1.0, dtype, comp)

@@ -44,6 +44,7 @@ def _unit_interval(name: str, x: object) -> float:
 
 def momentum_to_keras(m: float) -> float:
     """lazybn/PyTorch momentum (weight of the new batch) -> Keras/Flax momentum (weight of the old).
+    ``m`` outside [0, 1] is a ``ValueRangeError``.
 
     >>> momentum_to_keras(0.1)
     0.9
@@ -53,6 +54,7 @@ def momentum_to_keras(m: float) -> float:
 
 def momentum_from_keras(decay: float) -> float:
     """Keras/Flax momentum (weight of the old value, e.g. 0.99) -> lazybn/PyTorch momentum.
+    ``decay`` outside [0, 1] is a ``ValueRangeError``.
 
     >>> round(momentum_from_keras(0.99), 12)
     0.01

@@ -73,7 +73,8 @@ def _norm(arrays: list[FloatArray]) -> tuple[float, float]:
 def grad_norm(grads: Sequence[Gradients]) -> float:
     """The L2 norm of all parameter gradients together, in float64 without overflow or underflow
     in between (inf only where the norm itself is beyond float64); NaN or inf if a gradient holds
-    one."""
+    one. ``grads`` is one gradient per layer (a PassResult's ``.grads``); anything else, or a
+    gradient array that is not a computed lazybn array, is an ``ArgumentError``."""
     big, r = _norm([a.array for a in _arrays("grad_norm", grads)])
     return big * r
 
@@ -87,6 +88,7 @@ def clip_grad_norm(grads: Sequence[Gradients], max_norm: float) -> tuple[list[Gr
     Raises:
         ValueRangeError: ``max_norm`` is not a finite number > 0.
         NumericalError: a gradient holds NaN/inf.
+        ArgumentError: ``grads`` is not a list of gradients, as :func:`grad_norm` says.
     """
     limit = as_number("clip_grad_norm", "max_norm", max_norm)  # a float: np.float32(0.5) would make c a float32
     if not 0 < limit < math.inf:

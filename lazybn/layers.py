@@ -81,7 +81,9 @@ def _finite(layer: str, name: str, a: Manifest[Any]) -> None:
 @dataclass(frozen=True, slots=True)
 class Linear:
     """Affine layer ``x · w + b``; ``w`` is (inputs, outputs), ``b`` has one entry per output.
-    ``trainable=False``: the optimizers leave ``w`` and ``b`` as they are (see the module doc)."""
+    ``trainable=False``: the optimizers leave ``w`` and ``b`` as they are (see the module doc).
+    Raises ArgumentError (not lazybn arrays, a flag not a bool), RankError, ShapeError (``b``'s
+    length) or DTypeError (mixed dtypes); the values are not checked (see ``nonfinite_weights``)."""
 
     w: Matrix
     b: Vector
@@ -100,7 +102,7 @@ class Linear:
 @dataclass(frozen=True, slots=True)
 class LinearNoBias:
     """Linear layer without bias (``Linear'`` in the seed): batch norm's beta takes the bias's role.
-    ``trainable=False``: the optimizers leave ``w`` as it is."""
+    ``trainable=False``: the optimizers leave ``w`` as it is. Raises as :class:`Linear`."""
 
     w: Matrix
     trainable: bool = True
@@ -203,6 +205,12 @@ class Batchnorm1d:
             ``ghost_batch``.
         trainable: False: the optimizers leave gamma and beta as they are (with ``frozen=True``
             the whole layer is fixed, Keras's ``trainable=False``).
+
+    Raises:
+        ArgumentError: a field of the wrong kind, or ``frozen``/``ghost_batch``/``renorm`` combined.
+        RankError, ShapeError, DTypeError: the four arrays are not vectors of one length and dtype.
+        ValueRangeError: eps not a normal number > 0 of the dtype, momentum outside [0, 1],
+            ``tracked`` < 0, ``ghost_batch`` < 2, NaN/inf in an array or a negative running variance.
     """
 
     mu: Vector
@@ -282,7 +290,7 @@ def _unchecked(obj: T, **changes: object) -> T:
 @final
 @dataclass(frozen=True, slots=True)
 class Activation:
-    """An element-wise activation function."""
+    """An element-wise activation function (``f`` not an :class:`Act` is an ``ArgumentError``)."""
 
     f: Act
 
@@ -294,7 +302,8 @@ class Activation:
 @final
 @dataclass(frozen=True, slots=True)
 class Dropout:
-    """Inverted dropout with drop probability ``p`` in [0, 1)."""
+    """Inverted dropout with drop probability ``p`` in [0, 1) (a ``ValueRangeError`` outside it,
+    an ``ArgumentError`` for what is not a number)."""
 
     p: float
 
@@ -335,6 +344,8 @@ def trains(layer: Layer) -> bool:
 @final
 @dataclass(frozen=True, slots=True)
 class LinearGradients:
+    """A :class:`Linear` layer's gradients: ``dw`` of ``w``'s shape, ``db`` of ``b``'s."""
+
     dw: Matrix
     db: Vector
 
@@ -342,6 +353,8 @@ class LinearGradients:
 @final
 @dataclass(frozen=True, slots=True)
 class LinearNoBiasGradients:
+    """A :class:`LinearNoBias` layer's gradient ``dw``, of ``w``'s shape."""
+
     dw: Matrix
 
 

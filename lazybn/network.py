@@ -298,6 +298,11 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
     Raises:
         NumericalError: the batch, a batch statistic, the loss, a gradient or ``dx`` is NaN/inf
             (the message names which).
+        ArgumentError, RankError, ShapeError, DTypeError: ``layers``, ``x`` and ``tgt`` are not
+            lazybn layers and matrices that fit together (``tgt``: one row per sample, one column
+            per output).
+        ValueRangeError: targets that are not probabilities, fewer than 2 rows through batch norm,
+            or Dropout layers and no ``key``.
     """
     check_layers("gradients", layers)
     check_batch_values("gradients", x, tgt)
@@ -341,7 +346,11 @@ def _finite(a: FloatArray) -> bool:
 
 
 def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
-    """Inference up to the last layer (before softmax), with the running statistics."""
+    """Inference up to the last layer (before softmax), with the running statistics.
+
+    Raises ArgumentError, RankError, ShapeError or DTypeError (naming the layer) when ``x`` is
+    not a lazybn matrix of the first layer's features and dtype, or a layer does not take what
+    the one before gives."""
     _check_input("logits", x, layers)
     return _logits(x, steady(layers)[0], probabilities=False)
 
@@ -378,6 +387,7 @@ def _manifest(y: Matrix | Delayed[Ix2]) -> Matrix:
 
 
 def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
-    """Inference: class probabilities (softmax of the logits); batch norm uses running statistics."""
+    """Inference: class probabilities (softmax of the logits); batch norm uses running statistics.
+    Raises as :func:`logits` does."""
     _check_input("forward", x, layers)
     return _logits(x, steady(layers)[0], probabilities=True)

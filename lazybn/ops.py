@@ -5,6 +5,10 @@ matrix, ``cols_like`` as every column. Reductions are ``sum_rows`` (over the row
 column, massiv's ``_sumRows``), ``sum_cols`` (one sum per row) and ``max_cols`` (one maximum
 per row). All of them are delayed; ``matmul`` (BLAS) is the one eager operation, and
 ``transpose`` and ``reshape`` give views of a manifest array.
+
+Every operation checks its arguments when it is called: an argument that is not a lazybn array
+(or a number where a scalar is taken) is an ``ArgumentError``, a vector where a matrix is taken
+or the reverse a ``RankError``, and sizes that do not agree a ``ShapeError`` naming both shapes.
 """
 
 from __future__ import annotations
@@ -36,17 +40,18 @@ def _mat(m: object, op: str) -> tuple[Node, Comp]:
 
 
 def rows(m: Mat) -> int:
-    """Number of rows of a matrix."""
+    """Number of rows of a matrix (``ArgumentError``/``RankError`` for anything else)."""
     return _mat(m, "rows")[0].shape[0]
 
 
 def cols(m: Mat) -> int:
-    """Number of columns of a matrix."""
+    """Number of columns of a matrix (``ArgumentError``/``RankError`` for anything else)."""
     return _mat(m, "cols")[0].shape[1]
 
 
 def br(n_rows: int, v: Vec) -> Delayed[Ix2]:
-    """The vector ``v`` as every row of an ``(n_rows, len(v))`` matrix (massiv's ``br``).
+    """The vector ``v`` as every row of an ``(n_rows, len(v))`` matrix (massiv's ``br``); a
+    ``ShapeError`` if ``n_rows`` is not a non-negative integer.
 
     >>> from lazybn import vector, compute
     >>> compute(br(2, vector([1.0, 2.0]))).array.tolist()
@@ -60,7 +65,8 @@ def br(n_rows: int, v: Vec) -> Delayed[Ix2]:
 
 
 def rows_like(v: Vec, m: Mat) -> Delayed[Ix2]:
-    """``v`` as every row of a matrix shaped like ``m``: ``out[i, j] = v[j]``."""
+    """``v`` as every row of a matrix shaped like ``m``: ``out[i, j] = v[j]`` (``ShapeError``
+    unless ``len(v)`` is ``m``'s column count)."""
     vn, vc = _vec(v, "rows_like")
     mn, mc = _mat(m, "rows_like")
     if vn.shape[0] != mn.shape[1]:
@@ -70,7 +76,8 @@ def rows_like(v: Vec, m: Mat) -> Delayed[Ix2]:
 
 
 def cols_like(v: Vec, m: Mat) -> Delayed[Ix2]:
-    """``v`` as every column of a matrix shaped like ``m``: ``out[i, j] = v[i]``."""
+    """``v`` as every column of a matrix shaped like ``m``: ``out[i, j] = v[i]`` (``ShapeError``
+    unless ``len(v)`` is ``m``'s row count)."""
     vn, vc = _vec(v, "cols_like")
     mn, mc = _mat(m, "cols_like")
     if vn.shape[0] != mn.shape[0]:
@@ -104,12 +111,14 @@ def sum_cols(m: Mat) -> Delayed[Ix1]:
 
 
 def max_cols(m: Mat) -> Delayed[Ix1]:
-    """Maximum over the columns: one value per row (for a numerically stable softmax)."""
+    """Maximum over the columns: one value per row (for a numerically stable softmax); NaN in a
+    row gives NaN, as numpy's ``max``. A matrix of zero columns is a ``ShapeError``."""
     return _reduce(RedOp.max_cols, m)
 
 
 def amap(f: Fn, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:
-    """Apply an element function from the closed set :class:`Fn` (massiv's ``A.map``)."""
+    """Apply an element function from the closed set :class:`Fn` (massiv's ``A.map``); ``f`` that
+    is not an ``Fn`` member is an ``ArgumentError``."""
     if not isinstance(f, Fn):
         raise ArgumentError(f"amap: expected a member of lazybn.Fn, got {f!r}")
     node, comp = expr(a, "amap")
@@ -132,7 +141,8 @@ def add_c(a: Manifest[Ix] | Delayed[Ix], s: Number) -> Delayed[Ix]:
 
 
 def transpose(m: Matrix) -> Matrix:
-    """The transpose, as a view of the same memory (no copy)."""
+    """The transpose, as a view of the same memory (no copy), of a Manifest matrix (a delayed
+    array is an ``ArgumentError``: compute it first)."""
     if not isinstance(m, Manifest):
         raise ArgumentError(f"transpose: expected a Manifest matrix, got {type(m).__name__}")
     _mat(m, "transpose")
@@ -149,7 +159,14 @@ def reshape(a: Vector | Matrix, shape: int) -> Vector: ...
 def reshape(a: Vector | Matrix, shape: tuple[int, int]) -> Matrix: ...
 def reshape(a: Vector | Matrix, shape: int | tuple[int, int]) -> Vector | Matrix:
     """The same elements, in row-major order, as a vector of ``shape`` or a matrix of ``shape``
-    = (rows, cols) (massiv's ``resize'``): a view of the same memory, no copy."""
+    = (rows, cols) (massiv's ``resize'``): a view of the same memory, no copy.
+
+    Raises:
+        ArgumentError: ``a`` is not a Manifest, or is a strided view (a transpose) that no view
+            can reshape.
+        ValueRangeError: ``shape`` is not n or (rows, cols) of non-negative integers.
+        ShapeError: ``shape`` holds another number of elements.
+    """
     if not isinstance(a, Manifest):
         raise ArgumentError(f"reshape: expected a Manifest (compute it first), got {type(a).__name__}")
     want: object = (shape,) if isinstance(shape, (int, np.integer)) else shape
@@ -176,7 +193,12 @@ def view(arr: FloatArray, shape: tuple[int, ...]) -> FloatArray:
 
 
 def matmul(a: Matrix, b: Matrix) -> Matrix:
-    """The matrix product ``a · b`` through numpy's BLAS (eager; transposed views are not copied)."""
+    """The matrix product ``a · b`` through numpy's BLAS (eager; transposed views are not copied).
+
+    Raises:
+        ArgumentError: an argument is not a Manifest (compute a delayed one first).
+        RankError, ShapeError, DTypeError: not two matrices whose inner dimensions agree, of one dtype.
+    """
     for x, name in ((a, "first"), (b, "second")):
         if not isinstance(x, Manifest):
             raise ArgumentError(f"matmul: the {name} argument must be a Manifest matrix (compute it first), "

@@ -151,8 +151,8 @@ def _zeros_like(p: Manifest[Any]) -> Manifest[Any]:
 def init_state(opt: Optimizer, layers: Sequence[Layer]) -> OptState:
     """The optimizer's initial state for ``layers``: step 0, every moment array zero.
 
-    Returns:
-        An :class:`OptState` whose slots follow the module's ordering convention.
+    Returns an :class:`OptState` whose slots follow the module's ordering convention; an
+    ``ArgumentError`` if ``opt`` is not an optimizer or ``layers`` not a list of layers.
     """
     check_layers("init_state", layers)
     require_optimizer("init_state", opt)

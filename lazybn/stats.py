@@ -109,6 +109,11 @@ def moments(x: Matrix) -> Moments:
     data is widened first (a copy), since a sum of squared deviations leaves float32's range (it
     underflows to 0 or overflows) long before float64's. A matrix of no rows gives
     ``Moments.empty(cols(x))``, without NaN.
+
+    Raises:
+        ArgumentError, RankError: ``x`` is not a lazybn matrix.
+        ValueRangeError: the statistics are not finite (NaN or infinity in ``x``, or squared
+            deviations beyond float64's range).
     """
     n = rows(x)
     if n == 0:
@@ -136,6 +141,10 @@ def merge(a: Moments, b: Moments) -> Moments:
     With ``d = b.mean - a.mean`` and ``n = a.n + b.n``: ``mean = a.mean + d · b.n / n`` and
     ``m2 = a.m2 + b.m2 + d² · a.n · b.n / n``. An empty shard changes nothing (the other is
     returned as it is); the order of the arguments changes only the rounding.
+
+    Raises:
+        ArgumentError: an argument is not :class:`Moments`.
+        ShapeError: the shards have different numbers of features.
     """
     for name, m in (("first", a), ("second", b)):
         if not isinstance(m, Moments):
@@ -158,7 +167,12 @@ def merge(a: Moments, b: Moments) -> Moments:
 
 
 def merge_all(parts: Iterable[Moments]) -> Moments:
-    """Merge the moments of any number of shards, in the order given (an iterator is read once)."""
+    """Merge the moments of any number of shards, in the order given (an iterator is read once).
+
+    Raises:
+        ValueRangeError: ``parts`` is empty (``Moments.empty(features)`` is the moments of no rows).
+        ArgumentError, ShapeError: as :func:`merge`.
+    """
     it = iter(parts)
     try:
         total = next(it)

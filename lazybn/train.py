@@ -70,7 +70,13 @@ def prepare(images: NDArray[np.uint8], pixels: Pixels, dtype: DTypeLike = np.flo
 
 
 def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
-    """One-hot rows for integer labels in [0, classes)."""
+    """One-hot rows for integer labels in [0, classes): a (samples, classes) array of ``dtype``.
+
+    Raises:
+        ShapeError: ``labels`` is not 1-d.
+        DTypeError: the labels are not integers.
+        ValueRangeError: a label is outside [0, classes).
+    """
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ShapeError("one_hot", labels.shape, (classes,), "labels must be a 1-d array")
@@ -87,6 +93,10 @@ def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = n
 @final
 @dataclass(frozen=True, slots=True)
 class StepResult:
+    """What :func:`train_step` returns: the new ``layers`` and ``opt_state``, the batch's mean
+    cross-entropy ``loss`` and its predictions ``pred`` (softmax probabilities); ``skipped``: the
+    step was not applied (``on_nonfinite="skip"``), and the layers and state are those given."""
+
     layers: list[Layer]
     opt_state: OptState
     loss: float
@@ -127,14 +137,18 @@ def _refusing_layer(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState
 def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: Matrix, tgt: Matrix, *,
                key: int | None = None, lr_scale: float = 1.0,
                on_nonfinite: Literal["raise", "skip"] = "raise") -> StepResult:
-    """One optimisation step on a batch: returns the new layers and optimizer state.
+    """One optimisation step on a batch ``x`` with targets ``tgt``: a :class:`StepResult` with the
+    new layers and optimizer state. ``key`` seeds the dropout masks (needed with Dropout layers);
+    ``lr_scale`` multiplies the learning rate.
 
     With ``on_nonfinite="skip"`` a batch holding NaN/inf, or a step that would make one, is
     skipped: the result holds the layers and state given, with ``skipped=True``.
 
     Raises:
         NumericalError: the batch, the loss, a batch statistic or an updated parameter is NaN/inf
-            (``on_nonfinite="raise"``).
+            (``on_nonfinite="raise"``), or a linear layer already holds NaN/inf (either way).
+        ArgumentError, ShapeError, DTypeError, ValueRangeError, UpdateMismatchError: as
+            :func:`~lazybn.network.gradients` and :func:`~lazybn.optim.update` raise them.
     """
     _check_on_nonfinite("train_step", on_nonfinite)
     try:
@@ -238,8 +252,14 @@ def _check_data(where: str, x: object, other: object, name: str, rank: int) -> N
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[NDArray[np.intp]]:
-    """Index arrays of consecutive batches (shuffled when ``rng`` is given). A last batch of one
-    sample is merged into the previous batch (batch norm cannot train on one sample)."""
+    """Index arrays of consecutive batches of ``batch_size`` of ``n`` samples (shuffled when
+    ``rng`` is given). A last batch of one sample is merged into the previous batch (batch norm
+    cannot train on one sample).
+
+    Raises:
+        ValueRangeError: ``batch_size`` is not an integer >= 1.
+        ArgumentError: ``rng`` is neither a numpy ``Generator`` nor None.
+    """
     size: object = batch_size  # untyped callers: True is not a size
     if not is_count(size, 1):
         raise ValueRangeError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -258,8 +278,14 @@ def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDAr
              batch_size: int = 1000, comp: Comp = Comp.Seq) -> float:
     """Fraction of samples whose arg-max prediction (inference mode) equals the label.
 
-    Raises (never a silently wrong score): the labels are not integers, or not classes of the
-    network's output; ``x`` holds NaN or infinity; the network's outputs overflow.
+    ``x`` (samples x features) and ``labels`` (one integer class per sample) are numpy arrays;
+    the network runs on ``batch_size`` rows at a time, with ``comp``.
+
+    Raises (never a silently wrong score):
+        ArgumentError, RankError, ShapeError, DTypeError: ``x`` and ``labels`` are not numpy
+            arrays of one row per sample that fit the layers, or the labels are not integers.
+        ValueRangeError: no samples, or labels that are not classes of the network's output.
+        NumericalError: ``x`` holds NaN or infinity, or the network's outputs overflow.
     """
     check_layers("accuracy", layers)
     _check_data("accuracy", x, labels, "labels", 1)
@@ -294,7 +320,31 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     """One pass over the training data (or its first ``max_steps`` batches): returns the new
     layers, optimizer state and the mean batch loss. ``progress(loss)`` is called after every
     step. With ``renorm``, every renormalising layer trains step ``t`` (``opt_state.step``) with
-    the bounds ``renorm.at(t)``."""
+    the bounds ``renorm.at(t)``.
+
+    Arguments:
+        x, y: the inputs (samples x features, float32 or float64 as the layers) and one target
+            row per sample (one-hot or soft labels, summing to 1), as numpy arrays.
+        batch_size, rng: :func:`batches` of ``batch_size`` rows, shuffled by ``rng`` (None: in
+            order); a last batch of one row joins the one before it.
+        key: seeds the dropout masks: step ``t`` draws from ``key * 1_000_003 + t``.
+        lr_scale: the learning rate's factor for this epoch (a schedule's).
+        comp: the computation strategy of the batches.
+        on_nonfinite: "raise", or "skip" a batch whose step is not finite (see :func:`train_step`);
+            the mean loss is over the batches trained (NaN if none was).
+
+    Raises:
+        ArgumentError, RankError, DTypeError, ShapeError: ``x`` and ``y`` are not numpy arrays of
+            one row per sample that fit the layers, the layers are not layers, the state is not an
+            :class:`OptState` or its arrays do not fit the layers, or ``renorm`` is given without a
+            renormalising layer.
+        ValueRangeError: no samples, targets that are not probabilities, a ``batch_size``, ``key``
+            or ``max_steps`` that is not a count, or ghost batches that do not divide every batch.
+        UpdateMismatchError: ``opt_state`` was made by another optimizer, or for another number of
+            layers.
+        NumericalError: a step is not finite (``on_nonfinite="raise"``); the epoch's steps are
+            not returned.
+    """
     _check_data("train_epoch", x, y, "y (targets)", 2)
     if x.shape[0] == 0:
         raise ValueRangeError("train_epoch: no samples (x has 0 rows)")
