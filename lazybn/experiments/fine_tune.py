@@ -1,10 +1,10 @@
 """``lazybn run fine-tune``: what must be frozen when a batch-norm network is fine-tuned?
 
-The default MNIST batch-norm network (784-300-50-10, batch norm before each ReLU, no biases,
-0.01·N(0,1) weights, standardised pixels) is pretrained with SGD (lr 0.1, batch 100) on the
-digits 0-4, the *source* task. Its head (the last ``LinearNoBias``) is then drawn afresh and the
-network is fine-tuned on 500 images of the digits 5-9 (100 per class), the *target* task, with
-SGD (lr 0.1, batch 50), in four arms:
+The MNIST batch-norm network of ``lazybn train`` (784-300-50-10, batch norm before each ReLU,
+no biases, standardised pixels), with He-initialised weights N(0, 2/inputs), is pretrained with
+SGD (lr 0.1, batch 100) on the digits 0-4, the *source* task. Its head (the last
+``LinearNoBias``) is then drawn afresh and the network is fine-tuned on 500 images of the
+digits 5-9 (100 per class), the *target* task, with SGD (lr 0.1, batch 50), in four arms:
 
 * ``all``: every layer trains, and batch norm normalises with each batch (training as usual).
 * ``head, bn drift``: the features (both hidden ``LinearNoBias`` layers and batch norm's γ and
@@ -32,7 +32,7 @@ from typing import Any, final
 import numpy as np
 
 from ..errors import DataError
-from ..init import mlp
+from ..init import Init, mlp
 from ..layers import Batchnorm1d, Layer, LinearNoBias
 from ..optim import SGD
 from ..report import markdown_table, plot_lines, write_metrics
@@ -108,7 +108,7 @@ def run_fine_tune(args: argparse.Namespace) -> int:
     pretrained: dict[int, tuple[list[Layer], float]] = {}  # per seed: the network and its source accuracy
 
     def arms(seed: int) -> list[Arm]:
-        net = mlp(SIZES, batchnorm=True, seed=seed)
+        net = mlp(SIZES, batchnorm=True, init=Init.he, seed=seed)
         done = run([Arm("pretrain", net, opt)], src, Plan(s.pretrain_epochs, 100, seed, train_accuracy=False),
                    progress=progress(args))
         if done.interrupted:  # the run stops here, not with a network pretrained for fewer epochs
@@ -117,7 +117,7 @@ def run_fine_tune(args: argparse.Namespace) -> int:
         ref = accuracy(layers, src.x_test, src.labels_test)
         pretrained[seed] = (layers, ref)
         print(f"seed {seed}: pretrained on 0-4 for {s.pretrain_epochs} epochs: source test accuracy {100 * ref:.2f}%")
-        head = mlp(SIZES, batchnorm=True, seed=seed + 10_000)[-1]
+        head = mlp(SIZES, batchnorm=True, init=Init.he, seed=seed + 10_000)[-1]
         assert isinstance(head, LinearNoBias)
         return fine_tune_arms(layers, head, opt)
 
@@ -143,7 +143,7 @@ def run_fine_tune(args: argparse.Namespace) -> int:
     check = (f"`head, bn frozen` kept the pretrained source accuracy exactly after every epoch of every run: "
              f"{('yes' if all(frozen) else 'NO') if frozen else 'no epoch was measured'}.\n")
     write_metrics(out, "result", table)
-    settings = {"network": "784-300-50-10, batch norm before each ReLU, no biases, 0.01·N(0,1) weights",
+    settings = {"network": "784-300-50-10, batch norm before each ReLU, no biases, He weights N(0, 2/inputs)",
                 "data": source, "pretraining": f"digits 0-4, SGD lr 0.1, batch 100, {s.pretrain_epochs} epochs",
                 "fine-tuning": f"digits 5-9, {s.per_class} images per class, a fresh head, SGD lr 0.1, "
                                f"batch {s.batch_size}, {s.epochs} epochs",
