@@ -126,7 +126,9 @@ class Renorm:
     off (a bound is a finite number); the paper ramps rmax from 1 to 3 and dmax from 0 to 5
     during training. ``train_step`` passes the bounds to its replay as dynamic values: a ramp
     that changes them every step replays the step (only a bound going from None to a number, or
-    back, traces it again); so does :func:`~lazybn.network.gradients`.
+    back, traces it again); so does :func:`~lazybn.network.gradients`. A bound below its range
+    (rmax < 1, dmax < 0) or infinite is a ``ValueRangeError``, one that is not a number an
+    ``ArgumentError``.
     """
 
     rmax: float | None = None
@@ -149,7 +151,8 @@ class RenormRamp:
     ``rmax_steps`` steps and dmax to ``dmax`` over ``dmax_steps`` (the paper: 5000, then 40000
     steps to 3 and 25000 to 5). ``train_epoch(..., renorm=ramp)`` sets ``ramp.at(step)`` on every
     renormalising layer before each step; the bounds are dynamic values of the step's replay, so a
-    new pair every step traces nothing new.
+    new pair every step traces nothing new. Raises as :class:`Renorm` for the final bounds, and
+    ``ValueRangeError`` for step counts that are not integers >= 0.
     """
 
     rmax: float

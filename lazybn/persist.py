@@ -165,11 +165,11 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
     Raises:
         DTypeError: the arrays mix float32 and float64.
         ShapeError: consecutive layers do not fit together (the network could not run).
-        TypeError, ValueRangeError: ``meta`` holds something JSON cannot store exactly.
-        ValueRangeError: an array holds NaN or infinity.
-        OSError: the file cannot be written (e.g. ``NotADirectoryError`` when a parent is a file).
-        ArgumentError: ``path`` is (or ends with a separator, as) a directory, ``layers`` is not a list of lazybn layers, or
-            ``opt_state`` is not an optimizer state of these layers (which ``load`` would refuse).
+        ValueRangeError: an array, or a float in ``meta``, holds NaN or infinity.
+        ArgumentError: ``path`` is (or ends with a separator, as) a directory, ``layers`` is not a
+            list of lazybn layers, ``meta`` not a mapping of str to str/int/float/bool, or
+            ``opt_state`` not an optimizer state of these layers (which ``load`` would refuse).
+        OSError: the file cannot be written (``NotADirectoryError``: a parent is a file).
     """
     check_layers("save", layers)
     misfit = _misfit(layers)
