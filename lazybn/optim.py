@@ -73,12 +73,12 @@ KINDS: tuple[str, ...] = get_args(OptimizerKind)
 @final
 @dataclass(frozen=True, slots=True)
 class OptState:
-    """An optimizer's state: the number of updates made and, per layer, its moment arrays.
-
-    ``optimizer`` names the optimizer whose moments the slots hold (:func:`init_state` records it;
-    None: not recorded). :func:`update` and ``train_step`` refuse a state another optimizer made:
-    Momentum's velocities and RMSProp's averages of squared gradients have the same shapes.
-    """
+    """An optimizer's state: the number of updates made and, per layer, its moment arrays (a
+    ``ValueRangeError`` for a step that is not an integer >= 0, an ``ArgumentError`` for slots
+    that are not tuples of Manifests or an unknown ``optimizer``). ``optimizer`` names the
+    optimizer whose moments the slots hold (:func:`init_state` records it; None: not recorded).
+    :func:`update` and ``train_step`` refuse a state another optimizer made: Momentum's
+    velocities and RMSProp's averages of squared gradients have the same shapes."""
 
     step: int
     slots: Slots

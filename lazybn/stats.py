@@ -49,6 +49,12 @@ class Moments:
 
     ``Moments.empty(features)`` is the moments of no rows; build others with :func:`moments`
     and combine them with :func:`merge` / :func:`merge_all`.
+
+    Raises:
+        ArgumentError, RankError, DTypeError, ShapeError: ``n`` is not an int, or ``mean`` and
+            ``m2`` are not float64 vectors of one length.
+        ValueRangeError: ``n`` < 0, NaN/inf, a negative ``m2``, or moments that no rows have
+            (0 rows with a nonzero mean or m2, 1 row with a nonzero m2).
     """
 
     n: int
