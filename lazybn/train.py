@@ -256,13 +256,15 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterato
     ``rng`` is given). A last batch of one sample is merged into the previous batch (batch norm
     cannot train on one sample).
 
-    Raises:
-        ValueRangeError: ``batch_size`` is not an integer >= 1.
+    Raises (at the call, not at the first batch):
+        ValueRangeError: ``n`` is not an integer >= 0, or ``batch_size`` not one >= 1.
         ArgumentError: ``rng`` is neither a numpy ``Generator`` nor None.
     """
     size: object = batch_size  # untyped callers: True is not a size
     if not is_count(size, 1):
         raise ValueRangeError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not is_count(n):  # -1 would give no batch at all
+        raise ValueRangeError(f"batches: n (the number of samples) must be an integer >= 0, got {n!r}")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise ArgumentError(f"batches: rng must be a numpy Generator (np.random.default_rng(seed)) or None, got "
                             f"{type(rng).__name__}")
@@ -270,8 +272,7 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterato
     starts = list(range(0, n, batch_size))
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
-    for k, s in enumerate(starts):
-        yield order[s: starts[k + 1] if k + 1 < len(starts) else n]
+    return (order[s:e] for s, e in zip(starts, [*starts[1:], n]))
 
 
 def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
@@ -354,6 +355,8 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     require_state("train_epoch", opt_state)
     if not is_count(key):  # untyped callers: True is not a key
         raise ValueRangeError(f"train_epoch: key must be an integer >= 0 (the dropout masks' seed), got {key!r}")
+    if progress is not None and not callable(progress):  # else a TypeError after the first step's work
+        raise ArgumentError(f"train_epoch.progress: must be a function of the step's loss, or None; got {progress!r}")
     if max_steps is not None and not is_count(max_steps):  # -1 would train nothing, 2.5 fail in the slicing below
         raise ValueRangeError(f"train_epoch.max_steps: must be an integer >= 0 or None (every batch), got {max_steps!r}")
     current = list(layers)

@@ -469,6 +469,24 @@ def test_batches_cover_every_sample_once_and_never_leave_a_last_batch_of_one(n: 
         assert sizes[-1] == batch_size + 1
 
 
+def test_batches_and_train_epoch_refuse_bad_arguments_when_called() -> None:
+    """Not at the first batch or after the first step: a generator would check nothing until then,
+    and -1 samples would give no batch at all."""
+    from lazybn.train import batches
+
+    cases: list[tuple[Any, Any]] = [(-1, 2), (2.5, 2), (True, 2), (10, 0)]
+    for n, size in cases:
+        with pytest.raises(lb.ValueRangeError, match="n \\(the number of samples\\)|batch_size"):
+            batches(n, size, None)  # no next(): the call itself refuses
+    assert [b.tolist() for b in batches(0, 3, None)] == []
+    net = lb.mlp([4, 3], batchnorm=False, seed=0)
+    opt = lb.SGD(0.1)
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    with pytest.raises(lb.ArgumentError, match="train_epoch.progress: must be a function"):
+        lb.train_epoch(net, opt, lb.init_state(opt, net), x, y, 2, None, progress=3)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("name", list(NETS))
 def test_layers_that_do_not_train_get_no_gradient_and_change_no_other(name: str) -> None:
     # trainable=False: the layer's gradients are empty and nothing else changes, bit for bit; with
