@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import fuse
-from .errors import ArgumentError, DTypeError, RankError, ShapeError
+from .errors import ArgumentError, a_kind, DTypeError, RankError, ShapeError
 from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Number, Zip, describe, is_number, scalar_value
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Manifest(_Arith[Ix]):
     def __init__(self, array: FloatArray, comp: Comp = Comp.Seq) -> None:
         given: object = array  # untyped callers
         if not isinstance(given, np.ndarray) or given.ndim not in (1, 2):
-            got = f"shape {given.shape}" if isinstance(given, np.ndarray) else f"a {type(given).__name__}"
+            got = f"shape {given.shape}" if isinstance(given, np.ndarray) else a_kind(given)
             raise RankError(f"Manifest holds a 1-d or 2-d numpy array, got {got}")
         if array.dtype not in _FLOATS:
             raise DTypeError(f"Manifest holds float32 or float64, not {array.dtype}")

@@ -20,6 +20,12 @@ def is_count(v: object, low: int = 0) -> TypeIs[int | np.integer[Any]]:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(v >= low)
 
 
+def a_kind(v: object) -> str:
+    """``v``'s type with its article, for messages: "a str", "an int", "an Activation"."""
+    name = type(v).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 class LazybnError(Exception):
     """Base class of every error raised by lazybn."""
 

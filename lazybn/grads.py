@@ -16,7 +16,7 @@ import numpy as np
 
 from .array import Comp, Manifest, compute_all
 from .fuse.graph import FloatArray
-from .errors import ArgumentError, NumericalError, ValueRangeError
+from .errors import ArgumentError, a_kind, NumericalError, ValueRangeError
 from .layers import BN1, Gradients, LinearGradients, LinearNoBiasGradients, NoGrad
 from .ops import scale
 from .optimizers import as_number
@@ -46,7 +46,7 @@ def _arrays(op: str, grads: Sequence[Gradients]) -> list[Manifest[Any]]:
             case NoGrad():
                 named = []
             case _:
-                raise ArgumentError(f"{op}: grads[{i}] is a {type(g).__name__}, not a lazybn gradient")
+                raise ArgumentError(f"{op}: grads[{i}] is {a_kind(g)}, not a lazybn gradient")
         for name, a in named:
             if not isinstance(a, Manifest):  # a numpy array, or a Delayed not computed (as update refuses them)
                 raise ArgumentError(f"{op}: grads[{i}].{name} must be a computed lazybn array (lb.compute(...) makes "

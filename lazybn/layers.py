@@ -31,7 +31,7 @@ from typing import Any, TypeVar, final
 import numpy as np
 
 from .array import Manifest, Matrix, Vector
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, a_kind, DTypeError, RankError, ShapeError, ValueRangeError
 from .optimizers import as_number
 
 
@@ -325,7 +325,7 @@ def check_layers(op: str, layers: object) -> None:
         raise ArgumentError(f"{op}: layers must be a list of lazybn layers, got {type(layers).__name__}")
     for i, layer in enumerate(layers):
         if not isinstance(layer, (Linear, LinearNoBias, Batchnorm1d, Activation, Dropout)):
-            raise ArgumentError(f"{op}: layers[{i}] is a {type(layer).__name__}, not a lazybn layer")
+            raise ArgumentError(f"{op}: layers[{i}] is {a_kind(layer)}, not a lazybn layer")
 
 
 def nonfinite_weights(layers: Sequence[Layer]) -> str | None:

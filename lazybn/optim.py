@@ -40,7 +40,7 @@ from typing import Any, Literal, assert_never, final, get_args
 import numpy as np
 
 from .array import Comp, Delayed, Manifest, Matrix, Vector, compute_all
-from .errors import ArgumentError, DTypeError, LazybnError, NumericalError, ShapeError, ValueRangeError
+from .errors import ArgumentError, a_kind, DTypeError, LazybnError, NumericalError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .grads import require_list
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
@@ -219,8 +219,8 @@ def param_grads(i: int, layer: Layer, g: Gradients) -> tuple[Manifest[Any], ...]
                 return ()
         case _:
             assert_never(layer)
-    raise UpdateMismatchError(f"update: layer {i} is a {type(layer).__name__} but its gradient is a "
-                              f"{type(g).__name__}; grads must come from a pass through these same layers, in order", i)
+    raise UpdateMismatchError(f"update: layer {i} is {a_kind(layer)} but its gradient is "
+                              f"{a_kind(g)}; grads must come from a pass through these same layers, in order", i)
 
 
 def _check(i: int, layer: Layer, params: tuple[tuple[str, Manifest[Any]], ...], grads: tuple[Manifest[Any], ...],

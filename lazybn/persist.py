@@ -38,7 +38,7 @@ import numpy as np
 
 from ._files import ZIP_ERRORS, atomic_writer
 from .array import Comp, Manifest
-from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
+from .errors import ArgumentError, a_kind, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
 from .optim import KINDS, OptState, parameters
 
@@ -103,7 +103,7 @@ def _describe(layer: Layer) -> dict[str, Any]:
 def _check_meta(meta: Meta | None) -> dict[str, str | int | float | bool]:
     given: object = {} if meta is None else meta  # untyped callers
     if not isinstance(given, Mapping):
-        raise ArgumentError(f"save: meta must be a dict of str to str/int/float/bool, got a {type(given).__name__}")
+        raise ArgumentError(f"save: meta must be a dict of str to str/int/float/bool, got {a_kind(given)}")
     for k, v in given.items():
         if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
             raise ArgumentError(f"save: meta must map str to str/int/float/bool, got {k!r}: {v!r}")
@@ -177,7 +177,7 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
         raise ShapeError("save", (misfit[1],), (misfit[2],), f"{misfit[0]}; the network could not run")
     if opt_state is not None:
         given: object = opt_state  # an untyped caller may pass anything
-        wrong = (f"opt_state is a {type(given).__name__}, not an OptState" if not isinstance(given, OptState)
+        wrong = (f"opt_state is {a_kind(given)}, not an OptState" if not isinstance(given, OptState)
                  else _state_misfit(layers, opt_state))
         if wrong is not None:
             raise ArgumentError(f"save: {wrong}; opt_state must be the optimizer state of these layers "

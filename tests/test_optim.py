@@ -380,7 +380,7 @@ def test_mismatched_layers_and_gradients_name_the_layer() -> None:
                                                   r"LinearNoBiasGradients") as info:
         update(Adam(), state, layers, swapped)
     assert info.value.index == 2 and isinstance(info.value, LazybnError)
-    with pytest.raises(UpdateMismatchError, match="layer 1 is a Activation but its gradient is a BN1"):
+    with pytest.raises(UpdateMismatchError, match="layer 1 is an Activation but its gradient is a BN1"):
         update(Adam(), state, layers, [grads[0], grads[2], grads[2], grads[3], grads[4]])
     with pytest.raises(UpdateMismatchError, match="5 layers, 4 gradients"):
         update(Adam(), state, layers, grads[:4])

@@ -35,7 +35,7 @@ import numpy as np
 
 from .._files import atomic_write_bytes
 from ..array import Manifest
-from ..errors import ArgumentError, PersistenceError
+from ..errors import ArgumentError, a_kind, PersistenceError
 from ..layers import Layer
 from ..optim import Optimizer, init_state
 from ..persist import load
@@ -270,7 +270,7 @@ def _mismatch(got: Sequence[Layer], want: Sequence[Layer]) -> str | None:
         return f"{len(got)} layers, the run's network has {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
         if type(g) is not type(w):
-            return f"layer {i} is a {type(g).__name__}, the run's a {type(w).__name__}"
+            return f"layer {i} is {a_kind(g)}, the run's {a_kind(w)}"
         for f in fields(g):
             a, b = getattr(g, f.name), getattr(w, f.name)
             if isinstance(a, Manifest) and isinstance(b, Manifest):
