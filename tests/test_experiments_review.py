@@ -297,7 +297,7 @@ def test_a_stop_while_kernels_compile_says_why_it_waits(stopping: bool, capsys: 
     except KeyboardInterrupt:
         pass
     assert not warm.is_alive()
-    said = "lazybn: stopping once the kernels being compiled are written" in capsys.readouterr().err
+    said = "lazybn: stopping once the kernels being loaded or compiled are ready" in capsys.readouterr().err
     assert said == stopping
 
 

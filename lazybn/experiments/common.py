@@ -145,8 +145,8 @@ def join_warm_up(thread: threading.Thread) -> None:
     """Wait for the kernel warm-up ``thread``; if the command is stopping (an exception, Ctrl-C,
     is on its way out) while the thread still compiles, say why it does not end at once."""
     if sys.exc_info()[1] is not None and thread.is_alive():
-        print("lazybn: stopping once the kernels being compiled are written (a few seconds)", file=sys.stderr,
-              flush=True)
+        print("lazybn: stopping once the kernels being loaded or compiled are ready (at most a few seconds)",
+              file=sys.stderr, flush=True)
     thread.join()
 
 
