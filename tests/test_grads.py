@@ -202,7 +202,7 @@ def test_huge_finite_gradients_have_a_finite_norm_and_infinite_ones_are_refused(
     np.testing.assert_allclose(np.concatenate(_params(clipped)).ravel(), np.full(4, 1.5), rtol=1e-14)
     tiny = np.array([[3e-170, -4e-170], [0.0, 1e-180]])  # squares below float64's range
     assert lb.grad_norm([LinearNoBiasGradients(lb.matrix(tiny))]) == pytest.approx(
-        1e-170 * float(np.linalg.norm(tiny / 1e-170)), rel=1e-14)
+        1e-170 * float(np.linalg.norm(tiny / 1e-170)), rel=1e-14, abs=0.0)  # approx's default abs=1e-12 passes 0
     assert lb.grad_norm([LinearNoBiasGradients(lb.matrix(np.zeros((2, 2))))]) == 0.0
     inf: list[Gradients] = [LinearNoBiasGradients(lb.matrix(np.array([[1.0, np.inf]])))]
     assert lb.grad_norm(inf) == np.inf
@@ -221,3 +221,22 @@ def test_a_numpy_max_norm_and_uncomputed_gradients() -> None:
     for bad in (m * 2.0, np.ones((2, 2))):
         with pytest.raises(lb.ArgumentError, match=r"grads\[0\]\.dw must be a computed lazybn array"):
             lb.grad_norm([LinearNoBiasGradients(bad)])  # type: ignore[arg-type]
+
+
+def test_a_sum_of_squares_in_float64s_subnormal_range_keeps_every_digit() -> None:
+    """Squares of about 1e-320 are subnormal float64 numbers, with few significant digits left:
+    the norm of such gradients is still their norm to 1e-14 (the exact decimal answer, 5e-160)."""
+    for a in (np.array([[3e-160, 4e-160]]), np.array([[3e-160], [-4e-160]])):
+        assert lb.grad_norm([LinearNoBiasGradients(lb.matrix(a))]) == pytest.approx(5e-160, rel=1e-14, abs=0.0)
+
+
+def test_huge_gradients_of_one_sign_either_sign_have_their_norm() -> None:
+    """The norm of gradients whose squares overflow does not depend on their signs: all-negative
+    gradients have the norm of their magnitudes (5e160, from 3-4-5), and clip to max_norm."""
+    for sign in (1.0, -1.0):
+        a = sign * np.array([[3e160, 4e160]])
+        grads: list[Gradients] = [LinearNoBiasGradients(lb.matrix(a))]
+        assert lb.grad_norm(grads) == pytest.approx(5e160, rel=1e-14)
+        clipped, norm = lb.clip_grad_norm(grads, 10.0)
+        assert norm == pytest.approx(5e160, rel=1e-14)
+        np.testing.assert_allclose(_params(clipped)[0], sign * np.array([[6.0, 8.0]]), rtol=1e-14)
