@@ -381,6 +381,20 @@ def test_the_mean_loss_of_non_finite_or_empty_log_likelihoods(values: list[float
         assert got == pytest.approx(want, rel=1e-6)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e300, 0.0) | st.sampled_from([-1.0, -1e-16, -3e-17]), min_size=1, max_size=30))
+def test_the_mean_loss_is_the_exactly_rounded_sum_divided_once(values: list[float]) -> None:
+    """The mean loss is the exact sum of the log-likelihoods (rational arithmetic), rounded once,
+    divided by n: one sample of loss 1 and ten of 1e-16 lose nothing (a float sum drops the ten)."""
+    from fractions import Fraction
+
+    from lazybn.network import mean_loss
+
+    for vs in (values, [-1.0] + [-1e-16] * 10):
+        exact = sum((Fraction(v) for v in vs), Fraction(0))
+        assert mean_loss(lb.vector(np.array(vs, np.float64))) == -float(exact) / len(vs)
+
+
 def _overflowing_batch() -> tuple[list[Layer], lb.Matrix, lb.Matrix]:
     """A finite float32 batch whose first batch-norm layer's variance overflows to infinity."""
     net = lb.mlp((4, 3, 2), batchnorm=True, seed=0)
