@@ -716,6 +716,55 @@ def test_a_confidently_wrong_sample_counts_with_its_whole_loss() -> None:
         assert train_step(net, opt, init_state(opt, net), x, y).loss == pytest.approx(want, rel=1e-7)
 
 
+def test_finite_gradients_whose_sum_overflows_are_not_refused() -> None:
+    """gradients() finds NaN/inf through a sum, which can overflow where every entry is finite:
+    float32 entries of dx of 1.5e38 sum to 9e38. They are returned as the numpy oracle's."""
+    w = np.zeros((3, 3))
+    w[:, 0], w[:, 1] = 2e38, -1e38  # every sample predicts class 0 (logit 6e8) and is of class 1
+    x, tgt = np.full((2, 3), 1e-30), np.eye(3)[[1, 1]]
+    net: list[Layer] = [LinearNoBias(lb.matrix(w, np.float32))]
+    r = lb.gradients(net, lb.matrix(x, np.float32), lb.matrix(tgt, np.float32), input_grad=True)
+    z = x @ w
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    want = (p / p.sum(axis=1, keepdims=True) - tgt) / 2 @ w.T
+    with np.errstate(over="ignore"):
+        assert np.isfinite(want.astype(np.float32)).all() and not np.isfinite(want.astype(np.float32).sum())
+    np.testing.assert_allclose(r.dx.array, want, rtol=1e-6)
+    assert r.loss == pytest.approx(9e8, rel=1e-6)
+
+
+def test_an_input_gradient_beyond_the_float_range_is_named_when_asked_for() -> None:
+    """Weights of +-3e38 make dx = w[:, 0] - w[:, 1] = 6e38, beyond float32 (numpy agrees), while
+    the loss and dw stay finite: gradients() with input_grad=True names dx; without, it passes."""
+    w = np.zeros((2, 2))
+    w[:, 0], w[:, 1] = 3e38, -3e38  # the sample predicts class 0 and is of class 1
+    x, tgt = np.full((1, 2), 1e-30), np.eye(2)[[1]]
+    z = x @ w
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(((np.exp(z - z.max()) / np.exp(z - z.max()).sum() - tgt) @ w.T).astype(np.float32)).all()
+    net: list[Layer] = [LinearNoBias(lb.matrix(w, np.float32))]
+    xs, ts = lb.matrix(x, np.float32), lb.matrix(tgt, np.float32)
+    with pytest.raises(lb.NumericalError, match="the input gradient dx is not finite"):
+        lb.gradients(net, xs, ts, input_grad=True)
+    assert lb.gradients(net, xs, ts).loss == pytest.approx(12e8, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", [name for name in NETS if name != "bn-on-the-input"])
+def test_no_input_gradient_is_computed_unless_asked_for(name: str) -> None:
+    """input_grad=False: a first linear layer computes no dx (the empty (0, 0) matrix), and the
+    parameter gradients are those of input_grad=True bit for bit. (A first batch-norm layer hands
+    back the dx its backward kernel computes with dgamma and dbeta.)"""
+    rng = np.random.default_rng(4)
+    layers = NETS[name](rng)
+    x, tgt = batch(rng)
+    dx, _, grads = _pass(lb.matrix(x), tgt, layers, 5)
+    none, _, grads2 = _pass(lb.matrix(x), tgt, layers, 5, input_grad=False)
+    assert dx.shape == x.shape and none.shape == (0, 0)
+    for g, g2 in zip(grads, grads2):
+        for f, a in param_grads(g).items():
+            assert param_grads(g2)[f].tobytes() == a.tobytes()
+
+
 @pytest.mark.parametrize("kind", ["Linear", "LinearNoBias", "Batchnorm1d"])
 @pytest.mark.parametrize("wrong", ["width", "dtype"])
 def test_a_later_layer_that_does_not_fit_the_layers_before_it_is_named(kind: str, wrong: str) -> None:
