@@ -432,6 +432,23 @@ def test_a_step_with_non_finite_batch_statistics_names_the_layer_and_applies_not
                 np.testing.assert_array_equal(getattr(la, f).array, getattr(lw, f).array)
 
 
+def test_what_is_named_first_is_a_batch_statistic_then_the_loss_then_a_gradient() -> None:
+    """Logits beyond float32 make the loss and dw NaN: gradients() names the loss, the cause, not
+    the gradient it spoils; a batch statistic comes before both, wherever its layer is."""
+    from lazybn.network import first_nonfinite
+
+    net: list[Layer] = [LinearNoBias(lb.matrix(np.full((2, 2), 3e38), np.float32))]
+    x, tgt = lb.matrix(np.full((2, 2), 10.0), np.float32), lb.matrix(np.eye(2), np.float32)
+    with pytest.raises(lb.NumericalError, match=r"^gradients: the loss is nan$"):
+        lb.gradients(net, x, tgt)
+    grads = [(0, "LinearNoBias", "dw"), (1, "Batchnorm1d", "dgamma")]
+    assert first_nonfinite(math.nan, [*grads, (1, "Batchnorm1d", "batch_mu")]) == \
+        "layer 1 (Batchnorm1d) has a non-finite batch_mu"
+    assert first_nonfinite(math.inf, grads) == "the loss is inf"
+    assert first_nonfinite(1.0, grads) == "layer 0 (LinearNoBias) has a non-finite dw"
+    assert first_nonfinite(1.0, []) is None
+
+
 def test_a_product_that_overflows_is_one_clear_error_without_numpy_warnings() -> None:
     import warnings
 
