@@ -134,8 +134,11 @@ def test_invalid_arguments() -> None:
             lb.Renorm(3.0, huge)
     with pytest.raises(ValueRangeError, match="Dropout.p"):
         mlp([3, 2, 2], batchnorm=False, dropout=-0.1)
-    with pytest.raises(ValueRangeError, match="gain"):
-        weights(Init.he, 3, 2, np.random.default_rng(0), gain=0.0)
+    for gain in (0.0, -1.0, math.inf, math.nan):  # an infinite gain would make every weight infinite
+        with pytest.raises(ValueRangeError, match="weights.gain: must be a finite number > 0"):
+            weights(Init.he, 3, 2, np.random.default_rng(0), gain=gain)
+        with pytest.raises(ValueRangeError, match="weights.gain"):
+            mlp([3, 2, 2], batchnorm=False, gain=gain)
     with pytest.raises(ValueRangeError, match="momentum"):
         mlp([3, 2, 2], batchnorm=True, momentum=1.5)
     with pytest.raises(DTypeError):
