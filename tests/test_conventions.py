@@ -7,6 +7,7 @@ in float64.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -143,8 +144,11 @@ def test_invalid_histories_are_rejected() -> None:
         to_keras(layer, batch_size=1, steps=3)
     with pytest.raises(ValueRangeError, match="steps"):
         to_keras(layer, batch_size=4, steps=-1)
-    with pytest.raises(ValueRangeError, match="initial_var"):
-        to_keras(layer, batch_size=4, steps=1, initial_var=-1.0)
+    for bad in (-1.0, math.inf, math.nan):  # an infinite initial variance would make every variance inf or NaN
+        with pytest.raises(ValueRangeError, match="to_keras.initial_var: must be a finite number >= 0"):
+            to_keras(layer, batch_size=4, steps=1, initial_var=bad)
+        with pytest.raises(ValueRangeError, match="from_keras.initial_var: must be a finite number >= 0"):
+            from_keras(to_keras(layer, 4, 1), batch_size=4, steps=1, initial_var=bad)
     k = KerasBatchNorm(np.ones(2), np.zeros(2), np.zeros(2), np.array([0.1, 2.0]), 0.99, 1e-3)
     with pytest.raises(ValueRangeError, match="negative running variance.*at least momentum"):
         from_keras(k, 4, 1)  # one step from v0 = 1 leaves at least 0.99: 0.1 is impossible
