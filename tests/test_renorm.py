@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lazybn as lb
@@ -274,6 +274,8 @@ def _ramp_oracle(t: int, final: float, start: int, steps: int, first: float) -> 
 
 @given(rmax=st.floats(1.0, 10.0), dmax=st.floats(0.0, 10.0), start=st.integers(0, 50), rsteps=st.integers(0, 60),
        dsteps=st.integers(0, 60), t=st.integers(0, 200))
+@example(rmax=3.0, dmax=5.0, start=10, rsteps=20, dsteps=40, t=20)  # halfway up rmax (2.0), a quarter up dmax (1.25)
+@example(rmax=3.0, dmax=5.0, start=10, rsteps=20, dsteps=40, t=11)  # the first step of the ramps
 def test_a_ramp_is_batch_norm_until_it_starts_then_linear_to_its_bounds(rmax: float, dmax: float, start: int,
                                                                          rsteps: int, dsteps: int, t: int) -> None:
     got = lb.RenormRamp(rmax, dmax, start, rsteps, dsteps).at(t)
