@@ -68,6 +68,10 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("Linear with a vector weight", lambda: Linear(V, V), lb.RankError, "Linear.w"),  # type: ignore[arg-type]
     ("Batchnorm1d lengths differ", lambda: Batchnorm1d(lb.zeros(3), lb.ones(3), lb.ones(4), lb.zeros(3)),
      lb.ShapeError, "one length"),
+    ("Batchnorm1d mixing dtypes", lambda: Batchnorm1d(lb.zeros(3), lb.ones(3), lb.ones(3, np.float64), lb.zeros(3)),
+     lb.DTypeError, "Batchnorm1d: parameters mix dtypes ['float32', 'float64']"),
+    ("Linear bias of another length than w's columns", lambda: Linear(lb.ones((3, 2)), lb.zeros(3)), lb.ShapeError,
+     "b needs one entry per column"),
     ("Batchnorm1d eps <= 0", lambda: _bn(eps=0.0), lb.ValueRangeError, "eps"),
     ("Batchnorm1d eps that is 0 in float32", lambda: _bn(eps=1e-50), lb.ValueRangeError,
      "eps: must be a normal float32 number"),
