@@ -73,6 +73,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("Linear bias of another length than w's columns", lambda: Linear(lb.ones((3, 2)), lb.zeros(3)), lb.ShapeError,
      "b needs one entry per column"),
     ("Batchnorm1d eps <= 0", lambda: _bn(eps=0.0), lb.ValueRangeError, "eps"),
+    ("Batchnorm1d eps infinite", lambda: _bn(eps=float("inf")), lb.ValueRangeError,
+     "Batchnorm1d.eps: must be a finite number > 0, got inf"),
     ("Batchnorm1d eps that is 0 in float32", lambda: _bn(eps=1e-50), lb.ValueRangeError,
      "eps: must be a normal float32 number"),
     ("Batchnorm1d momentum outside [0, 1]", lambda: _bn(momentum=1.5), lb.ValueRangeError, "momentum"),
