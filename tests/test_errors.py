@@ -108,7 +108,7 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      lambda: lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(4, dtype=F32)[:2])),
      lb.ShapeError, "one column per class"),
     ("input of another dtype than the network", lambda: lb.forward(_net(), lb.matrix(np.ones((2, 2)), np.float64)),
-     lb.DTypeError, "layer 0 (LinearNoBias) holds float32"),
+     lb.DTypeError, "forward: the input is float64 but layer 0 (LinearNoBias) holds float32; convert one of them"),
     ("input with the wrong number of features", lambda: lb.forward(_net(), lb.matrix(np.ones((2, 5), F32))),
      lb.ShapeError, "takes 2 features, the input has 5"),
     ("a layer of another width than the layers before it give",
