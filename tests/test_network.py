@@ -808,3 +808,18 @@ def test_a_later_layer_that_does_not_fit_the_layers_before_it_is_named(kind: str
                      ("logits", lambda: lb.accuracy(net, x, np.zeros(4, np.int64)))):
         with pytest.raises(error, match=f"^{op}: .*{want}"):
             call()
+
+
+@given(classes=st.integers(1, 12), data=st.data())
+def test_one_hot_is_the_identity_matrix_row_of_each_label_and_refuses_labels_just_outside(classes: int,
+                                                                                         data: st.DataObject) -> None:
+    from lazybn.train import one_hot
+
+    labels = np.array(data.draw(st.lists(st.integers(0, classes - 1), max_size=20)), dtype=np.int64)
+    got = one_hot(labels, classes, np.float64)
+    assert got.shape == (len(labels), classes) and got.dtype == np.float64
+    assert np.array_equal(got, np.eye(classes)[labels].reshape(len(labels), classes))
+    for bad in (-1, classes):  # the nearest labels outside [0, classes): -1 would pick the last column
+        at = data.draw(st.integers(0, len(labels)))
+        with pytest.raises(lb.ValueRangeError, match=re.escape(f"labels must be in [0, {classes})")):
+            one_hot(np.insert(labels, at, bad), classes)

@@ -606,3 +606,79 @@ def test_parameters_that_are_not_trainable_match_torchs_requires_grad_false(opt:
     layers, model = _torch_twin(torch, 5, trainable=False)
     rng = np.random.default_rng(50)
     assert_torch_steps_agree(torch, model, layers, rng.normal(size=(8, 5)), rng.integers(0, 3, 8), opt, steps=3)
+
+
+@pytest.mark.parametrize("make,theirs", [
+    (lambda: Adam(), lambda torch, ps: torch.optim.Adam(ps)),  # torch's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8
+    (lambda: RMSProp(), lambda torch, ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-8)),
+    (lambda: Momentum(0.1), lambda torch, ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
+], ids=["Adam", "RMSProp", "Momentum"])
+def test_default_hyperparameters_step_as_the_documented_torch_optimizers(make: Any, theirs: Any) -> None:
+    """The defaults the docs state (Adam: torch's; RMSProp: lr 1e-3, decay 0.9, eps 1e-8;
+    Momentum: beta 0.9), through steps whose moments and bias corrections show every one of them."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    w0 = rng.normal(size=(3, 4))
+    opt = make()
+    layers: list[Layer] = [LinearNoBias(lb.matrix(w0, np.float64))]
+    state = init_state(opt, layers)
+    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    reference = theirs(torch, [p])
+    for t in range(4):
+        g = rng.normal(size=(3, 4)) * 10.0 ** rng.uniform(-9, 0, size=(3, 4))  # some near eps's scale
+        layers, state = update(opt, state, layers, [LinearNoBiasGradients(lb.matrix(g, np.float64))])
+        p.grad = torch.from_numpy(g)
+        reference.step()
+        assert isinstance(layers[0], LinearNoBias)
+        np.testing.assert_allclose(layers[0].w.array, p.detach().numpy(), rtol=1e-13, atol=0, err_msg=f"step {t + 1}")
+
+
+@pytest.mark.parametrize("step", [-1, -2**40, 1.0, True, "3", None])
+def test_an_opt_state_refuses_a_step_that_is_not_a_count_of_updates(step: Any) -> None:
+    with pytest.raises(ValueRangeError, match=re.escape(f"OptState.step: must be an integer >= 0, got {step!r}")):
+        OptState(step, ())
+    assert OptState(0, ()).step == 0 and OptState(2**40, ()).step == 2**40  # counts are accepted, however large
+
+
+def test_an_opt_state_refuses_slots_that_are_not_tuples_of_lazybn_arrays() -> None:
+    v = lb.vector(np.zeros(3))
+    for bad in (((np.zeros(3),),), ([v],), ((v, np.zeros(3)),), ((v,), (lb.vector(np.zeros(2)) + 1.0,))):
+        at = next(i for i, s in enumerate(bad) if not isinstance(s, tuple) or not all(isinstance(a, lb.Manifest) for a in s))
+        with pytest.raises(lb.ArgumentError, match=re.escape(f"OptState.slots[{at}]: expected a tuple of lazybn Manifest")):
+            OptState(0, bad)  # type: ignore[arg-type]
+    assert OptState(1, ((v, v), ())).slots[0][1] is v
+
+
+@pytest.mark.parametrize("make", [Adam, RMSProp])
+@pytest.mark.parametrize("where", ["Linear.w", "Linear.b", "Batchnorm1d.gamma", "Batchnorm1d.beta"])
+def test_a_second_moment_that_overflows_is_named_though_its_parameter_stays_finite(make: Any, where: str) -> None:
+    """float32, one gradient entry of 1e30: its square overflows, so the average of squared
+    gradients is inf while the parameter steps by g / inf = 0 and stays finite. The update refuses
+    it, naming the layer, whether the moment belongs to a matrix or a vector."""
+    f32 = np.dtype(np.float32)
+    big = np.float32(1e30)
+    decay = 0.999 if make is Adam else 0.9
+    with np.errstate(over="ignore"):  # numpy's float32: the new moment is inf, the step is 0
+        v = np.float32(1 - decay) * (big * big)
+        assert np.isinf(v) and big / (np.sqrt(v) + np.float32(1e-8)) == 0
+    layers: list[Layer] = [Linear(lb.matrix(np.ones((2, 3)), f32), lb.vector(np.ones(3), f32)), Activation(Act.relu),
+                           Batchnorm1d(lb.zeros(3, f32), lb.ones(3, f32), lb.ones(3, f32), lb.zeros(3, f32))]
+    arrays = {"Linear.w": np.zeros((2, 3), f32), "Linear.b": np.zeros(3, f32), "Batchnorm1d.gamma": np.zeros(3, f32),
+              "Batchnorm1d.beta": np.zeros(3, f32)}
+    arrays[where].flat[1] = big
+    grads: list[Gradients] = [LinearGradients(lb.matrix(arrays["Linear.w"]), lb.vector(arrays["Linear.b"])), NoGrad(),
+                              BN1(lb.zeros(3, f32), lb.ones(3, f32), lb.vector(arrays["Batchnorm1d.gamma"]),
+                                  lb.vector(arrays["Batchnorm1d.beta"]), 4)]
+    opt = make(1e-3)
+    layer = 0 if where.startswith("Linear") else 2
+    kind = where.split(".")[0]
+    with pytest.raises(lb.NumericalError, match=re.escape(
+            f"update at step 0: the update makes the optimizer state of layer {layer} ({kind}) non-finite "
+            "(an average of squared gradients overflowed)")):
+        update(opt, init_state(opt, layers), layers, grads)
+    arrays[where].flat[1] = np.float32(1e15)  # its square, 1e30, fits: the step goes through
+    grads = [LinearGradients(lb.matrix(arrays["Linear.w"]), lb.vector(arrays["Linear.b"])), NoGrad(),
+             BN1(lb.zeros(3, f32), lb.ones(3, f32), lb.vector(arrays["Batchnorm1d.gamma"]),
+                 lb.vector(arrays["Batchnorm1d.beta"]), 4)]
+    _, state = update(opt, init_state(opt, layers), layers, grads)
+    assert all(np.isfinite(a.array).all() for s in state.slots for a in s)
