@@ -682,3 +682,47 @@ def test_a_second_moment_that_overflows_is_named_though_its_parameter_stays_fini
                  lb.vector(arrays["Batchnorm1d.beta"]), 4)]
     _, state = update(opt, init_state(opt, layers), layers, grads)
     assert all(np.isfinite(a.array).all() for s in state.slots for a in s)
+
+
+def test_adams_second_moment_is_kept_where_only_the_bias_correction_makes_its_root_show() -> None:
+    """float32 Adam, eps 1e-11, gradients of 1e-18: v = (1 - beta2) g^2 = 1e-39 is subnormal. Its
+    root is hidden by eps (sqrt(v) + eps == eps) but not once the bias correction, up to
+    1 / (1 - beta2), multiplies it: so v is stored as torch stores it, not flushed to 0."""
+    torch = pytest.importorskip("torch")
+    eps, f32 = 1e-11, np.float32
+    opt = Adam(1e-3, eps=eps)
+    layers: list[Layer] = [LinearNoBias(lb.matrix(np.ones((2, 3)), np.float32))]
+    p = torch.nn.Parameter(torch.ones(2, 3))
+    theirs = torch.optim.Adam([p], lr=1e-3, betas=(opt.beta1, opt.beta2), eps=eps)
+    state = init_state(opt, layers)
+    g = np.full((2, 3), 1e-18, np.float32)
+    for _ in range(3):
+        layers, state = update(opt, state, layers, [LinearNoBiasGradients(lb.matrix(g))])
+        p.grad = torch.from_numpy(g.copy())
+        theirs.step()
+    v = state.slots[0][1].array
+    want = theirs.state[p]["exp_avg_sq"].numpy()
+    assert (want > 0).all() and (want < np.finfo(np.float32).tiny).all()  # the oracle's v: subnormal
+    np.testing.assert_allclose(v, want, rtol=1e-6)
+    most = f32(1.0 / (1.0 - opt.beta2))
+    assert (np.sqrt(v) + f32(eps) == f32(eps)).all()  # hidden by eps alone
+    assert (np.sqrt(most * v) + f32(eps) != f32(eps)).all()  # but not at the largest bias correction
+    assert isinstance(layers[0], LinearNoBias)
+    np.testing.assert_allclose(layers[0].w.array, p.detach().numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_step_that_overflows_only_a_bias_is_refused_naming_it(dtype: np.dtype[Any]) -> None:
+    """SGD with the dtype's largest learning rate and a zero weight gradient: numpy's b - lr * db
+    overflows in the bias alone, w stays as it is. The update refuses the step, naming the bias."""
+    lr = float(np.finfo(dtype).max)
+    w, b, db = np.ones((2, 3), dtype), np.zeros(3, dtype), np.array([0.0, -4.0, 0.5], dtype)
+    with np.errstate(over="ignore"):
+        assert np.isfinite(w - dtype.type(lr) * np.zeros_like(w)).all()
+        assert not np.isfinite(b - dtype.type(lr) * db).all()
+    layers: list[Layer] = [Activation(Act.relu), Linear(lb.matrix(w), lb.vector(b))]
+    grads: list[Gradients] = [NoGrad(), LinearGradients(lb.matrix(np.zeros_like(w)), lb.vector(db))]
+    opt = SGD(lr)
+    with pytest.raises(lb.NumericalError, match=re.escape("update at step 0: the update makes layer 1 (Linear) b "
+                                                          "non-finite")):
+        update(opt, init_state(opt, layers), layers, grads)
