@@ -207,6 +207,7 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: epoch(x, labels), lb.RankError, "y (targets) must have rank 2"),
         (lambda: epoch(x, np.concatenate([y, y])), lb.ShapeError, "x has 4 samples and y (targets) 8"),
         (lambda: epoch(x, y, 3), lb.ArgumentError, "numpy Generator"),
+        (lambda: epoch(x[:0], y[:0]), lb.ValueRangeError, "train_epoch: no samples (x has 0 rows)"),
         (lambda: lb.accuracy(_net(), x, labels[:, None]), lb.RankError, "labels must have rank 1"),
         (lambda: lb.accuracy(_net(), x[:0], labels[:0]), lb.ValueRangeError, "no samples"),
         # never a silently wrong score: NaN rows would count as class 0, label 7 as a miss
@@ -214,6 +215,7 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: lb.accuracy(_net(), x, np.array([0, 1, 7, 0])), lb.ValueRangeError,
          "labels must be classes of the network's 3 outputs, in [0, 3); got values from 0 to 7"),
         (lambda: lb.accuracy(_net(), x, np.array([0, -1, 2, 0])), lb.ValueRangeError, "from -1 to 2"),
+        (lambda: lb.accuracy(_net(), x, np.array([0, 1, 3, 0])), lb.ValueRangeError, "in [0, 3); got values from 0 to 3"),
         (lambda: lb.accuracy(_net(), np.where(np.arange(8).reshape(4, 2) == 5, np.nan, x), labels), NumericalError,
          "x contains NaN or infinity (first in row 2)"),
         (lambda: lb.accuracy(_net(), np.full((4, 2), np.inf, F32), labels), NumericalError, "first in row 0"),
