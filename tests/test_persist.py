@@ -512,3 +512,42 @@ def test_loaded_batchnorm_settings_survive(tmp_path: Path) -> None:
     got = load(tmp_path / "b.npz").layers[0]
     assert isinstance(got, Batchnorm1d)
     assert (got.eps, got.momentum, got.unbiased) == (1e-3, 0.01, False)
+
+
+def test_every_batch_norm_and_linear_flag_round_trips_and_is_written_as_documented(tmp_path: Path) -> None:
+    """Each setting of its own, on layers whose every other setting is the default: a frozen
+    layer that does not train, a cumulative average with its count and ghost batches, a Linear
+    that does not train, and renormalisation bounds."""
+    v = lb.vector([1.0, 2.0], np.float64)
+    frozen = Batchnorm1d(v, v, v, v, frozen=True, trainable=False)
+    ghost = Batchnorm1d(v, v, v, v, momentum=None, tracked=7, ghost_batch=4)
+    fixed = Linear(lb.matrix(np.ones((2, 2)), np.float64), v, trainable=False)
+    renorm = Batchnorm1d(v, v, v, v, renorm=lb.Renorm(3.0, None))
+    save(tmp_path / "f.npz", [frozen, ghost, fixed, renorm])
+    got = load(tmp_path / "f.npz").layers
+    assert isinstance(got[0], Batchnorm1d) and isinstance(got[1], Batchnorm1d) and isinstance(got[2], Linear)
+    assert (got[0].frozen, got[0].trainable, got[0].ghost_batch, got[0].renorm) == (True, False, None, None)
+    assert (got[1].frozen, got[1].trainable, got[1].momentum, got[1].tracked) == (False, True, None, 7)
+    assert (got[1].ghost_batch, got[1].renorm) == (4, None)
+    assert got[2].trainable is False
+    assert isinstance(got[3], Batchnorm1d) and (got[3].renorm, got[3].ghost_batch) == (lb.Renorm(3.0, None), None)
+    with np.load(tmp_path / "f.npz") as z:
+        layers = json.loads(z["header.json"].tobytes())["layers"]
+    assert (layers[0]["frozen"], layers[0]["trainable"]) == (True, False)
+    assert "ghost_batch" not in layers[0] and "renorm" not in layers[0]
+    assert (layers[1]["momentum"], layers[1]["tracked"], layers[1]["ghost_batch"]) == (None, 7, 4)
+    assert "renorm" not in layers[1] and "frozen" not in layers[1]
+    assert layers[2]["trainable"] is False
+    assert layers[3]["renorm"] == {"rmax": 3.0, "dmax": None} and "ghost_batch" not in layers[3]
+
+
+def test_meta_that_save_would_not_write_is_refused_by_load(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    bad: list[object] = [[1, 2], "epoch=3", {"epoch": [1, 2]}, {"note": None}, {"x": {"y": 1}}]
+    for i, meta in enumerate(bad):
+        with pytest.raises(PersistenceError, match="header field 'meta' is not an object of str/int/float/bool values"):
+            load(_write(tmp_path / f"m{i}.npz", d["arrays"], {**d["header"], "meta": meta}))
+    good: list[dict[str, object] | None] = [None, {}, {"epoch": 3, "lr": 0.5, "note": "x", "done": False}]
+    for i, ok in enumerate(good):  # what save writes
+        got = load(_write(tmp_path / f"ok{i}.npz", d["arrays"], {**d["header"], "meta": ok})).meta
+        assert got == (ok or {})
