@@ -551,3 +551,61 @@ def test_meta_that_save_would_not_write_is_refused_by_load(tmp_path: Path) -> No
     for i, ok in enumerate(good):  # what save writes
         got = load(_write(tmp_path / f"ok{i}.npz", d["arrays"], {**d["header"], "meta": ok})).meta
         assert got == (ok or {})
+
+
+def test_a_saved_file_gets_the_mode_a_plain_write_gets(tmp_path: Path) -> None:
+    """The temporary file behind the rename is created private (0600); the file saved is given
+    the mode open() would give a new file under the process's umask."""
+    old = os.umask(0o027)
+    try:
+        save(tmp_path / "n.npz", mlp([3, 2], batchnorm=False, seed=1))
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "n.npz").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_write_that_fails_removes_its_temporary_file_and_keeps_the_old_one(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "net.npz"
+    old = mlp([4, 3, 2], batchnorm=True, seed=1)
+    save(path, old)
+    before = path.read_bytes()
+
+    def failing(f: Any, **arrays: Any) -> None:
+        f.write(b"PK partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", failing)
+    with pytest.raises(OSError, match="disk full"):
+        save(path, mlp([4, 3, 2], batchnorm=True, seed=2))
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["net.npz"] and path.read_bytes() == before
+    assert_same_network(load(path).layers, old)
+
+
+def test_the_cache_directory_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lazybn._files import cache_dir
+
+    monkeypatch.setenv("LAZYBN_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("LAZYBN_CACHE_DIR", "")  # empty: not set
+    assert cache_dir() == tmp_path / "xdg" / "lazybn"
+    monkeypatch.delenv("LAZYBN_CACHE_DIR")
+    assert cache_dir() == tmp_path / "xdg" / "lazybn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "lazybn"
+
+
+def test_a_batch_norm_header_without_momentum_is_refused_and_null_is_a_cumulative_average(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)
+    header = json.loads(json.dumps(d["header"]))
+    del header["layers"][1]["momentum"]  # save always writes it: absent is not "null"
+    with pytest.raises(PersistenceError, match="layer 1: header field 'momentum' is missing or invalid"):
+        load(_write(tmp_path / "a.npz", d["arrays"], header))
+    header["layers"][1]["momentum"] = None
+    bn = load(_write(tmp_path / "n.npz", d["arrays"], header)).layers[1]
+    assert isinstance(bn, Batchnorm1d) and bn.momentum is None
