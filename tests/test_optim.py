@@ -726,3 +726,42 @@ def test_a_step_that_overflows_only_a_bias_is_refused_naming_it(dtype: np.dtype[
     with pytest.raises(lb.NumericalError, match=re.escape("update at step 0: the update makes layer 1 (Linear) b "
                                                           "non-finite")):
         update(opt, init_state(opt, layers), layers, grads)
+
+
+def test_a_state_with_another_number_of_layers_is_refused_by_update_and_train_step() -> None:
+    rng = np.random.default_rng(12)
+    f64 = np.dtype(np.float64)
+    layers = _net(rng, 2, 3, 2, f64)
+    grads = _grads(rng, layers, f64)
+    x, y = lb.matrix(rng.normal(size=(4, 2))), lb.matrix(np.eye(2)[[0, 1, 1, 0]])
+    state = init_state(Momentum(0.1), layers)
+    for slots in (state.slots[:4], state.slots + ((),)):
+        short = OptState(3, slots, "Momentum")
+        with pytest.raises(UpdateMismatchError, match=f"5 layers, optimizer state for {len(slots)} layers"):
+            update(Momentum(0.1), short, layers, grads)
+        with pytest.raises(UpdateMismatchError, match=f"5 layers, optimizer state for {len(slots)} layers"):
+            lb.train_step(layers, Momentum(0.1), short, x, y, key=1)
+
+
+@pytest.mark.parametrize("opt", [SGD(0.1), Momentum(0.1, beta=0.5), Adam(0.1), RMSProp(0.1)])
+def test_a_zero_lr_scale_keeps_the_parameters_and_still_counts_the_step_and_its_moments(opt: Optimizer) -> None:
+    rng = np.random.default_rng(13)
+    f64 = np.dtype(np.float64)
+    layers = _net(rng, 2, 3, 2, f64)
+    grads = _grads(rng, layers, f64)
+    new, state = update(opt, init_state(opt, layers), layers, grads, lr_scale=0.0)
+    assert_same_network(new, layers)
+    assert state.step == 1
+    g = grads[0].dw.array  # type: ignore[union-attr]
+    match opt:  # the moments of w after one step from zero, in float64 numpy
+        case Adam():
+            want = [(1 - opt.beta1) * g, (1 - opt.beta2) * g * g]
+        case RMSProp():
+            want = [(1 - opt.rho) * g * g]
+        case Momentum():
+            want = [g]
+        case SGD():
+            want = []
+    for got, w in zip(state.slots[0], want, strict=False):
+        np.testing.assert_allclose(got.array, w, rtol=1e-14)
+    assert len(state.slots[0]) == 2 * len(want)
