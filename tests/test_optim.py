@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -765,3 +766,23 @@ def test_a_zero_lr_scale_keeps_the_parameters_and_still_counts_the_step_and_its_
     for got, w in zip(state.slots[0], want, strict=False):
         np.testing.assert_allclose(got.array, w, rtol=1e-14)
     assert len(state.slots[0]) == 2 * len(want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(most=st.floats(1.0, 1e4), mantissa=st.floats(1.0, 2.0, exclude_max=True), above=st.booleans())
+def test_negligible_root_is_never_wrong_in_the_binades_where_the_roots_reach_half_an_ulp(
+        dtype: np.dtype[Any], most: float, mantissa: float, above: bool) -> None:
+    """2^k is the largest power of two whose half ulp, 2^k * machine eps / 2, is at most the
+    largest root sqrt(most * tiny). Across the binade [2^k, 2^(k+1)) half an ulp stays that size
+    while eps doubles: the roots show, so negligible_root must say no. In the binade above, half
+    an ulp exceeds every root: the dtype's arithmetic hides them, and negligible_root may say so."""
+    from lazybn.optimizers import negligible_root
+
+    info = np.finfo(dtype)
+    k = math.floor(math.log2(2 * np.sqrt(float(info.tiny) * most) / float(info.eps)))
+    eps = mantissa * 2.0 ** (k + above)
+    if not above:
+        assert not negligible_root(dtype, eps, most), (eps, most)
+    else:
+        largest = np.nextafter(dtype.type(info.tiny), dtype.type(0))
+        assert np.sqrt(dtype.type(most) * largest) + dtype.type(eps) == dtype.type(eps), (eps, most)
