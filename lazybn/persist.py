@@ -382,7 +382,8 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
         step = _field(opt, "step", "int", f"{path}: optimizer")
         shapes = _field(opt, "slots", "list", f"{path}: optimizer")
         if len(shapes) != len(layers) or not all(isinstance(s, list) for s in shapes):
-            raise PersistenceError(f"{path}: the optimizer state has {len(shapes)} entries for {len(layers)} layers")
+            raise PersistenceError(f"{path}: the optimizer state has {len(shapes)} entries for {len(layers)} layers, "
+                                   f"each a list of shapes: {[type(s).__name__ for s in shapes]}")
         made_by = opt.get("made_by")
         if made_by is not None and made_by not in KINDS:
             raise PersistenceError(f"{path}: header field 'made_by' of the optimizer is invalid ({made_by!r})")

@@ -609,3 +609,17 @@ def test_a_batch_norm_header_without_momentum_is_refused_and_null_is_a_cumulativ
     header["layers"][1]["momentum"] = None
     bn = load(_write(tmp_path / "n.npz", d["arrays"], header)).layers[1]
     assert isinstance(bn, Batchnorm1d) and bn.momentum is None
+
+
+def test_optimizer_slots_that_are_not_one_list_per_layer_are_persistence_errors(tmp_path: Path) -> None:
+    _, d = _saved(tmp_path)  # 4 layers: LinearNoBias, Batchnorm1d, Activation, LinearNoBias
+    slots = d["header"]["optimizer"]["slots"]
+    for i, (changed, message) in enumerate((
+            (slots[:3], "the optimizer state has 3 entries for 4 layers, each a list of shapes: ['list', 'list', 'list']"),
+            ([*slots, []], "the optimizer state has 5 entries for 4 layers"),
+            ([*slots[:2], 5, slots[3]], "4 entries for 4 layers, each a list of shapes: ['list', 'list', 'int', 'list']"),
+            ([slots[0], None, *slots[2:]], "['list', 'NoneType', 'list', 'list']"))):
+        header = json.loads(json.dumps(d["header"]))
+        header["optimizer"]["slots"] = changed
+        with pytest.raises(PersistenceError, match=re.escape(message)):
+            load(_write(tmp_path / f"s{i}.npz", d["arrays"], header))
