@@ -138,6 +138,35 @@ def test_metrics_json_is_strict_json_with_null_for_nan(tmp_path: Path) -> None:
         {"arm": "a", "loss": None, "x": None, "acc": 0.5}]
 
 
+def test_metrics_csv_holds_every_row_under_every_column_in_order_of_appearance(tmp_path: Path) -> None:
+    import csv
+
+    from lazybn.report import write_metrics
+
+    for name, rows in (("one", [{"epoch": 1, "loss": 0.25}]),
+                       ("ragged", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "acc": 0.75, "loss": float("nan")}]),
+                       ("none", [])):
+        write_metrics(tmp_path, name, rows)
+        with open(tmp_path / f"{name}.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            got = list(reader)
+            columns = reader.fieldnames
+        assert columns == (list(dict.fromkeys(k for r in rows for k in r)) or None), name
+        assert got == [{k: str(r.get(k, "")) for k in columns or ()} for r in rows], name
+        assert len(json.loads((tmp_path / f"{name}.json").read_text())) == len(rows)
+
+
+def test_report_settings_show_floats_short_and_enums_by_value(tmp_path: Path) -> None:
+    from lazybn.report import write_report
+    from lazybn.train import Pixels
+
+    settings = {"lr": 0.1 + 0.2, "eps": 1e-5, "pixels": Pixels.centered, "epochs": 3}
+    text = write_report(tmp_path, "T", "lazybn train", settings, [("Results", "body\n")], [], True).read_text()
+    assert "| lr | 0.3 |" in text and "| eps | 1e-05 |" in text  # format(v, "g"): 0.30000000000000004 is 0.3
+    assert "| pixels | centered |" in text and "| epochs | 3 |" in text
+    assert "## Results\n" in text and "## Environment" in text
+
+
 def _probe_first_layers(seed: int, probe: NDArray[np.float32]) -> dict[str, NDArray[np.float64]]:
     """The two networks' first-layer outputs at initialisation, recomputed in numpy."""
     from lazybn.experiments.activations import networks
