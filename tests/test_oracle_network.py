@@ -187,6 +187,20 @@ def test_skipping_still_refuses_what_is_not_a_numerical_problem() -> None:
                 lb.train_epoch(net, opt, state, x[:, :3], y, 2, None, on_nonfinite="Skip")  # type: ignore[arg-type]
 
 
+def test_targets_with_nan_are_refused_before_the_first_step_unless_skipping() -> None:
+    net = lb.mlp((3, 4, 2), batchnorm=True, seed=0)
+    opt = lb.SGD(0.1)
+    y = lb.one_hot(np.array([0, 1, 0, 1]), 2)
+    y[3, 1] = np.nan  # in the second batch of two
+    steps: list[float] = []
+    with pytest.raises(NumericalError, match="train_epoch: the target batch contains NaN or infinity"):
+        lb.train_epoch(net, opt, init_state(opt, net), np.ones((4, 3), np.float32), y, 2, None, progress=steps.append)
+    assert steps == []  # no step trained on the first batch
+    _, state, loss = lb.train_epoch(net, opt, init_state(opt, net), np.ones((4, 3), np.float32), y, 2, None,
+                                    on_nonfinite="skip", progress=steps.append)
+    assert len(steps) == 2 and state.step == 1 and loss == steps[0]  # the second batch skipped
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 @pytest.mark.parametrize(("where", "field"), [(0, "w"), (3, "w"), (3, "b")])
 def test_nan_or_inf_in_a_linear_layers_weights_is_named(value: float, where: int, field: str) -> None:
