@@ -786,3 +786,16 @@ def test_negligible_root_is_never_wrong_in_the_binades_where_the_roots_reach_hal
     else:
         largest = np.nextafter(dtype.type(info.tiny), dtype.type(0))
         assert np.sqrt(dtype.type(most) * largest) + dtype.type(eps) == dtype.type(eps), (eps, most)
+
+
+def test_train_step_and_train_epoch_keep_the_record_of_the_optimizer_that_made_the_state() -> None:
+    rng = np.random.default_rng(14)
+    layers = lb.mlp((3, 4, 2), batchnorm=True, dtype=np.float64, seed=1)
+    x, y = rng.normal(size=(6, 3)), np.eye(2)[rng.integers(0, 2, 6)]
+    for made, other in ((RMSProp(), Momentum(0.1)), (Momentum(0.1), RMSProp()), (SGD(0.1), Momentum(0.1))):
+        step = lb.train_step(layers, made, init_state(made, layers), lb.matrix(x), lb.matrix(y))
+        assert step.opt_state.optimizer == type(made).__name__ and step.opt_state.step == 1
+        with pytest.raises(UpdateMismatchError, match=f"made by {type(made).__name__}, not {type(other).__name__}"):
+            lb.train_step(step.layers, other, step.opt_state, lb.matrix(x), lb.matrix(y))
+        _, state, _ = lb.train_epoch(layers, made, init_state(made, layers), x, y, 3, None)
+        assert state.optimizer == type(made).__name__ and state.step == 2
