@@ -229,3 +229,24 @@ def test_running_updates_of_another_layer_are_argument_errors() -> None:
         update_running(linear, g)  # type: ignore[arg-type]
     with pytest.raises(ArgumentError, match="got LinearNoBias"):
         reset_running(linear)  # type: ignore[arg-type]
+
+
+def test_a_training_step_counts_only_the_layers_that_keep_a_cumulative_average() -> None:
+    """One step through a momentum layer with renormalisation bounds (whose bounds the step puts
+    back), a frozen layer without momentum, and a cumulative one: only the last counts the batch,
+    and the momentum layer's running mean is numpy's 0.9 mu + 0.1 batch mean."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 3))
+    y = np.eye(2)[[0, 1, 0, 1, 1, 0]]
+    w = lb.matrix(np.eye(3), np.float64)
+    momentum = replace(_layer(3, momentum=0.1, tracked=4), renorm=lb.Renorm(3.0, 5.0))
+    frozen = replace(_layer(3, momentum=None, tracked=9), frozen=True)
+    counting = _layer(3, momentum=None, tracked=2)
+    net: list[lb.Layer] = [lb.LinearNoBias(w), momentum, lb.LinearNoBias(w), frozen, lb.LinearNoBias(w), counting,
+                           lb.LinearNoBias(lb.matrix(np.ones((3, 2)), np.float64))]
+    opt = lb.SGD(0.1)
+    step = lb.train_step(net, opt, init_state(opt, net), lb.matrix(x), lb.matrix(y))
+    new = [layer for layer in step.layers if isinstance(layer, Batchnorm1d)]
+    assert [layer.tracked for layer in new] == [4, 9, 3]
+    assert new[0].renorm == lb.Renorm(3.0, 5.0)
+    np.testing.assert_allclose(new[0].mu.array, 0.1 * x.mean(axis=0), rtol=1e-12)  # mu was 0
