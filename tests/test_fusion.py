@@ -523,3 +523,119 @@ def test_a_number_divided_by_a_sum_or_a_mean_matches_numpy(dtype: type, n: int, 
     for g, w in zip(got, wants):
         assert g.dtype == np.dtype(dtype)
         np.testing.assert_allclose(g.array, w, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_the_sum_rewrite_makes_equal_are_each_written(dtype: type) -> None:
+    """``sum_rows(x * br(v))`` and ``sum_rows(br(v) * x)`` are two expressions that the algebra
+    turns into one, ``sum_rows(x) * v`` (likewise row sums with ``cols_like``): the kernel computes
+    it once and every output asked for holds it."""
+    rng = np.random.default_rng(12)
+    xa: F = rng.normal(size=(9, 4)).astype(dtype)
+    va: F = rng.normal(size=4).astype(dtype)
+    ua: F = rng.normal(size=9).astype(dtype)
+    x, v, u = lb.matrix(xa), lb.vector(va), lb.vector(ua)
+    got = lb.compute_all(lb.sum_rows(x * lb.rows_like(v, x)), lb.sum_rows(lb.rows_like(v, x) * x),
+                         lb.sum_cols(x * lb.cols_like(u, x)), lb.sum_cols(lb.cols_like(u, x) * x))
+    x64 = xa.astype(np.float64)
+    wants = [x64.sum(0) * va, x64.sum(0) * va, x64.sum(1) * ua, x64.sum(1) * ua]
+    tol = 1e-6 if dtype is np.float32 else 1e-13
+    for k, (g, w) in enumerate(zip(got, wants)):
+        np.testing.assert_allclose(g.array, w, rtol=tol, atol=tol * float(np.abs(w).max()), err_msg=f"output {k}")
+
+
+def test_squared_deviations_from_a_row_statistic_broadcast_as_columns_match_numpy() -> None:
+    """Only a deviation from ``rows_like`` of a column statistic has the one-pass column statistics
+    (M2 + n (mean - w)^2); a deviation from ``cols_like`` of a row statistic is another sum, and
+    so is its sum over the columns."""
+    rng = np.random.default_rng(13)
+    xa: F = rng.normal(size=(11, 4)) * 3 + 2
+    x = lb.matrix(xa)
+    dev = lb.amap(Fn.square, x - lb.cols_like(lb.scale(0.25, lb.sum_cols(x)), x))
+    by_col, by_row = lb.compute_all(lb.sum_rows(dev), lb.sum_cols(dev))
+    d = (xa - xa.mean(1, keepdims=True)) ** 2
+    np.testing.assert_allclose(by_col.array, d.sum(0), rtol=1e-13)
+    np.testing.assert_allclose(by_row.array, d.sum(1), rtol=1e-13)
+
+
+@pytest.mark.parametrize("comp", [Comp.Seq, Comp.Par])
+def test_deviations_from_a_vector_two_passes_later_wait_for_it(comp: Comp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The column statistics of e come from the pass over e, but sum_rows((e - br(w))^2) needs w
+    too: with w = sum_rows(exp(x - br(mean))), two passes after x, the sum is known only then."""
+    monkeypatch.setattr(fuse, "PAR_THRESHOLD_BYTES", 0)
+    rng = np.random.default_rng(14)
+    xa: F = rng.normal(size=(30, 3))
+    x = lb.matrix(xa, comp=comp)
+    mean = lb.scale(1 / 30, lb.sum_rows(x))
+    w = lb.sum_rows(lb.amap(Fn.exp, x - lb.rows_like(mean, x)))
+    q = lb.sum_rows(lb.amap(Fn.square, x - lb.rows_like(w, x)))
+    wa = np.exp(xa - xa.mean(0)).sum(0)
+    want = ((xa - wa) ** 2).sum(0)
+    np.testing.assert_allclose(lb.compute(q).array, want, rtol=1e-12)
+    got_q, got_w = lb.compute_all(q, w)
+    np.testing.assert_allclose(got_q.array, want, rtol=1e-12)
+    np.testing.assert_allclose(got_w.array, wa, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_par_kernels_start_at_4_mib_in_the_largest_matrix_loop_nest(dtype: type) -> None:
+    """A Comp.Par expression runs the parallel kernel from PAR_THRESHOLD_BYTES (4 MiB) in its
+    largest matrix loop nest, rows times columns, whatever the matrix's shape; below it, and for
+    Comp.Seq or vector-only expressions, the serial one."""
+    item = np.dtype(dtype).itemsize
+    cells = fuse.PAR_THRESHOLD_BYTES // item
+    for rows, cols in ((cells // 1024, 1024), (2, cells // 2), (cells // 4, 4)):
+        for r, par in ((rows, True), (rows - 1, False)):
+            m = lb.matrix(np.zeros((r, cols), dtype), comp=Comp.Par)
+            e = [lb.scale(2.0, m).node]
+            assert fuse.plan(e, np.dtype(dtype), True).par is par, (r, cols)
+            assert not fuse.plan(e, np.dtype(dtype), False).par
+    v = lb.vector(np.zeros(cells, dtype), comp=Comp.Par)
+    assert not fuse.plan([lb.scale(2.0, v).node], np.dtype(dtype), True).par
+
+
+def test_a_constant_times_a_negated_split_sum_meets_it_in_float64() -> None:
+    """``sum_rows(scale(c, negate(x - br(w))))``, w a column statistic, becomes ``c * -(sum_rows(x)
+    - sum_rows(br(w)))``: a negated float64 sum is still a float64 value, so c multiplies it as
+    the float64 number it is (not c rounded to float32) and the product is rounded once. Integer
+    data and w = sum / 4 make every sum exact: the result is the float64 product rounded to float32."""
+    xa: F = np.random.default_rng(15).integers(-50, 51, size=(3, 256)).astype(np.float32)
+    x = lb.matrix(xa)
+    w = lb.scale(0.25, lb.sum_rows(x))
+    got = lb.compute(lb.sum_rows(lb.scale(1 / 3, lb.amap(Fn.negate, x - lb.rows_like(w, x))))).array
+    x64 = xa.astype(np.float64)
+    w32 = (x64.sum(0) * 0.25).astype(np.float32).astype(np.float64)
+    want = ((x64 - w32).sum(0) * -1.0 * (1 / 3)).astype(np.float32)  # sums of integers and quarters: exact
+    np.testing.assert_array_equal(got, want)
+
+
+def test_only_factors_constant_along_the_sum_leave_it() -> None:
+    """``sum_rows`` pulls out of a product a factor broadcast as rows (``rows_like``, constant down
+    each column), ``sum_cols`` one broadcast as columns; a factor broadcast the other way varies
+    along the sum and stays inside it, also where the product must be reassociated first
+    (``x * (y * br(v))``). Each against numpy."""
+    rng = np.random.default_rng(16)
+    xa, ya = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    x, y = lb.matrix(xa), lb.matrix(ya)
+    s_col = lb.scale(0.5, lb.sum_cols(x))  # one value per row: needs a pass over x
+    s_row = lb.scale(0.5, lb.sum_rows(x))  # one value per column
+    got = lb.compute_all(lb.sum_rows(x * (y * lb.cols_like(s_col, x))), lb.sum_cols(x * (y * lb.rows_like(s_row, x))),
+                         lb.sum_rows(x * (y * lb.rows_like(s_row, x))), lb.sum_cols(x * (y * lb.cols_like(s_col, x))))
+    c, r = 0.5 * xa.sum(1, keepdims=True), 0.5 * xa.sum(0, keepdims=True)
+    wants = [(xa * ya * c).sum(0), (xa * ya * r).sum(1), (xa * ya * r).sum(0), (xa * ya * c).sum(1)]
+    for k, (g, w) in enumerate(zip(got, wants)):
+        np.testing.assert_allclose(g.array, w, rtol=1e-12, atol=1e-12, err_msg=f"output {k}")
+
+
+@pytest.mark.parametrize("f", [Fn.abs, Fn.square, Fn.relu, Fn.negate])
+def test_a_sum_of_a_function_of_a_deviation_matches_numpy(f: Fn) -> None:
+    """Only negation is linear and splits a sum in two; the sum of any other function of a
+    deviation from a column statistic (here the mean) is summed as it is."""
+    rng = np.random.default_rng(17)
+    xa: F = rng.normal(size=(8, 3)) * 2 + 1
+    x = lb.matrix(xa)
+    dev = x - lb.rows_like(lb.scale(1 / 8, lb.sum_rows(x)), x)
+    got = lb.compute(lb.sum_rows(lb.amap(f, dev))).array
+    d = xa - xa.mean(0)
+    fd: F = {Fn.abs: np.abs(d), Fn.square: d * d, Fn.relu: np.maximum(d, 0.0), Fn.negate: -d}[f]
+    np.testing.assert_allclose(got, fd.sum(0), rtol=1e-12, atol=1e-12)
