@@ -108,12 +108,14 @@ class _Arith(Generic[Ix]):
 
 def _writable_base(a: FloatArray) -> bool:
     """Whether read-only ``a`` views an array that can be written (``a[:]`` of a writable array,
-    made read-only): through that array its values could change. A read-only memory map is not."""
-    b = a.base
-    while isinstance(b, np.ndarray):
-        if b.flags.writeable:
+    made read-only): through that array its values could change. A read-only memory map is not.
+    The chain of bases is followed through objects that are not arrays too: ``as_strided`` and
+    ``sliding_window_view`` give an array whose base is a helper holding the source array."""
+    b: object = a.base
+    while b is not None:
+        if isinstance(b, np.ndarray) and b.flags.writeable:
             return True
-        b = b.base
+        b = getattr(b, "base", None)
     return False
 
 

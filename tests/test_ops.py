@@ -404,10 +404,14 @@ def _read_only_view(a: F) -> F:
 @pytest.mark.parametrize("make", [lambda a: lb.matrix(a), lambda a: lb.Manifest(a), lambda a: lb.matrix(a.tolist()),
                                   lambda a: lb.matrix(np.asfortranarray(a)), lambda a: lb.matrix(a[::-1][::-1]),
                                   lambda a: lb.Manifest(_read_only_view(a)),
-                                  lambda a: lb.Manifest(_read_only_view(_read_only_view(a)))])
+                                  lambda a: lb.Manifest(_read_only_view(_read_only_view(a))),
+                                  lambda a: lb.Manifest(np.lib.stride_tricks.as_strided(a, writeable=False)),
+                                  lambda a: lb.Manifest(np.lib.stride_tricks.sliding_window_view(a, 1, axis=1)[:, :, 0])])
 def test_constructors_own_their_data(make: Callable[[F], lb.Matrix]) -> None:
     """Item 25: an array made from numpy data is a read-only copy: changing the source later, or
-    trying to write through the array, changes nothing the engine reads."""
+    trying to write through the array, changes nothing the engine reads. A read-only strided view
+    (``as_strided``, ``sliding_window_view``) reaches its writable source through a helper object,
+    not an array: it is copied too."""
     src: F = np.arange(6.0).reshape(2, 3)
     m = make(src)
     src[:] = -1.0
