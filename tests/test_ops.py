@@ -460,3 +460,19 @@ def test_flush_subnormal_zeroes_exactly_the_subnormals_keeping_their_sign(dtype:
     sub = np.abs(x) < tiny
     want = np.where(sub, np.copysign(np.zeros_like(x), x), x)  # the oracle by another route than x * 0
     assert got.tobytes() == want.tobytes(), f"x {x}: got {got}, want {want}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_views_of_one_array_are_distinct_leaves_of_a_kernel(dtype: np.dtype[Any]) -> None:
+    """A kernel reads each leaf array through its own argument, even where two leaves are views
+    of one memory (a matrix and its transpose, a matrix and a reshape of it): x + x.T is not 2x."""
+    a: F = np.arange(9.0, dtype=dtype).reshape(3, 3)
+    x = lb.matrix(a)
+    xt = lb.transpose(x)
+    flat = lb.reshape(x, 9)
+    back = lb.reshape(flat, (3, 3))
+    got = lb.compute_all(x + xt, xt - x, x * back, lb.delay(xt) * 1.0)
+    for g, want in zip(got, (a + a.T, a.T - a, a * a, a.T)):
+        np.testing.assert_array_equal(g.array, want)
+    np.testing.assert_array_equal(lb.compute(lb.rows_like(flat, lb.matrix(np.zeros((2, 9), dtype)))).array,
+                                  np.broadcast_to(a.reshape(-1), (2, 9)))
