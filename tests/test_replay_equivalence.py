@@ -82,6 +82,34 @@ def test_every_plain_value_a_body_can_tell_apart_has_its_own_signature(values: l
 
 
 @dataclass
+class _Field:
+    v: object
+
+
+@fused
+def _by_field(x: Vector, h: _Field) -> Vector:
+    return lb.compute(lb.scale(_code(h.v), x))
+
+
+@fused
+def _by_container(x: Vector, box: object) -> Vector:
+    return lb.compute(lb.scale(_code(box), x))
+
+
+@settings(max_examples=20)
+@given(values=st.lists(plain_values, min_size=2, max_size=6))
+@example(values=[1, True, 1.0, -0.0, 0.0, math.nan])
+def test_plain_values_in_fields_and_containers_have_their_own_signatures(values: list[object]) -> None:
+    """As for a plain argument: a dataclass field holding 1 or True, a tuple or a list holding the
+    same values, are calls a body can tell apart, and each gets its own signature and guard."""
+    x = _vec(0)
+    for v in values + values[::-1] + values:
+        _same(_by_field(x, _Field(v)), _body(_by_field)(x, _Field(v)))
+        for box in ((v,), [v]):
+            _same(_by_container(x, box), _body(_by_container)(x, box))
+
+
+@dataclass
 class _Config:
     scale: float
 
