@@ -367,6 +367,20 @@ def _counting(x: Vector) -> _Counting:
     return _Counting(lb.compute(x * 2.0))
 
 
+@dataclass
+class _Negating:
+    a: Vector
+    k: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.k = -self.k  # rebuilt from the traced -0.0, it would hold 0.0
+
+
+@fused
+def _negating(x: Vector) -> _Negating:
+    return _Negating(lb.compute(x * 2.0))
+
+
 @fused
 def _extra_attribute(x: Vector) -> _Config:
     c = _Config(2.0)
@@ -375,7 +389,7 @@ def _extra_attribute(x: Vector) -> _Config:
 
 
 def test_results_the_constructor_would_rebuild_differently_come_from_the_body() -> None:
-    for f in (_own_init, _keyword_only, _init_var, _counting, _extra_attribute):
+    for f in (_own_init, _keyword_only, _init_var, _counting, _extra_attribute, _negating):
         for seed in range(3):
             x = _vec(seed)
             _same(f(x), _body(f)(x))

@@ -259,6 +259,26 @@ def test_matmul_and_transpose_are_replayed() -> None:
     assert any(p is not None for p in _transposed_product.programs.values())  # type: ignore[attr-defined]
 
 
+@fused
+def _views(a: Matrix) -> tuple[Matrix, Matrix, lb.Vector]:
+    t = lb.transpose(a)
+    return t, lb.compute(lb.delay(t) * 2.0), lb.reshape(t, a.shape[0] * a.shape[1])
+
+
+def test_replayed_transposes_and_reshapes_are_views_of_the_argument() -> None:
+    """As in the body, a replay's ``transpose`` and ``reshape`` are views of the call's array (no
+    copy). A (1, 3) matrix's transpose is contiguous, so it can be reshaped."""
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        a = _m(rng, (1, 3), np.dtype(np.float64))
+        t, doubled, flat = _views(a)
+        np.testing.assert_array_equal(t.array, a.array.T)
+        np.testing.assert_array_equal(doubled.array, 2.0 * a.array.T)
+        np.testing.assert_array_equal(flat.array, a.array.reshape(-1))
+        assert np.shares_memory(t.array, a.array) and np.shares_memory(flat.array, a.array)
+    assert any(p is not None for p in _views.programs.values())  # type: ignore[attr-defined]
+
+
 def test_errors_are_not_cached() -> None:
     rng = np.random.default_rng(6)
     a, b = _m(rng, (2, 3), np.dtype(np.float64)), _m(rng, (3, 2), np.dtype(np.float64))
