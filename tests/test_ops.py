@@ -142,6 +142,18 @@ def test_max_cols_of_a_row_holding_nan_is_nan(dtype: np.dtype[Any], comp: Comp, 
     np.testing.assert_array_equal(got, x.max(axis=1))  # NaN in exactly the rows that hold one
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("comp", COMPS)
+def test_max_cols_of_rows_at_the_bottom_of_the_range_is_numpys(dtype: np.dtype[Any], comp: Comp) -> None:
+    """The maximum starts from -inf, below every number: a row of -inf, or of the most negative
+    finite numbers, has that maximum."""
+    lo = np.finfo(dtype).min
+    x = np.array([[-np.inf, -np.inf, -np.inf], [lo, -np.inf, lo], [lo, lo / 2, -np.inf]], dtype)
+    with parallel_kernels():
+        got = lb.compute(lb.max_cols(lb.matrix(x, comp=comp))).array
+    np.testing.assert_array_equal(got, x.max(axis=1))
+
+
 @pytest.mark.parametrize("comp", COMPS)
 @settings(max_examples=10, deadline=None)
 @given(c=st.integers(2000, 40000), sample=st.integers(0, 2**16))
