@@ -488,3 +488,21 @@ def test_views_of_one_array_are_distinct_leaves_of_a_kernel(dtype: np.dtype[Any]
         np.testing.assert_array_equal(g.array, want)
     np.testing.assert_array_equal(lb.compute(lb.rows_like(flat, lb.matrix(np.zeros((2, 9), dtype)))).array,
                                   np.broadcast_to(a.reshape(-1), (2, 9)))
+
+
+@pytest.mark.parametrize("ca", COMPS)
+@pytest.mark.parametrize("cb", COMPS)
+def test_par_wins_where_arrays_of_both_strategies_meet(ca: Comp, cb: Comp) -> None:
+    """As massiv's joinComp: an operation on a Par array and a Seq one is Par, and so is every
+    output of a compute_all that reads a Par array; one-array operations keep its strategy."""
+    want = Comp.Par if Comp.Par in (ca, cb) else Comp.Seq
+    m, n = lb.matrix(np.ones((2, 3)), comp=ca), lb.matrix(np.full((2, 3), 2.0), comp=cb)
+    v, u = lb.vector(np.ones(3), comp=cb), lb.vector(np.ones(2), comp=cb)
+    for e in (m + n, m - n, m * n, m / n, lb.rows_like(v, m), lb.cols_like(u, m), lb.matmul(m, lb.transpose(n))):
+        assert e.comp is want
+    for one in (lb.scale(2.0, m), lb.add_c(m, 1.0), lb.amap(Fn.exp, m), lb.sum_rows(m), lb.max_cols(m), -m,
+                lb.br(4, lb.vector(np.ones(3), comp=ca))):
+        assert one.comp is ca
+    got = lb.compute_all(m * 1.0, n * 1.0)
+    assert [g.comp for g in got] == [want, want] and lb.compute(m + n).comp is want
+    np.testing.assert_array_equal(got[1].array, np.full((2, 3), 2.0))
