@@ -279,6 +279,24 @@ def test_replayed_transposes_and_reshapes_are_views_of_the_argument() -> None:
     assert any(p is not None for p in _views.programs.values())  # type: ignore[attr-defined]
 
 
+@fused
+def _asked_twice(a: Matrix) -> tuple[Matrix, ...]:
+    doubled = lb.delay(a) * 2.0
+    return lb.compute_all(doubled, lb.delay(a) + 1.0, doubled, lb.delay(a) * 2.0)
+
+
+def test_a_replay_answers_an_expression_asked_for_twice_from_one_output() -> None:
+    """compute_all computes an expression asked for twice once (the kernel writes fewer outputs
+    than it answers): its replays hand each answer the output that holds it."""
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        a = _m(rng, (2, 3), np.dtype(np.float64))
+        got = _asked_twice(a)
+        for g, want in zip(got, (2.0 * a.array, a.array + 1.0, 2.0 * a.array, 2.0 * a.array)):
+            np.testing.assert_array_equal(g.array, want)
+    assert any(p is not None for p in _asked_twice.programs.values())  # type: ignore[attr-defined]
+
+
 def test_errors_are_not_cached() -> None:
     rng = np.random.default_rng(6)
     a, b = _m(rng, (2, 3), np.dtype(np.float64)), _m(rng, (3, 2), np.dtype(np.float64))
