@@ -297,6 +297,23 @@ def test_a_replay_answers_an_expression_asked_for_twice_from_one_output() -> Non
     assert any(p is not None for p in _asked_twice.programs.values())  # type: ignore[attr-defined]
 
 
+@fused
+def _with_an_empty_result(a: Matrix) -> tuple[Matrix, Matrix]:
+    return lb.compute(lb.delay(a) * 2.0), lb.matrix(np.zeros((0, 3)), comp=lb.Comp.Par)
+
+
+def test_an_empty_result_is_replayed_with_its_shape_dtype_and_comp() -> None:
+    """An empty array holds no values, so a replay may return a fresh one: of the traced shape,
+    dtype and computation strategy."""
+    rng = np.random.default_rng(8)
+    for _ in range(3):
+        a = _m(rng, (2, 3), np.dtype(np.float64))
+        doubled, empty = _with_an_empty_result(a)
+        np.testing.assert_array_equal(doubled.array, 2.0 * a.array)
+        assert empty.shape == (0, 3) and empty.dtype == np.float64 and empty.comp is lb.Comp.Par
+    assert any(p is not None for p in _with_an_empty_result.programs.values())  # type: ignore[attr-defined]
+
+
 def test_errors_are_not_cached() -> None:
     rng = np.random.default_rng(6)
     a, b = _m(rng, (2, 3), np.dtype(np.float64)), _m(rng, (3, 2), np.dtype(np.float64))
