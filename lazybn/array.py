@@ -110,11 +110,21 @@ def _writable_base(a: FloatArray) -> bool:
     """Whether read-only ``a`` views an array that can be written (``a[:]`` of a writable array,
     made read-only): through that array its values could change. A read-only memory map is not.
     The chain of bases is followed through objects that are not arrays too: ``as_strided`` and
-    ``sliding_window_view`` give an array whose base is a helper holding the source array."""
+    ``sliding_window_view`` give an array whose base is a helper holding the source array.
+    A buffer that is not an array (a ``bytearray`` under ``np.frombuffer``) counts as its memory does.
+    """
     b: object = a.base
     while b is not None:
-        if isinstance(b, np.ndarray) and b.flags.writeable:
-            return True
+        if isinstance(b, np.ndarray):
+            if b.flags.writeable:
+                return True
+        else:
+            try:
+                with memoryview(b) as mem:  # type: ignore[arg-type]
+                    if not mem.readonly:
+                        return True
+            except TypeError:  # not a buffer: a helper holding the source array
+                pass
         b = getattr(b, "base", None)
     return False
 

@@ -434,6 +434,22 @@ def test_constructors_own_their_data(make: Callable[[F], lb.Matrix]) -> None:
     np.testing.assert_array_equal(lb.compute(m * 2.0).array, np.arange(6.0).reshape(2, 3) * 2)
 
 
+def test_a_read_only_array_over_a_writable_buffer_is_copied() -> None:
+    """``np.frombuffer`` of a ``bytearray``, made read-only: the bytearray can still change, so the
+    array is copied; over ``bytes``, which cannot, it is wrapped as it is."""
+    buf = bytearray(np.arange(6.0).tobytes())
+    flat = np.frombuffer(buf, dtype=np.float64)
+    flat.setflags(write=False)
+    for a in (flat, flat.reshape(2, 3)[:, 1:]):
+        want = a.copy()
+        m = lb.Manifest(a)
+        buf[:] = np.full(6, -7.0).tobytes()
+        np.testing.assert_array_equal(m.array, want)
+        buf[:] = np.arange(6.0).tobytes()
+    fixed = np.frombuffer(np.arange(6.0).tobytes(), dtype=np.float64)
+    assert not fixed.flags.writeable and np.shares_memory(lb.Manifest(fixed).array, fixed)
+
+
 def test_read_only_data_no_one_can_change_is_wrapped_without_a_copy(tmp_path: Path) -> None:
     """A read-only memory map (and a read-only view of one, or of a lazybn array) is nothing
     anyone can write through: wrapping it copies nothing."""
