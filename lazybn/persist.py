@@ -12,16 +12,15 @@ a uint8 array ``header.json``::
      "optimizer": {"step": 12, "slots": [[[784, 300], [784, 300]], [], ...], "made_by": "Momentum"} or null,
      "meta": {"epoch": 3, "note": "..."}}
 
-Writing is atomic (temporary file, then rename): a crash mid-write leaves the old file intact.
-Loading never unpickles (``allow_pickle=False``), checks every array against the header, and
-rejects NaN/inf values (``save`` writes none), a negative running variance and an optimizer state
-that does not fit the layers (which ``save`` refuses too). Arrays round-trip bit for bit. A batch-norm layer's
-``momentum`` is null for a cumulative average; a file without ``tracked`` (the cumulative count)
-loads it as 0; ``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and
-``"ghost_batch": 32`` ghost batches (either absent or null: none); ``"frozen": true`` a layer
-that trains with its running statistics (absent: false); ``"trainable": false`` a layer whose
-parameters the optimizers leave as they are (absent: true). The optimizer state's ``made_by`` is
-:attr:`~lazybn.optim.OptState.optimizer` (absent or null: not recorded).
+Writing is atomic (temporary file, then rename): a crash mid-write leaves the old file intact. Loading never
+unpickles (``allow_pickle=False``), checks every array against the header, and rejects NaN/inf values
+(``save`` writes none), a negative running variance and an optimizer state that does not fit the layers
+(which ``save`` refuses too). Arrays round-trip bit for bit. A batch-norm layer's ``momentum`` is null for a
+cumulative average; a file without ``tracked`` (the cumulative count) loads it as 0;
+``"renorm": {"rmax": 3.0, "dmax": null}`` marks batch renormalisation and ``"ghost_batch": 32`` ghost batches
+(either absent or null: none); ``"frozen": true`` a layer that trains with its running statistics (absent: false);
+``"trainable": false`` a layer whose parameters the optimizers leave as they are (absent: true). The
+optimizer state's ``made_by`` is :attr:`~lazybn.optim.OptState.optimizer` (absent or null: not recorded).
 """
 
 from __future__ import annotations
