@@ -639,3 +639,47 @@ def test_a_sum_of_a_function_of_a_deviation_matches_numpy(f: Fn) -> None:
     d = xa - xa.mean(0)
     fd: F = {Fn.abs: np.abs(d), Fn.square: d * d, Fn.relu: np.maximum(d, 0.0), Fn.negate: -d}[f]
     np.testing.assert_allclose(got, fd.sum(0), rtol=1e-12, atol=1e-12)
+
+
+_SX: F = np.random.default_rng(18).normal(size=(13, 5)) + 3
+_SY: F = np.random.default_rng(19).normal(size=(13, 5))
+_SV: F = np.random.default_rng(20).normal(size=5)
+_SM: F = _SX.mean(0)  # the column mean, a statistic of x the algebra sees as one pass away
+
+
+def _mean(x: lb.Matrix) -> lb.Delayed[lb.Ix1]:
+    return lb.scale(1 / 13, lb.sum_rows(x))
+
+
+def _dev(x: lb.Matrix) -> lb.Delayed[lb.Ix2]:
+    return x - lb.rows_like(_mean(x), x)
+
+
+REWRITTEN_SUMS: list[tuple[str, Callable[[lb.Matrix, lb.Matrix, lb.Vector], lb.Delayed[lb.Ix1]], F]] = [
+    ("sum_cols of a squared deviation from a column mean",
+     lambda x, y, v: lb.sum_cols(lb.amap(Fn.square, _dev(x))), ((_SX - _SM) ** 2).sum(1)),
+    ("deviation times another matrix",
+     lambda x, y, v: lb.sum_rows(_dev(x) * y), ((_SX - _SM) * _SY).sum(0)),
+    ("product of two different deviations",
+     lambda x, y, v: lb.sum_rows(_dev(x) * (y - lb.rows_like(_mean(x), x))), ((_SX - _SM) * (_SY - _SM)).sum(0)),
+    ("number over a matrix", lambda x, y, v: lb.sum_rows(2.0 / x), (2.0 / _SX).sum(0)),
+    ("rows_like over a matrix", lambda x, y, v: lb.sum_rows(lb.rows_like(v, x) / x), (_SV / _SX).sum(0)),
+    ("column mean over a matrix", lambda x, y, v: lb.sum_rows(lb.rows_like(_mean(x), x) / x), (_SM / _SX).sum(0)),
+    ("sum_cols of a matrix times rows_like", lambda x, y, v: lb.sum_cols(x * lb.rows_like(v, x)), (_SX * _SV).sum(1)),
+    ("sum_cols of a matrix times a column mean",
+     lambda x, y, v: lb.sum_cols(x * lb.rows_like(_mean(x), x)), (_SX * _SM).sum(1)),
+    ("deviation plus a number", lambda x, y, v: lb.sum_rows(_dev(x) + 2.0), (_SX - _SM + 2.0).sum(0)),
+    ("number minus a deviation", lambda x, y, v: lb.sum_rows(2.0 - _dev(x)), (2.0 - (_SX - _SM)).sum(0)),
+    ("column mean minus a matrix", lambda x, y, v: lb.sum_rows(lb.rows_like(_mean(x), x) - y), (_SM - _SY).sum(0)),
+]
+
+
+@pytest.mark.parametrize("name,make,want", REWRITTEN_SUMS, ids=[c[0] for c in REWRITTEN_SUMS])
+def test_sums_the_algebra_may_rewrite_match_numpy(name: str, make: Callable[[lb.Matrix, lb.Matrix, lb.Vector],
+                                                                            lb.Delayed[lb.Ix1]], want: F) -> None:
+    """Sums of quotients, of sums with numbers, of products that are not squares, and sum_cols of
+    what is constant down each column: each has its own rule (or none) in the sum algebra; each
+    against numpy in float64."""
+    x, y, v = lb.matrix(_SX), lb.matrix(_SY), lb.vector(_SV)
+    got = lb.compute(make(x, y, v)).array
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
