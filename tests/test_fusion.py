@@ -683,3 +683,13 @@ def test_sums_the_algebra_may_rewrite_match_numpy(name: str, make: Callable[[lb.
     x, y, v = lb.matrix(_SX), lb.matrix(_SY), lb.vector(_SV)
     got = lb.compute(make(x, y, v)).array
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_difference_keeps_its_order_when_its_operands_were_seen_the_other_way_round() -> None:
+    """``y - x`` and ``2.0 - x`` after ``x`` and ``y`` (or ``x * 2.0``) were numbered: subtraction
+    is not commutative, so its operands are never put in canonical order as a sum's are."""
+    x, y = lb.matrix(_SX), lb.matrix(_SY)
+    got = lb.compute_all(lb.sum_rows(x), lb.delay(y), lb.sum_rows(y - x), y - x, x * 2.0, 2.0 - x)
+    wants = [_SX.sum(0), _SY, (_SY - _SX).sum(0), _SY - _SX, _SX * 2.0, 2.0 - _SX]
+    for k, (g, w) in enumerate(zip(got, wants)):
+        np.testing.assert_allclose(g.array, w, rtol=1e-12, atol=1e-12, err_msg=f"output {k}")
