@@ -522,3 +522,17 @@ def test_par_wins_where_arrays_of_both_strategies_meet(ca: Comp, cb: Comp) -> No
     got = lb.compute_all(m * 1.0, n * 1.0)
     assert [g.comp for g in got] == [want, want] and lb.compute(m + n).comp is want
     np.testing.assert_array_equal(got[1].array, np.full((2, 3), 2.0))
+
+
+def test_compute_all_of_outputs_of_two_dtypes_is_a_dtype_error_naming_both() -> None:
+    """One kernel computes in one dtype: outputs of float32 and float64 arrays together are refused
+    (never one of them computed, silently, in the other's dtype); each alone is numpy's value."""
+    xa = np.array([[0.1, 1e-8], [3.0, 1.0 / 3.0]])
+    a, b = lb.matrix(xa.astype(np.float32)), lb.matrix(xa)
+    for pair in ((a * 3.0, b * 3.0), (b * 3.0, a * 3.0)):
+        with pytest.raises(lb.DTypeError, match=r"compute_all.*float32.*float64"):
+            lb.compute_all(*pair)
+    got32, got64 = lb.compute_all(a * 3.0, a - a)[0], lb.compute_all(b * 3.0, b - b)[0]
+    assert got32.dtype == np.float32 and got64.dtype == np.float64
+    np.testing.assert_array_equal(got32.array, xa.astype(np.float32) * np.float32(3.0))
+    np.testing.assert_array_equal(got64.array, xa * 3.0)
