@@ -693,3 +693,17 @@ def test_a_difference_keeps_its_order_when_its_operands_were_seen_the_other_way_
     wants = [_SX.sum(0), _SY, (_SY - _SX).sum(0), _SY - _SX, _SX * 2.0, 2.0 - _SX]
     for k, (g, w) in enumerate(zip(got, wants)):
         np.testing.assert_allclose(g.array, w, rtol=1e-12, atol=1e-12, err_msg=f"output {k}")
+
+
+def test_an_expression_asked_for_again_in_compute_all_answers_each_time_it_was_asked() -> None:
+    """compute_all computes an expression asked for twice (the same node, or an equal one built
+    again) once, and still returns one array per argument, in argument order, each numpy's value."""
+    xa, ya = np.arange(6.0).reshape(2, 3), np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    x, y = lb.matrix(xa), lb.matrix(ya)
+    e = x + y
+    got: tuple[Any, ...] = lb.compute_all(e, lb.sum_rows(x), x + y, x - y, e)
+    wants = [xa + ya, xa.sum(0), xa + ya, xa - ya, xa + ya]
+    assert len(got) == len(wants)
+    for k, (g, w) in enumerate(zip(got, wants)):
+        np.testing.assert_array_equal(g.array, w, err_msg=f"output {k}")
+    assert len(lb.compute_all(e, e)) == 2
