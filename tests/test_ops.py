@@ -536,3 +536,16 @@ def test_compute_all_of_outputs_of_two_dtypes_is_a_dtype_error_naming_both() -> 
     assert got32.dtype == np.float32 and got64.dtype == np.float64
     np.testing.assert_array_equal(got32.array, xa.astype(np.float32) * np.float32(3.0))
     np.testing.assert_array_equal(got64.array, xa * 3.0)
+
+
+def test_matmul_of_two_dtypes_is_a_dtype_error_naming_both() -> None:
+    """matmul never promotes: a float32 and a float64 matrix are refused whichever comes first;
+    each dtype with itself is numpy's product in that dtype."""
+    aa, ba = np.array([[0.1, 2.0], [3.0, 1.0 / 3.0]]), np.array([[1.0, -1.0, 0.5], [0.25, 1e-8, 7.0]])
+    for a, b in ((lb.matrix(aa.astype(np.float32)), lb.matrix(ba)), (lb.matrix(aa), lb.matrix(ba.astype(np.float32)))):
+        with pytest.raises(lb.DTypeError, match=r"matmul: dtypes float(32|64) and float(32|64) differ"):
+            lb.matmul(a, b)
+    for dt in (np.float32, np.float64):
+        got = lb.matmul(lb.matrix(aa.astype(dt)), lb.matrix(ba.astype(dt)))
+        assert got.dtype == np.dtype(dt)
+        np.testing.assert_array_equal(got.array, np.matmul(aa.astype(dt), ba.astype(dt)))
