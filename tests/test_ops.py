@@ -549,3 +549,17 @@ def test_matmul_of_two_dtypes_is_a_dtype_error_naming_both() -> None:
         got = lb.matmul(lb.matrix(aa.astype(dt)), lb.matrix(ba.astype(dt)))
         assert got.dtype == np.dtype(dt)
         np.testing.assert_array_equal(got.array, np.matmul(aa.astype(dt), ba.astype(dt)))
+
+
+@pytest.mark.parametrize("n_rows", [-1, 2.5, True, np.float64(2.0), "2"])
+def test_br_refuses_a_row_count_that_is_not_a_non_negative_integer(n_rows: Any) -> None:
+    v = lb.vector(np.array([1.0, -2.0, 0.5]))
+    with pytest.raises(lb.ShapeError, match="br: .*number of rows must be a non-negative integer"):
+        lb.br(n_rows, v)
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 4, np.int64(3), np.uint8(2)])
+def test_br_of_an_integer_row_count_is_numpys_broadcast(n_rows: int) -> None:
+    va = np.array([1.0, -2.0, 0.5])
+    got = lb.compute(lb.br(n_rows, lb.vector(va))).array
+    np.testing.assert_array_equal(got, np.broadcast_to(va, (int(n_rows), 3)))
