@@ -563,3 +563,21 @@ def test_br_of_an_integer_row_count_is_numpys_broadcast(n_rows: int) -> None:
     va = np.array([1.0, -2.0, 0.5])
     got = lb.compute(lb.br(n_rows, lb.vector(va))).array
     np.testing.assert_array_equal(got, np.broadcast_to(va, (int(n_rows), 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.float16, np.complex128, np.longdouble, "int64"])
+def test_constructors_refuse_a_dtype_other_than_float32_or_float64_naming_it(dtype: Any) -> None:
+    name = str(np.dtype(dtype))
+    for what, make in (("vector", lambda: lb.vector([1.0, 2.0], dtype)), ("matrix", lambda: lb.matrix([[1.0]], dtype)),
+                       ("replicate", lambda: lb.zeros(3, dtype)), ("replicate", lambda: lb.ones((2, 2), dtype))):
+        with pytest.raises(lb.DTypeError, match=rf"{what}: dtype must be float32 or float64, not {name}"):
+            make()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "float32", "float64"])
+def test_constructors_take_float32_and_float64_dtypes(dtype: Any) -> None:
+    xs = [[0.1, -2.0, 1.0 / 3.0]]
+    for got, want in ((lb.matrix(xs, dtype), np.array(xs, dtype)), (lb.vector(xs[0], dtype), np.array(xs[0], dtype)),
+                      (lb.ones((2, 3), dtype), np.ones((2, 3), dtype))):
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got.array, want)
