@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .array import _FLOATS, Comp, Manifest, Matrix, Vector
-from .errors import ArgumentError, DTypeError, RankError, ValueRangeError, is_count
+from .errors import ArgumentError, DTypeError, RankError, ValueRangeError, is_count, is_real
 from .fuse.graph import FloatArray
 
 
@@ -98,7 +98,7 @@ def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.
     if len(dims) not in (1, 2) or not all(is_count(d) for d in dims):
         raise ValueRangeError(f"replicate: shape must be n or (rows, cols) of non-negative integers, got {shape!r}")
     given: object = value  # untyped callers: None would fill the array with NaN, a list broadcast into it
-    if isinstance(given, bool) or not isinstance(given, (int, float, np.integer, np.floating)):
+    if not is_real(given):
         raise ArgumentError(f"replicate: value must be a number, got {value!r}")
     sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
     return Manifest(_as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate"), comp)

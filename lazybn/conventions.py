@@ -30,14 +30,14 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .array import Vector
 from .construct import matrix, vector
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, is_count
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, is_count, is_real
 from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 
 FloatArray = NDArray[np.floating[Any]]
 
 
 def _unit_interval(name: str, x: object) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not 0.0 <= x <= 1.0:
+    if not is_real(x) or not 0.0 <= x <= 1.0:
         raise ValueRangeError(f"{name}: must be a number in [0, 1], got {x!r}")
     return float(x)
 

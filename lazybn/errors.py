@@ -20,6 +20,12 @@ def is_count(v: object, low: int = 0) -> TypeIs[int | np.integer[Any]]:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(v >= low)
 
 
+def is_real(v: object) -> TypeIs[int | float | np.integer[Any] | np.floating[Any]]:
+    """Whether ``v`` is a real number (a Python or numpy int or float, not a bool): the check of
+    every hyperparameter and setting lazybn takes from untyped callers."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 def a_kind(v: object) -> str:
     """``v``'s type with its article, for messages: "a str", "an int", "an Activation"."""
     name = type(v).__name__

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, final
 import numpy as np
 
 from .array import Manifest, Matrix, Vector
-from .errors import ArgumentError, a_kind, DTypeError, RankError, ShapeError, ValueRangeError
+from .errors import ArgumentError, a_kind, DTypeError, RankError, ShapeError, ValueRangeError, is_real
 from .optimizers import as_number
 
 
@@ -54,7 +54,7 @@ def _check(layer: str, name: str, a: object, rank: int) -> Manifest[Any]:
 
 
 def _num(layer: str, name: str, x: object) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
+    if not is_real(x):
         raise ArgumentError(f"{layer}.{name}: expected a number, got {x!r}")
     return as_number(layer, name, x)  # 10**400: a ValueRangeError, not an OverflowError
 

@@ -25,12 +25,12 @@ from typing import Any, final, get_args
 
 import numpy as np
 
-from .errors import ArgumentError, ValueRangeError
+from .errors import ArgumentError, ValueRangeError, is_real
 
 
 def as_number(cls: str, name: str, x: object) -> float:
     """``x`` as a float if it is a number (not a bool), else a ``ValueRangeError`` naming ``cls.name``."""
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+    if not is_real(x):
         raise ValueRangeError(f"{cls}.{name}: expected a number, got {x!r}")
     try:
         return float(x)

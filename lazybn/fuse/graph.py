@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, is_real
 
 Shape = tuple[int, ...]
 FloatArray = NDArray[np.floating[Any]]
@@ -140,7 +140,7 @@ Number = float | np.floating[Any] | np.integer[Any]
 
 def is_number(x: object) -> bool:
     """A plain number (not bool) or a :class:`Scalar` stand-in: what arithmetic accepts as a scalar."""
-    return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)) or type(x) is Scalar
+    return is_real(x) or type(x) is Scalar
 
 
 class Leaf(NamedTuple):
