@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import fuse
-from .errors import ArgumentError, a_kind, DTypeError, RankError, ShapeError
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, a_kind
 from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Number, Zip, describe, is_number, scalar_value
 
 if TYPE_CHECKING:

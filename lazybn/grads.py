@@ -16,7 +16,7 @@ import numpy as np
 
 from .array import Comp, Manifest, compute_all
 from .fuse.graph import FloatArray
-from .errors import ArgumentError, a_kind, NumericalError, ValueRangeError
+from .errors import ArgumentError, NumericalError, ValueRangeError, a_kind
 from .layers import BN1, Gradients, LinearGradients, LinearNoBiasGradients, NoGrad
 from .ops import scale
 from .optimizers import as_number

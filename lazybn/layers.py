@@ -31,7 +31,7 @@ from typing import Any, TypeVar, final
 import numpy as np
 
 from .array import Manifest, Matrix, Vector
-from .errors import ArgumentError, a_kind, DTypeError, RankError, ShapeError, ValueRangeError, is_real
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, a_kind, is_real
 from .optimizers import as_number
 
 

@@ -40,7 +40,7 @@ from typing import Any, Literal, assert_never, final, get_args
 import numpy as np
 
 from .array import Comp, Delayed, Manifest, Matrix, Vector, compute_all
-from .errors import ArgumentError, a_kind, DTypeError, LazybnError, NumericalError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, NumericalError, ShapeError, ValueRangeError, a_kind
 from .fuse.graph import Fn
 from .grads import require_list
 from .layers import (BN1, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,

@@ -37,7 +37,7 @@ import numpy as np
 
 from ._files import ZIP_ERRORS, atomic_writer
 from .array import Comp, Manifest
-from .errors import ArgumentError, a_kind, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError, a_kind
 from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
 from .optim import KINDS, OptState, parameters
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from .._files import atomic_write_bytes
 from ..array import Manifest
-from ..errors import ArgumentError, a_kind, PersistenceError
+from ..errors import ArgumentError, PersistenceError, a_kind
 from ..layers import Layer
 from ..optim import Optimizer, init_state
 from ..persist import load
