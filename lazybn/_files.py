@@ -60,10 +60,11 @@ def atomic_writer(given: Path | str) -> Iterator[IO[bytes]]:
     path = Path(given)
     if path.is_dir():
         raise ArgumentError(f"cannot write {path}: it is a directory (give a file name)")
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:  # mkdir would say "File exists", naming the file but not the problem
-        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: {blocker} is a file, not a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # "File exists" names the file but not the problem
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {path}: {blocker} is a file, not a directory") from None
     prefix = f".{_shortened(path.name)}."
     _sweep(path.parent, prefix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
