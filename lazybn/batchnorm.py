@@ -26,7 +26,7 @@ from functools import partial
 import numpy as np
 
 from .array import Delayed, Ix1, Ix2, Matrix, Vector, compute, compute_all, delay
-from .construct import ones, vector, zeros
+from .construct import matrix, ones, vector, zeros
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import BN1, Batchnorm1d, _unchecked
@@ -66,22 +66,43 @@ def _forward(inp: Matrix, gamma: Vector, beta: Vector, eps: float) -> tuple[Matr
 
 
 @fused
-def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector,
-                batch_variance: Vector) -> tuple[Matrix, Vector, Vector]:
+def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector, batch_variance: Vector, *,
+                input_grad: bool = True) -> tuple[Matrix, Vector, Vector]:
     """Batch norm's backward, steps 9-1 unsimplified: returns (dx, dgamma, dbeta).
 
     The forward quantities (xmu, ivar, xhat) are rebuilt as delayed expressions from the saved
     input and batch statistics: the kernel recomputes them instead of storing N x D arrays.
+    With ``input_grad=False`` dx is never forced (an empty (0, 0) matrix in its place): a layer
+    that trains but has no layer below it needs dgamma and dbeta only, one pass over the batch.
     """
-    return _backward(dz, inp, layer.gamma, layer.eps, batch_mu, batch_variance)
+    return forced(*_backward(dz, inp, layer.gamma, layer.eps, batch_mu, batch_variance), input_grad=input_grad)
+
+
+def skipped() -> Matrix:
+    """A gradient no one needs: an empty matrix, a new one for each use, as a replay makes them
+    (which arguments are the same array is part of a replay's signature)."""
+    return matrix(np.zeros((0, 0), np.float32))
+
+
+def skipped_vector() -> Vector:
+    return vector(np.zeros(0, np.float32))
+
+
+def forced(dx: Delayed[Ix2], dgamma: Delayed[Ix1], dbeta: Delayed[Ix1], *,
+           input_grad: bool) -> tuple[Matrix, Vector, Vector]:
+    """The backward's delayed gradients computed in one kernel, ``dx`` only if ``input_grad``
+    (else :func:`skipped`): a delayed array that is not forced costs nothing."""
+    if input_grad:
+        return compute_all(dx, dgamma, dbeta)
+    return (skipped(), *compute_all(dgamma, dbeta))
 
 
 def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vector,
-              batch_variance: Vector) -> tuple[Matrix, Vector, Vector]:
-    """``bn_backward``'s steps with the scale ``gamma`` given. Batch renormalisation passes γ·r,
-    which is not a layer's parameter: a layer built with it would reject an overflow as an invalid
-    parameter, where ``train_step`` refuses the step that made it (and a replay, which builds no
-    layer, would not reject it)."""
+              batch_variance: Vector) -> tuple[Delayed[Ix2], Delayed[Ix1], Delayed[Ix1]]:
+    """``bn_backward``'s steps with the scale ``gamma`` given, delayed. Batch renormalisation
+    passes γ·r, which is not a layer's parameter: a layer built with it would reject an overflow
+    as an invalid parameter, where ``train_step`` refuses the step that made it (and a replay,
+    which builds no layer, would not reject it)."""
     b = partial(br, rows(inp))
     m = 1.0 / rows(inp)
     xmu = inp - b(batch_mu)
@@ -110,7 +131,7 @@ def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vect
     # Step 1
     dx2 = b(scale(m, dmu))
     dx = dx1 + dx2
-    return compute_all(dx, dgamma, dbeta)
+    return dx, dgamma, dbeta
 
 
 @fused
@@ -135,9 +156,11 @@ def running_forward(inp: Matrix | Delayed[Ix2], layer: Batchnorm1d) -> Delayed[I
 
 
 @fused
-def frozen_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]:
-    """A frozen layer's backward: returns (dx, dgamma, dbeta). The statistics are constants, so
-    steps 9-7 are all there is: no path runs through a mean or a variance of the batch."""
+def frozen_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, *,
+                    input_grad: bool = True) -> tuple[Matrix, Vector, Vector]:
+    """A frozen layer's backward: returns (dx, dgamma, dbeta), dx as in :func:`bn_backward`. The
+    statistics are constants, so steps 9-7 are all there is: no path runs through a mean or a
+    variance of the batch."""
     b = partial(br, rows(inp))
     ivar = amap(Fn.recip, amap(Fn.sqrt, add_c(layer.var, layer.eps)))
     xhat = (inp - b(layer.mu)) * b(ivar)
@@ -148,7 +171,7 @@ def frozen_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix
     dxhat = dz * b(layer.gamma)
     # Step 7
     dx = dxhat * b(ivar)
-    return compute_all(dx, dgamma, dbeta)
+    return forced(dx, dgamma, dbeta, input_grad=input_grad)
 
 
 def _clip(v: Delayed[Ix1], lo: float, hi: float) -> Delayed[Ix1]:
@@ -193,11 +216,12 @@ def renorm_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vec
 
 @fused
 def renorm_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector, batch_variance: Vector, r: Vector,
-                    d: Vector) -> tuple[Matrix, Vector, Vector]:
-    """Batch renormalisation's backward: returns (dx, dgamma, dbeta). With r and d constant the
-    output is batch norm with scale gamma·r and shift gamma·d + beta: its backward, whose dgamma
-    is the sum of dz·xhat; then the chain rule for gamma."""
-    dx, dz_xhat, dbeta = _backward(dz, inp, compute(layer.gamma * r), layer.eps, batch_mu, batch_variance)
+                    d: Vector, *, input_grad: bool = True) -> tuple[Matrix, Vector, Vector]:
+    """Batch renormalisation's backward: returns (dx, dgamma, dbeta), dx as in :func:`bn_backward`.
+    With r and d constant the output is batch norm with scale gamma·r and shift gamma·d + beta:
+    its backward, whose dgamma is the sum of dz·xhat; then the chain rule for gamma."""
+    dx, dz_xhat, dbeta = forced(*_backward(dz, inp, compute(layer.gamma * r), layer.eps, batch_mu, batch_variance),
+                                input_grad=input_grad)
     return dx, compute(r * dz_xhat + d * dbeta), dbeta
 
 
@@ -230,18 +254,20 @@ def ghost_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vect
 
 
 @fused
-def ghost_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, ghost_mu: Vector, ghost_var: Vector
-                   ) -> tuple[Matrix, BN1]:
-    """Ghost batch norm's backward: returns (dx, the gradients of gamma and beta summed over the
-    ghost batches, with the mean of their means and biased variances for the running update)."""
+def ghost_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, ghost_mu: Vector, ghost_var: Vector, *,
+                   input_grad: bool = True) -> tuple[Matrix, BN1]:
+    """Ghost batch norm's backward: returns (dx as in :func:`bn_backward`, the gradients of gamma
+    and beta summed over the ghost batches, with the mean of their means and biased variances for
+    the running update)."""
     size, k = _ghosts(inp, layer)
     shape = (size, k * cols(inp))
     (gamma,) = _side_by_side(k, layer.gamma)
-    dx, dgamma, dbeta = _backward(reshape(dz, shape), reshape(inp, shape), gamma, layer.eps, ghost_mu, ghost_var)
+    dx, dgamma, dbeta = forced(*_backward(reshape(dz, shape), reshape(inp, shape), gamma, layer.eps, ghost_mu,
+                                          ghost_var), input_grad=input_grad)
 
     sums = compute_all(sum_rows(_per_ghost(k, dgamma)), sum_rows(_per_ghost(k, dbeta)),
                        *_ghost_means(k, ghost_mu, ghost_var))
-    return reshape(dx, (rows(inp), cols(inp))), BN1(sums[2], sums[3], sums[0], sums[1], size)
+    return reshape(dx, (rows(inp), cols(inp))) if input_grad else dx, BN1(sums[2], sums[3], sums[0], sums[1], size)
 
 
 def _per_ghost(k: int, v: Vector) -> Matrix:
@@ -261,7 +287,7 @@ def ghost_statistics(inp: Matrix, layer: Batchnorm1d, ghost_mu: Vector, ghost_va
     and empty dgamma and dbeta."""
     size, k = _ghosts(inp, layer)
     mu, var = compute_all(*_ghost_means(k, ghost_mu, ghost_var))
-    return BN1(mu, var, vector(np.zeros(0, np.float32)), vector(np.zeros(0, np.float32)), size)
+    return BN1(mu, var, skipped_vector(), skipped_vector(), size)
 
 
 def running_weights(layer: Batchnorm1d) -> tuple[float, float]:

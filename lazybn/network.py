@@ -26,11 +26,10 @@ import numpy as np
 
 from . import fuse
 from .array import Delayed, Ix2, Manifest, Matrix, Vector, compute, compute_all
-from .construct import matrix, vector
 from .batchnorm import bn_backward as bn_backward
 from .batchnorm import bn_forward as bn_forward
 from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_forward, ghost_statistics,
-                        renorm_backward, renorm_forward, running_forward)
+                        renorm_backward, renorm_forward, running_forward, skipped, skipped_vector)
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
 from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError, is_count
@@ -138,23 +137,13 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
     return Manifest(fuse.host_call(_mask_values, shape, p, key, index, dtype))
 
 
-def _skipped() -> Matrix:
-    """A gradient no one needs (see _train_pass): an empty matrix, a new one for each use, as a replay
-    makes them (which arguments are the same array is part of a replay's signature)."""
-    return matrix(np.zeros((0, 0), np.float32))
-
-
-def _skipped_vector() -> Vector:
-    return vector(np.zeros(0, np.float32))
-
-
 def _no_bn_gradient() -> tuple[Matrix, Vector, Vector]:
-    return _skipped(), _skipped_vector(), _skipped_vector()
+    return skipped(), skipped_vector(), skipped_vector()
 
 
 def _own(g: BN1, steps: bool) -> BN1:
     """What a batch-norm layer hands to the update: without dgamma and dbeta when it does not train."""
-    return g if steps else replace(g, dgamma=_skipped_vector(), dbeta=_skipped_vector())
+    return g if steps else replace(g, dgamma=skipped_vector(), dbeta=skipped_vector())
 
 
 @fused(dynamic=("key",))
@@ -196,40 +185,41 @@ def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | No
             z = matmul(inp, w)
             lin = compute(z + rows_like(bias, z))
             dz, pred, ll, t = _train_pass(lin, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dw = matmul(transpose(inp), dz) if steps else _skipped()
-            db = compute(sum_rows(dz)) if steps else _skipped_vector()
-            dx = matmul(dz, transpose(w)) if input_grad else _skipped()
+            dw = matmul(transpose(inp), dz) if steps else skipped()
+            db = compute(sum_rows(dz)) if steps else skipped_vector()
+            dx = matmul(dz, transpose(w)) if input_grad else skipped()
             return dx, pred, ll, [LinearGradients(dw, db), *t]
         case LinearNoBias(w=w):
             _check_layer_input("training pass", inp, layer, _depth)
             dz, pred, ll, t = _train_pass(matmul(inp, w), tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx = matmul(dz, transpose(w)) if input_grad else _skipped()
-            return dx, pred, ll, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else _skipped()), *t]
+            dx = matmul(dz, transpose(w)) if input_grad else skipped()
+            return dx, pred, ll, [LinearNoBiasGradients(matmul(transpose(inp), dz) if steps else skipped()), *t]
         case Batchnorm1d(frozen=True):  # normalised with the running statistics, which stay as they are
             _check_layer_input("training pass", inp, layer, _depth)
             out = frozen_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx, dgamma, dbeta = frozen_backward(dz, inp, layer) if below else _no_bn_gradient()
+            dx, dgamma, dbeta = frozen_backward(dz, inp, layer, input_grad=input_grad) if below else _no_bn_gradient()
             return dx, pred, ll, [_own(BN1(layer.mu, layer.var, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(renorm=None, ghost_batch=None):
             _check_layer_input("training pass", inp, layer, _depth)
             out, batch_mu, batch_variance = bn_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx, dgamma, dbeta = bn_backward(dz, inp, layer, batch_mu, batch_variance) if below else _no_bn_gradient()
+            dx, dgamma, dbeta = (bn_backward(dz, inp, layer, batch_mu, batch_variance, input_grad=input_grad) if below
+                                 else _no_bn_gradient())
             return dx, pred, ll, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d(ghost_batch=None):  # batch renormalisation
             _check_layer_input("training pass", inp, layer, _depth)
             out, batch_mu, batch_variance, r, d = renorm_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx, dgamma, dbeta = (renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d) if below
-                                 else _no_bn_gradient())
+            dx, dgamma, dbeta = (renorm_backward(dz, inp, layer, batch_mu, batch_variance, r, d, input_grad=input_grad)
+                                 if below else _no_bn_gradient())
             return dx, pred, ll, [_own(BN1(batch_mu, batch_variance, dgamma, dbeta, rows(inp)), steps), *t]
         case Batchnorm1d():  # ghost batches: the statistics come with the gradients
             _check_layer_input("training pass", inp, layer, _depth)
             out, ghost_mu, ghost_var = ghost_forward(inp, layer)
             dz, pred, ll, t = _train_pass(out, tgt, rest, key, input_grad=below, _depth=_depth + 1)
-            dx, g = (ghost_backward(dz, inp, layer, ghost_mu, ghost_var) if below  # else dz is empty: no gradients
-                     else (_skipped(), ghost_statistics(inp, layer, ghost_mu, ghost_var)))
+            dx, g = (ghost_backward(dz, inp, layer, ghost_mu, ghost_var, input_grad=input_grad) if below  # else dz is empty
+                     else (skipped(), ghost_statistics(inp, layer, ghost_mu, ghost_var)))
             return dx, pred, ll, [_own(g, steps), *t]
         case Activation(f=f):
             fns = _ACT[f]
@@ -239,11 +229,11 @@ def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | No
             fn, dfn = fns
             dz, pred, ll, t = _train_pass(compute(amap(fn, inp)), tgt, rest, key, input_grad=input_grad,
                                           _depth=_depth + 1)
-            return compute(dz * amap(dfn, inp)) if input_grad else _skipped(), pred, ll, [NoGrad(), *t]
+            return compute(dz * amap(dfn, inp)) if input_grad else skipped(), pred, ll, [NoGrad(), *t]
         case Dropout(p=p):
             mask = _dropout_mask(inp.shape, p, key, _depth, inp.dtype)
             dz, pred, ll, t = _train_pass(compute(inp * mask), tgt, rest, key, input_grad=input_grad, _depth=_depth + 1)
-            return compute(dz * mask) if input_grad else _skipped(), pred, ll, [NoGrad(), *t]
+            return compute(dz * mask) if input_grad else skipped(), pred, ll, [NoGrad(), *t]
         case _:
             assert_never(layer)
 
@@ -293,7 +283,7 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
     each ``BN1``'s batch statistics with :func:`~lazybn.batchnorm.update_running`, which is what
     :func:`~lazybn.train.train_step` does, in one replay. Batch norm normalises with the batch's
     statistics; ``key`` seeds the dropout masks; ``input_grad=True`` also computes ``dx`` (one
-    more matrix product).
+    more matrix product, or a pass over the batch for a first batch-norm layer).
 
     Raises:
         NumericalError: the batch, a batch statistic, the loss, a gradient or ``dx`` is NaN/inf
