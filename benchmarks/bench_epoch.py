@@ -89,15 +89,21 @@ def lazybn_blocks(bn: bool, x: F, y: F) -> Block:
     return block
 
 
-def numpy_blocks(bn: bool, x: F, y: F) -> Block:
-    """The same networks in plain numpy, closed-form batch-norm backward."""
+def numpy_params(bn: bool) -> dict[str, list[F]]:
+    """The numpy networks' parameters as ``lb.mlp(SIZES, batchnorm=bn, seed=0)`` draws them (He
+    init, all weights first): ``w`` and, without batch norm, ``b`` of each linear layer; with it,
+    ``gamma`` and ``beta`` of each batch-norm layer."""
     rng = np.random.default_rng(0)
-    ws = [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
-    bs = [np.zeros(b, np.float32) for b in SIZES[1:]]
-    gs = [np.ones(b, np.float32) for b in SIZES[1:-1]]
-    be = [np.zeros(b, np.float32) for b in SIZES[1:-1]]
+    hidden = SIZES[1:-1] if bn else ()
+    return {"w": [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])],
+            "b": [] if bn else [np.zeros(b, np.float32) for b in SIZES[1:]],
+            "gamma": [np.ones(b, np.float32) for b in hidden], "beta": [np.zeros(b, np.float32) for b in hidden]}
 
-    rng = np.random.default_rng(1)
+
+def numpy_step(bn: bool, params: dict[str, list[F]], x: F, y: F) -> Callable[[F], float]:
+    """One SGD step of the numpy network on the rows ``idx`` of ``x`` and ``y``: updates ``params``
+    in place and returns the batch's mean cross-entropy."""
+    ws, bs, gs, be = (params[k] for k in ("w", "b", "gamma", "beta"))
     tiny = np.finfo(np.float32).tiny
 
     def step(idx: F) -> float:
@@ -142,6 +148,14 @@ def numpy_blocks(bn: bool, x: F, y: F) -> Block:
             ws[i] -= LR * dw
         return loss
 
+    return step
+
+
+def numpy_blocks(bn: bool, x: F, y: F) -> Block:
+    """The same networks in plain numpy, closed-form batch-norm backward."""
+    step = numpy_step(bn, numpy_params(bn), x, y)
+    rng = np.random.default_rng(1)
+
     def block(start: int, steps: int) -> None:
         losses = [step(idx) for idx in _shuffled(start, steps, x, rng)]
         assert all(np.isfinite(losses))
@@ -157,31 +171,48 @@ def matmul_blocks(x: F, y: F) -> Block:
 
     def block(start: int, steps: int) -> None:
         for k in range(start, start + steps):
-            h = x0 = x[_batch(k, x)]
-            for w in ws:
-                h = h @ w
-            ins = [x0, hs[0], hs[1]]
-            for i, w in enumerate(ws):
-                ins[i].T @ hs[i]
-                if i > 0:
-                    hs[i] @ w.T
+            step_products(x[_batch(k, x)], ws, hs)
 
     return block
 
 
-def torch_blocks(bn: bool, x: F, y: F) -> Block:
+def step_products(x0: F, ws: list[F], hs: list[F]) -> list[F]:
+    """The 8 products of a step on the batch ``x0``, with each layer's output-sized ``hs`` standing
+    for its gradients: 3 forward, 3 weight-gradient (``input.T @ grad``) and 2 input-gradient
+    (``grad @ w.T``, none for the first layer's input)."""
+    out = []
+    h = x0
+    for w in ws:
+        h = h @ w
+        out.append(h)
+    ins = [x0, hs[0], hs[1]]
+    for i, w in enumerate(ws):
+        out.append(ins[i].T @ hs[i])
+        if i > 0:
+            out.append(hs[i] @ w.T)
+    return out
+
+
+def torch_net(bn: bool) -> Any:
+    """The network in PyTorch (its own initialisation, seed 0)."""
     import torch
 
     torch.manual_seed(0)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.argmax(1))
     layers: list[Any] = []
     for i, (a, b) in enumerate(zip(SIZES, SIZES[1:])):
         layers.append(torch.nn.Linear(a, b, bias=not bn))
         if i < len(SIZES) - 2:
             layers += ([torch.nn.BatchNorm1d(b)] if bn else []) + [torch.nn.ReLU()]
-    net = torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers)
+
+
+def torch_step(net: Any, x: F, y: F) -> Callable[[Any], float]:
+    """One SGD step of ``net`` on the rows ``idx`` (a tensor) of ``x`` and ``y``; returns the batch's
+    mean cross-entropy."""
+    import torch
+
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.argmax(1))
     opt = torch.optim.SGD(net.parameters(), lr=LR)
-    rng = np.random.default_rng(1)
 
     def step(idx: Any) -> float:
         opt.zero_grad()
@@ -189,6 +220,15 @@ def torch_blocks(bn: bool, x: F, y: F) -> Block:
         loss.backward()
         opt.step()
         return float(loss)
+
+    return step
+
+
+def torch_blocks(bn: bool, x: F, y: F) -> Block:
+    import torch
+
+    step = torch_step(torch_net(bn), x, y)
+    rng = np.random.default_rng(1)
 
     def block(start: int, steps: int) -> None:
         losses = [step(torch.from_numpy(idx)) for idx in _shuffled(start, steps, x, rng)]
