@@ -1,7 +1,8 @@
 """One MNIST training epoch (784-300-50-10, batch 100, SGD, float32), with and without batch norm.
 
 Contenders: lazybn's ``train_epoch``; the same networks in plain numpy with the closed-form
-batch-norm backward; PyTorch CPU (skipped without torch); and the epoch's matrix products alone
+batch-norm backward (updating batch norm's running statistics every step, as lazybn and PyTorch
+do); PyTorch CPU (skipped without torch); and the epoch's matrix products alone
 (3 forward, 3 weight-gradient and 2 input-gradient products per step), the floor at batch 100.
 The three networks do what a training loop does: each block of steps is a pass over its rows in
 a fresh shuffled order (every batch gathered from the data by index) and every step computes
@@ -92,18 +93,20 @@ def lazybn_blocks(bn: bool, x: F, y: F) -> Block:
 def numpy_params(bn: bool) -> dict[str, list[F]]:
     """The numpy networks' parameters as ``lb.mlp(SIZES, batchnorm=bn, seed=0)`` draws them (He
     init, all weights first): ``w`` and, without batch norm, ``b`` of each linear layer; with it,
-    ``gamma`` and ``beta`` of each batch-norm layer."""
+    ``gamma``, ``beta`` and the running ``mean`` and ``var`` of each batch-norm layer."""
     rng = np.random.default_rng(0)
     hidden = SIZES[1:-1] if bn else ()
     return {"w": [(rng.standard_normal((a, b)) * np.sqrt(2 / a)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])],
             "b": [] if bn else [np.zeros(b, np.float32) for b in SIZES[1:]],
-            "gamma": [np.ones(b, np.float32) for b in hidden], "beta": [np.zeros(b, np.float32) for b in hidden]}
+            "gamma": [np.ones(b, np.float32) for b in hidden], "beta": [np.zeros(b, np.float32) for b in hidden],
+            "mean": [np.zeros(b, np.float32) for b in hidden], "var": [np.ones(b, np.float32) for b in hidden]}
 
 
 def numpy_step(bn: bool, params: dict[str, list[F]], x: F, y: F) -> Callable[[F], float]:
     """One SGD step of the numpy network on the rows ``idx`` of ``x`` and ``y``: updates ``params``
-    in place and returns the batch's mean cross-entropy."""
-    ws, bs, gs, be = (params[k] for k in ("w", "b", "gamma", "beta"))
+    in place (batch norm's running statistics as ``Batchnorm1d``'s defaults: momentum 0.1, the
+    variance unbiased) and returns the batch's mean cross-entropy."""
+    ws, bs, gs, be, rm, rv = (params[k] for k in ("w", "b", "gamma", "beta", "mean", "var"))
     tiny = np.finfo(np.float32).tiny
 
     def step(idx: F) -> float:
@@ -119,10 +122,14 @@ def numpy_step(bn: bool, params: dict[str, list[F]], x: F, y: F) -> Callable[[F]
                 h = z if bn else z + bs[i]
                 break
             if bn:
-                xmu = z - z.mean(0)
-                ivar = 1 / np.sqrt((xmu * xmu).mean(0) + 1e-5)
+                mu = z.mean(0)
+                xmu = z - mu
+                var = (xmu * xmu).mean(0)
+                ivar = 1 / np.sqrt(var + 1e-5)
                 norm.append((xmu * ivar, ivar))
                 z = gs[i] * norm[-1][0] + be[i]
+                rm[i] = 0.9 * rm[i] + 0.1 * mu
+                rv[i] = 0.9 * rv[i] + (0.1 * BATCH / (BATCH - 1)) * var
             else:
                 z = z + bs[i]
             pre.append(z)
