@@ -226,7 +226,7 @@ def torch_step(net: Any, x: F, y: F) -> Callable[[Any], float]:
         loss: Any = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.item())
 
     return step
 
