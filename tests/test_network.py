@@ -792,7 +792,7 @@ def test_no_input_gradient_is_computed_unless_asked_for(name: str) -> None:
     for g, g2 in zip(grads, grads2):
         for f, a in param_grads(g).items():
             if first == "frozen":
-                np.testing.assert_allclose(param_grads(g2)[f], a, rtol=4 * np.finfo(a.dtype).eps, atol=0)
+                np.testing.assert_allclose(param_grads(g2)[f], a, rtol=4 * float(np.finfo(a.dtype).eps), atol=0)
             else:
                 assert param_grads(g2)[f].tobytes() == a.tobytes()
 
