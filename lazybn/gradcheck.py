@@ -60,8 +60,7 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
         ValueRangeError: ``step`` not finite > 0 or ``entries`` < 1.
         The training pass's errors for a batch that does not fit the network.
     """
-    check_layers("gradcheck", layers)
-    check_batch_values("gradcheck", x, targets)  # matrices of one dtype, finite, probability targets
+    check_batch_values("gradcheck", x, targets, layers)  # matrices of one dtype, finite, probability targets
     if x.dtype != np.float64:
         raise DTypeError(f"gradcheck: finite differences need float64, got a {x.dtype} batch; build the network "
                          "with dtype=np.float64 and pass lb.matrix(x, np.float64)")

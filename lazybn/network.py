@@ -62,6 +62,12 @@ def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
                             f"{type(x).__name__}")
     if len(x.shape) != 2:
         raise RankError(f"{op}: the input must be a matrix (samples x features), got shape {x.shape}")
+    check_fits(op, x.shape, x.dtype, layers)
+
+
+def check_fits(op: str, xshape: tuple[int, ...], xdtype: np.dtype[Any], layers: Sequence[Layer],
+               numpy: bool = False) -> None:
+    """An input of ``xshape`` and ``xdtype`` (a numpy array, if ``numpy``) fits the first layer holding parameters."""
     for i, layer in enumerate(layers):
         match layer:
             case Linear(w=w) | LinearNoBias(w=w):
@@ -71,11 +77,12 @@ def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
             case _:
                 continue
         name = f"layer {i} ({type(layer).__name__})"
-        if x.dtype != dtype:
-            raise DTypeError(f"{op}: the input is {x.dtype} but {name} holds {dtype}; convert one of them "
-                             f"(lb.matrix(x, dtype) makes a copy in another dtype)")
-        if x.shape[1] != takes:
-            raise ShapeError(op, x.shape, shape, f"{name} takes {takes} features, the input has {x.shape[1]} columns")
+        if xdtype != dtype:
+            raise DTypeError(f"{op}: the input is {xdtype} but {name} holds {dtype}; convert one of them " + (
+                f"(x.astype(np.{dtype}), or a network built with dtype=np.{xdtype})" if numpy
+                else "(lb.matrix(x, dtype) makes a copy in another dtype)"))
+        if xshape[1] != takes:
+            raise ShapeError(op, xshape, shape, f"{name} takes {takes} features, the input has {xshape[1]} columns")
         return
 
 
@@ -238,13 +245,14 @@ def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | No
             assert_never(layer)
 
 
-def check_batch_values(op: str, x: Matrix, tgt: Matrix) -> None:
-    """A training batch: matrices of one dtype, finite inputs, and targets that
-    :func:`check_targets` accepts."""
+def check_batch_values(op: str, x: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
+    """A training batch: an input the layers take, a target matrix of its dtype, finite inputs,
+    and targets that :func:`check_targets` accepts."""
     for name, a in (("input", x), ("target", tgt)):
         if not isinstance(a, Manifest):
             raise ArgumentError(f"{op}: the {name} must be a lazybn Matrix (lb.matrix(array) makes one), got "
                                 f"{type(a).__name__}")
+    _check_input(op, x, layers)  # before the target: a float64 input to a float32 network is the input's fault
     _check_pair(op, x, tgt, rows=False)  # the pass checks the rows, with the layers
     check_targets(op, tgt.array)
     if not np.isfinite(x.array).all():
@@ -294,8 +302,7 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
         ValueRangeError: targets that are not probabilities, fewer than 2 rows through batch norm,
             or Dropout layers and no ``key``.
     """
-    check_layers("gradients", layers)
-    check_batch_values("gradients", x, tgt)
+    check_batch_values("gradients", x, tgt, layers)
     bare, _, bounds = steady(layers)  # a cumulative count or renormalisation bounds trace nothing new
     with np.errstate(over="ignore", invalid="ignore"):  # NaN/inf is found and reported below
         dx, pred, log_lik, grads = _bounded_pass(x, tgt, bare, key, bounds, input_grad)

@@ -26,7 +26,8 @@ from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRange
 from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers, nonfinite_weights)
 from .batchnorm import _running, running_weights, update_running
-from .network import _bounded_pass, _train_pass, check_batch_values, check_targets, first_nonfinite, logits, mean_loss
+from .network import (_bounded_pass, _train_pass, check_batch_values, check_fits, check_targets, first_nonfinite,
+                      logits, mean_loss)
 from .steady import Bounds, bounded, renormalises, restored, steady
 from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
@@ -152,7 +153,7 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
     """
     _check_on_nonfinite("train_step", on_nonfinite)
     try:
-        check_batch_values("train_step", x, tgt)
+        check_batch_values("train_step", x, tgt, layers)
         nonfinite_batch = False
     except NumericalError:  # NaN/inf in the batch
         if on_nonfinite == "raise":
@@ -349,6 +350,10 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
     _check_data("train_epoch", x, y, "y (targets)", 2)
     if x.shape[0] == 0:
         raise ValueRangeError("train_epoch: no samples (x has 0 rows)")
+    check_fits("train_epoch", x.shape, x.dtype, layers, numpy=True)
+    if y.dtype in (np.float32, np.float64) and y.dtype != x.dtype:
+        raise DTypeError(f"train_epoch: y (targets) is {y.dtype} but x is {x.dtype}; they must agree "
+                         f"(y.astype(np.{x.dtype}))")
     _check_on_nonfinite("train_epoch", on_nonfinite)
     # All of them, before the first step; a row with NaN/inf is a batch to skip if asked to
     check_targets("train_epoch", y if on_nonfinite == "raise" else y[np.isfinite(y).all(axis=1)])
