@@ -76,8 +76,10 @@ def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = n
     Raises:
         ShapeError: ``labels`` is not 1-d.
         DTypeError: the labels are not integers.
-        ValueRangeError: a label is outside [0, classes).
+        ValueRangeError: ``classes`` is not an integer >= 1, or a label is outside [0, classes).
     """
+    if not is_count(classes, 1):  # untyped callers: 2.0 or -1 would fail inside numpy, or not at all
+        raise ValueRangeError(f"one_hot: classes must be an integer >= 1 (the number of classes), got {classes!r}")
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ShapeError("one_hot", labels.shape, (classes,), "labels must be a 1-d array")

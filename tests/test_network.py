@@ -838,3 +838,14 @@ def test_one_hot_is_the_identity_matrix_row_of_each_label_and_refuses_labels_jus
         at = data.draw(st.integers(0, len(labels)))
         with pytest.raises(lb.ValueRangeError, match=re.escape(f"labels must be in [0, {classes})")):
             one_hot(np.insert(labels, at, bad), classes)
+
+
+@pytest.mark.parametrize("classes", [2.0, 0, -2, True, "2", None])
+@pytest.mark.parametrize("n", [0, 3])
+def test_one_hot_refuses_a_class_count_that_is_not_a_positive_integer(classes: object, n: int) -> None:
+    from lazybn.train import one_hot
+
+    with pytest.raises(lb.ValueRangeError, match=re.escape(f"one_hot: classes must be an integer >= 1 (the number "
+                                                           f"of classes), got {classes!r}")):
+        one_hot(np.zeros(n, np.int64), classes)  # type: ignore[arg-type]
+    assert np.array_equal(one_hot(np.array([1, 0, 2]), 3), np.eye(3, dtype=np.float32)[[1, 0, 2]])
