@@ -297,6 +297,7 @@ def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDAr
         raise ValueRangeError("accuracy: no samples (x has 0 rows)")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DTypeError(f"accuracy: labels must be integer class indices, got {labels.dtype}")
+    check_fits("accuracy", x.shape, x.dtype, layers, numpy=True)
     if not np.isfinite(x).all():
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise NumericalError(f"accuracy: x contains NaN or infinity (first in row {row})")

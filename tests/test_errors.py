@@ -227,6 +227,11 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
          "gradients: the input is float64 but layer 0 (LinearNoBias) holds float32"),
         (lambda: lb.accuracy(_net(), x, labels[:, None]), lb.RankError, "labels must have rank 1"),
         (lambda: lb.accuracy(_net(), x[:0], labels[:0]), lb.ValueRangeError, "no samples"),
+        (lambda: lb.accuracy(_net(), x.astype(np.float64), labels), lb.DTypeError, "accuracy: the input is float64 "
+         "but layer 0 (LinearNoBias) holds float32; convert one of them (x.astype(np.float32), or a network built "
+         "with dtype=np.float64)"),
+        (lambda: lb.accuracy(_net(), np.ones((4, 5), F32), labels), lb.ShapeError, "accuracy: shapes (4, 5) and "
+         "(2, 3) do not match; layer 0 (LinearNoBias) takes 2 features, the input has 5 columns"),
         # never a silently wrong score: NaN rows would count as class 0, label 7 as a miss
         (lambda: lb.accuracy(_net(), x, labels.astype(F32)), lb.DTypeError, "labels must be integer class indices"),
         (lambda: lb.accuracy(_net(), x, np.array([0, 1, 7, 0])), lb.ValueRangeError,
