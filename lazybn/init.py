@@ -122,7 +122,7 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
         renorm: batch renormalisation's bounds for every batch-norm layer (None: batch norm).
 
     Raises:
-        ValueRangeError: invalid sizes, dropout or gain; invalid eps or momentum when the network
+        ValueRangeError: invalid sizes, seed, dropout or gain; invalid eps or momentum when the network
             has batch-norm layers (``batchnorm=True`` and at least one hidden layer).
         ArgumentError: ``act`` is not an :class:`Act` or ``init`` not an :class:`Init`; ``renorm``
             without ``batchnorm=True`` (a network without batch-norm layers has nothing to renormalise).
@@ -136,6 +136,8 @@ def mlp(sizes: Sequence[int], *, batchnorm: bool, act: Act = Act.relu, init: Ini
     if renorm is not None and not batchnorm:
         raise ArgumentError("mlp.renorm: batch renormalisation needs batch-norm layers; pass batchnorm=True, or "
                             "leave renorm at None")
+    if not is_count(seed):  # numpy's own error for -1, and None would make a network of no seed
+        raise ValueRangeError(f"mlp.seed: must be an integer >= 0 (the network is a function of it), got {seed!r}")
     rng = np.random.default_rng(seed)
     pairs = list(zip(sizes[:-1], sizes[1:]))
     ws = [weights(init, nin, nout, rng, dtype, gain, comp) for nin, nout in pairs]

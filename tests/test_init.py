@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,16 @@ def test_mlp_passes_comp_and_zero_biases_by_default() -> None:
 def test_mlp_rejects_bad_sizes(sizes: list[Any]) -> None:
     with pytest.raises(ValueRangeError, match="mlp.sizes"):
         mlp(sizes, batchnorm=True)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, None, True, "0"])
+def test_mlp_rejects_a_seed_that_is_not_a_count(seed: Any) -> None:
+    with pytest.raises(ValueRangeError, match=re.escape(f"mlp.seed: must be an integer >= 0 (the network is a "
+                                                        f"function of it), got {seed!r}")):
+        mlp([3, 2], batchnorm=True, seed=seed)
+    numpy_seed: Any = np.int64(7)
+    assert np.array_equal(_ws(mlp([3, 2], batchnorm=True, seed=numpy_seed))[0].array,
+                          _ws(mlp([3, 2], batchnorm=True, seed=7))[0].array)
 
 
 def test_invalid_arguments() -> None:
