@@ -309,6 +309,9 @@ def from_torch(state: Mapping[str, ArrayLike], like: Sequence[Layer]) -> list[La
                 assert_never(layer)
     extra = sorted(set(state) - used)
     if extra:
+        biased = [i for i, layer in enumerate(like) if isinstance(layer, LinearNoBias) and f"{i}.bias" in state]
         raise ArgumentError(f"from_torch: the state has keys no layer of the template takes: {extra[:8]}; the "
-                            "template must have one layer per module of the torch Sequential")
+                            "template must have one layer per module of the torch Sequential" + (
+                                f" (layers {biased} are LinearNoBias, but their modules have a bias, torch's default: "
+                                "make them Linear, or the modules bias=False)" if biased else ""))
     return out

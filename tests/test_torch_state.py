@@ -9,6 +9,7 @@ both libraries ends in the same state.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -126,8 +127,15 @@ def test_bad_states_are_refused_naming_the_key() -> None:
     good = lb.to_torch(like)
     with pytest.raises(lb.ArgumentError, match="'2.bias'"):
         lb.from_torch({k: v for k, v in good.items() if k != "2.bias"}, like=like)
-    with pytest.raises(lb.ArgumentError, match="5.weight"):
+    with pytest.raises(lb.ArgumentError, match=r"5.weight'\]; the template must have one layer per module of the "
+                                                r"torch Sequential$"):
         lb.from_torch({**good, "5.weight": np.zeros((2, 2))}, like=like)
+    # torch's nn.Linear has a bias by default; mlp(batchnorm=True) makes LinearNoBias layers
+    no_bias = lb.mlp((4, 3, 2), batchnorm=True, seed=0)
+    with pytest.raises(lb.ArgumentError, match=re.escape("['0.bias', '3.bias']; the template must have one layer per "
+                                                         "module of the torch Sequential (layers [0, 3] are "
+                                                         "LinearNoBias, but their modules have a bias")):
+        lb.from_torch({**lb.to_torch(no_bias), "0.bias": np.zeros(3), "3.bias": np.zeros(2)}, like=no_bias)
     with pytest.raises(lb.ShapeError, match=r"outputs, inputs"):
         lb.from_torch({**good, "0.weight": good["0.weight"].T}, like=like)
     with pytest.raises(lb.ValueRangeError, match="'2.weight' contains NaN"):
