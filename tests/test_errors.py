@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -252,3 +253,28 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         with pytest.raises(error) as info:
             call()
         assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_train_epoch_takes_integer_targets_in_the_data_dtype_and_refuses_other_float_targets(dtype: Any) -> None:
+    """One-hot targets of integers (or bools) train as the same targets in x's dtype would; float
+    targets of another dtype are refused in train_epoch's name, before any step."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 2)).astype(dtype)
+    y = np.eye(3, dtype=dtype)[np.arange(12) % 3]
+    net: list[lb.Layer] = [LinearNoBias(lb.matrix(rng.normal(size=(2, 3)), dtype)), _bn(3, dtype)]
+    opt = SGD(0.1)
+
+    def epoch(targets: Any) -> tuple[list[lb.Layer], lb.OptState, float]:
+        return lb.train_epoch(net, opt, init_state(opt, net), x, targets, 4, None)
+
+    want_layers, _, want_loss = epoch(y)
+    for targets in (y.astype(np.int64), y.astype(np.uint8), y.astype(bool)):
+        got_layers, _, got_loss = epoch(targets)
+        assert got_loss == want_loss
+        assert all(np.array_equal(a, b) for a, b in zip(lb.to_torch(got_layers).values(),
+                                                        lb.to_torch(want_layers).values()))
+    for other in (np.float16, np.float64 if dtype == np.float32 else np.float32):
+        with pytest.raises(lb.DTypeError, match=re.escape(f"train_epoch: y (targets) is {np.dtype(other)} but x is "
+                                                          f"{np.dtype(dtype)}; they must agree")):
+            epoch(y.astype(other))
