@@ -350,6 +350,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
         NumericalError: a step is not finite (``on_nonfinite="raise"``); the epoch's steps are
             not returned.
     """
+    check_layers("train_epoch", layers)
     _check_data("train_epoch", x, y, "y (targets)", 2)
     if x.shape[0] == 0:
         raise ValueRangeError("train_epoch: no samples (x has 0 rows)")

@@ -221,6 +221,13 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: epoch(x, labels), lb.RankError, "y (targets) must have rank 2"),
         (lambda: epoch(x, np.concatenate([y, y])), lb.ShapeError, "x has 4 samples and y (targets) 8"),
         (lambda: epoch(x, y, 3), lb.ArgumentError, "numpy Generator"),
+        (lambda: lb.train_epoch(None, opt, init_state(opt, _net()), x, y, 2, None),  # type: ignore[arg-type]
+         lb.ArgumentError, "train_epoch: layers must be a list of lazybn layers, got NoneType"),
+        (lambda: lb.train_epoch(_net()[0], opt, init_state(opt, _net()), x, y, 2, None),  # type: ignore[arg-type]
+         lb.ArgumentError, "train_epoch: layers must be a list of lazybn layers, got LinearNoBias"),
+        (lambda: lb.train_epoch([*_net(), "softmax"], opt,  # type: ignore[list-item]
+                                init_state(opt, _net()), x, y, 2, None),
+         lb.ArgumentError, "train_epoch: layers[2] is a str, not a lazybn layer"),
         (lambda: epoch(x[:0], y[:0]), lb.ValueRangeError, "train_epoch: no samples (x has 0 rows)"),
         (lambda: epoch(np.ones((4, 5), F32), y), lb.ShapeError, "train_epoch: shapes (4, 5) and (2, 3) do not match; "
          "layer 0 (LinearNoBias) takes 2 features, the input has 5 columns"),
