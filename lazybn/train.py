@@ -248,7 +248,9 @@ def _check_data(where: str, x: object, other: object, name: str, rank: int) -> N
         raise DTypeError(f"{where}: x must hold float32 or float64 inputs, got {x.dtype} (lb.prepare(images, pixels) "
                          "scales uint8 pixels)")
     if other.ndim != rank:
-        raise RankError(f"{where}: {name} must have rank {rank}, got shape {other.shape}")
+        raise RankError(f"{where}: {name} must have rank {rank}, got shape {other.shape}" + (
+            " (one-hot rows: lb.one_hot(labels, classes) makes them)" if rank == 2 else
+            " (one integer class per sample, not one-hot rows: y.argmax(axis=1) gives them)"))
     if other.shape[0] != x.shape[0]:
         raise ShapeError(where, x.shape, other.shape, f"x has {x.shape[0]} samples and {name} {other.shape[0]}; "
                          "they need one row per sample")

@@ -218,7 +218,8 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: epoch(x.tolist(), y), lb.ArgumentError, "x must be a numpy array, got list"),
         (lambda: epoch(x, y.tolist()), lb.ArgumentError, "y (targets) must be a numpy array"),
         (lambda: epoch(x[:, 0], y), lb.RankError, "x must be a matrix"),
-        (lambda: epoch(x, labels), lb.RankError, "y (targets) must have rank 2"),
+        (lambda: epoch(x, labels), lb.RankError, "y (targets) must have rank 2, got shape (4,) (one-hot rows: "
+         "lb.one_hot(labels, classes) makes them)"),
         (lambda: epoch(x, np.concatenate([y, y])), lb.ShapeError, "x has 4 samples and y (targets) 8"),
         (lambda: epoch(x, y, 3), lb.ArgumentError, "numpy Generator"),
         (lambda: lb.train_epoch(None, opt, init_state(opt, _net()), x, y, 2, None),  # type: ignore[arg-type]
@@ -234,6 +235,9 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: lb.gradients(_net(), lb.matrix(np.ones((4, 2))), lb.matrix(y)), lb.DTypeError,
          "gradients: the input is float64 but layer 0 (LinearNoBias) holds float32"),
         (lambda: lb.accuracy(_net(), x, labels[:, None]), lb.RankError, "labels must have rank 1"),
+        (lambda: lb.accuracy(_net(), x, y), lb.RankError,  # type: ignore[arg-type]
+         "labels must have rank 1, got shape (4, 3) (one integer "
+         "class per sample, not one-hot rows: y.argmax(axis=1) gives them)"),
         (lambda: lb.accuracy(_net(), x[:0], labels[:0]), lb.ValueRangeError, "no samples"),
         (lambda: lb.accuracy(_net(), x.astype(np.float64), labels), lb.DTypeError, "accuracy: the input is float64 "
          "but layer 0 (LinearNoBias) holds float32; convert one of them (x.astype(np.float32), or a network built "
