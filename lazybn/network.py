@@ -140,7 +140,8 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
     Made through ``fuse.host_call``, so a replay of ``_train_pass`` draws the mask of its own key.
     """
     if key is None:
-        raise ValueRangeError("Dropout in training needs a key: pass key=<int> to gradients / train_step")
+        raise ValueRangeError("Dropout in training needs a key: pass key=<int> to gradients / train_step, a new one "
+                              "every step (a key used again draws the same masks), as train_epoch does")
     return Manifest(fuse.host_call(_mask_values, shape, p, key, index, dtype))
 
 

@@ -141,7 +141,8 @@ def train_step(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: 
                key: int | None = None, lr_scale: float = 1.0,
                on_nonfinite: Literal["raise", "skip"] = "raise") -> StepResult:
     """One optimisation step on a batch ``x`` with targets ``tgt``: a :class:`StepResult` with the
-    new layers and optimizer state. ``key`` seeds the dropout masks (needed with Dropout layers);
+    new layers and optimizer state. ``key`` seeds the dropout masks (needed with Dropout layers; give
+    every step its own, as :func:`train_epoch` does: a key used again draws the same masks);
     ``lr_scale`` multiplies the learning rate.
 
     With ``on_nonfinite="skip"`` a batch holding NaN/inf, or a step that would make one, is

@@ -3,6 +3,7 @@ out a network holding NaN/inf, and a key numpy cannot seed from is lazybn's own 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import numpy as np
@@ -92,6 +93,23 @@ def test_a_dropout_key_numpy_cannot_seed_from_is_a_value_range_error(key: Any) -
             _pass(x, tgt, net, key)
         with pytest.raises(lb.ValueRangeError, match=r"Dropout in training: the key must be an integer >= 0"):
             train_step(net, SGD(0.1), init_state(SGD(0.1), net), x, tgt, key=key)
+
+
+def test_a_missing_dropout_key_asks_for_a_new_key_every_step() -> None:
+    net: list[Layer] = [Dropout(0.5), LinearNoBias(lb.matrix(np.ones((3, 2))))]
+    x, tgt = lb.matrix(np.arange(12.0).reshape(4, 3)), lb.matrix(np.eye(2)[[0, 1, 0, 1]])
+    for call in (lambda: lb.gradients(net, x, tgt),
+                 lambda: train_step(net, SGD(0.1), init_state(SGD(0.1), net), x, tgt)):
+        with pytest.raises(lb.ValueRangeError, match=re.escape("pass key=<int> to gradients / train_step, a new one "
+                                                               "every step (a key used again draws the same masks")):
+            call()
+    # what the message warns of: a key draws the same masks every time it is used, another key others
+    dws = []
+    for key in (3, 3, 4):
+        g = lb.gradients(net, x, tgt, key=key).grads[1]
+        assert isinstance(g, lb.LinearNoBiasGradients)
+        dws.append(g.dw.array)
+    assert np.array_equal(dws[0], dws[1]) and not np.array_equal(dws[0], dws[2])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
