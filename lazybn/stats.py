@@ -26,7 +26,7 @@ from .construct import matrix, vector
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
 from .layers import _check, _finite
-from .ops import amap, cols, rows, rows_like, scale, sum_rows
+from .ops import _mat, amap, cols, rows_like, scale, sum_rows
 
 _F64 = np.dtype(np.float64)
 
@@ -121,7 +121,7 @@ def moments(x: Matrix) -> Moments:
         ValueRangeError: the statistics are not finite (NaN or infinity in ``x``, or squared
             deviations beyond float64's range).
     """
-    n = rows(x)
+    n = _mat(x, "moments")[0].shape[0]  # the error names moments, not rows
     if n == 0:
         return Moments.empty(cols(x))
     if x.dtype != _F64:

@@ -246,7 +246,10 @@ INVALID: list[tuple[str, Any, type[Exception], str]] = [
      r"moments: the statistics of the \(2, 1\) matrix are not finite"),
     ("overflowing data", lambda: moments(lb.matrix(np.array([[1e300], [-1e300]]))), lb.ValueRangeError,
      "moments: .* not finite"),
-    ("a vector", lambda: moments(_v([1.0, 2.0])), lb.RankError, "expected a matrix"),  # type: ignore[arg-type]
+    ("a vector", lambda: moments(_v([1.0, 2.0])), lb.RankError,  # type: ignore[arg-type]
+     r"^moments: expected a matrix, got a vector of shape \(2,\)"),
+    ("a numpy array", lambda: moments(np.ones((2, 2))), lb.ArgumentError,  # type: ignore[arg-type]
+     "^moments: expected a lazybn Manifest or Delayed array, got ndarray"),
 ]
 
 
