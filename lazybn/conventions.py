@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .array import Vector
 from .construct import matrix, vector
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, is_count, is_real
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, a_kind, is_count, is_real
 from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 
 FloatArray = NDArray[np.floating[Any]]
@@ -127,9 +127,12 @@ def to_keras(layer: Batchnorm1d, batch_size: int, steps: int, initial_var: float
 
     Raises:
         ValueRangeError: ``batch_size`` < 2, ``steps`` < 0 or ``initial_var`` negative.
-        ArgumentError: the layer keeps a cumulative average (``momentum=None``), which no
-            Keras momentum reproduces.
+        ArgumentError: ``layer`` is not a Batchnorm1d (one layer, not a network), or it keeps a
+            cumulative average (``momentum=None``), which no Keras momentum reproduces.
     """
+    given: object = layer  # untyped callers: a whole network, say
+    if not isinstance(given, Batchnorm1d):
+        raise ArgumentError(f"to_keras: layer must be a Batchnorm1d (one layer), got {a_kind(given)}")
     n, k, v0 = _history(batch_size, steps, initial_var, "to_keras")
     if layer.momentum is None:
         raise ArgumentError("to_keras: the layer keeps a cumulative average (momentum None); Keras's moving "
@@ -164,7 +167,12 @@ def from_keras(k: KerasBatchNorm, batch_size: int, steps: int, initial_var: floa
     Raises:
         ValueRangeError: invalid history, or a moving variance so far below decay^k · initial_var
             (which no such history can produce) that the running variance would be negative.
+        ArgumentError: ``k`` is not a :class:`KerasBatchNorm`.
     """
+    given: object = k  # untyped callers: a lazybn layer, say
+    if not isinstance(given, KerasBatchNorm):
+        raise ArgumentError(f"from_keras: k must be a KerasBatchNorm (lb.KerasBatchNorm(gamma, beta, moving_mean, "
+                            f"moving_variance, momentum, epsilon)), got {a_kind(given)}")
     n, steps, v0 = _history(batch_size, steps, initial_var, "from_keras")
     c = k.momentum**steps * v0
     mv = k.moving_variance.astype(np.float64)

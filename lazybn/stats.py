@@ -23,7 +23,7 @@ import numpy as np
 
 from .array import Delayed, Manifest, Matrix, Vector, compute, compute_all
 from .construct import matrix, vector
-from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
+from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError, a_kind
 from .fuse.graph import Fn
 from .layers import _check, _finite
 from .ops import _mat, amap, cols, rows_like, scale, sum_rows
@@ -179,7 +179,11 @@ def merge_all(parts: Iterable[Moments]) -> Moments:
         ValueRangeError: ``parts`` is empty (``Moments.empty(features)`` is the moments of no rows).
         ArgumentError, ShapeError: as :func:`merge`.
     """
-    it = iter(parts)
+    try:
+        it = iter(parts)
+    except TypeError:  # one Moments, say
+        raise ArgumentError(f"merge_all: expected an iterable of lazybn Moments (a list), got "
+                            f"{a_kind(parts)}") from None
     try:
         total = next(it)
     except StopIteration:

@@ -138,6 +138,18 @@ def test_momentum_converters_reject_out_of_range(bad: float) -> None:
         momentum_from_keras(bad)
 
 
+def test_a_network_or_another_object_where_one_layer_is_converted_is_named() -> None:
+    net = lb.mlp((3, 4, 2), batchnorm=True)
+    with pytest.raises(lb.ArgumentError, match="^to_keras: layer must be a Batchnorm1d \\(one layer\\), got a list$"):
+        to_keras(net, batch_size=4, steps=1)  # type: ignore[arg-type]
+    with pytest.raises(lb.ArgumentError, match="^from_keras: k must be a KerasBatchNorm .*got a Batchnorm1d$"):
+        from_keras(net[1], batch_size=4, steps=1)  # type: ignore[arg-type]
+    layer = net[1]
+    assert isinstance(layer, Batchnorm1d)
+    back = from_keras(to_keras(layer, 4, 1), 4, 1)  # the layers themselves convert, and back
+    assert np.allclose(back.var.array, layer.var.array) and back.momentum == pytest.approx(layer.momentum)
+
+
 def test_invalid_histories_are_rejected() -> None:
     layer = _layer(np.zeros(2), np.ones(2), 0.1)
     with pytest.raises(ValueRangeError, match="batch_size"):

@@ -248,6 +248,8 @@ INVALID: list[tuple[str, Any, type[Exception], str]] = [
      "moments: .* not finite"),
     ("a vector", lambda: moments(_v([1.0, 2.0])), lb.RankError,  # type: ignore[arg-type]
      r"^moments: expected a matrix, got a vector of shape \(2,\)"),
+    ("one Moments to merge_all", lambda: merge_all(Moments.empty(2)), lb.ArgumentError,  # type: ignore[arg-type]
+     r"^merge_all: expected an iterable of lazybn Moments \(a list\), got a Moments$"),
     ("a numpy array", lambda: moments(np.ones((2, 2))), lb.ArgumentError,  # type: ignore[arg-type]
      "^moments: expected a lazybn Manifest or Delayed array, got ndarray"),
 ]
