@@ -100,12 +100,12 @@ from .optimizers import SGD as SGD
 from .persist import Saved as Saved
 from .persist import load as load
 from .persist import save as save
+from .preprocess import Pixels as Pixels
+from .preprocess import one_hot as one_hot
+from .preprocess import prepare as prepare
 from .train import StepResult as StepResult
-from .train import Pixels as Pixels
 from .train import accuracy as accuracy
 from .train import batches as batches
-from .train import one_hot as one_hot
-from .train import prepare as prepare
 from .train import train_epoch as train_epoch
 from .train import train_step as train_step
 from .trace import fused as fused

@@ -257,7 +257,15 @@ def check_batch_values(op: str, x: Matrix, tgt: Matrix, layers: Sequence[Layer])
     _check_pair(op, x, tgt, rows=False)  # the pass checks the rows, with the layers
     check_targets(op, tgt.array)
     if not np.isfinite(x.array).all():
-        raise NumericalError(f"{op}: the input batch contains NaN or infinity")
+        row, col = first_nonfinite_entry(x.array)
+        raise NumericalError(f"{op}: the input batch contains NaN or infinity (first at row {row}, column {col}: "
+                             f"{x.array[row, col]})")
+
+
+def first_nonfinite_entry(a: FloatArray) -> tuple[int, int]:
+    """(row, column) of the first NaN or infinity of a matrix that holds one, in row-major order."""
+    row, col = np.argwhere(~np.isfinite(a))[0]
+    return int(row), int(col)
 
 
 def check_targets(op: str, t: FloatArray) -> None:

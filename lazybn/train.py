@@ -10,7 +10,6 @@ the layer (default) or skips the batch, returning the layers it was given.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -27,70 +26,10 @@ from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
                      check_layers, nonfinite_weights)
 from .batchnorm import _running, running_weights, update_running
 from .network import (_bounded_pass, _train_pass, check_batch_values, check_fits, check_targets, first_nonfinite,
-                      logits, mean_loss)
+                      first_nonfinite_entry, logits, mean_loss)
 from .steady import Bounds, bounded, renormalises, restored, steady
 from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
-
-
-class Pixels(enum.Enum):
-    """How uint8 pixels become network inputs."""
-
-    unit = "unit"  # x / 255, in [0, 1]
-    centered = "centered"  # x / 255 - 0.5, in [-0.5, 0.5] (the seed's Haskell project)
-    standard = "standard"  # (x / 255 - 0.1307) / 0.3081, MNIST's mean and std
-
-
-def prepare(images: NDArray[np.uint8], pixels: Pixels, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
-    """Scale uint8 images (samples x pixels) to float inputs of ``dtype``, as ``pixels`` says
-    (:class:`Pixels`); the result has the images' shape.
-
-    A pixel has 256 possible values, so each value is scaled once, in float64, and rounded to
-    ``dtype``; the images are then looked up in that table. The result is what scaling every
-    pixel in float64 would give, in one pass and without a float64 copy of the data (MNIST's
-    training set: 0.15 s instead of 1.4 s).
-
-    Raises:
-        ArgumentError: ``pixels`` is not a member of :class:`Pixels`.
-        DTypeError: the images are not uint8, or ``dtype`` is not float32 or float64.
-    """
-    if not isinstance(pixels, Pixels):
-        raise ArgumentError(f"prepare: pixels must be a member of lb.Pixels (unit, centered, standard), got {pixels!r}")
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise DTypeError(f"prepare: expected uint8 pixels (0-255), got {images.dtype}")
-    if np.dtype(dtype) not in (np.float32, np.float64):  # an integer dtype would truncate the scaled values
-        raise DTypeError(f"prepare: dtype must be float32 or float64, got {np.dtype(dtype)}")
-    v = np.arange(256, dtype=np.float64) / 255.0
-    if pixels is Pixels.centered:
-        v -= 0.5
-    elif pixels is Pixels.standard:
-        v = (v - 0.1307) / 0.3081
-    out: NDArray[np.floating[Any]] = v.astype(dtype)[images]
-    return out
-
-
-def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
-    """One-hot rows for integer labels in [0, classes): a (samples, classes) array of ``dtype``.
-
-    Raises:
-        ShapeError: ``labels`` is not 1-d.
-        DTypeError: the labels are not integers.
-        ValueRangeError: ``classes`` is not an integer >= 1, or a label is outside [0, classes).
-    """
-    if not is_count(classes, 1):  # untyped callers: 2.0 or -1 would fail inside numpy, or not at all
-        raise ValueRangeError(f"one_hot: classes must be an integer >= 1 (the number of classes), got {classes!r}")
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ShapeError("one_hot", labels.shape, (classes,), "labels must be a 1-d array")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DTypeError(f"one_hot: labels must be integer class indices, got {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueRangeError(f"one_hot: labels must be in [0, {classes}), got values from {labels.min()} "
-                              f"to {labels.max()}")
-    out = np.zeros((labels.shape[0], classes), dtype=dtype)
-    out[np.arange(labels.shape[0]), labels] = 1
-    return out
 
 
 @final
@@ -302,8 +241,8 @@ def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDAr
         raise DTypeError(f"accuracy: labels must be integer class indices, got {labels.dtype}")
     check_fits("accuracy", x.shape, x.dtype, layers, numpy=True)
     if not np.isfinite(x).all():
-        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise NumericalError(f"accuracy: x contains NaN or infinity (first in row {row})")
+        row, col = first_nonfinite_entry(x)
+        raise NumericalError(f"accuracy: x contains NaN or infinity (first at row {row}, column {col}: {x[row, col]})")
     correct = 0
     for idx in batches(x.shape[0], batch_size, None):
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as an error
@@ -351,7 +290,7 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
         UpdateMismatchError: ``opt_state`` was made by another optimizer, or for another number of
             layers.
         NumericalError: a step is not finite (``on_nonfinite="raise"``); the epoch's steps are
-            not returned.
+            not returned. NaN/inf in ``x`` is named by its row in ``x``.
     """
     check_layers("train_epoch", layers)
     _check_data("train_epoch", x, y, "y (targets)", 2)
@@ -388,8 +327,19 @@ def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x:
         if renorm is not None:
             bounds = renorm.at(opt_state.step)
             current = [_unchecked(layer, renorm=bounds) if renormalises(layer) else layer for layer in current]
-        step = train_step(current, opt, opt_state, _rows(x, idx, comp), _rows(y, idx, comp, x.dtype),
-                          key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
+        xb = _rows(x, idx, comp)
+        try:
+            step = train_step(current, opt, opt_state, xb, _rows(y, idx, comp, x.dtype),
+                              key=key * 1_000_003 + opt_state.step, lr_scale=lr_scale, on_nonfinite=on_nonfinite)
+        except NumericalError:
+            bad = ~np.isfinite(xb.array)
+            if not bad.any():
+                raise
+            at = int(np.argmin(np.where(bad.any(axis=1), idx, x.shape[0])))  # of the batch's bad rows, first in x
+            col = int(np.argmax(bad[at]))
+            raise NumericalError(f"train_epoch: step {k}'s batch holds NaN or infinity: x[{idx[at]}, {col}] is "
+                                 f"{xb.array[at, col]} (the batch's first such row of x); on_nonfinite='skip' skips "
+                                 "such batches") from None
         current, opt_state = step.layers, step.opt_state
         if not step.skipped:
             losses.append(step.loss)

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from lazybn.data import Dataset, fetch_mnist, load_dir, load_mnist, read_csv_split, read_idx
 from lazybn.data import mnist as mn
 from lazybn.errors import DataError, DTypeError, LazybnError
-from lazybn.train import Pixels, prepare
+from lazybn.preprocess import Pixels, prepare
 
 from .helpers import NPY_HEADER_DAMAGE, ZIP_HEADER_DAMAGE, damage_npy_header, damage_zip_headers
 

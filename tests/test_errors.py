@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazybn as lb
 from lazybn.layers import Batchnorm1d, Dropout, Linear, LinearNoBias
@@ -18,7 +20,8 @@ from lazybn.optim import SGD, Momentum, RMSProp, UpdateMismatchError, init_state
 from lazybn.errors import NumericalError
 from lazybn.experiments.evaluate import checked, evaluand
 from lazybn.persist import Saved
-from lazybn.train import one_hot, train_step
+from lazybn.train import train_step
+from lazybn.preprocess import one_hot
 
 M = lb.matrix(np.ones((3, 2)))
 V = lb.vector(np.ones(3))
@@ -41,6 +44,16 @@ def _nan_step() -> object:
     opt = SGD(0.1)
     x = lb.matrix(np.array([[1, np.nan], [0, 1]], F32))
     return train_step(_net(), opt, init_state(opt, _net()), x, lb.matrix(np.eye(3, dtype=F32)[:2]))
+
+
+def _nan_epoch() -> object:
+    """Data whose row 7 holds -inf, and later rows NaN, in one batch: the error names row 7 of x,
+    wherever the shuffle put it in the batch."""
+    opt = SGD(0.1)
+    x = np.ones((12, 2), F32)
+    x[7, 0], x[9:, 1] = -np.inf, np.nan
+    return lb.train_epoch(_net(), opt, init_state(opt, _net()), x, np.eye(3, dtype=F32)[np.arange(12) % 3], 12,
+                          np.random.default_rng(3))
 
 
 CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
@@ -104,7 +117,9 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("targets that are not probabilities",
      lambda: lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.array([[1, 1, 0], [0, 1, 0]], F32))),
      lb.ValueRangeError, "row 0 is [1.0, 1.0, 0.0]"),
-    ("NaN in a training batch", _nan_step, NumericalError, "NaN or infinity"),
+    ("NaN in a training batch", _nan_step, NumericalError, "NaN or infinity (first at row 0, column 1: nan)"),
+    ("NaN in the training data", _nan_epoch, NumericalError,
+     "train_epoch: step 0's batch holds NaN or infinity: x[7, 0] is -inf (the batch's first such row of x)"),
     ("target with the wrong number of classes",
      lambda: lb.gradients(_net(), lb.matrix(np.ones((2, 2), F32)), lb.matrix(np.eye(4, dtype=F32)[:2])),
      lb.ShapeError, "one column per class"),
@@ -251,8 +266,9 @@ def test_train_epoch_and_accuracy_check_their_data() -> None:
         (lambda: lb.accuracy(_net(), x, np.array([0, -1, 2, 0])), lb.ValueRangeError, "from -1 to 2"),
         (lambda: lb.accuracy(_net(), x, np.array([0, 1, 3, 0])), lb.ValueRangeError, "in [0, 3); got values from 0 to 3"),
         (lambda: lb.accuracy(_net(), np.where(np.arange(8).reshape(4, 2) == 5, np.nan, x), labels), NumericalError,
-         "x contains NaN or infinity (first in row 2)"),
-        (lambda: lb.accuracy(_net(), np.full((4, 2), np.inf, F32), labels), NumericalError, "first in row 0"),
+         "x contains NaN or infinity (first at row 2, column 1: nan)"),
+        (lambda: lb.accuracy(_net(), np.full((4, 2), np.inf, F32), labels), NumericalError,
+         "first at row 0, column 0: inf"),
         (lambda: lb.accuracy([Linear(lb.matrix(np.full((2, 3), 3e38, F32)), lb.vector(np.zeros(3, F32)))], x, labels),
          NumericalError, "outputs for rows 0..3 are not finite"),
     ]
@@ -289,3 +305,25 @@ def test_train_epoch_takes_integer_targets_in_the_data_dtype_and_refuses_other_f
         with pytest.raises(lb.DTypeError, match=re.escape(f"train_epoch: y (targets) is {np.dtype(other)} but x is "
                                                           f"{np.dtype(dtype)}; they must agree")):
             epoch(y.astype(other))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(4, 24), seed=st.integers(0, 2**32 - 1),
+       poison=st.sampled_from([np.nan, np.inf, -np.inf]))
+def test_train_epoch_names_the_row_of_x_that_holds_nan(data: st.DataObject, n: int, seed: int, poison: float) -> None:
+    """NaN/inf in the data stops train_epoch at the first batch holding one, naming the entry of x:
+    of that batch's bad rows the first in x, and that row's first bad column."""
+    batch = data.draw(st.integers(2, n))
+    bad = data.draw(st.sets(st.tuples(st.integers(0, n - 1), st.integers(0, 1)), min_size=1, max_size=4))
+    x = np.ones((n, 2), F32)
+    for r, c in bad:
+        x[r, c] = poison
+    order = list(lb.batches(n, batch, np.random.default_rng(seed)))  # the epoch's batches, drawn as it draws them
+    step = next(k for k, idx in enumerate(order) if any(r in idx for r, _ in bad))
+    row = min(r for r, _ in bad if r in order[step])
+    col = min(c for r, c in bad if r == row)
+    opt = SGD(0.1)
+    with pytest.raises(NumericalError, match=re.escape(f"train_epoch: step {step}'s batch holds NaN or infinity: "
+                                                       f"x[{row}, {col}] is {poison}")):
+        lb.train_epoch(_net(), opt, init_state(opt, _net()), x, np.eye(3, dtype=F32)[np.arange(n) % 3], batch,
+                       np.random.default_rng(seed))

@@ -158,7 +158,7 @@ def test_metrics_csv_holds_every_row_under_every_column_in_order_of_appearance(t
 
 def test_report_settings_show_floats_short_and_enums_by_value(tmp_path: Path) -> None:
     from lazybn.report import write_report
-    from lazybn.train import Pixels
+    from lazybn.preprocess import Pixels
 
     settings = {"lr": 0.1 + 0.2, "eps": 1e-5, "pixels": Pixels.centered, "epochs": 3}
     text = write_report(tmp_path, "T", "lazybn train", settings, [("Results", "body\n")], [], True).read_text()
@@ -185,7 +185,7 @@ def test_activations_stopped_mid_epoch_reports_each_networks_own_measurements(
         call: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lazybn.experiments.activations import QUICK
     from lazybn.experiments.common import synthetic_split
-    from lazybn.train import Pixels
+    from lazybn.preprocess import Pixels
 
     _fail_on_call(monkeypatch, call, KeyboardInterrupt())
     out = tmp_path / "out"

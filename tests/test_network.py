@@ -828,7 +828,7 @@ def test_a_later_layer_that_does_not_fit_the_layers_before_it_is_named(kind: str
 @given(classes=st.integers(1, 12), data=st.data())
 def test_one_hot_is_the_identity_matrix_row_of_each_label_and_refuses_labels_just_outside(classes: int,
                                                                                          data: st.DataObject) -> None:
-    from lazybn.train import one_hot
+    from lazybn.preprocess import one_hot
 
     labels = np.array(data.draw(st.lists(st.integers(0, classes - 1), max_size=20)), dtype=np.int64)
     got = one_hot(labels, classes, np.float64)
@@ -843,7 +843,7 @@ def test_one_hot_is_the_identity_matrix_row_of_each_label_and_refuses_labels_jus
 @pytest.mark.parametrize("classes", [2.0, 0, -2, True, "2", None])
 @pytest.mark.parametrize("n", [0, 3])
 def test_one_hot_refuses_a_class_count_that_is_not_a_positive_integer(classes: object, n: int) -> None:
-    from lazybn.train import one_hot
+    from lazybn.preprocess import one_hot
 
     with pytest.raises(lb.ValueRangeError, match=re.escape(f"one_hot: classes must be an integer >= 1 (the number "
                                                            f"of classes), got {classes!r}")):

@@ -37,7 +37,7 @@ from ..layers import Act, Activation, Batchnorm1d, Layer, Linear
 from ..network import logits
 from ..optim import SGD
 from ..report import markdown_table, write_metrics
-from ..train import Pixels
+from ..preprocess import Pixels
 from . import registry
 from .common import command_line, load_split, out_dir, progress, run_seeds, standard_report
 from .runner import Arm, Plan, batches_per_pass

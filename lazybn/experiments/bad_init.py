@@ -29,7 +29,7 @@ from ..init import Init, mlp
 from ..layers import Batchnorm1d, Layer
 from ..optim import Adam
 from ..report import markdown_table, write_metrics
-from ..train import Pixels
+from ..preprocess import Pixels
 from . import registry
 from .common import command_line, load_split, mean_std, out_dir, progress, run_seeds, standard_report
 from .runner import Arm, Plan, Split

@@ -46,7 +46,7 @@ from numpy.typing import DTypeLike, NDArray
 from .._files import user_path
 from ..errors import ArgumentError, LazybnError
 from ..report import markdown_table, plot_lines, write_metrics, write_report
-from ..train import Pixels, one_hot, prepare
+from ..preprocess import Pixels, one_hot, prepare
 from ..layers import Layer
 from .runner import Arm, Plan, Split, run
 

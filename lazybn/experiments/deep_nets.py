@@ -45,7 +45,8 @@ from ..init import Init, weights
 from ..layers import Act, Activation, Batchnorm1d, Layer, Linear, LinearNoBias
 from ..optim import SGD
 from ..report import markdown_table, write_metrics, write_report
-from ..train import Pixels, accuracy
+from ..preprocess import Pixels
+from ..train import accuracy
 from . import registry
 from .activations import pyplot, save_figure
 from .common import command_line, load_split, out_dir, progress

@@ -25,7 +25,8 @@ from ..fold import fold_batchnorm
 from ..layers import Batchnorm1d, Layer, Linear, LinearNoBias
 from ..network import logits
 from ..persist import Saved, load
-from ..train import Pixels, batches, prepare
+from ..preprocess import Pixels, prepare
+from ..train import batches
 from .common import add_blas_threads, add_data_dir, progress
 from .mnist import PRESETS, SIZES
 

@@ -15,8 +15,7 @@ Presets:
   batch-norm parameters received batch-summed gradients, i.e. a learning rate 1000 times larger
   for gamma and beta. Reproducing its result does not need that: with correct batch-averaged
   gradients lazybn reaches the same 98.1% (measured: 98.09% vs 98.14% with the factor). The
-  factor is available as an explicit per-group learning-rate multiplier,
-  ``--bn-lr-multiplier 1000``, never as a wrong gradient.
+  factor is an explicit per-group learning-rate multiplier, ``--bn-lr-multiplier 1000``.
 * ``article``: the article's text (SGD, lr 0.01, batch 100, 10 epochs), otherwise as haskell.
 """
 
@@ -44,7 +43,8 @@ from ..layers import Batchnorm1d, Layer, Renorm, RenormRamp
 from ..optim import SGD, Adam, Momentum, Optimizer, OptState, RMSProp, init_state
 from ..persist import save
 from ..report import markdown_table, write_metrics, write_report
-from ..train import Pixels, batches, one_hot, prepare, train_step
+from ..preprocess import Pixels, one_hot, prepare
+from ..train import batches, train_step
 from . import resume
 from .common import (add_blas_threads, add_data_dir, add_out, curves, epoch_summary, join_warm_up, out_dir,
                      require_empty)
