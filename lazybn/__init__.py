@@ -103,9 +103,11 @@ from .persist import save as save
 from .preprocess import Pixels as Pixels
 from .preprocess import one_hot as one_hot
 from .preprocess import prepare as prepare
+from .train import Evaluation as Evaluation
 from .train import StepResult as StepResult
 from .train import accuracy as accuracy
 from .train import batches as batches
+from .train import evaluate as evaluate
 from .train import train_epoch as train_epoch
 from .train import train_step as train_step
 from .trace import fused as fused

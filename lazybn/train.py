@@ -220,12 +220,25 @@ def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterato
     return (order[s:e] for s, e in zip(starts, [*starts[1:], n]))
 
 
-def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
-             batch_size: int = 1000, comp: Comp = Comp.Seq) -> float:
-    """Fraction of samples whose arg-max prediction (inference mode) equals the label.
+@final
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What :func:`evaluate` returns: the fraction of samples whose arg-max prediction is their
+    label, and the mean cross-entropy of the labels (the validation loss), in inference mode."""
+
+    accuracy: float
+    loss: float
+
+
+def evaluate(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
+             batch_size: int = 1000, comp: Comp = Comp.Seq) -> Evaluation:
+    """Accuracy and mean cross-entropy of the network on labelled data, in inference mode (batch
+    norm with its running statistics, no dropout).
 
     ``x`` (samples x features) and ``labels`` (one integer class per sample) are numpy arrays;
-    the network runs on ``batch_size`` rows at a time, with ``comp``.
+    the network runs on ``batch_size`` rows at a time, with ``comp``. Each sample's loss is
+    ``log sum exp(z) - z[label]`` of its logits ``z``, in float64 (exact where a probability
+    underflows, as the training pass's), and the mean an exactly rounded sum over the samples.
 
     Raises (never a silently wrong score):
         ArgumentError, RankError, ShapeError, DTypeError: ``x`` and ``labels`` are not numpy
@@ -233,29 +246,43 @@ def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDAr
         ValueRangeError: no samples, or labels that are not classes of the network's output.
         NumericalError: ``x`` holds NaN or infinity, or the network's outputs overflow.
     """
-    check_layers("accuracy", layers)
-    _check_data("accuracy", x, labels, "labels", 1)
+    return _evaluate("evaluate", layers, x, labels, batch_size, comp)
+
+
+def accuracy(layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
+             batch_size: int = 1000, comp: Comp = Comp.Seq) -> float:
+    """Fraction of samples whose arg-max prediction (inference mode) equals the label: the
+    accuracy of :func:`evaluate`, which raises what this raises."""
+    return _evaluate("accuracy", layers, x, labels, batch_size, comp).accuracy
+
+
+def _evaluate(op: str, layers: Sequence[Layer], x: NDArray[np.floating[Any]], labels: NDArray[np.integer[Any]],
+              batch_size: int, comp: Comp) -> Evaluation:
+    check_layers(op, layers)
+    _check_data(op, x, labels, "labels", 1)
     if x.shape[0] == 0:
-        raise ValueRangeError("accuracy: no samples (x has 0 rows)")
+        raise ValueRangeError(f"{op}: no samples (x has 0 rows)")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise DTypeError(f"accuracy: labels must be integer class indices, got {labels.dtype}")
-    check_fits("accuracy", x.shape, x.dtype, layers, numpy=True)
+        raise DTypeError(f"{op}: labels must be integer class indices, got {labels.dtype}")
+    check_fits(op, x.shape, x.dtype, layers, numpy=True)
     if not np.isfinite(x).all():
         row, col = first_nonfinite_entry(x)
-        raise NumericalError(f"accuracy: x contains NaN or infinity (first at row {row}, column {col}: {x[row, col]})")
-    correct = 0
+        raise NumericalError(f"{op}: x contains NaN or infinity (first at row {row}, column {col}: {x[row, col]})")
+    correct, losses = 0, []
     for idx in batches(x.shape[0], batch_size, None):
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as an error
             out = logits(layers, _rows(x, idx, comp)).array
         if idx[0] == 0 and (labels.min() < 0 or labels.max() >= out.shape[1]):
-            raise ValueRangeError(f"accuracy: labels must be classes of the network's {out.shape[1]} outputs, in "
+            raise ValueRangeError(f"{op}: labels must be classes of the network's {out.shape[1]} outputs, in "
                                   f"[0, {out.shape[1]}); got values from {labels.min()} to {labels.max()}")
         if not np.isfinite(out).all():
             held = nonfinite_weights(layers)
-            raise NumericalError(f"accuracy: the network's outputs for rows {idx[0]}..{idx[-1]} are not finite "
+            raise NumericalError(f"{op}: the network's outputs for rows {idx[0]}..{idx[-1]} are not finite "
                                  f"({held or 'they overflow'})")
         correct += int(np.sum(np.argmax(out, axis=1) == labels[idx]))
-    return correct / int(x.shape[0])
+        z = out.astype(np.float64) - out.max(axis=1, keepdims=True)
+        losses.extend((np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(idx)), labels[idx]]).tolist())
+    return Evaluation(correct / int(x.shape[0]), math.fsum(losses) / len(losses))
 
 
 def train_epoch(layers: Sequence[Layer], opt: Optimizer, opt_state: OptState, x: NDArray[np.floating[Any]],
