@@ -280,6 +280,8 @@ def test_a_run_stopped_mid_epoch_returns_each_arms_rows_with_the_layers_they_mea
         assert (outcome.epochs("bn"), outcome.epochs("plain")) == (2, 1)
         assert outcome.layers["bn"] is returned[2] and outcome.layers["plain"] is returned[1]
         assert outcome.interrupted is not error and (outcome.error is stop) is error
+        if error:  # named by the arm that diverged and when: the rows alone do not say which
+            assert str(outcome.error) == "the network 'plain' (seed 0) in epoch 2: training step 7: the loss is nan"
     _fail_on_call(monkeypatch, 2, NumericalError("boom"))
     with pytest.raises(NumericalError, match="boom"):  # the default: the error propagates
         run(arms, synthetic_split(), Plan(epochs=1, batch_size=100), progress=False)
@@ -309,7 +311,9 @@ def test_train_stopped_by_an_error_keeps_the_measured_epochs_and_networks(
     _fail_on_call(monkeypatch, 3, NumericalError("training step 4: the loss is nan; lower the learning rate"))
     out = tmp_path / "out"
     assert main(["train", "--data-dir", str(data), "--epochs", "3", "--out", str(out), "--no-progress"]) == 2
-    assert "lazybn: error: training step 4: the loss is nan" in capsys.readouterr().err
+    # the error names the network that failed and when: two train side by side
+    assert "lazybn: error: the network 'batchnorm' (seed 0) in epoch 2: training step 4: the loss is nan" in \
+        capsys.readouterr().err
     rows = json.loads((out / "metrics.json").read_text())
     assert [(r["arm"], r["epoch"]) for r in rows] == [("batchnorm", 1), ("plain", 1)]
     assert "Result (stopped by an error)" in (out / "report.md").read_text()
@@ -347,7 +351,8 @@ def test_a_diverging_train_names_the_problem_and_a_fix_the_command_offers(
     out = tmp_path / "runs" / "out"
     assert main(["train", "--data-dir", str(data), "--lr", "1e30", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "lazybn: error: training step 1: layer 1 (Batchnorm1d) has a non-finite" in err
+    assert "lazybn: error: the network 'batchnorm' (seed 0) in epoch 1: training step 1: layer 1 (Batchnorm1d) has a " \
+           "non-finite" in err
     assert "lower the learning rate" in err and "on_nonfinite" not in err  # a Python argument: no CLI flag
     assert not (tmp_path / "runs").exists()
 

@@ -244,7 +244,8 @@ def test_an_experiment_stopped_by_an_error_keeps_and_reports_what_it_measured(
     _fail_on_call(monkeypatch, 4, NumericalError("training step 6: the loss is nan; lower the learning rate"))
     out = tmp_path / "out"
     assert main(["run", "bad-init-adam", "--quick", "--out", str(out), "--no-progress"]) == 2
-    assert "lazybn: error: training step 6: the loss is nan" in capsys.readouterr().err
+    assert "lazybn: error: the network 'plain' (seed 0) in epoch 2: training step 6: the loss is nan" in \
+        capsys.readouterr().err
     rows = json.loads((out / "metrics.json").read_text())
     assert [(r["seed"], r["arm"], r["epoch"]) for r in rows] == [(0, "batchnorm", 1), (0, "plain", 1),
                                                                   (0, "batchnorm", 2)]

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..array import Comp
-from ..errors import LazybnError, ValueRangeError
+from ..errors import LazybnError, NumericalError, ValueRangeError
 from ..layers import Layer, RenormRamp
 from ..optim import Optimizer, OptState, init_state
 from ..steady import renormalises
@@ -147,7 +147,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
     where the previous one stopped.
     A lazybn error in training (a NaN loss raises :class:`~lazybn.errors.NumericalError`)
     propagates, or with ``on_error="stop"`` ends the run like Ctrl-C and is returned in
-    ``Outcome.error``.
+    ``Outcome.error`` (a ``NumericalError``'s message headed by the arm, seed and epoch it stopped).
     """
     from tqdm import tqdm
 
@@ -163,6 +163,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
     x_train, y_train = (data.x_train[once], data.y_train[once]) if once is not None else (data.x_train, data.y_train)
     n_eval = min(plan.max_train_eval, x_train.shape[0])
     labels_train = data.labels_train[once] if once is not None else data.labels_train
+    training = ""  # the arm and epoch under way, for an error's message
     try:
         for epoch in range(min((a.done for a in arms), default=0), plan.epochs):
             epoch_rows = []
@@ -171,6 +172,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 if epoch < arm.done:  # trained before: its saved layers and state are those of epoch ``done``
                     continue
                 layers, state = states[arm.name]
+                training = f"the network {arm.name!r} (seed {plan.seed}) in epoch {epoch + 1}"
                 ramp = plan.renorm_ramp if any(renormalises(layer) for layer in layers) else None
                 rng = np.random.default_rng((plan.seed, epoch)) if plan.shuffle == "epoch" else None
                 per_pass = batches_per_pass(x_train.shape[0], plan.batch_size)
@@ -210,6 +212,7 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
                 row["test_acc"] = accuracy(layers, data.x_test, data.labels_test, comp=plan.comp)
                 row["seconds"] = seconds
                 states[arm.name] = (layers, state)  # the row and the layers it measured, together
+                training = ""
                 outcome.rows.append(row)
                 epoch_rows.append(row)
             if on_epoch is not None:
@@ -221,6 +224,8 @@ def run(arms: Sequence[Arm], data: Split, plan: Plan, *, progress: bool = True,
     except LazybnError as exc:
         if on_error == "raise":
             raise
+        if training and isinstance(exc, NumericalError):  # which of the networks trained side by side diverged
+            exc.args = (f"{training}: {exc}",)
         outcome.error = exc
     outcome.layers = {name: layers for name, (layers, _) in states.items()}
     outcome.states = {name: state for name, (_, state) in states.items()}
