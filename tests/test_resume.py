@@ -398,6 +398,30 @@ def test_a_resume_on_other_data_is_refused_and_the_run_records_its_data(
     assert _snapshot(out) == before
 
 
+def test_a_run_given_a_relative_data_dir_resumed_from_elsewhere_names_where_the_data_dir_came_from(
+        tmp_path: Path, finished: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The run's ``--data-dir data``, stored as typed, is taken from the directory the resume runs
+    in: where it is not there, the error says that it is the run's and how to give it, and DIR
+    stays as it was; given, the run resumes."""
+    data, run = finished
+    (tmp_path / "started").mkdir()
+    shutil.copytree(data, tmp_path / "started" / "data")
+    monkeypatch.chdir(tmp_path / "started")
+    assert main(["train", "--data-dir", "data", "--out", "run", "--epochs", "1", "--no-progress"]) == 0
+    out = tmp_path / "started" / "run"
+    before = _snapshot(out)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"lazybn: error: lazybn train: --resume {out}: the run's --data-dir data (in {out / 'run.json'}, a "
+                   "path relative to where the run was started) is not a directory from here; give --data-dir with "
+                   "the run's data\n")
+    assert _snapshot(out) == before
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--data-dir", "started/data", "--no-progress"]) == 0
+    assert [r["epoch"] for r in json.loads((out / "metrics.json").read_text())] == [1, 1, 2, 2]
+
+
 def test_a_run_directory_without_a_data_print_resumes_and_gets_one(tmp_path: Path, finished: tuple[Path, Path]) -> None:
     data, run = finished
     out = tmp_path / "run"

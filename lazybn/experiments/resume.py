@@ -193,6 +193,10 @@ def prepare(args: argparse.Namespace, out: Path) -> Resumed:
     for k in ("data_dir", "no_progress", "blas_threads"):  # given: this command's; else the run's
         if k in mine:
             setattr(run, k, getattr(args, k))
+    if "data_dir" not in mine and run.data_dir is not None and not Path(run.data_dir).is_dir():
+        relative = "" if Path(run.data_dir).is_absolute() else ", a path relative to where the run was started"
+        raise ArgumentError(f"lazybn train: --resume {out}: the run's --data-dir {run.data_dir} (in {path}{relative}) "
+                            "is not a directory from here; give --data-dir with the run's data")
     s = _settings(run)
     for r in [*(_parse(r, path) for r in resumes), args]:
         if r.epochs is not None:
