@@ -438,6 +438,13 @@ def test_train_smoke_on_csv_data(tmp_path: Path) -> None:
     assert any(isinstance(layer, Batchnorm1d) for layer in bn.layers)
     assert not any(isinstance(layer, Batchnorm1d) for layer in plain.layers)
     assert bn.meta["arm"] == "batchnorm" and plain.meta["seed"] == 0
+    # the report's result table: each network's last epoch, its loss to 4 digits as printed and in the
+    # per-epoch table (2 would make the losses of trained networks, 0.0123 and 0.0164, both 0.01)
+    result = report.split("## Result", 1)[1].split("\n## ", 1)[0]
+    cells = {line.split(" | ")[0].strip("| "): line.strip("|").split(" | ") for line in result.splitlines()
+             if line.startswith(("| batchnorm ", "| plain "))}
+    assert {arm: (cells[arm][1].strip(), cells[arm][-1].strip()) for arm in cells} == {
+        r["arm"]: (str(r["epoch"]), f"{r['loss']:.4f}") for r in metrics}
 
 
 def test_train_warm_up_traces_the_step_that_the_first_batch_replays() -> None:

@@ -384,7 +384,7 @@ def _write(out: Path, args: argparse.Namespace, s: Settings, command: str, rows:
     sections = [("Result" + (f" ({stopped})" if stopped else ""),
                  markdown_table([{"network": r["arm"], "epoch": r["epoch"], "seeds": r["seeds"],
                                   "test acc %": 100 * r["test_acc"], "train acc %": 100 * r["train_acc"],
-                                  "loss": r["loss"]} for r in final], "{:.2f}"))]
+                                  "loss": f"{r['loss']:.4f}"} for r in final], "{:.2f}"))]
     if args.preset in REFERENCE:
         sections.append(("Reference", REFERENCE[args.preset] + ".\n"))
     sections.append(("Per epoch (mean over seeds; a process's first epoch of a network includes loading or compiling "
