@@ -139,6 +139,20 @@ def test_an_output_directory_that_cannot_be_written_is_refused_first(tmp_path: P
     assert f"({tmp_path / 'a-file'} is a file, not a directory)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_an_output_directory_through_a_dangling_symbolic_link_is_refused_naming_it(
+        under: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A link to a directory that is gone (as --out, or above it): mkdir says the name exists, ls that it does not;
+    the error says what it is, and nothing is made at either end of the link."""
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "gone")
+    out = link / "run" if under else link
+    assert main(["train", "--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"lazybn: error: cannot write to the output directory {out} ({link} is a symbolic "
+                                       f"link to {tmp_path / 'gone'}, which does not exist); choose another with --out\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"] and link.is_symlink()
+
+
 def test_the_command_prints_a_warning_as_a_line_of_its_own(monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """Not Python's format (file, line number, source line): the command's prefix and the message."""
