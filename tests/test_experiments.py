@@ -201,6 +201,24 @@ def test_help_gives_the_value_a_run_without_the_option_uses(monkeypatch: pytest.
         assert seen[-1] == seen[0], option
 
 
+def test_help_names_the_default_of_every_option_that_has_one() -> None:
+    """Each subcommand's options with a default (not off, not None) say it in their help, as --help shows it."""
+    import argparse
+
+    from lazybn.experiments import registry
+    from lazybn.experiments.evaluate import add_eval_parser
+    from lazybn.experiments.mnist import add_train_parser
+
+    sub = argparse.ArgumentParser(prog="lazybn").add_subparsers()
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    registry.add_parsers(sub)
+    silent = {(name, action.option_strings[-1]) for name, parser in sub.choices.items() for action in parser._actions
+              if action.option_strings and action.nargs != 0 and action.default is not None  # nargs 0: a flag
+              and "default" not in (action.help or "")}
+    assert not silent, silent
+
+
 def test_a_closed_stdout_stops_the_command_quietly() -> None:
     """``lazybn train | head``: exit status 141 (as a tool killed by SIGPIPE), nothing on stderr."""
     code = ("import sys, lazybn.experiments.mnist as command\nfrom lazybn.cli import main\n"

@@ -57,7 +57,7 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--quick", action="store_true", help="a seconds-long version on small data (for tests)")
     add_out(r, "runs/NAME-TIMESTAMP")
     add_data_dir(r)
-    r.add_argument("--seed", type=int, default=0, help="first random seed")
+    r.add_argument("--seed", type=int, default=0, help="first random seed (default 0)")
     r.add_argument("--no-progress", action="store_true",
                    help="no progress bars (there are none when stderr is not a terminal)")
     add_blas_threads(r)
