@@ -9,7 +9,7 @@ from typing import overload
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from .array import _FLOATS, Comp, Manifest, Matrix, Vector
+from .array import _FLOATS, Comp, Delayed, Manifest, Matrix, Vector
 from .errors import ArgumentError, DTypeError, RankError, ValueRangeError, is_count, is_real
 from .fuse.graph import FloatArray
 
@@ -19,6 +19,9 @@ def _as_float_array(xs: ArrayLike, dtype: DTypeLike | None, what: str) -> FloatA
         arr = np.array(xs, order="C", copy=True)
         arr.setflags(write=False)
         return arr
+    given: object = xs  # untyped callers: numpy would see a delayed array as an object
+    if isinstance(given, Delayed):
+        raise ArgumentError(f"{what}: got a Delayed array, which holds no values yet; compute(d) makes it a Manifest")
     try:
         src = xs.dtype if isinstance(xs, np.ndarray) else np.asarray(xs).dtype
     except ValueError:  # numpy: "inhomogeneous shape"
@@ -59,7 +62,7 @@ def vector(xs: ArrayLike, dtype: DTypeLike | None = None, comp: Comp = Comp.Seq)
         DTypeError: ``dtype`` is not float32 or float64, or data of another kind (float16,
             complex, text) is given without one.
         ValueRangeError: a value does not fit in float32 (it would become infinity).
-        ArgumentError: ``comp`` is not a :class:`Comp`.
+        ArgumentError: ``comp`` is not a :class:`Comp`, or ``xs`` is a Delayed array (compute it first).
 
     >>> vector([1, 2, 3])
     Manifest[Ix1] Seq (3,) float32

@@ -64,6 +64,10 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("float16 data", lambda: lb.matrix(np.ones((2, 2), np.float16)), lb.DTypeError, "dtype=np.float32"),
     ("a list value beyond float32's range", lambda: lb.vector([1e39]), lb.ValueRangeError, "dtype=np.float64"),
     ("rank-3 data", lambda: lb.matrix(np.ones((2, 2, 2))), lb.RankError, "(2, 2, 2)"),
+    ("a delayed array made a matrix", lambda: lb.matrix(M + M), lb.ArgumentError,  # type: ignore[arg-type]
+     "matrix: got a Delayed array, which holds no values yet; compute(d) makes it a Manifest"),
+    ("a delayed array made a vector, dtype given", lambda: lb.vector(lb.sum_rows(M), np.float64),  # type: ignore[arg-type]
+     lb.ArgumentError, "vector: got a Delayed array"),
     ("a comp that is not a Comp", lambda: lb.matrix(np.ones((2, 2)), comp="Par"),  # type: ignore[arg-type]
      lb.ArgumentError, "comp must be lb.Comp.Seq or lb.Comp.Par, got 'Par'"),
     ("another computation strategy that is not a Comp", lambda: lb.set_comp(M, 1),  # type: ignore[arg-type]
