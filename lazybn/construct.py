@@ -93,7 +93,7 @@ def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.
 
     Raises:
         ValueRangeError: ``shape`` is not n or (rows, cols) of non-negative integers, or ``value``
-            does not fit in float32 (``dtype=np.float64`` holds it).
+            does not fit in float32 (``dtype=np.float64`` holds it) or in float64 (an int such as 10**400).
         ArgumentError: ``value`` is not a number (a bool is not one).
         DTypeError: ``dtype`` is not float32 or float64.
     """
@@ -104,7 +104,11 @@ def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.
     if not is_real(given):
         raise ArgumentError(f"replicate: value must be a number, got {value!r}")
     sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
-    return Manifest(_as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate"), comp)
+    try:
+        filled = np.full(sizes, value, dtype=np.float64)
+    except OverflowError:  # an int beyond the float range: 10**400
+        raise ValueRangeError("replicate: value is an integer beyond the float range (about 1.8e308)") from None
+    return Manifest(_as_float_array(filled, dtype, "replicate"), comp)
 
 
 @overload

@@ -81,6 +81,10 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      lb.ArgumentError, "ndarray"),
     ("a shape that is not n or (rows, cols)", lambda: lb.zeros(3.0),  # type: ignore[call-overload]
      lb.ValueRangeError, "non-negative integers"),
+    ("an integer scalar beyond float64's range", lambda: M + 10**400, lb.ValueRangeError,
+     "add: the scalar is an integer beyond the float range"),
+    ("an integer fill value beyond float64's range", lambda: lb.replicate(2, 10**400, np.float64), lb.ValueRangeError,
+     "replicate: value is an integer beyond the float range"),
     ("max over zero columns", lambda: lb.max_cols(lb.matrix(np.ones((2, 0)))), lb.ShapeError, "zero columns"),
     ("matmul inner dimensions", lambda: lb.matmul(M, M), lb.ShapeError, "inner dimensions"),
     ("Linear with a vector weight", lambda: Linear(V, V), lb.RankError, "Linear.w"),  # type: ignore[arg-type]

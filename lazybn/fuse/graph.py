@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ArgumentError, is_real
+from ..errors import ArgumentError, ValueRangeError, is_real
 
 Shape = tuple[int, ...]
 FloatArray = NDArray[np.floating[Any]]
@@ -131,7 +131,10 @@ def scalar_value(x: object, op: str) -> float | Scalar:
         return x
     if not is_number(x):
         raise ArgumentError(f"{op}: expected a number, got {type(x).__name__}")
-    return float(x)  # type: ignore[arg-type]
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond the float range: 10**400
+        raise ValueRangeError(f"{op}: the scalar is an integer beyond the float range (about 1.8e308)") from None
 
 
 Number = float | np.floating[Any] | np.integer[Any]
