@@ -42,6 +42,7 @@ def bn_forward(inp: Matrix, layer: Batchnorm1d) -> tuple[Matrix, Vector, Vector]
 
 def _forward(inp: Matrix, gamma: Vector, beta: Vector, eps: float) -> tuple[Matrix, Vector, Vector]:
     """``bn_forward``'s steps with the parameters given (ghost batches pass them once per ghost batch)."""
+    _nonempty("batch norm's forward", inp)
     b = partial(br, rows(inp))  # broadcast a vector to every row of the batch
     m = 1.0 / rows(inp)
     # Step 1: mean, Equation (1)
@@ -78,6 +79,11 @@ def bn_backward(dz: Matrix, inp: Matrix, layer: Batchnorm1d, batch_mu: Vector, b
     return forced(*_backward(dz, inp, layer.gamma, layer.eps, batch_mu, batch_variance), input_grad=input_grad)
 
 
+def _nonempty(op: str, inp: Matrix) -> None:
+    if rows(inp) == 0:
+        raise ValueRangeError(f"{op}: the batch is empty (0 rows); its mean and variance need at least one row")
+
+
 def skipped() -> Matrix:
     """A gradient no one needs: an empty matrix, a new one for each use, as a replay makes them
     (which arguments are the same array is part of a replay's signature)."""
@@ -103,6 +109,7 @@ def _backward(dz: Matrix, inp: Matrix, gamma: Vector, eps: float, batch_mu: Vect
     passes γ·r, which is not a layer's parameter: a layer built with it would reject an overflow
     as an invalid parameter, where ``train_step`` refuses the step that made it (and a replay,
     which builds no layer, would not reject it)."""
+    _nonempty("batch norm's backward", inp)
     b = partial(br, rows(inp))
     m = 1.0 / rows(inp)
     xmu = inp - b(batch_mu)

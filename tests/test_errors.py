@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazybn as lb
+from lazybn.batchnorm import bn_backward, bn_forward
 from lazybn.layers import Batchnorm1d, Dropout, Linear, LinearNoBias
 from lazybn.optim import SGD, Momentum, RMSProp, UpdateMismatchError, init_state
 from lazybn.errors import NumericalError
@@ -114,6 +115,12 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("learning rate NaN", lambda: SGD(float("nan")), lb.ValueRangeError, "nan"),
     ("batch of one in training", lambda: lb.gradients(_net(), lb.matrix(np.ones((1, 2), F32)),
                                                         lb.matrix(np.eye(3, dtype=F32)[:1])), lb.ValueRangeError, "more than 1 sample"),
+    ("empty batch into batch norm's step code", lambda: bn_forward(lb.matrix(np.ones((0, 3), F32)), _bn()),
+     lb.ValueRangeError, "batch norm's forward: the batch is empty (0 rows)"),
+    ("empty batch into batch norm's backward",
+     lambda: bn_backward(lb.matrix(np.ones((0, 3), F32)), lb.matrix(np.ones((0, 3), F32)), _bn(), lb.zeros(3, F32),
+                         lb.ones(3, F32)),
+     lb.ValueRangeError, "batch norm's backward: the batch is empty (0 rows)"),
     ("labels out of range", lambda: one_hot(np.array([0, 12]), 10), lb.ValueRangeError, "[0, 10)"),
     ("the PassResult itself given to update as its gradients",
      lambda: lb.update(SGD(0.1), init_state(SGD(0.1), _net()), _net(), _pass_result()),  # type: ignore[arg-type]
