@@ -26,7 +26,7 @@ import numpy as np
 from .array import Matrix
 from .construct import matrix, vector
 from .errors import DTypeError, ValueRangeError
-from .layers import Layer, check_layers, trains
+from .layers import Layer, trains
 from .network import _pass, _train_pass, check_batch_values, mean_loss
 from .optim import param_grads, parameters
 

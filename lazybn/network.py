@@ -41,7 +41,7 @@ from .loss import softmax as softmax
 from .loss import softmax_likelihoods
 from .layers import (BN1, Act, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
                      LinearNoBiasGradients, NoGrad, check_layers, nonfinite_weights, trains)
-from .ops import add_c, amap, cols_like, matmul, max_cols, rows, rows_like, scale, sum_cols, sum_rows, transpose
+from .ops import amap, matmul, rows, rows_like, scale, sum_rows, transpose
 from .passresult import PassResult as PassResult
 from .steady import Bounds, bounded, steady
 from .trace import fused
