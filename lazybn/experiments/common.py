@@ -129,8 +129,8 @@ def out_dir(args: argparse.Namespace, name: str) -> Path:
     except OSError as exc:
         file = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
         link = next((p for p in (out, *out.parents) if p.is_symlink() and not p.exists()), None)  # mkdir: "exists"
-        why = (f"{file} is a file, not a directory" if file is not None else exc.strerror or exc) if link is None \
-            else f"{link} is a symbolic link to {link.readlink()}, which does not exist"
+        why = (f"{link} is a symbolic link to {link.readlink()}, which does not exist" if link is not None
+               else f"{file} is a file, not a directory" if file is not None else exc.strerror or exc)
         raise ArgumentError(f"cannot write to the output directory {out} ({why}); choose another with --out") from exc
     return out
 
