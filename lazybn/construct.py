@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from .array import _FLOATS, Comp, Delayed, Manifest, Matrix, Vector
-from .errors import ArgumentError, DTypeError, RankError, ValueRangeError, is_count, is_real
+from .errors import ArgumentError, DTypeError, RankError, ValueRangeError, as_float, is_count, is_real
 from .fuse.graph import FloatArray
 
 
@@ -104,10 +104,7 @@ def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.
     if not is_real(given):
         raise ArgumentError(f"replicate: value must be a number, got {value!r}")
     sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
-    try:
-        filled = np.full(sizes, value, dtype=np.float64)
-    except OverflowError:  # an int beyond the float range: 10**400
-        raise ValueRangeError("replicate: value is an integer beyond the float range (about 1.8e308)") from None
+    filled = np.full(sizes, as_float(given, "replicate: value"), dtype=np.float64)
     return Manifest(_as_float_array(filled, dtype, "replicate"), comp)
 
 

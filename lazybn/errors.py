@@ -26,6 +26,15 @@ def is_real(v: object) -> TypeIs[int | float | np.integer[Any] | np.floating[Any
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+def as_float(v: int | float | np.integer[Any] | np.floating[Any], what: str) -> float:
+    """``float(v)``, with an int beyond the float range (10**400) a :class:`ValueRangeError`
+    saying "{what} is an integer beyond the float range", not Python's ``OverflowError``."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueRangeError(f"{what} is an integer beyond the float range (about 1.8e308)") from None
+
+
 def a_kind(v: object) -> str:
     """``v``'s type with its article, for messages: "a str", "an int", "an Activation"."""
     name = type(v).__name__

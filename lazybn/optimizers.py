@@ -25,18 +25,14 @@ from typing import Any, final, get_args
 
 import numpy as np
 
-from .errors import ArgumentError, ValueRangeError, is_real
+from .errors import ArgumentError, ValueRangeError, as_float, is_real
 
 
 def as_number(cls: str, name: str, x: object) -> float:
     """``x`` as a float if it is a number (not a bool), else a ``ValueRangeError`` naming ``cls.name``."""
     if not is_real(x):
         raise ValueRangeError(f"{cls}.{name}: expected a number, got {x!r}")
-    try:
-        return float(x)
-    except OverflowError:  # an int beyond the float range: 10**400
-        raise ValueRangeError(f"{cls}.{name}: must be a finite number, got an integer beyond the float range "
-                              "(about 1.8e308)") from None
+    return as_float(x, f"{cls}.{name}")
 
 
 # finite and > 0 (or >= 0); the others in [0, 1) (_UNIT) or a bool (_FLAGS)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import ArgumentError, ValueRangeError, is_real
+from ..errors import ArgumentError, as_float, is_real
 
 Shape = tuple[int, ...]
 FloatArray = NDArray[np.floating[Any]]
@@ -131,10 +131,7 @@ def scalar_value(x: object, op: str) -> float | Scalar:
         return x
     if not is_number(x):
         raise ArgumentError(f"{op}: expected a number, got {type(x).__name__}")
-    try:
-        return float(x)  # type: ignore[arg-type]
-    except OverflowError:  # an int beyond the float range: 10**400
-        raise ValueRangeError(f"{op}: the scalar is an integer beyond the float range (about 1.8e308)") from None
+    return as_float(x, f"{op}: the scalar")  # type: ignore[arg-type]
 
 
 Number = float | np.floating[Any] | np.integer[Any]
