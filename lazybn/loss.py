@@ -11,11 +11,13 @@ loss there is at most about 87.3 in float32 (708 in float64).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .array import Delayed, Ix1, Ix2, Matrix, Vector, compute
-from .fuse.graph import Fn
+from .fuse.graph import FloatArray, Fn
 from .ops import add_c, amap, cols_like, max_cols, sum_cols
 
 
@@ -59,3 +61,12 @@ def mean_loss(log_lik: Vector) -> float:
 def cross_entropy(pred: Matrix, tgt: Matrix) -> float:
     """Mean cross-entropy of predicted probabilities against one-hot targets."""
     return mean_loss(log_likelihoods(pred, tgt))
+
+
+def label_losses(z: FloatArray, labels: NDArray[np.integer[Any]]) -> NDArray[np.float64]:
+    """Each sample's cross-entropy of its label from its logits ``z`` (one row per sample), in
+    float64: ``log sum exp(z) - z[label]`` with the row's maximum taken out first, so a sample
+    whose label's probability underflows still counts with its whole loss."""
+    shifted = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+    out: NDArray[np.float64] = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(labels)), labels]
+    return out

@@ -27,6 +27,7 @@ from .layers import (BN1, Batchnorm1d, Gradients, Layer, RenormRamp, _unchecked,
 from .batchnorm import _running, running_weights, update_running
 from .network import (_bounded_pass, _train_pass, check_batch_values, check_fits, check_targets, first_nonfinite,
                       first_nonfinite_entry, logits, mean_loss)
+from .loss import label_losses
 from .steady import Bounds, bounded, renormalises, restored, steady
 from .optim import Optimizer, OptState, Slots, kind, nonfinite_update, require_state, schedule, step_all, update
 from .trace import fused
@@ -280,8 +281,7 @@ def _evaluate(op: str, layers: Sequence[Layer], x: NDArray[np.floating[Any]], la
             raise NumericalError(f"{op}: the network's outputs for rows {idx[0]}..{idx[-1]} are not finite "
                                  f"({held or 'they overflow'})")
         correct += int(np.sum(np.argmax(out, axis=1) == labels[idx]))
-        z = out.astype(np.float64) - out.max(axis=1, keepdims=True)
-        losses.extend((np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(idx)), labels[idx]]).tolist())
+        losses.extend(label_losses(out, labels[idx]).tolist())
     return Evaluation(correct / int(x.shape[0]), math.fsum(losses) / len(losses))
 
 

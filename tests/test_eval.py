@@ -83,9 +83,9 @@ def rows(printed: str, path: Path) -> list[dict[str, str]]:
     found = []
     lines = printed.splitlines()
     for k, line in enumerate(lines):
-        m = re.fullmatch(rf"{re.escape(str(path))} +(\S+) +(\S+) +([\d.]+)% +([\d.]+)% +(\S+)", line)
+        m = re.fullmatch(rf"{re.escape(str(path))} +(\S+) +(\S+) +([\d.]+)% +([\d.]+)% +(\S+) +([\d.]+)", line)
         if m:
-            row = dict(zip(("epoch", "pixels", "accuracy", "folded", "dlogit"), m.groups()))
+            row = dict(zip(("epoch", "pixels", "accuracy", "folded", "dlogit", "loss"), m.groups()))
             if k + 1 < len(lines) and lines[k + 1].startswith("  per class (%): "):
                 row["per_class"] = lines[k + 1]
             found.append(row)
@@ -141,6 +141,10 @@ def test_accuracy_is_that_of_a_numpy_inference_of_the_saved_arrays(
     assert (row["epoch"], row["pixels"], row["accuracy"], row["folded"]) == ("2", "centered", want, want)
     assert 0.0 <= float(row["dlogit"]) < 1e-5  # float32 rounding only
     images, labels = _split(split)
+    z = oracle_logits(path, images, "centered").astype(np.longdouble)  # the mean of -log softmax(z)[label]
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    want_loss = float(-np.mean(np.log((p / p.sum(axis=1, keepdims=True))[np.arange(len(labels)), labels])))
+    assert abs(float(row["loss"]) - want_loss) <= 5.1e-5 + 1e-5 * want_loss  # printed to 4 decimals
     predicted = np.argmax(oracle_logits(path, images, "centered"), axis=1)
     per_class = [_percent(float(np.mean(predicted[labels == k] == k))) for k in range(10)]
     assert row["per_class"] == "  per class (%): " + "  ".join(f"{k}: {a}" for k, a in enumerate(per_class))

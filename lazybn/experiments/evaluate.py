@@ -1,6 +1,6 @@
 """``lazybn eval``: the accuracy of saved networks on MNIST, at inference (batch norm with its
 running statistics), as they are and with batch norm folded into the linear layers
-(``lb.fold_batchnorm``), and how far the two networks' logits are apart.
+(``lb.fold_batchnorm``), how far the two networks' logits are apart, and the mean cross-entropy.
 
 Each file must hold a network of 784 inputs and 10 outputs. Its inputs are the pixels scaled as
 ``--pixels`` says, else as the preset named in the file's metadata (``lazybn train`` records it),
@@ -12,6 +12,7 @@ before anything is evaluated. Nothing is written.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -23,6 +24,7 @@ from ..data import load_mnist
 from ..errors import ArgumentError, LazybnError, NumericalError, PersistenceError
 from ..fold import fold_batchnorm
 from ..layers import Batchnorm1d, Layer, Linear, LinearNoBias
+from ..loss import label_losses
 from ..network import logits
 from ..persist import Saved, load
 from ..preprocess import Pixels, prepare
@@ -144,7 +146,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"lazybn eval: MNIST {args.split} split, {len(data.labels)} samples ({mnist.source}); batch norm with its "
           "running statistics")
     width = max(len("file"), *(len(e.path) for e in nets))
-    print(f"{'file':<{width}} {'epoch':>5} {'pixels':>8} {'accuracy':>8} {'folded':>8} {'max diff':>8}")
+    print(f"{'file':<{width}} {'epoch':>5} {'pixels':>8} {'accuracy':>8} {'folded':>8} {'max diff':>8} {'loss':>7}")
     inputs: dict[tuple[Pixels, np.dtype[Any]], NDArray[np.floating[Any]]] = {}
     for e in nets:
         x = inputs.get((e.pixels, e.dtype))
@@ -155,11 +157,12 @@ def _eval(args: argparse.Namespace) -> int:
         acc, acc_folded = (float(np.mean(np.argmax(o, axis=1) == data.labels)) for o in (out, folded))
         top = float(np.max(np.abs(out.astype(np.float64))))
         diff = float(np.max(np.abs(out.astype(np.float64) - folded.astype(np.float64))))
+        loss = math.fsum(label_losses(out, data.labels).tolist()) / len(data.labels)
         print(f"{e.path:<{width}} {e.epoch:>5} {e.pixels.value:>8} {100 * acc:>7.2f}% {100 * acc_folded:>7.2f}% "
-              f"{diff / top if top > 0 else diff:>8.1e}", flush=True)
+              f"{diff / top if top > 0 else diff:>8.1e} {loss:>7.4f}", flush=True)
         if args.per_class:
             print("  per class (%): " + "  ".join(f"{k}: " + ("-" if a is None else f"{100 * a:.2f}")
                                                  for k, a in enumerate(per_class(predicted, data.labels))))
     print("max diff: the largest |difference| between the logits of the network and of its folded version, "
-          "relative to its largest |logit|")
+          "relative to its largest |logit|; loss: the network's mean cross-entropy of the labels")
     return 0
