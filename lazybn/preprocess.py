@@ -4,6 +4,7 @@ one-hot target rows."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,8 +50,10 @@ def prepare(images: NDArray[np.uint8], pixels: Pixels, dtype: DTypeLike = np.flo
     return out
 
 
-def one_hot(labels: NDArray[np.integer[Any]], classes: int, dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
-    """One-hot rows for integer labels in [0, classes): a (samples, classes) array of ``dtype``.
+def one_hot(labels: NDArray[np.integer[Any]] | Sequence[int], classes: int,
+            dtype: DTypeLike = np.float32) -> NDArray[np.floating[Any]]:
+    """One-hot rows for integer labels in [0, classes) (an array or a list of them): a (samples,
+    classes) array of ``dtype``.
 
     Raises:
         ShapeError: ``labels`` is not 1-d.

@@ -19,4 +19,5 @@ def shout(message: str) -> None:
 lb.train_epoch(layers, opt, lb.init_state(opt, layers), x, lb.one_hot(labels, 2), 4, None,
                progress=shout)  # type: ignore[arg-type]
 lb.gradients(layers, x, lb.matrix(lb.one_hot(labels, 2)))  # type: ignore[call-overload]
+lb.one_hot([0.0, 1.0], 2)  # type: ignore[list-item]
 lb.update(opt, lb.init_state(opt, layers), layers, lb.gradients(layers, lb.matrix(x), lb.matrix(x)))  # type: ignore[arg-type]

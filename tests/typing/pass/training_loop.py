@@ -21,6 +21,7 @@ assert_type(layers, list[lb.Layer])
 assert_type(loss, float)
 acc = lb.accuracy(layers, x, labels)
 assert_type(acc, float)
+assert np.array_equal(lb.one_hot([2, 0], 3), lb.one_hot(np.array([2, 0]), 3))  # a list of labels, or an array
 ev = lb.evaluate(layers, x, labels)
 assert_type(ev, lb.Evaluation)
 assert_type(ev.loss, float)
