@@ -35,10 +35,11 @@ from typing import Any, assert_never, final
 
 import numpy as np
 
+from ._archive import Reader, header_field, read_layer
 from ._files import ZIP_ERRORS, atomic_writer
 from .array import Comp, Manifest
 from .errors import ArgumentError, DTypeError, LazybnError, PersistenceError, ShapeError, ValueRangeError, a_kind
-from .layers import Act, Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, Renorm, check_layers
+from .layers import Activation, Batchnorm1d, Dropout, Layer, Linear, LinearNoBias, check_layers
 from .optim import KINDS, OptState, parameters
 
 FORMAT = "lazybn-network"
@@ -207,102 +208,6 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
         np.savez(f, **payload)
 
 
-class _Reader:
-    """Reads the arrays of an open npz archive, checking each against the header."""
-
-    def __init__(self, path: Path, z: Any, dtype: np.dtype[Any] | None, comp: Comp) -> None:
-        self.path, self.z, self.dtype, self.comp = path, z, dtype, comp
-        self.used: set[str] = {"header.json"}
-
-    def get(self, name: str, shape: object) -> Manifest[Any]:
-        if name not in self.z.files:
-            raise PersistenceError(f"{self.path}: array {name!r} listed in the header is missing")
-        try:
-            arr = self.z[name]
-        except ValueError as exc:
-            raise PersistenceError(f"{self.path}: array {name!r} is unreadable: {exc} "
-                                   f"(lazybn never unpickles: object arrays are refused)") from None
-        except ZIP_ERRORS as exc:
-            raise PersistenceError(f"{self.path}: array {name!r} is truncated or corrupt: {exc}") from None
-        except MemoryError:
-            raise PersistenceError(f"{self.path}: array {name!r} claims a size that cannot be allocated; "
-                                   "the file is corrupt") from None
-        if not isinstance(arr, np.ndarray):  # a member without a .npy header: numpy hands over its bytes
-            raise PersistenceError(f"{self.path}: array {name!r} is not stored as an array (.npy), but as raw bytes")
-        if not isinstance(shape, list) or not all(type(n) is int for n in shape) or tuple(arr.shape) != tuple(shape):
-            raise PersistenceError(f"{self.path}: array {name!r} has shape {arr.shape}, the header says {shape}")
-        if self.dtype is None or arr.dtype != self.dtype:
-            raise PersistenceError(f"{self.path}: array {name!r} is {arr.dtype}, the header says {self.dtype}")
-        if not np.isfinite(arr).all():  # save writes none (a training step never makes one)
-            raise PersistenceError(f"{self.path}: array {name!r} holds NaN or infinity; the file is corrupt")
-        self.used.add(name)
-        arr = np.ascontiguousarray(arr)
-        arr.flags.writeable = False
-        return Manifest(arr, self.comp)
-
-
-_KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "num": (int, float), "int": (int,), "bool": (bool,),
-                                      "list": (list,)}
-
-
-def _field(d: object, key: str, kind: str, where: str) -> Any:
-    """``d[key]`` if ``d`` is a JSON object and the value is of ``kind`` (bool is not a number)."""
-    v = d.get(key) if isinstance(d, dict) else None
-    if not isinstance(v, _KINDS[kind]) or (isinstance(v, bool) and kind != "bool") or (kind == "num" and _huge(v)):
-        raise PersistenceError(f"{where}: header field {key!r} is missing or invalid ({v!r})")
-    return v
-
-
-def _huge(v: object) -> bool:
-    """An integer beyond float64's range (JSON integers have no bound; the layers take floats)."""
-    try:
-        float(v)  # type: ignore[arg-type]
-    except OverflowError:
-        return True
-    return False
-
-
-def _layer(i: int, d: dict[str, Any], r: _Reader) -> Layer:
-    where = f"{r.path}: layer {i}"
-    kind = _field(d, "kind", "str", where)
-    shapes = d.get("arrays")
-
-    def a(name: str) -> Manifest[Any]:
-        return r.get(f"layer{i}.{name}", shapes.get(name) if isinstance(shapes, dict) else None)
-
-    trainable = _field(d, "trainable", "bool", where) if "trainable" in d else True
-    if kind == "Linear":
-        return Linear(a("w"), a("b"), trainable=trainable)
-    if kind == "LinearNoBias":
-        return LinearNoBias(a("w"), trainable=trainable)
-    if kind == "Batchnorm1d":
-        var = a("var")
-        if (var.array < 0).any():
-            raise PersistenceError(f"{where} (Batchnorm1d): the running variance has negative entries "
-                                   f"{var.array[var.array < 0][:3]}; the file is corrupt")
-        momentum = None if d.get("momentum", 0) is None else _field(d, "momentum", "num", where)
-        tracked = _field(d, "tracked", "int", where) if "tracked" in d else 0
-        renorm = d.get("renorm")  # absent or null: batch norm
-        if renorm is not None:
-            if not isinstance(renorm, dict):
-                raise PersistenceError(f"{where}: header field 'renorm' is invalid ({renorm!r})")
-            renorm = Renorm(*(None if renorm.get(k) is None else _field(renorm, k, "num", where) for k in ("rmax", "dmax")))
-        return Batchnorm1d(a("mu"), var, a("gamma"), a("beta"), eps=_field(d, "eps", "num", where),
-                           momentum=momentum, unbiased=_field(d, "unbiased", "bool", where), tracked=tracked,
-                           renorm=renorm, ghost_batch=None if d.get("ghost_batch") is None
-                           else _field(d, "ghost_batch", "int", where),
-                           frozen=_field(d, "frozen", "bool", where) if "frozen" in d else False,
-                           trainable=trainable)
-    if kind == "Activation":
-        act = _field(d, "activation", "str", where)
-        if act not in Act.__members__:
-            raise PersistenceError(f"{where}: unknown activation {act!r} (known: {', '.join(Act.__members__)})")
-        return Activation(Act[act])
-    if kind == "Dropout":
-        return Dropout(_field(d, "p", "num", where))
-    raise PersistenceError(f"{where}: unknown layer kind {kind!r}")
-
-
 def load(path: Path | str, comp: Comp | None = None) -> Saved:
     """Read a network saved by :func:`save`.
 
@@ -369,17 +274,17 @@ def _read(path: Path, z: Any, comp: Comp | None) -> Saved:
     if header.get("comp") not in ("Seq", "Par"):
         raise PersistenceError(f"{path}: header comp {header.get('comp')!r} is not Seq or Par")
     saved_comp = Comp.Par if header.get("comp") == "Par" else Comp.Seq
-    r = _Reader(path, z, None if dt is None else np.dtype(dt), comp or saved_comp)
-    layer_ds = _field(header, "layers", "list", str(path))
-    layers = [_layer(i, d, r) for i, d in enumerate(layer_ds)]
+    r = Reader(path, z, None if dt is None else np.dtype(dt), comp or saved_comp)
+    layer_ds = header_field(header, "layers", "list", str(path))
+    layers = [read_layer(i, d, r) for i, d in enumerate(layer_ds)]
     misfit = _misfit(layers)
     if misfit is not None:
         raise PersistenceError(f"{path}: {misfit[0]}; the file is corrupt")
     state = None
     opt = header.get("optimizer")
     if opt is not None:
-        step = _field(opt, "step", "int", f"{path}: optimizer")
-        shapes = _field(opt, "slots", "list", f"{path}: optimizer")
+        step = header_field(opt, "step", "int", f"{path}: optimizer")
+        shapes = header_field(opt, "slots", "list", f"{path}: optimizer")
         if len(shapes) != len(layers) or not all(isinstance(s, list) for s in shapes):
             raise PersistenceError(f"{path}: the optimizer state has {len(shapes)} entries for {len(layers)} layers, "
                                    f"each a list of shapes: {[type(s).__name__ for s in shapes]}")
