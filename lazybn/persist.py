@@ -44,7 +44,7 @@ from .optim import KINDS, OptState, parameters
 
 FORMAT = "lazybn-network"
 VERSION = 1
-Meta = Mapping[str, str | int | float | bool]
+Meta = Mapping[str, str | int | float | bool | np.bool_ | np.integer[Any] | np.floating[Any]]
 
 
 @final
@@ -104,12 +104,32 @@ def _check_meta(meta: Meta | None) -> dict[str, str | int | float | bool]:
     given: object = {} if meta is None else meta  # untyped callers
     if not isinstance(given, Mapping):
         raise ArgumentError(f"save: meta must be a dict of str to str/int/float/bool, got {a_kind(given)}")
+    checked: dict[str, str | int | float | bool] = {}
     for k, v in given.items():
-        if not isinstance(k, str) or not isinstance(v, (str, int, float, bool)):
-            raise ArgumentError(f"save: meta must map str to str/int/float/bool, got {k!r}: {v!r}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueRangeError(f"save: meta[{k!r}] = {v!r}: JSON cannot store NaN or infinity")
-    return dict(given)
+        if not isinstance(k, str):
+            raise ArgumentError(f"save: meta must map str to str/int/float/bool, got the key {k!r} ({a_kind(k)})")
+        checked[k] = _meta_value(k, v)
+    return checked
+
+
+def _meta_value(k: str, v: object) -> str | int | float | bool:
+    """``meta[k]`` as JSON stores it: a numpy bool, integer or float (or a 0-d array of one) becomes the
+    Python value (``bool(v)``, ``int(v)``, ``float(v)``), which is what ``load`` gives back."""
+    scalar = v[()] if isinstance(v, np.ndarray) and v.ndim == 0 else v
+    if isinstance(scalar, np.bool_):
+        return bool(scalar)
+    if isinstance(scalar, np.integer):
+        return int(scalar)
+    if isinstance(scalar, np.floating):
+        scalar = float(scalar)  # a longdouble beyond float64's range becomes infinity, refused below
+    if not isinstance(scalar, (str, int, float, bool)):
+        kind = (f"an array of dtype {v.dtype} and shape {v.shape}" if isinstance(v, np.ndarray)
+                else f"{a_kind(v)} ({v!r})")
+        raise ArgumentError(f"save: meta[{k!r}] is {kind}; meta maps str to str/int/float/bool "
+                            "(or a numpy bool, integer or float, stored as its Python value)")
+    if isinstance(scalar, float) and not math.isfinite(scalar):
+        raise ValueRangeError(f"save: meta[{k!r}] = {v!r}: JSON cannot store NaN or infinity")
+    return scalar
 
 
 def _misfit(layers: Sequence[Layer]) -> tuple[str, int, int] | None:
@@ -160,15 +180,17 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
         path: the ``.npz`` file to write (parent directories are created).
         layers: the network; all its arrays (and the state's) must share one dtype.
         opt_state: an :class:`~lazybn.optim.OptState` to save alongside, or None.
-        meta: small JSON-able facts (epoch, learning rate, notes): str -> str/int/float/bool.
+        meta: small JSON-able facts (epoch, learning rate, notes): str -> str/int/float/bool; a
+            numpy bool, integer or float (or a 0-d array of one) is stored as its Python value.
 
     Raises:
         DTypeError: the arrays mix float32 and float64.
         ShapeError: consecutive layers do not fit together (the network could not run).
         ValueRangeError: an array, or a float in ``meta``, holds NaN or infinity.
         ArgumentError: ``path`` is (or ends with a separator, as) a directory, ``layers`` is not a
-            list of lazybn layers, ``meta`` not a mapping of str to str/int/float/bool, or
-            ``opt_state`` not an optimizer state of these layers (which ``load`` would refuse).
+            list of lazybn layers, ``meta`` not a mapping of str to str/int/float/bool (or numpy
+            scalars of them), or ``opt_state`` not an optimizer state of these layers (which
+            ``load`` would refuse).
         OSError: the file cannot be written (``NotADirectoryError``: a parent is a file).
     """
     check_layers("save", layers)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import lazybn as lb
 from lazybn.errors import DTypeError, PersistenceError, ValueRangeError
@@ -502,6 +503,69 @@ def test_save_rejects_mixed_dtypes_and_bad_meta(tmp_path: Path) -> None:
         with pytest.raises(lb.ArgumentError, match=f"meta must be a dict of str to str/int/float/bool, got a "
                                                    f"{type(not_a_dict).__name__}"):
             save(tmp_path / "m.npz", layers[:1], meta=not_a_dict)  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir())
+
+
+NUMPY_META_DTYPES = [np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                            np.uint32, np.uint64, np.float16, np.float32, np.float64)]
+
+
+def _numpy_value(dtype: np.dtype[Any], data: st.DataObject) -> object:
+    """A finite value of ``dtype``, as a numpy scalar or a 0-d array."""
+    a = data.draw(hnp.arrays(dtype, (), elements=hnp.from_dtype(dtype, allow_nan=False, allow_infinity=False)))
+    return a if data.draw(st.booleans()) else a[()]
+
+
+@given(data=st.data(), dtypes=st.lists(st.sampled_from(NUMPY_META_DTYPES), max_size=4))
+def test_numpy_scalars_in_meta_load_as_their_python_values(data: st.DataObject, dtypes: list[np.dtype[Any]]) -> None:
+    """A numpy bool, integer or float, or a 0-d array of one, comes back as numpy's ``item()`` of it:
+    a Python bool, int or float of the same value (every bit of a float)."""
+    meta = {f"k{i}": _numpy_value(dt, data) for i, dt in enumerate(dtypes)}
+    expected = {k: np.asarray(v).item() for k, v in meta.items()}
+    with tempfile.TemporaryDirectory() as d:
+        save(Path(d) / "m.npz", [], meta=meta)  # type: ignore[arg-type]  # a 0-d array is not typed as meta
+        got = load(Path(d) / "m.npz").meta
+    assert got == expected
+    assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in expected.items()}
+    assert all(type(v) in (bool, int, float) for v in got.values())
+    assert [repr(v) for v in got.values()] == [repr(v) for v in expected.values()]  # -0.0 stays -0.0
+
+
+@given(dtype=st.sampled_from([np.float16, np.float32, np.float64, np.longdouble]),
+       value=st.sampled_from([float("nan"), float("inf"), -float("inf")]), zero_d=st.booleans())
+def test_non_finite_numpy_floats_in_meta_are_refused_as_python_floats_are(
+        dtype: type[np.floating[Any]], value: float, zero_d: bool) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        with pytest.raises(ValueRangeError, match=r"meta\['x'\] = nan: JSON cannot store NaN or infinity"
+                           if value != value else r"meta\['x'\] = -?inf: JSON cannot store NaN or infinity"):
+            save(Path(d) / "m.npz", [], meta={"x": value})
+        given_value = np.array(value, dtype) if zero_d else dtype(value)
+        with pytest.raises(ValueRangeError, match=r"meta\['x'\] = .*(nan|inf).*: JSON cannot store NaN or infinity"):
+            save(Path(d) / "m.npz", [], meta={"x": given_value})  # type: ignore[dict-item]
+        assert not os.listdir(d)
+
+
+def test_a_longdouble_beyond_float64_in_meta_is_refused_as_infinity(tmp_path: Path) -> None:
+    huge = np.longdouble(np.finfo(np.float64).max) * 2
+    if np.isinf(huge):  # longdouble is float64 here
+        pytest.skip("longdouble is float64 on this platform")
+    with pytest.raises(ValueRangeError, match=r"meta\['x'\] = .*: JSON cannot store NaN or infinity"):
+        save(tmp_path / "m.npz", [], meta={"x": huge})
+    assert not list(tmp_path.iterdir())
+
+
+def test_meta_values_json_cannot_round_trip_are_refused_naming_key_and_type(tmp_path: Path) -> None:
+    refused: list[tuple[object, str]] = [
+        (np.complex128(1 + 2j), "a complex128"), (np.datetime64("2020-01-01"), "a datetime64"),
+        (np.array([1.0, 2.0]), "an array of dtype float64 and shape (2,)"),
+        (np.array(1j), "an array of dtype complex128 and shape ()"),
+        (np.array(None, dtype=object), "an array of dtype object and shape ()"), (None, "a NoneType"),
+        ([1, 2], "a list"), ({"a": 1}, "a dict")]
+    for value, kind in refused:
+        with pytest.raises(lb.ArgumentError, match=re.escape(f"save: meta['bad'] is {kind}")):
+            save(tmp_path / "m.npz", [], meta={"ok": np.float32(0.5), "bad": value})  # type: ignore[dict-item]
+    with pytest.raises(lb.ArgumentError, match=re.escape("got the key 1 (an int)")):
+        save(tmp_path / "m.npz", [], meta={1: 2})  # type: ignore[dict-item]
     assert not list(tmp_path.iterdir())
 
 

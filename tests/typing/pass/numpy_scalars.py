@@ -1,5 +1,8 @@
-"""numpy numbers are scalars like Python's: on either side of an operator, and in scale/add_c."""
+"""numpy numbers are scalars like Python's: on either side of an operator, in scale/add_c, and as
+save's metadata (loaded as Python's)."""
 
+import tempfile
+from pathlib import Path
 from typing import assert_type
 
 import numpy as np
@@ -27,3 +30,7 @@ i, o, q = lb.compute_all(ints, offset, ratio)
 assert np.array_equal(lb.compute(narrow).array, np.float32(2.0) * x.array.astype(np.float32))
 assert np.array_equal(i.array, x.array) and np.array_equal(o.array, 1.0 - x.array)
 assert np.array_equal(q.array, 6.0 / (x.array + 1.0))
+with tempfile.TemporaryDirectory() as d:
+    lb.save(Path(d) / "net.npz", [], meta={"acc": np.float32(0.5), "epoch": np.int64(3), "done": np.bool_(True),
+                                         "loss": np.float64(0.25)})
+    assert lb.load(Path(d) / "net.npz").meta == {"acc": 0.5, "epoch": 3, "done": True, "loss": 0.25}
