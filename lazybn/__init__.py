@@ -53,6 +53,7 @@ from .stats import merge as merge
 from .stats import merge_all as merge_all
 from .stats import moments as moments
 
+from .cast import to_dtype as to_dtype
 from .conventions import KerasBatchNorm as KerasBatchNorm
 from .conventions import from_keras as from_keras
 from .conventions import from_torch as from_torch

@@ -62,8 +62,8 @@ def gradcheck(layers: Sequence[Layer], x: Matrix, targets: Matrix, *, key: int =
     """
     check_batch_values("gradcheck", x, targets, layers)  # matrices of one dtype, finite, probability targets
     if x.dtype != np.float64:
-        raise DTypeError(f"gradcheck: finite differences need float64, got a {x.dtype} batch; build the network "
-                         "with dtype=np.float64 and pass lb.matrix(x, np.float64)")
+        raise DTypeError(f"gradcheck: finite differences need float64, got a {x.dtype} batch; take the network "
+                         "to float64 (lb.to_dtype(layers, np.float64)) and pass lb.matrix(x, np.float64)")
     if not (np.isfinite(step) and step > 0):
         raise ValueRangeError(f"gradcheck.step: must be a finite number > 0, got {step!r}")
     if type(entries) is not int or entries < 1:
