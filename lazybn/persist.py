@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,7 +130,20 @@ def _meta_value(k: str, v: object) -> str | int | float | bool:
                             "(or a numpy bool, integer or float, stored as its Python value)")
     if isinstance(scalar, float) and not math.isfinite(scalar):
         raise ValueRangeError(f"save: meta[{k!r}] = {v!r}: JSON cannot store NaN or infinity")
+    if isinstance(scalar, int) and not _writable_int(scalar):
+        raise ValueRangeError(f"save: meta[{k!r}] is an int of more digits than Python writes as text "
+                              f"(sys.get_int_max_str_digits(): {sys.get_int_max_str_digits()}); JSON cannot hold it")
     return scalar
+
+
+def _writable_int(n: int) -> bool:
+    """Whether ``json.dumps`` (and so ``json.loads``) takes ``n``: Python converts ints of up to
+    ``sys.get_int_max_str_digits()`` digits (4300 by default) to text and back."""
+    try:
+        int.__repr__(n)
+    except ValueError:
+        return False
+    return True
 
 
 def _misfit(layers: Sequence[Layer]) -> tuple[str, int, int] | None:
@@ -186,7 +200,8 @@ def save(path: Path | str, layers: Sequence[Layer], opt_state: OptState | None =
     Raises:
         DTypeError: the arrays mix float32 and float64.
         ShapeError: consecutive layers do not fit together (the network could not run).
-        ValueRangeError: an array, or a float in ``meta``, holds NaN or infinity.
+        ValueRangeError: an array, or a float in ``meta``, holds NaN or infinity, or an int in
+            ``meta`` has more digits than Python writes as text (4300 by default).
         ArgumentError: ``path`` is (or ends with a separator, as) a directory, ``layers`` is not a
             list of lazybn layers, ``meta`` not a mapping of str to str/int/float/bool (or numpy
             scalars of them), or ``opt_state`` not an optimizer state of these layers (which

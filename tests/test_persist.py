@@ -554,6 +554,21 @@ def test_a_longdouble_beyond_float64_in_meta_is_refused_as_infinity(tmp_path: Pa
     assert not list(tmp_path.iterdir())
 
 
+def test_an_int_in_meta_beyond_pythons_int_text_limit_is_refused(tmp_path: Path) -> None:
+    """JSON writes an int as its digits, and Python converts at most sys.get_int_max_str_digits()
+    (4300 by default) of them either way: at the limit the int round-trips, beyond it save refuses."""
+    limit = sys.get_int_max_str_digits()
+    if limit == 0:
+        pytest.skip("this Python converts ints of any length")
+    at_limit, beyond = -(10**limit - 1), 10**limit  # limit digits; limit + 1 digits
+    save(tmp_path / "m.npz", [], meta={"n": at_limit})
+    assert load(tmp_path / "m.npz").meta == {"n": at_limit}
+    with pytest.raises(ValueRangeError, match=re.escape(f"save: meta['n'] is an int of more digits than Python writes "
+                                                        f"as text (sys.get_int_max_str_digits(): {limit})")):
+        save(tmp_path / "big.npz", [], meta={"n": beyond})
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
 def test_meta_values_json_cannot_round_trip_are_refused_naming_key_and_type(tmp_path: Path) -> None:
     refused: list[tuple[object, str]] = [
         (np.complex128(1 + 2j), "a complex128"), (np.datetime64("2020-01-01"), "a datetime64"),
