@@ -484,7 +484,8 @@ def test_train_warm_up_traces_the_step_that_the_first_batch_replays() -> None:
     first real batch must then replay that trace, not trace again."""
     import lazybn as lb
     from lazybn import train as tr
-    from lazybn.experiments.mnist import PRESETS, SIZES, _warm_up, make_optimizer, networks
+    from lazybn.experiments.mnist import _warm_up
+    from lazybn.experiments.train_settings import PRESETS, SIZES, make_optimizer, networks
     from lazybn.optim import init_state
 
     s = replace(PRESETS["default"], batch_size=13)  # a batch size no other test traces
@@ -595,7 +596,7 @@ def test_train_refuses_a_ghost_batch_that_does_not_divide_the_last_batch(tmp_pat
 
 
 def test_weight_decay_options_reach_the_optimizers() -> None:
-    from lazybn.experiments.mnist import PRESETS, make_optimizer
+    from lazybn.experiments.train_settings import PRESETS, make_optimizer
 
     s = replace(PRESETS["default"], optimizer="adamw", lr=1e-3, weight_decay=0.01, bn_weight_decay=0.001)
     assert make_optimizer(s, bn=True) == lb.Adam(1e-3, weight_decay=0.01, bn_weight_decay=0.001,

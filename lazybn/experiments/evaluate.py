@@ -30,7 +30,7 @@ from ..persist import Saved, load
 from ..preprocess import Pixels, prepare
 from ..train import batches
 from .common import add_blas_threads, add_data_dir, progress
-from .mnist import PRESETS, SIZES
+from .train_settings import PRESETS, SIZES
 
 INPUTS, CLASSES = SIZES[0], SIZES[-1]
 BATCH = 1000  # rows per inference call

@@ -39,7 +39,7 @@ from ..report import markdown_table, plot_lines, write_metrics
 from ..train import accuracy
 from . import registry
 from .common import command_line, epoch_summary, load_split, mean_std, out_dir, progress, run_seeds, standard_report
-from .mnist import SIZES
+from .train_settings import SIZES
 from .runner import Arm, Plan, Split, run
 
 NAME = "fine-tune"

@@ -43,7 +43,7 @@ from .runner import Arm
 
 if TYPE_CHECKING:
     from ..data.mnist import Mnist
-    from .mnist import Settings
+    from .train_settings import Settings
 
 FORMAT = "lazybn-train-run"
 VERSION = 1
@@ -179,7 +179,8 @@ class Resumed:
 
 def prepare(args: argparse.Namespace, out: Path) -> Resumed:
     """Read and check everything ``--resume`` continues from; nothing in ``out`` is written."""
-    from .mnist import _check_args, _settings, make_optimizer, networks
+    from .mnist import _check_args, _settings
+    from .train_settings import make_optimizer, networks
 
     if not (out / RUN_FILE).is_file():
         raise ArgumentError(f"lazybn train: --resume {out}: it has no {RUN_FILE}, so it is not a lazybn train run "
