@@ -2,6 +2,7 @@
 
 Shared by ``lazybn train`` and every experiment. Every file is written atomically. Plots need
 matplotlib (the ``plot`` extra); without it the run completes and the report says so.
+:func:`interrupts_held` keeps a Ctrl-C from cutting a run's last writes short.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ._files import atomic_write_bytes
@@ -131,3 +136,34 @@ def write_report(out: Path, title: str, command: str, settings: Mapping[str, Any
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(parts).encode())
     return path
+
+
+@contextmanager
+def interrupts_held(why: str) -> Iterator[list[int]]:
+    """Within the block, Ctrl-C (and SIGTERM where it is handled in Python, as ``lazybn`` handles it)
+    does not interrupt: each such signal is added to the list yielded, and the first prints
+    ``lazybn: why`` on stderr. After the block the handlers are put back and the caller acts on the
+    list (a run then stops as interrupted). A signal that is ignored, or left to the system, stays
+    so; off the main thread, which receives no signals, the block runs as it is."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        if not held:
+            try:
+                print(f"lazybn: {why}", file=sys.stderr, flush=True)
+            except (OSError, RuntimeError, ValueError):  # stderr closed, or being written when the signal came
+                pass
+        held.append(signum)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    caught = {sig: handler for sig, handler in before.items() if callable(handler)}
+    for sig in caught:
+        signal.signal(sig, note)
+    try:
+        yield held
+    finally:
+        for sig, handler in caught.items():
+            signal.signal(sig, handler)

@@ -435,6 +435,101 @@ def test_train_stopped_by_sigterm_mid_epoch_reports_like_ctrl_c(
     assert load(out / "batchnorm-seed0.npz").meta["epoch"] == 2 and load(out / "plain-seed0.npz").meta["epoch"] == 1
 
 
+def test_a_second_ctrl_c_while_the_report_is_written_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C in epoch 2 stops training; a second Ctrl-C (and a SIGTERM) while the figure is drawn
+    waits until the report is written: report.md holds the epoch measured, the exit status is 130."""
+    import signal
+
+    from lazybn.experiments import mnist, runner
+    from lazybn.train import train_epoch as real
+
+    calls: list[int] = []
+
+    def train_epoch(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:  # the first network's epoch 2
+            signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    drawn: list[int] = []
+
+    def curves(*args: Any, **kwargs: Any) -> bool:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        drawn.append(1)
+        return False
+
+    monkeypatch.setattr(runner, "train_epoch", train_epoch)
+    monkeypatch.setattr(mnist, "curves", curves)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    data, out = _csv_data(tmp_path), tmp_path / "out"
+    assert main(["train", "--data-dir", str(data), "--epochs", "3", "--out", str(out), "--no-progress"]) == 130
+    assert drawn == [1] and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    captured = capsys.readouterr()
+    assert captured.err == "lazybn: saving what was measured; stopping once it is written\n", captured.err
+    assert f"interrupted: kept what was measured in {out}" in captured.out
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["arm"], r["epoch"]) for r in rows] == [("batchnorm", 1), ("plain", 1)]
+    report = (out / "report.md").read_text()
+    assert "## Result (interrupted)" in report
+    for r in rows:
+        assert (f"| {r['arm']} | 1 | 1 | {100 * r['test_acc']:.2f} | {100 * r['train_acc']:.2f} | {r['loss']:.4f} |"
+                in report), report
+    assert load(out / "batchnorm-seed0.npz").meta["epoch"] == 1 and load(out / "plain-seed0.npz").meta["epoch"] == 1
+
+
+def test_a_ctrl_c_while_a_seeds_last_files_are_written_stops_the_run_after_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C once the first of two seeds has trained, while its metrics are written: the second seed
+    does not start, and the first's metrics, networks and report are all written."""
+    import signal
+
+    from lazybn.experiments import mnist
+    from lazybn.report import write_metrics as real
+
+    calls: list[str] = []
+
+    def write_metrics(out: Path, name: str, rows: Any) -> None:
+        calls.append(name)
+        if len(calls) == 2:  # the first after seed 0's run (the first was its epoch's)
+            signal.raise_signal(signal.SIGINT)
+        real(out, name, rows)
+
+    monkeypatch.setattr(mnist, "write_metrics", write_metrics)
+    data, out = _csv_data(tmp_path), tmp_path / "out"
+    assert main(["train", "--data-dir", str(data), "--epochs", "1", "--seeds", "2", "--out", str(out),
+                 "--no-progress"]) == 130
+    assert "lazybn: saving what was measured; stopping once it is written\n" == capsys.readouterr().err
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["seed"], r["arm"], r["epoch"]) for r in rows] == [(0, "batchnorm", 1), (0, "plain", 1)]
+    assert "## Result (interrupted)" in (out / "report.md").read_text()
+    assert sorted(p.name for p in out.glob("*.npz")) == ["batchnorm-seed0.npz", "plain-seed0.npz"]
+
+
+def test_interrupts_held_notes_the_signals_and_puts_the_handlers_back(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C is noted, not raised, and a signal that was ignored stays ignored; afterwards Ctrl-C raises again."""
+    import signal
+
+    from lazybn.report import interrupts_held
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert before[0] is signal.default_int_handler and before[1] is not None
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with interrupts_held("busy") as held:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+                signal.raise_signal(sig)
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert held == [signal.SIGINT, signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is before[0] and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, before[1])
+    assert capsys.readouterr().err == "lazybn: busy\n"
+
+
 def write_csv(path: Path, images: NDArray[np.uint8], labels: NDArray[np.int64]) -> None:
     header = "label," + ",".join(f"p{i}" for i in range(images.shape[1]))
     rows = [f"{lab}," + ",".join(map(str, img)) for img, lab in zip(images.tolist(), labels.tolist())]

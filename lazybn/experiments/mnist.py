@@ -42,7 +42,7 @@ from ..init import Init
 from ..layers import Layer, Renorm, RenormRamp
 from ..optim import OptState, init_state
 from ..persist import save
-from ..report import markdown_table, write_metrics, write_report
+from ..report import interrupts_held, markdown_table, write_metrics, write_report
 from ..preprocess import one_hot, prepare
 from ..train import batches, train_step
 from . import resume
@@ -50,6 +50,8 @@ from .common import (add_blas_threads, add_data_dir, add_out, curves, epoch_summ
                      require_empty)
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 from .train_settings import PRESETS, REFERENCE, SIZES, Settings, make_optimizer, networks
+
+WRITING = "saving what was measured; stopping once it is written"
 
 
 def load_split(data_dir: str | None, s: Settings, progress: bool) -> tuple[Split, dict[str, Any]]:
@@ -270,19 +272,23 @@ def _run(args: argparse.Namespace, s: Settings, out: Path, command: str, resumed
                     comp=s.comp, renorm_ramp=_ramp(s))
         outcome = run(arms, split, plan, progress=progress, on_epoch=show, on_error="stop",
                       on_checkpoint=checkpoint)
-        _print_rows(outcome.rows[len(rows) - done:])  # an arm that finished the epoch that was cut short
-        rows[done:] = outcome.rows
-        if outcome.rows:  # the rows before the networks (an arm that finished the cut epoch)
-            write_metrics(out, "metrics", _by_seed(rows))
-        keep(seed, {a.name: (outcome.layers[a.name], outcome.states[a.name]) for a in arms},
-             {a.name: outcome.epochs(a.name) for a in arms})
+        with interrupts_held(WRITING) as held:  # a Ctrl-C now stops the run once these files are written
+            _print_rows(outcome.rows[len(rows) - done:])  # an arm that finished the epoch that was cut short
+            rows[done:] = outcome.rows
+            if outcome.rows:  # the rows before the networks (an arm that finished the cut epoch)
+                write_metrics(out, "metrics", _by_seed(rows))
+            keep(seed, {a.name: (outcome.layers[a.name], outcome.states[a.name]) for a in arms},
+                 {a.name: outcome.epochs(a.name) for a in arms})
+        outcome.interrupted = outcome.interrupted or bool(held)
         if outcome.interrupted or outcome.error is not None:
             break
-    if not rows and resumed is None:  # a new run that measured nothing: its directory goes (release_unused)
-        (out / resume.RUN_FILE).unlink(missing_ok=True)
     stopped = "interrupted" if outcome.interrupted else "stopped by an error" if outcome.error is not None else ""
-    if rows:  # else nothing was measured: no report
-        _write(out, args, s, command, _by_seed(rows), stopped, source)
+    with interrupts_held(WRITING) as held:  # the report of what was measured, whole, before a Ctrl-C stops the run
+        if not rows and resumed is None:  # a new run that measured nothing: its directory goes (release_unused)
+            (out / resume.RUN_FILE).unlink(missing_ok=True)
+        if rows:  # else nothing was measured: no report
+            _write(out, args, s, command, _by_seed(rows), stopped, source)
+    outcome.interrupted = outcome.interrupted or bool(held)
     kept = f"kept what was measured in {out}" if rows else "nothing was measured"
     if outcome.error is not None:
         print(f"lazybn: error: {outcome.error}", file=sys.stderr)
