@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -23,13 +24,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from lazybn.data import Dataset, fetch_mnist, load_dir, load_mnist, read_csv_split, read_idx
+from lazybn.data import Dataset, fetch_mnist, load_dir, load_mnist, load_mnist_split, read_csv_split, read_idx
 from lazybn.data import mnist as mn
 from lazybn.errors import DataError, DTypeError, LazybnError
 from lazybn.preprocess import Pixels, prepare
 
 from .helpers import NPY_HEADER_DAMAGE, ZIP_HEADER_DAMAGE, damage_npy_header, damage_zip_headers
 
+Split = Literal["train", "test"]
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CSV_HEADER = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
 
@@ -225,6 +227,68 @@ def test_wrong_magic_names_file_and_magic(tmp_path: Path) -> None:
     q.write_bytes(gzip.compress(idx_bytes(np.zeros(4, np.uint8))))
     with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.*0x1f8b"):
         read_idx(q)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), split=st.sampled_from(["train", "test"]), form=st.sampled_from(["idx", "gz", "csv"]),
+       n=st.integers(1, 5))
+def test_one_split_loads_from_a_directory_holding_only_its_files(data: st.DataObject, split: Split, form: str,
+                                                                 n: int) -> None:
+    """The split's two IDX files (plain or gzipped) or its CSV file are enough; the other split's need not exist."""
+    images = data.draw(hnp.arrays(np.uint8, (n, 784), elements=st.integers(0, 255)))
+    labels = data.draw(hnp.arrays(np.int64, n, elements=st.integers(0, 9)))
+    first = 0 if split == "train" else 2
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        if form == "csv":
+            (d / ("mnist_train.csv" if split == "train" else "mnist_test.csv")).write_text(csv_text(images, labels))
+        else:
+            write_file(d / IDX_NAMES[first], idx_bytes(images.reshape(n, 28, 28)), form == "gz")
+            write_file(d / IDX_NAMES[first + 1], idx_bytes(labels.astype(np.uint8)), form == "gz")
+        got, source = load_mnist_split(split, d)
+    assert source == str(d)
+    np.testing.assert_array_equal(got.images, images)
+    np.testing.assert_array_equal(got.labels, labels)
+
+
+@pytest.mark.parametrize("missing", range(4))
+def test_a_missing_file_of_the_split_is_named(missing: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Of the split's two IDX files one is there: the error names the other (the other split's files are absent)."""
+    split: Split = "train" if missing < 2 else "test"
+    present = missing ^ 1  # the other file of the pair
+    write_file(tmp_path / IDX_NAMES[present], idx_bytes(np.zeros((3, 28, 28) if present % 2 == 0 else 3, np.uint8)),
+               gz=True)
+    csv = "mnist_train.csv" if split == "train" else "mnist_test.csv"
+    want = (f"{tmp_path}: the MNIST {split} split's {IDX_NAMES[missing]} (or {IDX_NAMES[missing]}.gz) is missing: "
+            f"there is {IDX_NAMES[present]}.gz but no {IDX_NAMES[missing]} and no {csv}")
+    with pytest.raises(DataError) as info:
+        load_mnist_split(split, tmp_path)
+    assert str(info.value) == want
+    monkeypatch.setenv("LAZYBN_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError) as info:
+        load_mnist_split(split, cache=tmp_path / "no-cache.npz", fetch=False)
+    assert str(info.value) == want + " ($LAZYBN_DATA_DIR names this directory)"
+
+
+def test_a_split_with_none_of_its_files_names_them_all(tmp_path: Path) -> None:
+    write_file(tmp_path / "mnist_test.csv", csv_text(*random_split(np.random.default_rng(0), 2)).encode())
+    with pytest.raises(DataError) as info:
+        load_mnist_split("train", tmp_path)
+    assert str(info.value) == (f"{tmp_path}: the MNIST train split is missing: expected train-images-idx3-ubyte and "
+                               "train-labels-idx1-ubyte (each optionally gzipped as NAME.gz) or mnist_train.csv")
+    assert load_mnist_split("test", tmp_path)[0].images.shape == (2, 784)
+
+
+def test_without_a_directory_one_split_comes_from_where_load_mnist_finds_both(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    mnist = mn.Mnist(Dataset(*random_split(rng, 4)), Dataset(*random_split(rng, 2)), source="made here")
+    monkeypatch.delenv("LAZYBN_DATA_DIR", raising=False)
+    monkeypatch.setattr(mn, "load_mnist", lambda **kwargs: mnist)
+    splits: tuple[tuple[Split, Dataset], ...] = (("train", mnist.train), ("test", mnist.test))
+    for split, want in splits:
+        got, source = load_mnist_split(split, cache=tmp_path / "c.npz", fetch=False)
+        assert got is want and source == "made here"
 
 
 def _valid_idx_dir(d: Path) -> None:

