@@ -84,6 +84,40 @@ def test_list_names_every_experiment(capsys: pytest.CaptureFixture[str]) -> None
         assert any(line.split()[:1] == [name] for line in lines), f"{name} missing from `lazybn list`"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_run_name_help_is_the_experiments_own(name: str, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lazybn run NAME --help``: NAME in the usage and the default --out, its module's description and its
+    runtime, and every option ``lazybn run`` takes."""
+    monkeypatch.setenv("COLUMNS", "400")  # no line broken at a hyphen
+    exp = registry.EXPERIMENTS[name]
+    with pytest.raises(SystemExit) as done:
+        main(["run", name, "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: lazybn run {name} [-h]"), shown
+    doc = sys.modules[exp.run.__module__].__doc__
+    assert doc is not None and " ".join(doc.split()) in " ".join(shown.split())
+    assert f"Expected runtime: {exp.runtime} " in shown and f"(default runs/{name}-TIMESTAMP)" in shown
+    options = {"--quick", "--out", "--data-dir", "--seed", "--no-progress", "--blas-threads"}
+    assert options <= set(re.findall(r"^  (--[a-z-]+)", shown, re.M)), shown
+
+
+def test_run_help_without_a_name_is_the_commands_and_an_unknown_name_is_an_error(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    for argv in (["run", "--help"], ["run", "--help", NAMES[0]]):  # --help before NAME: NAME is not read yet
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        shown = capsys.readouterr().out
+        assert shown.startswith("usage: lazybn run [-h]") and "`lazybn run NAME --help` describes NAME" in shown, shown
+    with pytest.raises(SystemExit) as done:
+        main(["run", "no-such-experiment", "--help"])
+    assert done.value.code == 2
+    assert "unknown experiment 'no-such-experiment'; `lazybn list` shows them" in capsys.readouterr().err
+
+
 def test_python_dash_m_lazybn_is_the_command() -> None:
     done = subprocess.run([sys.executable, "-m", "lazybn", "list"], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parent.parent)

@@ -13,9 +13,9 @@ adds no L2 penalty (hipsternet's ``lam=1e-3``), takes each block of 100 iteratio
 batches of a fresh shuffle of all 60000 training images (hipsternet: each batch a random one of
 the fixed batches of 55000), and its
 batch-norm network has no redundant biases.
-
-This module also holds the hipsternet setup shared with ``bn-vs-dropout`` and ``population-stats``.
 """
+
+# This module also holds the hipsternet setup shared with ``bn-vs-dropout`` and ``population-stats``.
 
 from __future__ import annotations
 
