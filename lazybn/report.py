@@ -138,6 +138,9 @@ def write_report(out: Path, title: str, command: str, settings: Mapping[str, Any
     return path
 
 
+WRITING = "saving what was measured; stopping once it is written"  # what a held Ctrl-C prints
+
+
 @contextmanager
 def interrupts_held(why: str) -> Iterator[list[int]]:
     """Within the block, Ctrl-C (and SIGTERM where it is handled in Python, as ``lazybn`` handles it)

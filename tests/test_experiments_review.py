@@ -217,6 +217,37 @@ def test_population_stats_stopped_mid_epoch_still_writes_its_report(tmp_path: Pa
     check_figures(out, (out / "report.md").read_text())
 
 
+def test_an_experiments_report_survives_a_second_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C stops training; a second one (and a SIGTERM) while the report's figure is drawn waits
+    until metrics and report are written, then the run exits 130 with them whole."""
+    import signal
+
+    from lazybn.experiments import common
+
+    _fail_on_call(monkeypatch, 3, KeyboardInterrupt())  # the first network's epoch 2
+    real = common.curves
+    drawn: list[int] = []
+
+    def curves(*args: Any, **kwargs: Any) -> bool:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        drawn.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(common, "curves", curves)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    assert main(["run", "bad-init-adam", "--quick", "--out", str(out), "--no-progress"]) == 130
+    assert drawn == [1] and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert "lazybn: saving what was measured; stopping once it is written\n" in capsys.readouterr().err
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [(r["arm"], r["epoch"]) for r in rows] == [("batchnorm", 1), ("plain", 1)]
+    report = (out / "report.md").read_text()
+    assert "interrupted" in report
+    check_figures(out, report)
+
+
 def test_activations_counts_iterations_as_the_batches_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """513 training images in batches of 512 are one batch (a last batch of one is merged)."""
     from lazybn.experiments import activations

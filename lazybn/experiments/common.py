@@ -45,7 +45,7 @@ from numpy.typing import DTypeLike, NDArray
 
 from .._files import user_path
 from ..errors import ArgumentError, LazybnError
-from ..report import markdown_table, plot_lines, write_metrics, write_report
+from ..report import WRITING, interrupts_held, markdown_table, plot_lines, write_metrics, write_report
 from ..preprocess import Pixels, one_hot, prepare
 from ..layers import Layer
 from .runner import Arm, Plan, Split, run
@@ -341,8 +341,20 @@ def standard_report(out: Path, title: str, command: str, settings: Mapping[str, 
     ``extra_sections`` (heading, markdown) come first, then the final result per arm (mean ±
     std over seeds) and the per-epoch table; ``figures`` are further PNG names in ``out``
     (written by the caller), listed after ``curves.png``. ``stopped`` (:attr:`SeedRuns.stopped`)
-    marks the final table of a run that ended early.
+    marks the final table of a run that ended early. A Ctrl-C (or SIGTERM) while these files are
+    written waits until they are, then stops the run (a ``KeyboardInterrupt`` once the report is whole).
     """
+    with interrupts_held(WRITING) as held:
+        path = _standard_report(out, title, command, settings, rows, extra_sections, figures,
+                                steps_per_epoch, log_loss, stopped)
+    if held:
+        raise KeyboardInterrupt("interrupted while the report was written (it is whole)")
+    return path
+
+
+def _standard_report(out: Path, title: str, command: str, settings: Mapping[str, Any],
+                     rows: Sequence[Mapping[str, Any]], extra_sections: Sequence[tuple[str, str]],
+                     figures: Sequence[str], steps_per_epoch: int | None, log_loss: bool, stopped: str) -> Path:
     write_metrics(out, "metrics", rows)
     summary = epoch_summary(rows)
     write_metrics(out, "summary", summary)

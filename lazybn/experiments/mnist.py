@@ -42,7 +42,7 @@ from ..init import Init
 from ..layers import Layer, Renorm, RenormRamp
 from ..optim import OptState, init_state
 from ..persist import save
-from ..report import interrupts_held, markdown_table, write_metrics, write_report
+from ..report import WRITING, interrupts_held, markdown_table, write_metrics, write_report
 from ..preprocess import one_hot, prepare
 from ..train import batches, train_step
 from . import resume
@@ -50,8 +50,6 @@ from .common import (add_blas_threads, add_data_dir, add_out, curves, epoch_summ
                      require_empty)
 from .runner import Arm, Outcome, Plan, Schedule, Split, run
 from .train_settings import PRESETS, REFERENCE, SIZES, Settings, make_optimizer, networks
-
-WRITING = "saving what was measured; stopping once it is written"
 
 
 def load_split(data_dir: str | None, s: Settings, progress: bool) -> tuple[Split, dict[str, Any]]:
