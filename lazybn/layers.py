@@ -213,7 +213,7 @@ class Batchnorm1d:
         ArgumentError: a field of the wrong kind, or ``frozen``/``ghost_batch``/``renorm`` combined.
         RankError, ShapeError, DTypeError: the four arrays are not vectors of one length and dtype.
         ValueRangeError: eps not a normal number > 0 of the dtype, momentum outside [0, 1],
-            ``tracked`` < 0, ``ghost_batch`` < 2, NaN/inf in an array or a negative running variance.
+            ``tracked`` outside [0, 2**63), ``ghost_batch`` < 2, NaN/inf in an array or a negative running variance.
     """
 
     mu: Vector
@@ -247,8 +247,9 @@ class Batchnorm1d:
                                   f"(a cumulative average), got {self.momentum!r}")
         if type(self.tracked) is not int:
             raise ArgumentError(f"Batchnorm1d.tracked: expected an int (batches averaged), got {self.tracked!r}")
-        if self.tracked < 0:
-            raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0, got {self.tracked}")
+        if not 0 <= self.tracked < 2**63:  # an int64 count, as PyTorch's num_batches_tracked and a saved file hold it
+            got = self.tracked if abs(self.tracked) < 10**30 else f"an int of {abs(self.tracked).bit_length()} bits"
+            raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0 and < 2**63 (an int64 count), got {got}")
         if self.renorm is not None and not isinstance(self.renorm, Renorm):
             raise ArgumentError(f"Batchnorm1d.renorm: expected a lazybn.Renorm or None, got {self.renorm!r}")
         if self.ghost_batch is not None:

@@ -250,3 +250,18 @@ def test_a_training_step_counts_only_the_layers_that_keep_a_cumulative_average()
     assert [layer.tracked for layer in new] == [4, 9, 3]
     assert new[0].renorm == lb.Renorm(3.0, 5.0)
     np.testing.assert_allclose(new[0].mu.array, 0.1 * x.mean(axis=0), rtol=1e-12)  # mu was 0
+
+
+@pytest.mark.parametrize("tracked", [2**63, 10**5000, -(10**5000)], ids=["2**63", "10**5000", "-10**5000"])
+def test_a_count_beyond_int64_is_refused_by_name(tracked: int) -> None:
+    """PyTorch and a saved file hold the count as an int64; a count beyond it is named (not printed
+    digit by digit: Python refuses to write an int of over 4300 digits as text)."""
+    with pytest.raises(ValueRangeError, match=r"tracked: must be >= 0 and < 2\*\*63"):
+        _layer(2, momentum=None, tracked=tracked)
+
+
+def test_the_largest_int64_count_saves_and_loads(tmp_path: Path) -> None:
+    layer = _layer(3, momentum=None, tracked=2**63 - 1)
+    lb.save(tmp_path / "n.npz", [layer])
+    loaded = lb.load(tmp_path / "n.npz").layers[0]
+    assert isinstance(loaded, Batchnorm1d) and loaded.tracked == 2**63 - 1
