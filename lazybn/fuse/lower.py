@@ -21,7 +21,8 @@ import numpy as np
 from .algebra import CNode, distribute_sums, levels
 from .cache import CODEGEN_VERSION, Kernel
 from .canon import Canon
-from .scalar import FN, HELPER, tanh_helper
+from .emit import Emitter, Sum, row_loop
+from .scalar import tanh_helper
 
 BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the matrix (half an L2)
 
@@ -29,68 +30,6 @@ BLOCK_BYTES = 1 << 18  # rows per statistics block: about this many bytes of the
 def kernel_key(nodes: Sequence[CNode], roots: Sequence[int], dtype: str, par: bool) -> str:
     text = repr((CODEGEN_VERSION, BLOCK_BYTES, tuple(nodes), tuple(roots), dtype, par))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-# A column sum of a pass: (node summed, a line naming its term (or ""), [(accumulator, term)]),
-# the templates in {v} (the node's value in a row) and {s} (the row's name suffix).
-Sum = tuple[int, str, list[tuple[str, str]]]
-
-
-def row_loop(lo: str, hi: str, single: list[str], pair: list[str] | None) -> list[str]:
-    """The rows lo .. hi - 1 (from 0 if ``lo`` is empty) around a column loop, or two at a time
-    around ``pair`` with ``single`` for an odd last row."""
-    if pair is None:
-        return [f"for i in range({f'{lo}, ' if lo else ''}{hi}):"] + ["    " + ln for ln in single]
-    return ([f"i = {lo or 'np.uint64(0)'}", f"while i + np.uint64(1) < {hi}:"] + ["    " + ln for ln in pair]
-            + ["    i += np.uint64(2)", f"if i < {hi}:"] + ["    " + ln for ln in single])
-
-
-class _Emitter:
-    """Writes the expression of a node into a loop body, each subexpression once (CSE)."""
-
-    def __init__(self, g: _Gen, index: str, level: int, row: str = "i", sfx: str = "") -> None:
-        self.g, self.index, self.level, self.row, self.sfx = g, index, level, row, sfx  # row i or i + 1
-        self.lines: list[str] = []
-        self.done: dict[int, str] = {}
-
-    def vec(self, cid: int, idx: str) -> str:
-        name = self.g.vname.get(cid) or f"L{self.g.nodes[cid][1]}"  # a vector leaf is read in place
-        return f"{name}[{idx}]"
-
-    def value(self, cid: int) -> str:
-        if cid in self.done:
-            return self.done[cid]
-        kind, arg, kids, dims = self.g.nodes[cid]
-        g = self.g
-        if kind == "C":
-            return f"c{arg}"
-        if kind == "L":
-            expr = f"L{arg}[{self.row}, j]" if len(dims) == 2 else f"L{arg}[{self.index}]"
-        elif kind == "B":
-            expr = self.vec(kids[0], "j")
-        elif kind == "K":
-            expr = self.vec(kids[0], self.row)
-        elif kind == "R" or (cid in g.vname and g.level[cid] < self.level):
-            expr = self.vec(cid, self.index)
-        elif kind == "Q":  # sum_rows((e - br(w))^2) = M2 + n (mean - w)^2, a float64 sum (rounded by its round)
-            w, rows = self.value(kids[1]), g.nodes[kids[0]][3][0]
-            expr = (f"cq{cid}[{self.index}] + np.float64(n{rows}) * "
-                    f"(sh{cid}[{self.index}] - np.float64({w}) + cm{cid}[{self.index}]) ** 2")
-        elif kind == "M":
-            a = self.value(kids[0])
-            s = ""
-            if arg in HELPER:
-                s = f"u{cid}{self.sfx}"
-                self.lines.append(f"{s} = {FN[HELPER[arg]].format(a=a)}")
-            expr = FN[arg].format(a=a, s=s)
-        else:  # "Z"; a constant meets a float64 combination of sums as its float64 value C
-            wide = g.wide(cid)
-            a, b = (f"C{g.nodes[k][1]}" if wide and g.nodes[k][0] == "C" else self.value(k) for k in kids)
-            expr = f"{a} {arg} {b}"
-        name = f"t{cid}{self.sfx}"
-        self.lines.append(f"{name} = {expr}")
-        self.done[cid] = name
-        return name
 
 
 class _Gen:
@@ -135,7 +74,7 @@ class _Gen:
             if kind != "R" and self.level[cid] == level:
                 groups.setdefault(dims, []).append(cid)
         for dims, cids in sorted(groups.items()):
-            e = _Emitter(self, "j", level)
+            e = Emitter(self, "j", level)
             stores = []
             for cid in sorted(cids):
                 if self.nodes[cid][0] == "L":
@@ -154,7 +93,7 @@ class _Gen:
                 groups.setdefault(dims, []).append(cid)
         for (r, c), cids in sorted(groups.items()):
             self.passes += 1
-            e = _Emitter(self, "j", level)
+            e = Emitter(self, "j", level)
             # Working arrays are allocated per row chunk (once with Seq), inside the chunk's loop:
             # LLVM knows a fresh allocation aliases nothing, so the accumulating loops lose the
             # overlap checks and scalar fallbacks they get over a shared (chunk, column) array
@@ -227,7 +166,7 @@ class _Gen:
                 self.emit(chunk + rows, 1)
             self.emit(fin + self.stats_merge(stats, c), 1)
 
-    def accumulate(self, sums: list[Sum], rows: list[_Emitter]) -> list[str]:
+    def accumulate(self, sums: list[Sum], rows: list[Emitter]) -> list[str]:
         """The lines adding each sum's terms of one row, or of a pair of rows added first."""
         lets, adds = [], []
         for cid, let, terms in sums:
@@ -240,7 +179,7 @@ class _Gen:
         """The column loop of a pass of sums alone: for row i, and for the rows i and i + 1."""
         loops = []
         for rows in ((("i", ""),), (("i", ""), ("i + np.uint64(1)", "b"))):
-            es = [_Emitter(self, "j", level, row, sfx) for row, sfx in rows]
+            es = [Emitter(self, "j", level, row, sfx) for row, sfx in rows]
             adds = self.accumulate(sums, es)
             loops.append([f"for j in range(n{c}):"] + ["    " + ln for e in es for ln in e.lines + (adds if e is es[-1] else [])])
         return loops[0], loops[1]
@@ -259,7 +198,7 @@ class _Gen:
         """Compute the shifts (before the pass); returns the lines allocating a chunk's statistics."""
         self.emit([f"bsz{c} = max(np.uint64(8), min(np.uint64(512), np.uint64({BLOCK_BYTES}) // "
                    f"(n{c} * np.uint64({self.itemsize}) + np.uint64(1))))"], 1)
-        e = _Emitter(self, "j", level)
+        e = Emitter(self, "j", level)
         first, chunk = [], []
         block = ("bm", "bq") if self.one_look else ("bm", "bq", "bc")  # a block's mean, M2 (and centre)
         for q in stats:
