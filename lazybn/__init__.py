@@ -41,6 +41,11 @@ from .ops import cols as cols
 from .ops import cols_like as cols_like
 from .ops import matmul as matmul
 from .ops import max_cols as max_cols
+from .ops import max_rows as max_rows
+from .ops import maximum as maximum
+from .ops import min_cols as min_cols
+from .ops import min_rows as min_rows
+from .ops import minimum as minimum
 from .ops import rows as rows
 from .ops import rows_like as rows_like
 from .ops import reshape as reshape

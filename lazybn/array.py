@@ -21,8 +21,9 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import fuse
-from .errors import ArgumentError, DTypeError, RankError, ShapeError, a_kind
-from .fuse.graph import BinOp, Const, FloatArray, Leaf, Node, Number, Zip, describe, is_number, scalar_value
+from .errors import ArgumentError, DTypeError, RankError, ShapeError, a_kind, is_real
+from .fuse.graph import (BinOp, Const, FloatArray, Fn, Leaf, Map, Node, Number, Zip, describe, is_number,
+                         scalar_value)
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
@@ -90,6 +91,18 @@ class _Arith(Generic[Ix]):
 
     def __neg__(self) -> Delayed[Ix]:
         return _zip(BinOp.sub, 0.0, self)
+
+    def __abs__(self) -> Delayed[Ix]:
+        return _map(Fn.abs, self)
+
+    def __pow__(self, other: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
+        """numpy's power: ``a ** 2``, ``a ** 0.5`` and ``a ** -1`` are ``Fn.square``, ``Fn.sqrt`` and
+        ``Fn.recip``; any other power is C's ``pow``, NaN for a negative number to a non-integer power."""
+        fn = _POWERS.get(other) if is_real(other) else None
+        return _zip(BinOp.pow, self, other) if fn is None else _map(fn, self)
+
+    def __rpow__(self, other: Number) -> Delayed[Ix]:
+        return _zip(BinOp.pow, other, self)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -180,6 +193,11 @@ class Manifest(_Arith[Ix]):
             rec.read_values = True
         return self._leaf.array
 
+    def __matmul__(self: Manifest[Ix2], other: Manifest[Ix2]) -> Manifest[Ix2]:
+        """``m @ n`` is :func:`lazybn.matmul` (eager, BLAS)."""
+        from .ops import matmul
+        return matmul(self, other)
+
     def __repr__(self) -> str:
         rank = "Ix1" if self._leaf.array.ndim == 1 else "Ix2"
         body = np.array2string(self.array, threshold=20, edgeitems=2)
@@ -202,6 +220,11 @@ class Delayed(_Arith[Ix]):
 
     def _expr(self) -> tuple[Node, Comp]:
         return self.node, self._comp
+
+    if not TYPE_CHECKING:  # for mypy only a Manifest matrix has ``@``
+        def __matmul__(self, other):
+            from .ops import matmul
+            return matmul(self, other)  # an ArgumentError: a Delayed array must be computed first
 
     def __repr__(self) -> str:
         rank = "Ix1" if len(self.shape) == 1 else "Ix2"
@@ -242,8 +265,17 @@ def _rank_name(shape: tuple[int, ...]) -> str:
     return "vector" if len(shape) == 1 else "matrix"
 
 
+_POWERS: dict[object, Fn] = {2.0: Fn.square, 0.5: Fn.sqrt, -1.0: Fn.recip}  # numpy's own shortcuts for these powers
+
+
+def _map(fn: Fn, a: _Arith[Any]) -> Delayed[Any]:
+    node, comp = a._expr()
+    assert node.dtype is not None
+    return Delayed(Map(fn, node, node.shape, node.dtype), comp)
+
+
 def _zip(op: BinOp, a: object, b: object) -> Delayed[Any]:
-    name = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[op.value]
+    name = op.name
     if is_number(a):
         nb, comp = expr(b, name)
         na: Node = Const(scalar_value(a, name))

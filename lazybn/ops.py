@@ -1,10 +1,13 @@
 """Operations on arrays, named after the massiv helpers of the batch-norm derivation.
 
 Broadcasting is always explicit: ``br``/``rows_like`` repeat a vector as every row of a
-matrix, ``cols_like`` as every column. Reductions are ``sum_rows`` (over the rows: one sum per
-column, massiv's ``_sumRows``), ``sum_cols`` (one sum per row) and ``max_cols`` (one maximum
-per row). All of them are delayed; ``matmul`` (BLAS) is the one eager operation, and
-``transpose`` and ``reshape`` give views of a manifest array.
+matrix, ``cols_like`` as every column. Reductions are named by what they run over: ``sum_rows``
+(over the rows: one sum per column, massiv's ``_sumRows``), ``max_rows`` and ``min_rows`` (one
+maximum, minimum per column); ``sum_cols`` (over the columns: one sum per row), ``max_cols`` and
+``min_cols`` (one maximum, minimum per row). Elementwise, besides ``+ - * /``, ``**``, ``abs``
+and ``amap``: ``maximum`` and ``minimum`` of two arrays, or of an array and a number. All of them
+are delayed; ``matmul`` (BLAS, also ``m @ n``) is the one eager operation, and ``transpose`` and
+``reshape`` give views of a manifest array.
 
 Every operation checks its arguments when it is called: an argument that is not a lazybn array
 (or a number where a scalar is taken) is an ``ArgumentError``, a vector where a matrix is taken
@@ -19,7 +22,7 @@ from typing import overload
 import numpy as np
 
 from . import fuse
-from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, Vector, expr, join
+from .array import Comp, Delayed, Ix, Ix1, Ix2, Manifest, Mat, Matrix, Vec, Vector, _zip, expr, join
 from .errors import ArgumentError, DTypeError, RankError, ShapeError, ValueRangeError, is_count
 from .fuse.graph import (BinOp, Br, ColsLike, Const, FloatArray, Fn, Map, Node, Number, Reduce, RedOp, Zip,
                          scalar_value)
@@ -86,11 +89,17 @@ def cols_like(v: Vec, m: Mat) -> Delayed[Ix2]:
     return Delayed(ColsLike(vn, mn.shape, vn.dtype), join(vc, mc))
 
 
+_OVER_ROWS = (RedOp.sum_rows, RedOp.max_rows, RedOp.min_rows)
+
+
 def _reduce(op: RedOp, m: Mat) -> Delayed[Ix1]:
     node, comp = _mat(m, op.value)
-    length = node.shape[1] if op is RedOp.sum_rows else node.shape[0]
-    if op is RedOp.max_cols and node.shape[1] == 0:
-        raise ShapeError("max_cols", node.shape, None, "the maximum of zero columns is undefined")
+    over_rows = op in _OVER_ROWS
+    length = node.shape[1] if over_rows else node.shape[0]
+    if op not in (RedOp.sum_rows, RedOp.sum_cols) and node.shape[0 if over_rows else 1] == 0:
+        extreme = "maximum" if op in (RedOp.max_rows, RedOp.max_cols) else "minimum"
+        empty = "rows" if over_rows else "columns"
+        raise ShapeError(op.value, node.shape, None, f"the {extreme} of zero {empty} is undefined")
     assert node.dtype is not None
     return Delayed(Reduce(op, node, (length,), node.dtype), comp)
 
@@ -114,6 +123,54 @@ def max_cols(m: Mat) -> Delayed[Ix1]:
     """Maximum over the columns: one value per row (for a numerically stable softmax); NaN in a
     row gives NaN, as numpy's ``max``. A matrix of zero columns is a ``ShapeError``."""
     return _reduce(RedOp.max_cols, m)
+
+
+def min_cols(m: Mat) -> Delayed[Ix1]:
+    """Minimum over the columns: one value per row; NaN in a row gives NaN, as numpy's ``min``.
+    A matrix of zero columns is a ``ShapeError``."""
+    return _reduce(RedOp.min_cols, m)
+
+
+def max_rows(m: Mat) -> Delayed[Ix1]:
+    """Maximum over the rows: one value per column; NaN in a column gives NaN, as numpy's
+    ``max(axis=0)``. A matrix of zero rows is a ``ShapeError``.
+
+    >>> from lazybn import matrix, compute
+    >>> compute(max_rows(matrix([[1.0, 5.0], [3.0, 4.0]]))).array.tolist()
+    [3.0, 5.0]
+    """
+    return _reduce(RedOp.max_rows, m)
+
+
+def min_rows(m: Mat) -> Delayed[Ix1]:
+    """Minimum over the rows: one value per column; NaN in a column gives NaN, as numpy's
+    ``min(axis=0)``. A matrix of zero rows is a ``ShapeError``."""
+    return _reduce(RedOp.min_rows, m)
+
+
+@overload
+def maximum(a: Manifest[Ix] | Delayed[Ix], b: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]: ...
+@overload
+def maximum(a: Number, b: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]: ...
+def maximum(a: Manifest[Ix] | Delayed[Ix] | Number, b: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
+    """The larger of two arrays of one shape and dtype, element by element, or of an array and a
+    number (numpy's ``maximum``: NaN in either gives NaN). ``minimum(maximum(x, lo), hi)`` clips.
+
+    Raises:
+        ArgumentError: neither argument is a lazybn array, or the other is neither one nor a number.
+        RankError, ShapeError, DTypeError: two arrays of different ranks, shapes or dtypes.
+    """
+    return _zip(BinOp.maximum, a, b)
+
+
+@overload
+def minimum(a: Manifest[Ix] | Delayed[Ix], b: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]: ...
+@overload
+def minimum(a: Number, b: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]: ...
+def minimum(a: Manifest[Ix] | Delayed[Ix] | Number, b: Manifest[Ix] | Delayed[Ix] | Number) -> Delayed[Ix]:
+    """The smaller of two arrays element by element, or of an array and a number (numpy's
+    ``minimum``: NaN in either gives NaN); errors as :func:`maximum`."""
+    return _zip(BinOp.minimum, a, b)
 
 
 def amap(f: Fn, a: Manifest[Ix] | Delayed[Ix]) -> Delayed[Ix]:

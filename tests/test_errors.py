@@ -87,6 +87,8 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("an integer fill value beyond float64's range", lambda: lb.replicate(2, 10**400, np.float64), lb.ValueRangeError,
      "replicate: value is an integer beyond the float range"),
     ("max over zero columns", lambda: lb.max_cols(lb.matrix(np.ones((2, 0)))), lb.ShapeError, "zero columns"),
+    ("min over zero rows", lambda: lb.min_rows(lb.matrix(np.ones((0, 2)))), lb.ShapeError, "zero rows"),
+    ("@ of a delayed matrix", lambda: (M * 2.0) @ M, lb.ArgumentError, "compute it first"),  # type: ignore[operator]
     ("matmul inner dimensions", lambda: lb.matmul(M, M), lb.ShapeError, "inner dimensions"),
     ("Linear with a vector weight", lambda: Linear(V, V), lb.RankError, "Linear.w"),  # type: ignore[arg-type]
     ("Batchnorm1d lengths differ", lambda: Batchnorm1d(lb.zeros(3), lb.ones(3), lb.ones(4), lb.zeros(3)),

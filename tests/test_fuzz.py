@@ -7,6 +7,7 @@ equal to the plain-numpy oracle. ``HYPOTHESIS_PROFILE=long`` runs a longer campa
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -103,6 +104,7 @@ def _fn_oracle(fn: Fn) -> Callable[[F], F]:
             Fn.drelu: np.where(x > 0, one, x.dtype.type(0)), Fn.sigmoid: s, Fn.dsigmoid: s * (one - s),
             Fn.tanh: np.tanh(x), Fn.dtanh: one - np.tanh(x) * np.tanh(x),
             Fn.flush_subnormal: np.where(np.abs(x) < np.finfo(x.dtype).tiny, x * 0, x),
+            Fn.erf: np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype),
         }
         return table[fn]
     return o
@@ -110,12 +112,16 @@ def _fn_oracle(fn: Fn) -> Callable[[F], F]:
 
 def _reduce(axis: int, kind: str) -> Callable[[F], F | None]:
     def o(m: F) -> F | None:
-        if m.ndim != 2 or (kind == "max" and m.shape[1] == 0):
+        if m.ndim != 2 or (kind != "sum" and m.shape[axis] == 0):
             return None
-        out: F = (np.max(m, axis=1) if kind == "max"
+        out: F = (np.max(m, axis=axis) if kind == "max" else np.min(m, axis=axis) if kind == "min"
                   else np.asarray(m.astype(np.float64).sum(axis=axis), dtype=m.dtype))
         return out
     return o
+
+
+def _power(k: float) -> Op:
+    return (lambda a, b: lb.compute(a ** k)), (lambda a, b: a ** a.dtype.type(k))
 
 
 OPS: dict[str, Op] = {
@@ -132,6 +138,17 @@ OPS: dict[str, Op] = {
     "sum_rows": (lambda a, b: lb.compute(lb.sum_rows(a)), lambda a, b: _reduce(0, "sum")(a)),
     "sum_cols": (lambda a, b: lb.compute(lb.sum_cols(a)), lambda a, b: _reduce(1, "sum")(a)),
     "max_cols": (lambda a, b: lb.compute(lb.max_cols(a)), lambda a, b: _reduce(1, "max")(a)),
+    "min_cols": (lambda a, b: lb.compute(lb.min_cols(a)), lambda a, b: _reduce(1, "min")(a)),
+    "max_rows": (lambda a, b: lb.compute(lb.max_rows(a)), lambda a, b: _reduce(0, "max")(a)),
+    "min_rows": (lambda a, b: lb.compute(lb.min_rows(a)), lambda a, b: _reduce(0, "min")(a)),
+    "maximum": (lambda a, b: lb.compute(lb.maximum(a, b)), _elementwise(np.maximum)),
+    "minimum": (lambda a, b: lb.compute(lb.minimum(a, b)), _elementwise(np.minimum)),
+    "abs": (lambda a, b: lb.compute(abs(a)), lambda a, b: np.abs(a)),
+    "pow": (lambda a, b: lb.compute(a ** b), _elementwise(lambda a, b: a ** b)),
+    **{f"pow.{k}": _power(k) for k in (2, 0.5, -1, 3, -2.5)},
+    "matmul@": (lambda a, b: a @ b,
+                lambda a, b: a @ b if a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0] and a.dtype == b.dtype
+                else None),
     "matmul": (lambda a, b: lb.matmul(a, b),
                lambda a, b: a @ b if a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0] and a.dtype == b.dtype
                else None),
@@ -144,7 +161,8 @@ OPS: dict[str, Op] = {
 }
 
 
-UNARY = {"sum_rows", "sum_cols", "max_cols", "transpose", "scale", "add_c", *(f"amap.{fn.value}" for fn in Fn)}
+UNARY = {"sum_rows", "sum_cols", "max_cols", "min_cols", "max_rows", "min_rows", "transpose", "scale", "add_c", "abs",
+         *(f"pow.{k}" for k in (2, 0.5, -1, 3, -2.5)), *(f"amap.{fn.value}" for fn in Fn)}
 
 
 def _close(got: F, want: F, op: str) -> bool:
@@ -154,7 +172,7 @@ def _close(got: F, want: F, op: str) -> bool:
     both_nan = np.isnan(g) & np.isnan(w)
     with np.errstate(all="ignore"):
         exact = (g == w) | both_nan
-        if op in ("sum_rows", "sum_cols") or op.startswith("amap."):
+        if op in ("sum_rows", "sum_cols") or op.startswith(("amap.", "pow")):
             # float64 accumulation / libm vs numpy's functions: a few ulps
             tol = 64 * np.finfo(got.dtype).eps * (np.abs(w) + 1e-30)
             close = np.isfinite(w) & (np.abs(g - w) <= tol)  # where numpy gives +-inf, only that infinity

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,7 @@ def _fn_oracle(f: Fn, x: F) -> F:
             Fn.dsigmoid: lambda v: (one / (one + np.exp(-v))) * (one - one / (one + np.exp(-v))),
             Fn.tanh: np.tanh, Fn.dtanh: lambda v: one - np.tanh(v) ** 2,
             Fn.flush_subnormal: lambda v: np.where(np.abs(v) < np.finfo(v.dtype).tiny, v * 0, v),
+            Fn.erf: lambda v: np.vectorize(math.erf, otypes=[np.float64])(v).astype(v.dtype),
         }
         return table[f](x)
 

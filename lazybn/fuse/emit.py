@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .scalar import FN, HELPER
+from .scalar import BINFN, FN, HELPER
 
 if TYPE_CHECKING:
     from .lower import _Gen as Gen
@@ -66,7 +66,7 @@ class Emitter:
         else:  # "Z"; a constant meets a float64 combination of sums as its float64 value C
             wide = g.wide(cid)
             a, b = (f"C{g.nodes[k][1]}" if wide and g.nodes[k][0] == "C" else self.value(k) for k in kids)
-            expr = f"{a} {arg} {b}"
+            expr = f"{BINFN[arg]}({a}, {b})" if arg in BINFN else f"{a} {arg} {b}"
         name = f"t{cid}{self.sfx}"
         self.lines.append(f"{name} = {expr}")
         self.done[cid] = name

@@ -29,6 +29,7 @@ class Fn(enum.Enum):
     ``amap(Fn.drelu, x)`` is 1 where x > 0 else 0, ``Fn.dsigmoid`` is s(x)(1 - s(x)),
     ``Fn.dtanh`` is 1 - tanh(x)^2. ``Fn.flush_subnormal`` is x, or a zero of x's sign where |x|
     is below the dtype's smallest normal number (a subnormal); NaN and infinity pass through.
+    ``Fn.erf`` is the error function (GELU is ``x * (1 + erf(x / sqrt(2))) / 2``).
     """
 
     exp = "exp"
@@ -45,6 +46,7 @@ class Fn(enum.Enum):
     tanh = "tanh"
     dtanh = "dtanh"
     flush_subnormal = "flush_subnormal"
+    erf = "erf"
 
 
 class BinOp(enum.Enum):
@@ -52,12 +54,18 @@ class BinOp(enum.Enum):
     sub = "-"
     mul = "*"
     div = "/"
+    pow = "**"  # numpy's power: a negative number to a non-integer power is NaN
+    maximum = "max"  # numpy's maximum and minimum: NaN in either operand gives NaN
+    minimum = "min"
 
 
 class RedOp(enum.Enum):
     sum_rows = "sum_rows"  # over rows: one value per column
     sum_cols = "sum_cols"  # over columns: one value per row
     max_cols = "max_cols"  # max over columns: one value per row
+    min_cols = "min_cols"  # min over columns: one value per row
+    max_rows = "max_rows"  # max over rows: one value per column
+    min_rows = "min_rows"  # min over rows: one value per column
 
 
 Derived = tuple[tuple[str, object], ...]
@@ -213,6 +221,8 @@ def describe(node: Node, depth: int = 3) -> str:
             return repr(value)
         case Map(fn=fn, a=a):
             return f"{fn.value}({describe(a, d)})"
+        case Zip(op=BinOp.maximum | BinOp.minimum as op, a=a, b=b):
+            return f"{op.name}({describe(a, d)}, {describe(b, d)})"
         case Zip(op=op, a=a, b=b):
             return f"({describe(a, d)} {op.value} {describe(b, d)})"
         case Br(a=a, shape=shape):

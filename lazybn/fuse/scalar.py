@@ -17,9 +17,11 @@ FN = {
     "tanh": "tanh_({a})",  # libm's tanh is a scalar call costing ~30 ns: see TANH_PQ
     "dtanh": "one - {s} * {s}",
     "flush_subnormal": "{a} * zero if abs({a}) < tiny else {a}",  # a zero of x's sign; NaN compares False
+    "erf": "math.erf({a})",
     "round": "dt({a})",  # made by the algebra only: a float64 combination of sums, rounded once
 }
 HELPER = {"dsigmoid": "sigmoid", "dtanh": "tanh"}  # derivatives reuse the function's value
+BINFN = {"max": "np.maximum", "min": "np.minimum"}  # binary operations written as calls (NaN propagates)
 
 # tanh by Cody & Waite's method (Software Manual for the Elementary Functions, 1980, ch. 13): a
 # rational function of x^2 below ln(3)/2, 1 - 2 / (exp(2|x|) + 1) above, with the published
