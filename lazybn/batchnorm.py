@@ -29,7 +29,7 @@ from .array import Delayed, Ix1, Ix2, Matrix, Vector, compute, compute_all, dela
 from .construct import matrix, ones, vector, zeros
 from .errors import ArgumentError, DTypeError, ShapeError, ValueRangeError
 from .fuse.graph import Fn
-from .layers import BN1, Batchnorm1d, _unchecked
+from .layers import BN1, Batchnorm1d, _unchecked, one_more
 from .ops import add_c, amap, br, cols, reshape, rows, scale, sum_rows
 from .trace import fused
 
@@ -336,7 +336,7 @@ def update_running(layer: Batchnorm1d, g: BN1) -> Batchnorm1d:
     # The count and the renormalisation bounds change from step to step and take no part in the
     # arithmetic: they stay out of the replay's signature.
     new = _running(_unchecked(layer, tracked=0, renorm=None), g, running_weights(layer))
-    return _unchecked(new, tracked=layer.tracked + 1 if layer.momentum is None else layer.tracked, renorm=layer.renorm)
+    return _unchecked(new, tracked=one_more(layer.tracked) if layer.momentum is None else layer.tracked, renorm=layer.renorm)
 
 
 def reset_running(layer: Batchnorm1d) -> Batchnorm1d:

@@ -113,6 +113,13 @@ class LinearNoBias:
 
 
 _BN_ARRAYS = ("mu", "var", "gamma", "beta")
+TRACKED_MAX = 2**63 - 1  # Batchnorm1d.tracked is an int64 count, as PyTorch's num_batches_tracked
+
+
+def one_more(tracked: int) -> int:
+    """The cumulative count after one more batch; it stays at :data:`TRACKED_MAX`, whose weights are
+    (1, 2**-63): as good as no change, where int64 would wrap around."""
+    return min(tracked + 1, TRACKED_MAX)
 _NORMAL = {np.dtype(t): (float(np.finfo(t).tiny), float(np.finfo(t).max)) for t in (np.float32, np.float64)}
 
 
@@ -247,7 +254,7 @@ class Batchnorm1d:
                                   f"(a cumulative average), got {self.momentum!r}")
         if type(self.tracked) is not int:
             raise ArgumentError(f"Batchnorm1d.tracked: expected an int (batches averaged), got {self.tracked!r}")
-        if not 0 <= self.tracked < 2**63:  # an int64 count, as PyTorch's num_batches_tracked and a saved file hold it
+        if not 0 <= self.tracked <= TRACKED_MAX:
             got = self.tracked if abs(self.tracked) < 10**30 else f"an int of {abs(self.tracked).bit_length()} bits"
             raise ValueRangeError(f"Batchnorm1d.tracked: must be >= 0 and < 2**63 (an int64 count), got {got}")
         if self.renorm is not None and not isinstance(self.renorm, Renorm):

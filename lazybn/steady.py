@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TypeGuard
 
 from .batchnorm import running_weights
-from .layers import Batchnorm1d, Layer, Renorm, _unchecked
+from .layers import Batchnorm1d, Layer, Renorm, _unchecked, one_more
 
 Bounds = tuple[tuple[float | None, float | None], ...]  # (rmax, dmax) of each renormalising layer, in order
 
@@ -74,4 +74,4 @@ def restored(new: Layer, old: Layer, counted: bool) -> Layer:
     into the running statistics (a training step) and the layer keeps a cumulative average."""
     if not isinstance(new, Batchnorm1d) or not isinstance(old, Batchnorm1d):
         return new
-    return _unchecked(new, tracked=old.tracked + 1 if counted and cumulative(old) else old.tracked, renorm=old.renorm)
+    return _unchecked(new, tracked=one_more(old.tracked) if counted and cumulative(old) else old.tracked, renorm=old.renorm)

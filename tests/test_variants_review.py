@@ -14,7 +14,7 @@ import pytest
 import lazybn as lb
 from lazybn import trace
 from lazybn.errors import ArgumentError, PersistenceError, ValueRangeError
-from lazybn.batchnorm import ghost_forward, renorm_backward, renorm_forward
+from lazybn.batchnorm import bn_forward, ghost_forward, renorm_backward, renorm_forward
 from lazybn.layers import BN1, Batchnorm1d, Renorm
 from lazybn.network import _pass
 from lazybn.optim import init_state
@@ -127,14 +127,28 @@ def test_a_null_ghost_batch_loads_as_none_like_a_null_renorm(tmp_path: Path) -> 
     assert isinstance(got, Batchnorm1d) and got.ghost_batch is None and got.renorm is None and got.tracked == 4
 
 
-def test_a_count_beyond_float_range_still_weights_the_next_batch() -> None:
-    """``running_weights`` divides the count exactly: a loaded count of 10**400 gives (1, 0)."""
-    from lazybn.batchnorm import running_weights
+def test_the_largest_count_weights_the_next_batch_and_stays() -> None:
+    """``running_weights`` divides the count exactly: the largest int64 count gives (1, 2**-63), and a
+    batch more leaves the count there (int64 would wrap around; a larger one could not be loaded)."""
+    from lazybn.batchnorm import running_weights, update_running
 
-    layer = _variant(momentum=None, tracked=10**400)[1]
+    top = 2**63 - 1
+    net = _variant(momentum=None, tracked=top)
+    layer = net[1]
     assert isinstance(layer, Batchnorm1d)
-    assert running_weights(layer) == (1.0, 0.0)
+    assert running_weights(layer) == (1.0, 2.0**-63)
     assert running_weights(replace(layer, tracked=3)) == (0.75, 0.25)
+    rng = np.random.default_rng(0)
+    _, mu, var = bn_forward(lb.matrix(rng.normal(size=(5, 3)), np.float32), layer)
+    g = BN1(mu, var, mu, mu, 5)
+    assert update_running(layer, g).tracked == top
+    assert update_running(replace(layer, tracked=top - 1), g).tracked == top
+    targets = lb.matrix(np.eye(2)[rng.integers(0, 2, 5)], np.float32)
+    for count in (top, top - 1):  # the training step (a replay) counts as update_running does
+        start = [replace(lr, tracked=count) if isinstance(lr, Batchnorm1d) else lr for lr in net]
+        step = lb.train_step(start, lb.SGD(lr=0.1), init_state(lb.SGD(lr=0.1), start),
+                             lb.matrix(rng.normal(size=(5, 4)), np.float32), targets)
+        assert [lr.tracked for lr in step.layers if isinstance(lr, Batchnorm1d)] == [top]
 
 
 def test_to_keras_of_a_ghost_layer_corrects_the_variance_per_ghost_batch() -> None:
