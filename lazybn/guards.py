@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .array import Comp, Manifest
-from .replay import FIELDS, Opaque
+from .replay import FIELDS, NUMPY_SCALARS, Opaque
 
 _PAR = Comp.Par
 
@@ -94,6 +94,8 @@ class _Guard:
             self.fail_unless(f"{v} is {self.const(x)}")
         elif t is int or t is str or t is bytes:
             self.fail_unless(f"type({v}) is {t.__name__} and {v} == {x!r}")
+        elif isinstance(x, NUMPY_SCALARS):  # by type and bits, as the signature keys it
+            self.fail_unless(f"type({v}) is {self.const(t)} and {v}.tobytes() == {x.tobytes()!r}")
         elif t in FIELDS:  # a dataclass that _flatten has seen
             names = FIELDS[t]
             self.fail_unless(f"type({v}) is {self.const(t)}")

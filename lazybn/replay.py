@@ -26,6 +26,7 @@ from .fuse.graph import Derived, derive
 from .ops import view
 
 STATIC = (int, float, bool, str, bytes, type(None), complex)  # plain values: kept as they are
+NUMPY_SCALARS = (np.number, np.bool_)  # numpy's plain values (np.float32(0.1)): keyed by type and bits
 
 
 class Opaque(Exception):
@@ -67,7 +68,7 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
         raise Opaque("a result array not computed by a logged operation")
     if t is tuple or t is list:
         return ("T", t, [_template(y, slot_of) for y in x])  # type: ignore[attr-defined]
-    if t in STATIC or isinstance(x, enum.Enum):
+    if t in STATIC or isinstance(x, (enum.Enum, *NUMPY_SCALARS)):
         return ("S", x)
     if is_dataclass(x) and not isinstance(x, type):
         named = [(name, _template(getattr(x, name), slot_of)) for name in field_names(t)]
@@ -93,6 +94,8 @@ def _same(a: object, b: object) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if t is float or t is complex:
         return repr(a) == repr(b)  # -0.0 is not 0.0, NaN is NaN
+    if isinstance(a, NUMPY_SCALARS):
+        return bool(a.tobytes() == b.tobytes())  # type: ignore[attr-defined]
     if t in STATIC or isinstance(a, enum.Enum):
         return a == b
     if is_dataclass(a):

@@ -13,8 +13,8 @@ The first call with a given *signature* runs the body while the engine logs ever
 repeat the logged operations on the new argument arrays and rebuild the result. The signature is everything the body may
 depend on besides array values: the structure of the arguments (tuples, lists, dataclasses such
 as layers and optimizers), every array's shape, dtype and ``Comp``, which arguments are the same
-array, and every non-array value (floats, ints, enums, ...) by type and value (floats bit for bit:
--0.0 is not 0.0).
+array, and every non-array value (floats, ints, enums, numpy scalars such as ``np.float32(0.1)``,
+...) by type and value (floats bit for bit: -0.0 is not 0.0).
 
 The contract, which lazybn's own step functions keep: **the body reads array values only through
 lazybn operations** (it may branch on shapes and plain values, never on data), **and plain
@@ -84,7 +84,7 @@ from .errors import ArgumentError
 from .fuse import cache
 from .fuse.graph import Scalar
 from .guards import Guard, dynamic_places, float_key, numbers, write_guard
-from .replay import FIELDS, STATIC, Opaque, Program, compile_program, field_names
+from .replay import FIELDS, NUMPY_SCALARS, STATIC, Opaque, Program, compile_program, field_names
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -140,6 +140,8 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         sig.append((t, float_key(x.real), float_key(x.imag)))  # type: ignore[attr-defined]
     elif t in STATIC or isinstance(x, enum.Enum):
         sig.append((t, x))
+    elif isinstance(x, NUMPY_SCALARS):  # np.float32(0.1): by type and bits, as a float
+        sig.append((t, x.tobytes()))
     else:
         raise Opaque(t.__name__)
 
@@ -181,7 +183,8 @@ def _holds_stand_in(x: object) -> bool:
     while todo:
         y = todo.pop()
         t = type(y)
-        if t is Manifest or t in STATIC or isinstance(y, enum.Enum) or isinstance(y, np.ndarray) and y.dtype != object:
+        if (t is Manifest or t in STATIC or isinstance(y, (enum.Enum, *NUMPY_SCALARS))
+                or isinstance(y, np.ndarray) and y.dtype != object):
             continue
         if id(y) in seen:
             continue

@@ -96,6 +96,51 @@ def _by_container(x: Vector, box: object) -> Vector:
     return lb.compute(lb.scale(_code(box), x))
 
 
+numpy_scalars = st.one_of(
+    st.floats(allow_nan=True, width=32).map(np.float32), st.floats(allow_nan=True).map(np.float64),
+    st.floats(allow_nan=True, width=16).map(np.float16), st.integers(-(2**31), 2**31 - 1).map(np.int32),
+    st.integers(-(2**63), 2**63 - 1).map(np.int64),
+    st.sampled_from([np.float32(0.0), np.float32(-0.0), np.float64(-0.0), np.float32(1.0), np.int64(1), 1.0, 1]))
+
+
+def _scaled_by(x: Vector, v: Any) -> Vector:
+    return lb.compute(lb.scale(v, x) + lb.scale(_code(v), x))
+
+
+@settings(max_examples=30)
+@given(values=st.lists(numpy_scalars, min_size=1, max_size=5))
+@example(values=[np.float32(0.1), np.float32(0.2), np.float64(0.1), 0.1])
+@example(values=[np.float32(0.0), np.float32(-0.0), np.float32(np.nan), np.float32(-np.nan)])
+def test_numpy_scalars_replay_by_type_and_value(values: list[Any]) -> None:
+    """A numpy scalar argument (np.float32(0.1)) is a plain value: keyed by its type and bits, so a
+    call with another value (or type, or sign of zero) runs with its own value, never an old one,
+    and a call repeating one replays."""
+    x, f = _vec(2), fused(_scaled_by)  # traced afresh for each example
+    seen: set[tuple[type, bytes]] = set()
+    for v in values + values[::-1] + values:
+        key = (type(v), np.asarray(v).tobytes())
+        before = fuse.stats().replays
+        with np.errstate(all="ignore"):  # scale by NaN or inf
+            got, want = f(x, v), _scaled_by(x, v)
+        _same(got, want)
+        assert fuse.stats().replays - before == (key in seen), v
+        seen.add(key)
+
+
+@fused
+def _with_scalar(x: Vector, v: Any) -> tuple[Vector, Any]:
+    return lb.compute(lb.scale(_code(v), x)), v
+
+
+def test_a_numpy_scalar_in_the_result_is_returned_as_given() -> None:
+    x = _vec(3)
+    for v in (np.float32(0.5), np.float32(0.5), np.int32(3), np.int32(3), np.bool_(True), np.bool_(True)):
+        got = _with_scalar(x, v)
+        _same(got, _body(_with_scalar)(x, v))
+        assert type(got[1]) is type(v) and got[1] == v
+    assert all(p is not None for p in _with_scalar.programs.values())  # type: ignore[attr-defined]
+
+
 @settings(max_examples=20)
 @given(values=st.lists(plain_values, min_size=2, max_size=6))
 @example(values=[1, True, 1.0, -0.0, 0.0, math.nan])
