@@ -52,6 +52,7 @@ def field_names(t: type) -> tuple[str, ...]:
 #   ("E", shape, dtype, comp)   a Manifest over an empty array (it holds no values)
 #   ("S", value)                a plain value or a frozen dataclass of plain values, returned as traced
 #   ("T", type, [templates])    a tuple or list
+#   ("K", [(key, template)])    a dict with plain keys, in their order
 #   ("D", type, [(name, template)])  a dataclass, rebuilt by its constructor
 Template = tuple[Any, ...]
 
@@ -68,6 +69,10 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
         raise Opaque("a result array not computed by a logged operation")
     if t is tuple or t is list:
         return ("T", t, [_template(y, slot_of) for y in x])  # type: ignore[attr-defined]
+    if t is dict:
+        if not all(type(k) in STATIC or isinstance(k, (enum.Enum, *NUMPY_SCALARS)) for k in x):  # type: ignore[attr-defined]
+            raise Opaque("a result dict with a key that is not a plain value")
+        return ("K", [(k, _template(y, slot_of)) for k, y in x.items()])  # type: ignore[attr-defined]
     if t in STATIC or isinstance(x, (enum.Enum, *NUMPY_SCALARS)):
         return ("S", x)
     if is_dataclass(x) and not isinstance(x, type):
@@ -92,6 +97,8 @@ def _same(a: object, b: object) -> bool:
         return same and a._comp is b._comp  # type: ignore[attr-defined]
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):  # the same keys in the same order
+        return _same(list(a), list(b)) and all(_same(a[k], b[k]) for k in a)
     if t is float or t is complex:
         return repr(a) == repr(b)  # -0.0 is not 0.0, NaN is NaN
     if isinstance(a, NUMPY_SCALARS):
@@ -186,6 +193,8 @@ class _Source:
         if tag == "T":
             parts = "".join(f"{self.result(y)}, " for y in tpl[2])
             return f"({parts})" if tpl[1] is tuple else f"[{parts}]"
+        if tag == "K":
+            return "{" + "".join(f"{self.const(k, 'key')}: {self.result(y)}, " for k, y in tpl[1]) + "}"
         keyword = {f.name for f in fields(tpl[1]) if f.kw_only}  # every field, in order (field_names)
         args = [f"{name}={self.result(y)}" if name in keyword else self.result(y) for name, y in tpl[2]]
         return f"{self.const(tpl[1], tpl[1].__name__)}({', '.join(args)})"  # the constructor validates

@@ -26,7 +26,8 @@ makes the signature *opaque*, and every call with it runs the body as if undecor
 values in Python (``m.array``, ``np.asarray(m)``, printing), a delayed or numpy array among the
 arguments, an operation reading an array the arguments do not provide (a global, a random array
 made outside ``fuse.host_call``), a result array no logged operation made, a result of a type it
-cannot rebuild, a body that changes its arguments (a replay would not), a dataclass argument
+cannot rebuild (it rebuilds tuples, lists, dataclasses, and dicts whose keys are plain values:
+the keys as traced, in order, in a new dict each call), a body that changes its arguments (a replay would not), a dataclass argument
 with attributes besides its fields, a ``host_call`` whose function or arguments hold mutable
 values (a list, a closure over one: the replay would call it with what the first call held).
 Dataclasses in the result are rebuilt through their constructor, so their validation runs on

@@ -141,6 +141,70 @@ def test_a_numpy_scalar_in_the_result_is_returned_as_given() -> None:
     assert all(p is not None for p in _with_scalar.programs.values())  # type: ignore[attr-defined]
 
 
+def _named(x: Vector, keys: tuple[Any, ...], s: float) -> dict[Any, Any]:
+    """A dict whose keys come from the arguments, with arrays, a nested dict and plain values."""
+    out: dict[Any, Any] = {k: lb.compute(lb.scale(s * (i + 1), x)) for i, k in enumerate(keys)}
+    out["inner"] = {"sum": lb.compute(x + x), "s": s}
+    return out
+
+
+def _same_dict(got: object, want: object) -> None:
+    assert type(got) is dict and type(want) is dict and list(got) == list(want), (got, want)
+    assert [type(k) for k in got] == [type(k) for k in want]
+    for k in got:
+        if type(got[k]) is dict:
+            _same_dict(got[k], want[k])
+        else:
+            _same(got[k], want[k])
+
+
+@settings(max_examples=20)
+@given(calls=st.lists(st.tuples(st.lists(st.sampled_from([0, 1, True, "a", "b", 2.5, None]), max_size=3, unique=True)
+                                .map(tuple), st.floats(-4.0, 4.0), st.integers(0, 3)), min_size=1, max_size=6))
+def test_dict_results_replay_with_their_keys_and_values(calls: list[tuple[tuple[Any, ...], float, int]]) -> None:
+    """A body returning a dict replays: the keys as traced, in order, the arrays of this call, and
+    a fresh dict each time (one the caller changes is not what the next replay returns)."""
+    f = fused(_named)
+    seen = set()
+    for keys, s, seed in calls + calls:
+        keys = tuple(dict.fromkeys(keys))  # 1 and True are one key
+        x = _vec(seed)
+        before = fuse.stats().replays
+        got = f(x, keys, s)
+        _same_dict(got, _named(x, keys, s))
+        sig = (tuple(map(type, keys)), keys, repr(s))
+        assert fuse.stats().replays - before == (sig in seen)
+        seen.add(sig)
+        got.clear()
+        got["x"] = x
+
+
+@fused
+def _ordered(x: Vector) -> dict[object, Any]:
+    from collections import OrderedDict
+
+    return OrderedDict(a=lb.compute(x + x))
+
+
+@fused
+def _array_keyed(x: Vector) -> dict[object, Any]:
+    return {x: lb.compute(x + x)}
+
+
+def test_dicts_that_would_not_rebuild_run_the_body() -> None:
+    """A dict subclass, or a dict keyed by something other than plain values, is not rebuilt."""
+    for seed in range(3):
+        x = _vec(seed)
+        got = _ordered(x)
+        assert type(got).__name__ == "OrderedDict"
+        _same(got["a"], _body(_ordered)(x)["a"])
+        k, v = next(iter(_array_keyed(x).items()))
+        assert k is x
+        _same(v, lb.compute(x + x))
+    assert list(_ordered.programs.values()) == [None]  # type: ignore[attr-defined]
+    assert list(_array_keyed.programs.values()) == [None]  # type: ignore[attr-defined]
+
+
 @settings(max_examples=20)
 @given(values=st.lists(plain_values, min_size=2, max_size=6))
 @example(values=[1, True, 1.0, -0.0, 0.0, math.nan])
