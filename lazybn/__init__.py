@@ -31,6 +31,7 @@ from .errors import LazybnError as LazybnError
 from .errors import NumericalError as NumericalError
 from .errors import PersistenceError as PersistenceError
 from .errors import RankError as RankError
+from .errors import ReplayWarning as ReplayWarning
 from .errors import ShapeError as ShapeError
 from .errors import ValueRangeError as ValueRangeError
 from .fuse.graph import Fn as Fn

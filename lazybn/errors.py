@@ -85,3 +85,8 @@ class NumericalError(LazybnError, FloatingPointError):
 
 class PersistenceError(LazybnError, ValueError):
     """A saved network file is unreadable, from another version, or does not match."""
+
+
+class ReplayWarning(UserWarning):
+    """A ``@fused`` function cannot replay a signature, so every call with it runs the body (as
+    slowly as undecorated); warned once per function, naming it and the reason."""

@@ -22,7 +22,7 @@ import numpy as np
 from . import fuse
 from .array import Comp, Manifest
 from .fuse import cache
-from .fuse.graph import Derived, derive
+from .fuse.graph import Derived, Scalar, derive
 from .ops import view
 
 STATIC = (int, float, bool, str, bytes, type(None), complex)  # plain values: kept as they are
@@ -66,7 +66,8 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
             return ("M", slot, x.comp)  # type: ignore[attr-defined]
         if a.size == 0:  # holds no values: the same on every call
             return ("E", a.shape, a.dtype, x.comp)  # type: ignore[attr-defined]
-        raise Opaque("a result array not computed by a logged operation")
+        raise Opaque("a result array that no kernel, matmul or host call made (lb.matrix or lb.vector in the body, "
+                     "say)")
     if t is tuple or t is list:
         return ("T", t, [_template(y, slot_of) for y in x])  # type: ignore[attr-defined]
     if t is dict:
@@ -80,7 +81,7 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
         if t.__dataclass_params__.frozen and all(y[0] == "S" for _, y in named):  # type: ignore[attr-defined]
             return ("S", x)  # immutable and holds no arrays (NoGrad(), Activation(relu)): the same value
         return ("D", t, named)
-    raise Opaque(t.__name__)
+    raise Opaque("a dynamic argument in the result" if t is Scalar else f"a result of type {t.__name__}")
 
 
 def _same(a: object, b: object) -> bool:
@@ -210,7 +211,9 @@ def compile_program(arrays: list[Any], log: list[fuse.Logged], result: object) -
     def slot(a: object) -> str:
         k = slot_of.get(id(a))
         if k is None:
-            raise Opaque("an operation read an array the arguments do not provide")
+            raise Opaque("an operation read an array the arguments do not provide (one the body made with lb.vector, "
+                         "lb.matrix, ..., or read from elsewhere: pass it as an argument, or make it with "
+                         "lazybn.fuse.host_call)")
         return f"v{k}"
 
     def produced(r: object) -> str:

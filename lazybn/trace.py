@@ -30,6 +30,9 @@ cannot rebuild (it rebuilds tuples, lists, dataclasses, and dicts whose keys are
 the keys as traced, in order, in a new dict each call), a body that changes its arguments (a replay would not), a dataclass argument
 with attributes besides its fields, a ``host_call`` whose function or arguments hold mutable
 values (a list, a closure over one: the replay would call it with what the first call held).
+The first call that finds a signature opaque warns with a :class:`~lazybn.errors.ReplayWarning`
+naming the function and the reason, once per function (replays switched off, or a call inside
+another function's trace, do not warn: the body is meant to run).
 Dataclasses in the result are rebuilt through their constructor, so their validation runs on
 every call (layer constructors check values through ``_leaf``, which does not count as a read);
 one whose constructor rebuilds something else (its own ``__init__``, an ``InitVar``, a
@@ -72,6 +75,7 @@ import functools
 import inspect
 import os
 import sys
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass
@@ -81,7 +85,7 @@ import numpy as np
 
 from . import fuse
 from .array import Comp, Manifest
-from .errors import ArgumentError
+from .errors import ArgumentError, ReplayWarning
 from .fuse import cache
 from .fuse.graph import Scalar
 from .guards import Guard, dynamic_places, float_key, numbers, write_guard
@@ -123,7 +127,7 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         names = field_names(t)
         sig.append(t)
         if t.__dictoffset__ and len(x.__dict__) != len(names):  # an attribute besides the fields
-            raise Opaque(t.__name__)
+            raise Opaque(f"a {t.__name__} argument has attributes besides its fields")
         for name in names:
             y = getattr(x, name)
             ty = type(y)
@@ -144,7 +148,7 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
     elif isinstance(x, NUMPY_SCALARS):  # np.float32(0.1): by type and bits, as a float
         sig.append((t, x.tobytes()))
     else:
-        raise Opaque(t.__name__)
+        raise Opaque(f"an argument of type {t.__name__}")
 
 
 _FUSED: weakref.WeakSet[Any] = weakref.WeakSet()  # every @fused function
@@ -271,6 +275,14 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
     programs: dict[tuple[object, ...], Program | None] = {}
     guards: list[tuple[Guard, Program]] = []  # replayed signatures checked without a key, most recently used first
     missed = [0]  # replays by key since a guard was last written
+    warned = [False]
+
+    def opaque(reason: Opaque) -> None:
+        """Tell the caller, once, that a signature runs the body on every call."""
+        if not warned[0]:
+            warned[0] = True
+            warnings.warn(ReplayWarning(f"@fused {f.__module__}.{f.__qualname__} is not replayed, every call runs "
+                                        f"its body: {reason}"), stacklevel=3)
 
     @functools.wraps(f)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -285,8 +297,10 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
                 return entry[1].run(*got)  # type: ignore[no-any-return]
         try:
             key, arrays, values = _signature(where, args, kwargs)
-        except Opaque:
-            return f(*args, **kwargs)
+        except Opaque as reason:
+            out = f(*args, **kwargs)
+            opaque(reason)  # after the body: a call it refuses gets its error alone
+            return out
         if (prog := programs.get(key, _UNSEEN)) is not _UNSEEN:  # opaque or not, now the most recently
             programs[key] = programs.pop(key, prog)  # used (evicted last)
         if prog is _OPAQUE:
@@ -313,15 +327,16 @@ def _fuse(f: Callable[P, R], dynamic: tuple[str, ...]) -> Callable[P, R]:
         cache.count("traces")
         try:
             if rec.read_values:
-                raise Opaque("the body read array values")
+                raise Opaque("the body read array values in Python")
             after, now, _ = _signature(where, args, kwargs)
             if after != key or any(a is not b for a, b in zip(now, arrays)):
                 raise Opaque("the body changed its arguments")  # a replay would not
             prog = programs[key] = compile_program(arrays, rec.log, out)
             if os.environ.get("LAZYBN_DEBUG"):
                 print(f"lazybn: replay of {f.__qualname__}\n{prog.source}", file=sys.stderr)
-        except Opaque:
+        except Opaque as reason:
             programs[key] = _OPAQUE
+            opaque(reason)
             # A stand-in left in the result or an argument: run the body again with the values (and
             # only then: a body that changes its arguments would change them twice)
             if values and (_holds_stand_in(out) or _holds_stand_in((args, kwargs))):

@@ -191,6 +191,7 @@ def _array_keyed(x: Vector) -> dict[object, Any]:
     return {x: lb.compute(x + x)}
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_dicts_that_would_not_rebuild_run_the_body() -> None:
     """A dict subclass, or a dict keyed by something other than plain values, is not rebuilt."""
     for seed in range(3):
@@ -228,6 +229,7 @@ def _scaled_by_attribute(x: Vector, c: _Config) -> Vector:
     return lb.compute(lb.scale(getattr(c, "extra", c.scale), x))
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_a_dataclass_argument_with_attributes_besides_its_fields_runs_the_body() -> None:
     x = _vec(1)
     for extra in (2.0, 3.0, 2.0):
@@ -243,6 +245,7 @@ def _appending(x: Vector, log: list[Vector]) -> Vector:
     return out
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_a_body_changing_its_arguments_runs_every_call() -> None:
     for seed in range(3):
         x, log = _vec(seed), list[Vector]()
@@ -280,6 +283,7 @@ def _keeping(x: Vector, s: float, box: _Box) -> Vector:
     return lb.compute(lb.scale(s, x))
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_a_body_a_replay_cannot_repeat_runs_once_per_call_with_dynamic_values() -> None:
     """The first call of a signature runs the body with stand-ins for the dynamic values; when the
     signature turns out opaque, the body runs again only if a stand-in was left in the result or in
@@ -311,6 +315,7 @@ def _doubling_in_place(h: _Holder) -> Vector:
     return h.v
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_a_body_replacing_an_argument_array_runs_every_call() -> None:
     """The body swaps the array a (mutable) argument holds for a new one of the same shape and
     dtype: the signature after the call is the same, yet a replay would not swap it."""
@@ -412,6 +417,7 @@ def _host_from_keyword_default(x: Vector, values: list[float]) -> Vector:
     return lb.compute(x * lb.Manifest(fuse.host_call(lambda n, *, held=values: np.full(n, held[0]), x.shape[0])))
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_a_host_call_never_keeps_what_the_caller_may_change() -> None:
     for f in (_host_from_list, _host_from_closure, _host_from_partial, _host_from_default,
               _host_from_keyword_default):
@@ -497,6 +503,7 @@ def _extra_attribute(x: Vector) -> _Config:
     return c
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_results_the_constructor_would_rebuild_differently_come_from_the_body() -> None:
     for f in (_own_init, _keyword_only, _init_var, _counting, _extra_attribute, _negating):
         for seed in range(3):

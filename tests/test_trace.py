@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +215,7 @@ def _delayed_arg(a: Delayed[Ix2]) -> Matrix:
     return lb.compute(a * 2.0)
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_bodies_a_replay_cannot_repeat_always_run() -> None:
     rng = np.random.default_rng(3)
     for _ in range(3):
@@ -451,6 +453,7 @@ def _peeks_if_negative(a: Matrix, s: float) -> Matrix:
     return lb.compute(lb.scale(s, a) + 1.0)
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_an_opaque_signature_in_use_is_not_forgotten() -> None:
     """A signature the replay cannot serve is used too: called between new signatures, it is
     never the least recently used, and its body is not traced again however many come."""
@@ -650,6 +653,7 @@ def _dyn_returned(a: Matrix, s: float) -> tuple[Matrix, float]:
     return lb.compute(lb.scale(s, a)), s  # a dynamic value in the result: no replay
 
 
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # these bodies cannot replay: they warn
 def test_a_dynamic_value_in_the_result_is_the_callers_value() -> None:
     x = lb.matrix(np.ones((2, 2)))
     for s in (2.0, 3.0):
@@ -681,3 +685,134 @@ def test_frozen_plain_results_are_returned_as_traced_mutable_ones_rebuilt() -> N
     assert again[0][3] is not again[1][3]  # a mutable dataclass is rebuilt on every call
     again[0][3].text = "changed"
     assert again[1][3].text == "made"
+
+
+ARGS = ("float", "np.float32", "ndarray", "set")
+BODIES = ("kernels", "host_call", "reads values", "makes a vector")
+RESULTS = ("Manifest", "dict", "OrderedDict", "ndarray")
+
+
+def _const(n: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    return np.arange(1.0, n + 1.0)
+
+
+def _body_of(arg: str, body: str, result: str) -> Any:
+    """A body with one feature of each kind; each ``replays`` below says independently whether a
+    replay can repeat it (a plain or numpy-scalar argument, array values reached through lazybn
+    operations or a host call only, a result rebuilt from the logged arrays)."""
+    def f(x: Matrix, v: Any) -> object:
+        s = float(next(iter(v))) if arg == "set" else float(np.asarray(v).sum())
+        y = lb.compute(lb.scale(s, x))
+        if body == "host_call":
+            y = lb.compute(y + lb.br(x.shape[0], lb.Manifest(fuse.host_call(_const, x.shape[1]))))
+        elif body == "reads values":
+            y = lb.compute(y + float(y.array[0, 0]))
+        elif body == "makes a vector":
+            y = lb.compute(y + lb.br(x.shape[0], lb.vector(_const(x.shape[1]), np.float64)))
+        if result == "dict":
+            return {"y": y}
+        if result == "OrderedDict":
+            from collections import OrderedDict
+
+            return OrderedDict(y=y)
+        return y.array.copy() if result == "ndarray" else y
+    return f
+
+
+def _values_of(out: object) -> np.ndarray[Any, Any]:
+    y = out["y"] if isinstance(out, dict) else out
+    return np.asarray(y.array if isinstance(y, lb.Manifest) else y)
+
+
+@given(arg=st.sampled_from(ARGS), body=st.sampled_from(BODIES), result=st.sampled_from(RESULTS),
+       v=st.floats(-3.0, 3.0, width=32))
+def test_a_function_that_cannot_replay_warns_once_and_one_that_can_never_warns(
+        arg: str, body: str, result: str, v: float) -> None:
+    replays = (arg in ("float", "np.float32") and body in ("kernels", "host_call")
+               and result in ("Manifest", "dict"))
+    value: Any = {"float": v, "np.float32": np.float32(v), "ndarray": np.array([v]), "set": {v}}[arg]
+    body_fn = _body_of(arg, body, result)
+    f = fused(body_fn)
+    x = lb.matrix(np.arange(6.0).reshape(2, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = fuse.stats().replays
+        outs = [f(x, value) for _ in range(4)]
+        replayed = fuse.stats().replays - before
+    assert replayed == (3 if replays else 0)
+    ours = [w for w in caught if issubclass(w.category, lb.ReplayWarning)]
+    assert len(ours) == (0 if replays else 1), [str(w.message) for w in ours]
+    if ours:
+        assert "_body_of.<locals>.f is not replayed" in str(ours[0].message)
+        assert ours[0].filename == __file__  # it points at the call
+    want = _values_of(body_fn(x, value))
+    for out in outs:
+        assert type(out) is type(body_fn(x, value))
+        np.testing.assert_array_equal(_values_of(out), want)
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (lambda x: lb.compute(x + lb.br(2, lb.vector([1.0, 2.0, 3.0], np.float64))), "read an array the arguments do not"),
+    (lambda x: {"y": lb.compute(x * 2.0), "s": {1}}, "a result of type set"),
+    (lambda x: lb.matrix(np.zeros((2, 3))), "a result array that no kernel"),
+    (lambda x: lb.compute(x + float(x.array.sum())), "read array values in Python"),
+])
+def test_the_replay_warning_names_the_function_and_the_reason(body: Any, reason: str) -> None:
+    f = fused(body)
+    x = lb.matrix(np.ones((2, 3)))
+    with pytest.warns(lb.ReplayWarning, match=reason) as caught:
+        f(x)
+    assert "<lambda> is not replayed" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f(x)  # once per function
+        f(lb.matrix(np.ones((2, 3)), comp=lb.Comp.Par))  # another signature, opaque too: still once
+
+
+def test_numpy_arrays_and_unknown_types_among_the_arguments_are_named() -> None:
+    f = fused(lambda x, extra: lb.compute(x * 2.0))
+    x = lb.matrix(np.ones((2, 3)))
+    with pytest.warns(lb.ReplayWarning, match="an argument of type ndarray"):
+        f(x, np.ones(3))
+    g = fused(lambda x, extra: lb.compute(x * 2.0))
+    with pytest.warns(lb.ReplayWarning, match="an argument of type Delayed"):
+        g(x, x + 1.0)
+
+
+def test_replays_switched_off_or_inside_a_trace_do_not_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    @fused
+    def f(x: Matrix) -> Matrix:
+        return lb.compute(x + lb.br(2, lb.vector([1.0, 2.0, 3.0], np.float64)))
+
+    @fused
+    def outer(x: Matrix) -> Matrix:
+        return lb.compute(f(x) * 2.0)  # f's read is outer's too: outer warns, f is part of its trace
+
+    x = lb.matrix(np.ones((2, 3)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outer(x)
+        monkeypatch.setattr(trace, "REPLAY", False)
+        f(x)
+    assert [str(w.message).split(" is not")[0] for w in caught] == [f"@fused {__name__}.{outer.__qualname__}"]
+
+
+def test_a_dynamic_value_returned_by_the_body_is_named() -> None:
+    f = fused(dynamic=("s",))(lambda x, s: (lb.compute(lb.scale(s, x)), s))
+    x = lb.matrix(np.ones((2, 3)))
+    with pytest.warns(lb.ReplayWarning, match="a dynamic argument in the result"):
+        m, s = f(x, 2.0)
+    assert s == 2.0 and type(s) is float
+    np.testing.assert_array_equal(m.array, 2.0 * x.array)
+
+
+def test_a_call_the_body_refuses_gets_its_error_without_a_warning() -> None:
+    f = fused(lambda x, extra: lb.compute(x * float(len(extra))))
+    x = lb.matrix(np.ones((2, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError):
+            f(x, np.ones(3).sum)  # opaque (a method), and len() of it fails: the error, no warning
+    with pytest.warns(lb.ReplayWarning, match="an argument of type set"):
+        got = f(x, {1, 2})
+    np.testing.assert_array_equal(got.array, 2 * x.array)
