@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .array import Comp, Manifest
-from .replay import FIELDS, NUMPY_SCALARS, Opaque
+from .replay import FIELDS, NUMPY_SCALARS, Opaque, dtype_like
 
 _PAR = Comp.Par
 
@@ -96,6 +96,10 @@ class _Guard:
             self.fail_unless(f"type({v}) is {t.__name__} and {v} == {x!r}")
         elif isinstance(x, NUMPY_SCALARS):  # by type and bits, as the signature keys it
             self.fail_unless(f"type({v}) is {self.const(t)} and {v}.tobytes() == {x.tobytes()!r}")
+        elif isinstance(x, type) and dtype_like(x):
+            self.fail_unless(f"{v} is {self.const(x)}")
+        elif dtype_like(x):
+            self.fail_unless(f"type({v}) is {self.const(t)} and {v} == {self.const(x)}")
         elif t in FIELDS:  # a dataclass that _flatten has seen
             names = FIELDS[t]
             self.fail_unless(f"type({v}) is {self.const(t)}")

@@ -27,6 +27,13 @@ from .ops import view
 
 STATIC = (int, float, bool, str, bytes, type(None), complex)  # plain values: kept as they are
 NUMPY_SCALARS = (np.number, np.bool_)  # numpy's plain values (np.float32(0.1)): keyed by type and bits
+NUMBER_TYPES = frozenset({int, float, bool, complex})
+
+
+def dtype_like(x: object) -> bool:
+    """A dtype (``np.dtype("float32")``) or a number type (``np.float32``, ``float``): immutable
+    plain values, as a ``dtype`` argument gives them."""
+    return isinstance(x, np.dtype) or isinstance(x, type) and (x in NUMBER_TYPES or issubclass(x, np.generic))
 
 
 class Opaque(Exception):
@@ -74,7 +81,7 @@ def _template(x: object, slot_of: dict[int, int]) -> Template:
         if not all(type(k) in STATIC or isinstance(k, (enum.Enum, *NUMPY_SCALARS)) for k in x):  # type: ignore[attr-defined]
             raise Opaque("a result dict with a key that is not a plain value")
         return ("K", [(k, _template(y, slot_of)) for k, y in x.items()])  # type: ignore[attr-defined]
-    if t in STATIC or isinstance(x, (enum.Enum, *NUMPY_SCALARS)):
+    if t in STATIC or isinstance(x, (enum.Enum, *NUMPY_SCALARS)) or dtype_like(x):
         return ("S", x)
     if is_dataclass(x) and not isinstance(x, type):
         named = [(name, _template(getattr(x, name), slot_of)) for name in field_names(t)]
@@ -104,7 +111,7 @@ def _same(a: object, b: object) -> bool:
         return repr(a) == repr(b)  # -0.0 is not 0.0, NaN is NaN
     if isinstance(a, NUMPY_SCALARS):
         return bool(a.tobytes() == b.tobytes())  # type: ignore[attr-defined]
-    if t in STATIC or isinstance(a, enum.Enum):
+    if t in STATIC or isinstance(a, (enum.Enum, np.dtype)):
         return a == b
     if is_dataclass(a):
         names = getattr(a, "__dict__", None) or {n: None for n in field_names(t)}

@@ -14,7 +14,8 @@ repeat the logged operations on the new argument arrays and rebuild the result. 
 depend on besides array values: the structure of the arguments (tuples, lists, dataclasses such
 as layers and optimizers), every array's shape, dtype and ``Comp``, which arguments are the same
 array, and every non-array value (floats, ints, enums, numpy scalars such as ``np.float32(0.1)``,
-...) by type and value (floats bit for bit: -0.0 is not 0.0).
+dtypes and number types such as ``np.float32``, ...) by type and value (floats bit for bit: -0.0
+is not 0.0).
 
 The contract, which lazybn's own step functions keep: **the body reads array values only through
 lazybn operations** (it may branch on shapes and plain values, never on data), **and plain
@@ -89,7 +90,7 @@ from .errors import ArgumentError, ReplayWarning
 from .fuse import cache
 from .fuse.graph import Scalar
 from .guards import Guard, dynamic_places, float_key, numbers, write_guard
-from .replay import FIELDS, NUMPY_SCALARS, STATIC, Opaque, Program, compile_program, field_names
+from .replay import FIELDS, NUMPY_SCALARS, STATIC, Opaque, Program, compile_program, dtype_like, field_names
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -147,6 +148,8 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
         sig.append((t, x))
     elif isinstance(x, NUMPY_SCALARS):  # np.float32(0.1): by type and bits, as a float
         sig.append((t, x.tobytes()))
+    elif dtype_like(x):  # dtype=np.float32
+        sig.append((t, x))
     else:
         raise Opaque(f"an argument of type {t.__name__}")
 

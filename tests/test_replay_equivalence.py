@@ -127,6 +127,32 @@ def test_numpy_scalars_replay_by_type_and_value(values: list[Any]) -> None:
         seen.add(key)
 
 
+DTYPE_LIKES = [np.float32, np.float64, np.int64, float, int, bool, complex, np.dtype("f4"), np.dtype("f8"),
+               np.dtype(">f8"), np.dtype("i4"), "float32"]
+
+
+def _by_dtype(x: Vector, dtype: Any) -> tuple[Vector, Any]:
+    return lb.compute(lb.scale(_code(dtype), x)), dtype
+
+
+@settings(max_examples=20)
+@given(values=st.lists(st.sampled_from(DTYPE_LIKES), min_size=1, max_size=6))
+@example(values=[np.float32, np.dtype("f4"), "float32", np.dtype("f8"), np.dtype(">f8"), float, np.float64])
+def test_dtype_arguments_replay_by_value(values: list[Any]) -> None:
+    """A dtype or a number type among the arguments (``dtype=np.float32``) is a plain value: each
+    one its own signature (np.float32, np.dtype("f4") and "float32" are three), repeated ones
+    replay, and the result holds the caller's value."""
+    f, x = fused(_by_dtype), _vec(4)
+    seen: list[Any] = []
+    for v in values + values[::-1]:
+        before = fuse.stats().replays
+        got = f(x, v)
+        _same(got, _by_dtype(x, v))
+        assert got[1] is v or (type(got[1]) is type(v) and got[1] == v)
+        assert fuse.stats().replays - before == any(type(s) is type(v) and s == v for s in seen), v
+        seen.append(v)
+
+
 @fused
 def _with_scalar(x: Vector, v: Any) -> tuple[Vector, Any]:
     return lb.compute(lb.scale(_code(v), x)), v
