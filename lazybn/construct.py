@@ -9,6 +9,7 @@ from typing import overload
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from . import fuse
 from .array import _FLOATS, Comp, Delayed, Manifest, Matrix, Vector
 from .errors import ArgumentError, DTypeError, RankError, ValueRangeError, as_float, is_count, is_real
 from .fuse.graph import FloatArray
@@ -104,8 +105,15 @@ def replicate(shape: int | tuple[int, int], value: float, dtype: DTypeLike = np.
     if not is_real(given):
         raise ArgumentError(f"replicate: value must be a number, got {value!r}")
     sizes = tuple(int(d) for d in dims if isinstance(d, (int, np.integer)))  # all of them, checked above
-    filled = np.full(sizes, as_float(given, "replicate: value"), dtype=np.float64)
-    return Manifest(_as_float_array(filled, dtype, "replicate"), comp)
+    v = as_float(given, "replicate: value")
+    arr = _filled(sizes, v, dtype)
+    if fuse.active() is not None:  # in a @fused trace: made by a host call, which each replay repeats
+        arr = fuse.host_call(_filled, sizes, v, arr.dtype)
+    return Manifest(arr, comp)
+
+
+def _filled(sizes: tuple[int, ...], value: float, dtype: DTypeLike) -> FloatArray:
+    return _as_float_array(np.full(sizes, value, dtype=np.float64), dtype, "replicate")
 
 
 @overload

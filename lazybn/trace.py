@@ -26,11 +26,13 @@ argument, dynamic if it changes from call to call). Anything the replay could no
 makes the signature *opaque*, and every call with it runs the body as if undecorated: reading
 values in Python (``m.array``, ``np.asarray(m)``, printing), a delayed or numpy array among the
 arguments, an operation reading an array the arguments do not provide (a global, a random array
-made outside ``fuse.host_call``), a result array no logged operation made, a result of a type it
-cannot rebuild (it rebuilds tuples, lists, dataclasses, and dicts whose keys are plain values:
-the keys as traced, in order, in a new dict each call), a body that changes its arguments (a replay would not), a dataclass argument
-with attributes besides its fields, a ``host_call`` whose function or arguments hold mutable
-values (a list, a closure over one: the replay would call it with what the first call held).
+made outside ``fuse.host_call``, an array the body makes from data with ``vector`` or ``matrix``;
+those of ``replicate``, ``zeros`` and ``ones`` are host calls), a result array no logged
+operation made, a result of a type it cannot rebuild (it rebuilds tuples, lists, dataclasses,
+and dicts whose keys are plain values: the keys as traced, in order, in a new dict each call), a
+body that changes its arguments (a replay would not), a dataclass argument with attributes
+besides its fields, a ``host_call`` whose function or arguments hold mutable values (a list, a
+closure over one: the replay would call it with what the first call held).
 The first call that finds a signature opaque warns with a :class:`~lazybn.errors.ReplayWarning`
 naming the function and the reason, once per function (replays switched off, or a call inside
 another function's trace, do not warn: the body is meant to run).

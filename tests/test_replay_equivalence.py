@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from typing import Any
@@ -593,3 +594,32 @@ def test_lazybn_debug_prints_each_replay_function(monkeypatch: pytest.MonkeyPatc
     assert "lazybn: replay of" in err and "doubled" in err and "def replay(arrays, values):" in err
     doubled(_vec(2))  # a replay writes nothing new
     assert "lazybn: replay of" not in capsys.readouterr().err
+
+
+def _padded(x: Vector, v: float, dtype: Any) -> tuple[Vector, Vector]:
+    """Constant arrays the body makes itself: a filled vector in a kernel, zeros returned as they are."""
+    return lb.compute(x + lb.replicate(x.shape[0], v, dtype) + lb.ones(x.shape[0], dtype)), lb.zeros(2, dtype)
+
+
+@settings(max_examples=20)
+@given(calls=st.lists(st.tuples(st.sampled_from([-1.5, 0.0, 2.0, 1e30]), st.integers(1, 4),
+                                st.sampled_from([np.float32, np.float64])), min_size=1, max_size=6))
+def test_replicate_zeros_and_ones_in_the_body_replay_with_the_calls_values(
+        calls: list[tuple[float, int, Any]]) -> None:
+    """An array the body fills with ``replicate``, ``zeros`` or ``ones`` is remade by each replay
+    (a host call) with the value and shape of the call's signature, never the first call's."""
+    f = fused(_padded)
+    seen = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lb.ReplayWarning)
+        for v, n, dtype in calls + calls[::-1]:
+            x = lb.vector(np.arange(n, dtype=np.float64), dtype)
+            before = fuse.stats().replays
+            got = f(x, v, dtype)
+            assert fuse.stats().replays - before == ((v, n, dtype) in seen)
+            seen.add((v, n, dtype))
+            np.testing.assert_array_equal(got[0].array, np.arange(n, dtype=dtype) + dtype(v) + dtype(1.0))
+            assert got[0].dtype == dtype and got[1].dtype == dtype and got[1].array.tolist() == [0.0, 0.0]
+            _same(got, _padded(x, v, dtype))
+    first, again = f(x, v, dtype)[1], f(x, v, dtype)[1]
+    assert first.array is not again.array  # a new array each call
