@@ -85,6 +85,12 @@ class _Guard:
             self.fail_unless(f"type({v}) is {self.const(t)} and len({v}) == {len(x)}")
             for k, y in enumerate(x):
                 self.value(f"{v}[{k}]", y)
+        elif isinstance(x, dict) and t is dict:  # its keys in order, each followed by its value
+            self.fail_unless(f"type({v}) is dict and len({v}) == {len(x)}")
+            self.lines.append(f"{v}k = list({v})")
+            for k, (key, y) in enumerate(x.items()):
+                self.value(f"{v}k[{k}]", key)
+                self.value(f"{v}[{v}k[{k}]]", y)
         elif isinstance(x, float) and t is float:  # bit for bit where equal values can differ (±0.0, NaN)
             same = f"{v} == {x!r}" if math.isfinite(x) and x != 0.0 else f"float_key({v}) == {float_key(x)!r}"
             self.fail_unless(f"type({v}) is float and {same}")

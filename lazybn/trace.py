@@ -11,8 +11,8 @@ kernel. ``@fused`` removes it without touching the step code::
 The first call with a given *signature* runs the body while the engine logs every kernel launch,
 ``matmul`` and ``transpose`` (a trace). Later calls with the same signature skip the body: they
 repeat the logged operations on the new argument arrays and rebuild the result. The signature is everything the body may
-depend on besides array values: the structure of the arguments (tuples, lists, dataclasses such
-as layers and optimizers), every array's shape, dtype and ``Comp``, which arguments are the same
+depend on besides array values: the structure of the arguments (tuples, lists, dicts keyed by
+plain values, dataclasses such as layers and optimizers), every array's shape, dtype and ``Comp``, which arguments are the same
 array, and every non-array value (floats, ints, enums, numpy scalars such as ``np.float32(0.1)``,
 dtypes and number types such as ``np.float32``, ...) by type and value (floats bit for bit: -0.0
 is not 0.0).
@@ -144,6 +144,13 @@ def _flatten(x: object, arrays: list[Any], sig: list[object]) -> None:
                 sig.append((ty, y))
             else:
                 _flatten(y, arrays, sig)
+    elif t is dict:  # keyed by plain values: the keys in order, then as a tuple holds its items
+        sig.append((t, len(x)))  # type: ignore[arg-type]
+        for k, y in x.items():  # type: ignore[attr-defined]
+            if type(k) not in STATIC and not isinstance(k, enum.Enum):
+                raise Opaque("a dict argument with a key that is not a plain value")
+            _flatten(k, arrays, sig)
+            _flatten(y, arrays, sig)
     elif t is complex:
         sig.append((t, float_key(x.real), float_key(x.imag)))  # type: ignore[attr-defined]
     elif t in STATIC or isinstance(x, enum.Enum):

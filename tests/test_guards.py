@@ -41,12 +41,14 @@ class _Open:  # a dataclass with a __dict__: an attribute besides its fields mak
 
 _SHAPES = [(2,), (3,), (2, 2)]
 _PLAIN = st.sampled_from([0.0, -0.0, 1.0, 0.1, math.inf, -math.inf, math.nan, 0, 1, 2, True, False, None, "a", "b",
-                          b"a", _Colour.red, _Colour.blue, 1 + 2j])
+                          b"a", _Colour.red, _Colour.blue, 1 + 2j, np.float32(0.0), np.float32(-0.0), np.float64(0.1),
+                          np.int32(1), np.bool_(True), np.float32, float, np.dtype("f4")])
 _ARRAY = st.builds(lambda shape, dtype, par: lb.Manifest(np.zeros(shape, dtype), lb.Comp.Par if par else lb.Comp.Seq),
                    st.sampled_from(_SHAPES), st.sampled_from([np.float32, np.float64]), st.booleans())
 _TREE = st.recursive(_PLAIN | _ARRAY, lambda inner: st.one_of(
     st.lists(inner, max_size=2).map(tuple), st.lists(inner, max_size=2),
-    st.builds(_Pair, inner, inner), st.builds(_Open, inner)), max_leaves=6)
+    st.builds(_Pair, inner, inner), st.builds(_Open, inner),
+    st.dictionaries(st.sampled_from(["a", "b", 0, 1, True, None, 0.0, -0.0]), inner, max_size=2)), max_leaves=6)
 _DYNAMIC = st.sampled_from([1.0, 2.5, 3, None, (1.0, 2.0), (1.0, None), np.float32(1.0), "x"])
 _WHERE = ((1, "s"),)  # argument 1 is dynamic
 
@@ -74,6 +76,8 @@ def _fresh(x: object) -> object:
             return _Pair(go(y.a), go(y.b))
         if isinstance(y, _Open):
             return _Open(go(y.x))
+        if type(y) is dict:
+            return {k: go(z) for k, z in y.items()}
         return y
 
     return go(x)
@@ -82,7 +86,9 @@ def _fresh(x: object) -> object:
 _OTHER: list[tuple[object, list[object]]] = [  # what a plain value may become: another type, value or bits
     (0.0, [-0.0, 0, False]), (1.0, [1, True, 1.0000000000000002]), (math.nan, [-math.nan, math.inf]),
     (0, [0.0, False, None]), (1, [True, 1.0, 2]), (True, [1, "a", False]), (None, [0, False, "a"]),
-    ("a", [b"a", "b", 0]), (_Colour.red, [1, _Colour.blue, None])]
+    ("a", [b"a", "b", 0]), (_Colour.red, [1, _Colour.blue, None]),
+    (np.float32(0.0), [np.float32(-0.0), np.float64(0.0), 0.0]), (np.int32(1), [np.int64(1), 1, np.int32(2)]),
+    (np.float32, [np.float64, np.dtype("f4"), float]), (np.dtype("f4"), [np.dtype("f8"), np.float32, "float32"])]
 
 
 def _mutate(x: object, pick: int, how: int = 0) -> tuple[object, int]:
@@ -108,6 +114,12 @@ def _mutate(x: object, pick: int, how: int = 0) -> tuple[object, int]:
     if isinstance(x, _Open):
         y, pick = _mutate(x.x, pick, how)
         return _Open(y), pick
+    if type(x) is dict:  # each key, then its value
+        items = {}
+        for k, y in x.items():
+            key, pick = _mutate(k, pick, how)
+            items[key], pick = _mutate(y, pick, how)
+        return items, pick
     if pick == 0:
         others = next((o for k, o in _OTHER if type(k) is type(x) and repr(k) == repr(x)), [None])
         return others[how % len(others)], -1

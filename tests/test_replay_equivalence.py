@@ -623,3 +623,55 @@ def test_replicate_zeros_and_ones_in_the_body_replay_with_the_calls_values(
             _same(got, _padded(x, v, dtype))
     first, again = f(x, v, dtype)[1], f(x, v, dtype)[1]
     assert first.array is not again.array  # a new array each call
+
+
+def _by_dict(x: Vector, d: dict[Any, Any]) -> Vector:
+    """Reads a dict argument in order: its plain values (by type and value) and its arrays."""
+    plain = tuple((k, v) for k, v in d.items() if not isinstance(v, lb.Manifest))
+    out = lb.scale(_code(plain), x)
+    for v in d.values():
+        if isinstance(v, lb.Manifest):
+            out = out * 0.5 + v
+    return lb.compute(out)
+
+
+dict_keys = st.sampled_from(["a", "b", "lr", 0, 1, True, 2.5, -0.0, 0.0, None])
+dict_values = st.one_of(st.sampled_from([0.1, -0.0, 0.0, 1, True, "x", None, np.float32(0.1)]),
+                        st.integers(0, 3).map(lambda seed: _vec(seed)))
+
+
+@settings(max_examples=30)
+@given(dicts=st.lists(st.dictionaries(dict_keys, dict_values, max_size=3), min_size=1, max_size=4))
+@example(dicts=[{"a": 0.1}, {"b": 0.1}])
+@example(dicts=[{"a": 0.1, "b": 0.1}, {"b": 0.1, "a": 0.1}])
+@example(dicts=[{1: 0.1}, {True: 0.1}, {1.0: 0.1}, {-0.0: 0.1}, {0.0: 0.1}])
+def test_dict_arguments_replay_by_their_keys_and_values(dicts: list[dict[Any, Any]]) -> None:
+    """A dict argument keyed by plain values is part of the signature as a tuple of its items is:
+    keys and plain values by type and value, in order, and its arrays' shapes; a call with
+    another key, order or value runs the body, one repeating a signature replays (by key, then
+    through a guard) with this call's arrays."""
+    f = fused(_by_dict)
+    seen: set[tuple[Any, ...]] = set()
+    for d in dicts + dicts[::-1] + dicts:
+        d = {k: lb.Manifest(v.array.copy()) if isinstance(v, lb.Manifest) else v for k, v in d.items()}  # new arrays
+        sig = tuple((type(k), repr(k), type(v), "M" if isinstance(v, lb.Manifest) else repr(v)) for k, v in d.items())
+        before = fuse.stats().replays
+        x = _vec(len(seen))
+        _same(f(x, d), _by_dict(x, d))
+        assert fuse.stats().replays - before == (sig in seen), d
+        seen.add(sig)
+
+
+@fused
+def _dict_changing(x: Vector, d: dict[str, Any]) -> Vector:
+    out = d["out"] = lb.compute(x * 2.0)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::lazybn.ReplayWarning")  # this body cannot replay: it warns
+def test_a_body_changing_a_dict_argument_runs_every_call() -> None:
+    for seed in range(3):
+        d: dict[str, Any] = {}
+        got = _dict_changing(_vec(seed), d)
+        assert d["out"] is got
+        _same(got, lb.compute(_vec(seed) * 2.0))
