@@ -202,6 +202,23 @@ def test_extremes_refuse_a_vector_an_empty_dimension_and_what_is_not_an_array(na
     assert lb.compute(f(other)).shape == (0,)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("comp", COMPS)
+@given(data=st.data())
+def test_a_sum_of_squared_deviations_from_a_column_extreme_is_numpys_with_infinities(
+        dtype: np.dtype[Any], comp: Comp, data: st.DataObject) -> None:
+    """sum_rows((x - rows_like(max_rows(x), x)) ** 2) is never taken from x's mean and M2: where
+    a column holds -inf and a finite maximum, the sum is inf (those statistics would be NaN)."""
+    x = data.draw(values(dtype, shapes2(1, 12)))
+    m = lb.matrix(x, comp=comp)
+    with parallel_kernels():
+        got = [lb.compute(lb.sum_rows((m - lb.rows_like(f(m), m)) ** 2)).array for f in (lb.max_rows, lb.min_rows)]
+    for g, w in zip(got, (x.max(axis=0), x.min(axis=0))):
+        with np.errstate(all="ignore"):
+            want = ((x.astype(np.float64) - w) ** 2).sum(axis=0).astype(dtype)
+        assert_matches_numpy(g, want, dtype)
+
+
 def _erf(x: F) -> F:
     """erf in float64 (Python's ``math.erf``), rounded to x's dtype."""
     return np.array([math.erf(v) for v in x.astype(np.float64).ravel()]).reshape(x.shape).astype(x.dtype)

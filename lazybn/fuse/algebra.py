@@ -52,8 +52,15 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
     e, so they come from the pass that computes ``sum_rows(e)`` (block by block, merged with
     Chan's formula; see :mod:`lazybn.fuse.lower`), and batch norm's variance about the batch
     mean no longer needs a pass of its own. Both terms are non-negative, so nothing cancels.
+    It is applied only where w is made of sums (a mean, say): a w made with an extreme
+    (``max_rows``, ``maximum``...) can be finite where e holds an infinity, whose squared
+    deviation is then infinite, while the statistics of that e are NaN.
     """
     level = levels(nodes)
+    extreme: list[bool] = []  # whether a node reads an extreme (a max or min) of anything
+    for kind, arg, kids, _ in nodes:
+        extreme.append(kind == "R" and arg not in ("sum_rows", "sum_cols") or kind == "Z" and arg in ("max", "min")
+                       or any(extreme[k] for k in kids))
     out: list[CNode] = []
     index: dict[CNode, int] = {}
     memo: dict[int, int] = {}
@@ -99,8 +106,9 @@ def distribute_sums(nodes: Sequence[CNode], roots: Sequence[int]) -> tuple[list[
         if op == "sum_rows" and squared and nodes[kids[0]][:2] == ("Z", "-"):  # sum of (e - br(w))^2
             pair = nodes[kids[0]][2]
             for ex, bw in (pair, pair[::-1]):  # (e - br(w))^2 = (br(w) - e)^2
-                if nodes[bw][0] == "B" and nodes[ex][3] and level[ex] < level[nodes[bw][2][0]]:  # w needs a pass over e
-                    return add(("Q", "", (rebuild(ex), rebuild(nodes[bw][2][0])), dims))
+                w = nodes[bw][2][0] if nodes[bw][0] == "B" else -1
+                if w >= 0 and nodes[ex][3] and level[ex] < level[w] and not extreme[w]:  # w needs a pass over e
+                    return add(("Q", "", (rebuild(ex), rebuild(w)), dims))
         if level[cid] >= 1 and kind == "Z" and arg in "+-" and all(matrix):
             return add(("Z", arg, (total(kids[0], bcast, op, dims), total(kids[1], bcast, op, dims)), dims))
         if level[cid] >= 1 and kind == "M" and arg == "negate":
