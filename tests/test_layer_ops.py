@@ -88,6 +88,31 @@ def test_powers_two_half_and_minus_one_are_square_sqrt_and_recip_kernels() -> No
     assert fuse.plan([var.node], dt, False).passes == 1
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data(), k=st.sampled_from([2.0, 0.5, -1.0, 2, -1, np.float32(0.5), 3.0, 1.5]))
+def test_a_dynamic_exponent_gives_the_bits_of_a_number_exponent(dtype: np.dtype[Any], data: st.DataObject,
+                                                                 k: Any) -> None:
+    """``x ** k`` with k a dynamic argument of a @fused body (a kernel argument) is what the body
+    gives with k a number: numpy's ``**``, whose 2, 0.5 and -1 are square, sqrt and reciprocal
+    (sqrt(-0.0) is -0.0 and sqrt(-inf) NaN, where C's pow gives 0.0 and inf)."""
+    x = data.draw(values(dtype, shapes2()))
+
+    def body(m: lb.Matrix, p: Any) -> lb.Matrix:
+        return lb.compute(m ** p)
+
+    power = lb.fused(dynamic=("p",))(body)
+    m = lb.matrix(x)
+    with np.errstate(all="ignore"):
+        want = x ** k
+    got = [power(m, k).array, power(m, k).array, body(m, k).array]  # trace, replay, body
+    for g in got:
+        if float(k) in (2.0, 0.5, -1.0):
+            exact(g, want.astype(dtype))
+            assert (np.signbit(g) == np.signbit(want)).all()
+        np.testing.assert_array_equal(np.signbit(g), np.signbit(got[2]))
+        np.testing.assert_array_equal(g, got[2])
+
+
 @pytest.mark.parametrize("bad", ["2", None, [2.0], True])
 def test_a_power_that_is_not_a_number_or_an_array_is_an_argument_error(bad: object) -> None:
     m = lb.matrix([[1.0, 2.0]])

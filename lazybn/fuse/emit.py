@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .scalar import BINFN, FN, HELPER
+from .scalar import BINFN, FN, HELPER, POW
 
 if TYPE_CHECKING:
     from .lower import _Gen as Gen
@@ -67,6 +67,8 @@ class Emitter:
             wide = g.wide(cid)
             a, b = (f"C{g.nodes[k][1]}" if wide and g.nodes[k][0] == "C" else self.value(k) for k in kids)
             expr = f"{BINFN[arg]}({a}, {b})" if arg in BINFN else f"{a} {arg} {b}"
+            if arg == "**" and g.nodes[kids[1]][0] == "C":  # a dynamic exponent: numpy's shortcuts, as
+                expr = POW.format(a=a, b=b)  # a number's ** makes them (Fn.square, sqrt, recip)
         name = f"t{cid}{self.sfx}"
         self.lines.append(f"{name} = {expr}")
         self.done[cid] = name

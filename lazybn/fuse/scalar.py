@@ -22,6 +22,9 @@ FN = {
 }
 HELPER = {"dsigmoid": "sigmoid", "dtanh": "tanh"}  # derivatives reuse the function's value
 BINFN = {"max": "np.maximum", "min": "np.minimum"}  # binary operations written as calls (NaN propagates)
+# An array to a scalar power: numpy's ``**`` takes square, sqrt and reciprocal for these exponents
+# (sqrt(-0.0) is -0.0 and sqrt(-inf) NaN, where pow gives 0.0 and inf)
+POW = "({a} * {a} if {b} == 2.0 else np.sqrt({a}) if {b} == 0.5 else one / {a} if {b} == -1.0 else {a} ** {b})"
 
 # tanh by Cody & Waite's method (Software Manual for the Elementary Functions, 1980, ch. 13): a
 # rational function of x^2 below ln(3)/2, 1 - 2 / (exp(2|x|) + 1) above, with the published
