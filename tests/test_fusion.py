@@ -17,6 +17,7 @@ from lazybn import Comp, Fn, fuse, trace
 from lazybn.fuse import cache as kcache
 
 from .helpers import F, run_python
+from .test_ops import parallel_kernels
 
 
 def _chain(x: lb.Matrix) -> lb.Delayed[lb.Ix2]:
@@ -382,6 +383,29 @@ def test_variance_about_the_mean_takes_one_pass_and_stays_exact(dtype: type, n: 
     np.testing.assert_allclose(var.array, want, rtol=rtol, atol=rtol * float(np.abs(want).max()) * 1e-3)
     np.testing.assert_allclose(mu.array, xa.astype(np.longdouble).mean(0).astype(np.float64), rtol=rtol,
                                atol=rtol * float(np.abs(xa).max()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 1300), d=st.integers(1, 4),
+       special=st.lists(st.tuples(st.integers(0, 1299), st.integers(0, 3), st.sampled_from([np.inf, -np.inf, np.nan])),
+                        max_size=3),
+       par=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_mean_gathered_with_its_variance_is_numpys_for_columns_with_infinities(
+        dtype: type, n: int, d: int, special: list[tuple[int, int, float]], par: bool, seed: int) -> None:
+    """The column sums of the variance's pass are taken relative to a shift, the mean of the first
+    rows: an infinity among those rows must still give the column's mean as inf (numpy), not NaN."""
+    rng = np.random.default_rng(seed)
+    xa: F = rng.normal(size=(n, d)).astype(dtype)
+    for i, j, v in special:
+        xa[i % min(n, 10) if i % 2 else i % n, j % d] = v  # often among the first rows
+    with parallel_kernels():
+        mu, var = _mean_and_variance(lb.matrix(xa, comp=Comp.Par if par else Comp.Seq))
+    with np.errstate(all="ignore"):
+        want_mu, want_var = xa.astype(np.float64).mean(axis=0), xa.astype(np.float64).var(axis=0)
+    finite = np.isfinite(want_mu)
+    np.testing.assert_array_equal(mu.array[~finite], want_mu[~finite].astype(dtype))
+    np.testing.assert_allclose(mu.array[finite], want_mu[finite], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.isnan(var.array), np.isnan(want_var))
 
 
 @settings(max_examples=40, deadline=None)

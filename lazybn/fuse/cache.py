@@ -22,7 +22,7 @@ from .._files import atomic_write_bytes, cache_dir
 from ..errors import CompileError
 
 KernelFn = Callable[..., None]
-CODEGEN_VERSION = 14  # of lazybn.fuse.lower's kernels: part of their keys and of the cache's folder
+CODEGEN_VERSION = 15  # of lazybn.fuse.lower's kernels: part of their keys and of the cache's folder
 
 
 @final

@@ -203,7 +203,8 @@ class _Gen:
     # deviations are merged into the running (mean, M2) in float64. The data are read from
     # memory once. Means are kept relative to a shift sh, the mean of the first k = 8 rows, so
     # that the difference of two means, which the merge squares, carries no rounding error from a
-    # large common offset. float64 kernels take exact two-pass values over the cached block.
+    # large common offset (0 where that mean is not finite: an infinite shift would make the
+    # column's sum NaN, not its infinity). float64 kernels take exact two-pass values over the cached block.
     # float32 kernels take one look: shifted sums d = e - sh and d*d in float64, M2 = sum(d*d) -
     # fb * mean(d)^2. Its rounding error is about eps64 * sum((e - sh)^2) <= eps64 * M2 * (1 + n/k)
     # (Cauchy-Schwarz: (sh - mean)^2 <= n/k * var), far below float32's eps for any batch; the
@@ -226,7 +227,7 @@ class _Gen:
         self.emit([f"kb = min(np.uint64(8), n{r})", "for i in range(kb):", f"    for j in range(n{c}):"]
                   + ["        " + ln for ln in e.lines + first]
                   + ["fk = np.float64(max(kb, np.uint64(1)))", f"for j in range(n{c}):"]
-                  + [f"    sh{q}[j] /= fk" for q in stats], 1)
+                  + [f"    sh{q}[j] = sh{q}[j] / fk if abs(sh{q}[j]) < np.inf else 0.0" for q in stats], 1)
         return chunk
 
     def stats_blocks(self, stats: list[int], block_sums: list[tuple[int, int]], r: int, c: int, level: int,
