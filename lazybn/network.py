@@ -32,7 +32,12 @@ from .batchnorm import (frozen_backward, frozen_forward, ghost_backward, ghost_f
                         renorm_backward, renorm_forward, running_forward, skipped, skipped_vector)
 from .batchnorm import reset_running as reset_running
 from .batchnorm import update_running as update_running
-from .errors import ArgumentError, DTypeError, NumericalError, RankError, ShapeError, ValueRangeError, is_count
+from .batchchecks import _check_batch, _check_input, _check_layer_input
+from .batchchecks import check_batch_values as check_batch_values
+from .batchchecks import check_fits as check_fits
+from .batchchecks import check_targets as check_targets
+from .batchchecks import first_nonfinite_entry as first_nonfinite_entry
+from .errors import NumericalError, ShapeError, ValueRangeError, is_count
 from .fuse.graph import FloatArray, Fn
 from .loss import cross_entropy as cross_entropy
 from .loss import log_likelihoods as log_likelihoods
@@ -40,7 +45,7 @@ from .loss import mean_loss as mean_loss
 from .loss import softmax as softmax
 from .loss import softmax_likelihoods
 from .layers import (BN1, Act, Activation, Batchnorm1d, Dropout, Gradients, Layer, Linear, LinearGradients, LinearNoBias,
-                     LinearNoBiasGradients, NoGrad, check_layers, nonfinite_weights, trains)
+                     LinearNoBiasGradients, NoGrad, nonfinite_weights, trains)
 from .ops import amap, matmul, rows, rows_like, scale, sum_rows, transpose
 from .passresult import PassResult as PassResult
 from .steady import Bounds, bounded, steady
@@ -53,77 +58,6 @@ _ACT: dict[Act, tuple[Fn, Fn] | None] = {
     Act.identity: None,
 }
 
-
-def _check_input(op: str, x: Matrix, layers: Sequence[Layer]) -> None:
-    """The input is a matrix with the dtype and the number of features of the first layer holding parameters."""
-    check_layers(op, layers)
-    if not isinstance(x, Manifest):
-        raise ArgumentError(f"{op}: the input must be a lazybn Matrix (lb.matrix(array) makes one), got "
-                            f"{type(x).__name__}")
-    if len(x.shape) != 2:
-        raise RankError(f"{op}: the input must be a matrix (samples x features), got shape {x.shape}")
-    check_fits(op, x.shape, x.dtype, layers)
-
-
-def check_fits(op: str, xshape: tuple[int, ...], xdtype: np.dtype[Any], layers: Sequence[Layer],
-               numpy: bool = False) -> None:
-    """An input of ``xshape`` and ``xdtype`` (a numpy array, if ``numpy``) fits the first layer holding parameters."""
-    for i, layer in enumerate(layers):
-        match layer:
-            case Linear(w=w) | LinearNoBias(w=w):
-                takes, shape, dtype = w.shape[0], w.shape, w.dtype
-            case Batchnorm1d():
-                takes, shape, dtype = layer.features, layer.mu.shape, layer.mu.dtype
-            case _:
-                continue
-        name = f"layer {i} ({type(layer).__name__})"
-        if xdtype != dtype:
-            raise DTypeError(f"{op}: the input is {xdtype} but {name} holds {dtype}; convert one of them " + (
-                f"(x.astype(np.{dtype}), or a network built with dtype=np.{xdtype})" if numpy
-                else "(lb.matrix(x, dtype) makes a copy in another dtype)"))
-        if xshape[1] != takes:
-            raise ShapeError(op, xshape, shape, f"{name} takes {takes} features, the input has {xshape[1]} columns")
-        return
-
-
-def _check_pair(op: str, inp: Matrix, tgt: Matrix, rows: bool) -> None:
-    """Input and target are matrices (with one row per sample each, if ``rows``) of one dtype."""
-    if len(inp.shape) != 2 or len(tgt.shape) != 2:
-        raise RankError(f"{op}: input and target must be matrices, got shapes {inp.shape} and {tgt.shape}")
-    if rows and inp.shape[0] != tgt.shape[0]:
-        raise ShapeError(op, inp.shape, tgt.shape, "input and target need one row per sample")
-    if tgt.dtype != inp.dtype:
-        raise DTypeError(f"{op}: the target is {tgt.dtype} but the input is {inp.dtype}; they must agree")
-
-
-def _check_batch(inp: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
-    _check_pair("training pass", inp, tgt, rows=True)
-    _check_input("training pass", inp, layers)
-    if inp.shape[0] == 0:
-        raise ValueRangeError("training pass: the batch is empty (0 samples); a training step needs at least one "
-                              "sample")
-    if inp.shape[0] < 2 and any(isinstance(layer, Batchnorm1d) and not layer.frozen for layer in layers):
-        raise ValueRangeError(
-            f"batch norm in training needs more than 1 sample per batch (got {inp.shape[0]}): the batch "
-            "variance of one sample is undefined; use a larger batch, or forward() for inference"
-        )
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Batchnorm1d) and layer.ghost_batch is not None and inp.shape[0] % layer.ghost_batch:
-            raise ValueRangeError(f"training pass: layer {i} (Batchnorm1d) normalises ghost batches of "
-                                  f"{layer.ghost_batch} rows, which do not divide the batch of {inp.shape[0]}")
-
-
-def _check_layer_input(op: str, inp: Matrix | Delayed[Ix2], layer: Linear | LinearNoBias | Batchnorm1d, i: int) -> None:
-    """What the layers before layer ``i`` give it has the layer's dtype and number of features."""
-    held, name = layer.mu if isinstance(layer, Batchnorm1d) else layer.w, f"layer {i} ({type(layer).__name__})"
-    if inp.dtype != held.dtype:
-        raise DTypeError(f"{op}: {name} holds {held.dtype} but the layers before it give {inp.dtype}; every layer "
-                         "must hold the input's dtype")
-    if inp.shape[1] != held.shape[0]:
-        raise ShapeError(op, inp.shape, held.shape, f"{name} takes {held.shape[0]} features, the layers before it "
-                         f"give {inp.shape[1]}")
-
-
 def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: np.dtype[Any]) -> FloatArray:
     # Checked here, not in _dropout_mask: a replay of _train_pass repeats this call with its own key.
     if not is_count(key):
@@ -132,7 +66,6 @@ def _mask_values(shape: tuple[int, ...], p: float, key: int, index: int, dtype: 
     keep = rng.random(shape) >= p
     out: FloatArray = keep.astype(dtype) / dtype.type(1.0 - p)
     return out
-
 
 def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int, dtype: np.dtype[Any]) -> Matrix:
     """Inverted dropout's mask for layer ``index``: 0 or 1 / (1 - p), drawn from (key, index).
@@ -144,15 +77,12 @@ def _dropout_mask(shape: tuple[int, ...], p: float, key: int | None, index: int,
                               "every step (a key used again draws the same masks), as train_epoch does")
     return Manifest(fuse.host_call(_mask_values, shape, p, key, index, dtype))
 
-
 def _no_bn_gradient() -> tuple[Matrix, Vector, Vector]:
     return skipped(), skipped_vector(), skipped_vector()
-
 
 def _own(g: BN1, steps: bool) -> BN1:
     """What a batch-norm layer hands to the update: without dgamma and dbeta when it does not train."""
     return g if steps else replace(g, dgamma=skipped_vector(), dbeta=skipped_vector())
-
 
 @fused(dynamic=("key",))
 def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None, *,
@@ -160,7 +90,6 @@ def _pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = N
     """One training pass: returns (dx, pred, grads) (see :func:`_train_pass`)."""
     dx, pred, _, grads = _train_pass(inp, tgt, layers, key, input_grad=input_grad)
     return dx, pred, grads
-
 
 @fused(dynamic=("key",))
 def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | None = None, *,
@@ -245,43 +174,6 @@ def _train_pass(inp: Matrix, tgt: Matrix, layers: Sequence[Layer], key: int | No
         case _:
             assert_never(layer)
 
-
-def check_batch_values(op: str, x: Matrix, tgt: Matrix, layers: Sequence[Layer]) -> None:
-    """A training batch: an input the layers take, a target matrix of its dtype, finite inputs,
-    and targets that :func:`check_targets` accepts."""
-    for name, a in (("input", x), ("target", tgt)):
-        if not isinstance(a, Manifest):
-            raise ArgumentError(f"{op}: the {name} must be a lazybn Matrix (lb.matrix(array) makes one), got "
-                                f"{type(a).__name__}")
-    _check_input(op, x, layers)  # before the target: a float64 input to a float32 network is the input's fault
-    _check_pair(op, x, tgt, rows=False)  # the pass checks the rows, with the layers
-    check_targets(op, tgt.array)
-    if not np.isfinite(x.array).all():
-        row, col = first_nonfinite_entry(x.array)
-        raise NumericalError(f"{op}: the input batch contains NaN or infinity (first at row {row}, column {col}: "
-                             f"{x.array[row, col]})")
-
-
-def first_nonfinite_entry(a: FloatArray) -> tuple[int, int]:
-    """(row, column) of the first NaN or infinity of a matrix that holds one, in row-major order."""
-    row, col = np.argwhere(~np.isfinite(a))[0]
-    return int(row), int(col)
-
-
-def check_targets(op: str, t: FloatArray) -> None:
-    """Targets must be probabilities, rows of non-negative numbers summing to 1 (one-hot or soft
-    labels): for them ``(pred - tgt) / m`` is the gradient of the mean cross-entropy."""
-    if t.size == 0:
-        return
-    sums, tolerance = t.sum(axis=1, dtype=np.float64), 1e-4  # a float32 softmax's rows are off by up to ~1e-6
-    if not (t.min() >= 0 and np.abs(sums - 1.0).max() <= tolerance):  # NaN fails too
-        if not np.isfinite(t).all():
-            raise NumericalError(f"{op}: the target batch contains NaN or infinity")
-        row = int(np.flatnonzero((t < 0).any(axis=1) | (np.abs(sums - 1.0) > tolerance))[0])
-        raise ValueRangeError(f"{op}: target rows must be probabilities, non-negative and summing to 1 (one-hot or "
-                              f"soft labels); row {row} is {t[row].tolist()}")
-
-
 @overload
 def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | None = ...,
               input_grad: Literal[False] = ...) -> PassResult[None]: ...
@@ -324,7 +216,6 @@ def gradients(layers: Sequence[Layer], x: Matrix, tgt: Matrix, *, key: int | Non
         raise NumericalError(f"gradients: {nonfinite_weights(layers) or problem}")
     return PassResult(loss, pred, grads, dx if input_grad else None)
 
-
 def first_nonfinite(loss: float, found: Sequence[tuple[int, str, str]]) -> str | None:
     """What to report of a pass whose ``found`` arrays, (layer index, layer kind, field), are
     NaN/inf: a batch statistic first (it makes the loss NaN), then the loss, then a gradient."""
@@ -336,7 +227,6 @@ def first_nonfinite(loss: float, found: Sequence[tuple[int, str, str]]) -> str |
             return f"the loss is {loss}"
     return None
 
-
 @fused(dynamic=("key", "bounds"))
 def _bounded_pass(x: Matrix, tgt: Matrix, layers: tuple[Layer, ...], key: int | None, bounds: Bounds,
                   input_grad: bool) -> tuple[Matrix, Matrix, Vector, list[Gradients]]:
@@ -344,12 +234,10 @@ def _bounded_pass(x: Matrix, tgt: Matrix, layers: tuple[Layer, ...], key: int | 
     back (one replay for all of it)."""
     return _train_pass(x, tgt, bounded(layers, bounds), key, input_grad=input_grad)
 
-
 def _finite(a: FloatArray) -> bool:
     """No NaN/inf in ``a``: its sum is finite (NaN and inf carry through a sum), else a look at
     every element (a sum of finite values can overflow). One read, no temporary array."""
     return math.isfinite(float(np.add.reduce(a, axis=None))) or bool(np.isfinite(a).all())
-
 
 def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference up to the last layer (before softmax), with the running statistics.
@@ -359,7 +247,6 @@ def logits(layers: Sequence[Layer], x: Matrix) -> Matrix:
     the one before gives."""
     _check_input("logits", x, layers)
     return _logits(x, steady(layers)[0], probabilities=False)
-
 
 @fused
 def _logits(x: Matrix, layers: tuple[Layer, ...], probabilities: bool) -> Matrix:
@@ -387,10 +274,8 @@ def _logits(x: Matrix, layers: tuple[Layer, ...], probabilities: bool) -> Matrix
                 assert_never(layer)
     return compute(softmax(y)) if probabilities else _manifest(y)
 
-
 def _manifest(y: Matrix | Delayed[Ix2]) -> Matrix:
     return compute(y) if isinstance(y, Delayed) else y
-
 
 def forward(layers: Sequence[Layer], x: Matrix) -> Matrix:
     """Inference: class probabilities (softmax of the logits); batch norm uses running statistics.
