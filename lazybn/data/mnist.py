@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Literal, final
+from typing import IO, Any, Final, Literal, TypeVar, final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -336,6 +336,19 @@ def read_cache(path: Path, spec: OfficialSpec | None = None) -> Mnist:
 # --- the entry point -------------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
+def _from_dir(data_dir: Path | str | None, read: Callable[[Path], T]) -> T | None:
+    """``read`` of the directory ``data_dir``, else of ``$LAZYBN_DATA_DIR``'s; None where neither names one."""
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        try:
+            return read(Path(os.environ[DATA_DIR_ENV]).expanduser())
+        except DataError as e:  # a setting made long ago: say where the directory came from
+            raise DataError(f"{e} (${DATA_DIR_ENV} names this directory)") from e
+    return None if data_dir is None else read(Path(data_dir).expanduser())
+
+
 def load_mnist(
     data_dir: Path | str | None = None,
     *,
@@ -351,13 +364,8 @@ def load_mnist(
     ``fetch=False``, :class:`DataError` says how to provide the data. ``progress`` prints the
     fetch steps to stderr.
     """
-    if data_dir is None and os.environ.get(DATA_DIR_ENV):
-        try:
-            return load_dir(Path(os.environ[DATA_DIR_ENV]).expanduser())
-        except DataError as e:  # a setting made long ago: say where the directory came from
-            raise DataError(f"{e} (${DATA_DIR_ENV} names this directory)") from e
-    if data_dir is not None:
-        return load_dir(Path(data_dir).expanduser())
+    if (given := _from_dir(data_dir, load_dir)) is not None:
+        return given
     cache_file = default_cache_file() if cache is None else Path(cache).expanduser()
     if cache_file.exists():
         try:
@@ -385,13 +393,7 @@ def load_mnist_split(
 ) -> tuple[Dataset, str]:
     """One split of MNIST and where it came from, found as :func:`load_mnist` finds both; a directory
     needs only that split's files (its two IDX files, else its CSV file), and a missing one is named."""
-    if data_dir is None and os.environ.get(DATA_DIR_ENV):
-        path = Path(os.environ[DATA_DIR_ENV]).expanduser()
-        try:
-            return _dir_split(path, split), str(path)
-        except DataError as e:
-            raise DataError(f"{e} (${DATA_DIR_ENV} names this directory)") from e
-    if data_dir is not None:
-        return _dir_split(Path(data_dir).expanduser(), split), str(Path(data_dir).expanduser())
+    if (given := _from_dir(data_dir, lambda path: (_dir_split(path, split), str(path)))) is not None:
+        return given
     mnist = load_mnist(cache=cache, fetch=fetch, progress=progress)
     return mnist.train if split == "train" else mnist.test, mnist.source
